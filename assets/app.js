@@ -1,0 +1,1017 @@
+// darkroom front-end (first version).
+// Plain ES2020 module: no dependencies, no build step, no innerHTML with data.
+// Every string that comes from the server or the user reaches the DOM through
+// textContent / setAttribute only.
+
+// ---------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------
+
+const ACCEPTED_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
+const PROMPT_MAX = 5000;
+const PROMPT_WARN = 4500;
+const POLL_INTERVAL_MS = 2000;
+// The single timer ticks faster than the poll interval so that elapsed times
+// refresh every half second and each task is polled close to every 2 s.
+const TICK_MS = 500;
+const POLL_LIMIT_MS = 15 * 60 * 1000;
+const REQUEST_TIMEOUT_MS = 30 * 1000;
+const POLL_TIMEOUT_MS = 15 * 1000;
+// Uploads can be large; give them much longer than ordinary requests.
+const UPLOAD_TIMEOUT_MS = 5 * 60 * 1000;
+const API_KEY_STORAGE = 'darkroom.apiKey';
+
+const STATUS_LABELS = {
+  pending: 'Pending',
+  processing: 'Processing',
+  completed: 'Completed',
+  failed: 'Failed',
+};
+
+// ---------------------------------------------------------------------------
+// State: the one object the UI is rendered from
+// ---------------------------------------------------------------------------
+
+const state = {
+  info: null, // answer of GET /api/info, or null when unknown
+  apiKey: '',
+  apiKeyShown: false,
+  files: [], // { id, file, previewUrl, error: null | { message, code } }
+  nextFileId: 1,
+  submitting: false,
+  submitPhase: '', // button text while submitting
+  tasks: new Map(), // taskId -> task (see createTask)
+  timer: null, // id of the single polling/elapsed timer, or null when idle
+  dragDepth: 0, // dragenter/dragleave counter for the drop-zone highlight
+  authErrorShown: false, // avoid repeating the 401 message for every poll
+  announcements: [], // pending live-region messages (see announce)
+};
+
+/** DOM references, filled once in init(). */
+const els = {};
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+function byId(id) {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`darkroom: missing element #${id}`);
+  return el;
+}
+
+/** createElement with a class name and optional text (always via textContent). */
+function h(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined && text !== null) el.textContent = String(text);
+  return el;
+}
+
+function str(value) {
+  return typeof value === 'string' ? value : '';
+}
+
+function formatBytes(bytes) {
+  if (!Number.isFinite(bytes) || bytes < 0) return '';
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+function formatElapsed(ms) {
+  const total = Math.max(0, Math.floor(ms / 1000));
+  const hours = Math.floor(total / 3600);
+  const minutes = Math.floor((total % 3600) / 60);
+  const seconds = String(total % 60).padStart(2, '0');
+  return hours > 0
+    ? `${hours}:${String(minutes).padStart(2, '0')}:${seconds}`
+    : `${minutes}:${seconds}`;
+}
+
+/**
+ * Only http(s) URLs (absolute or same-origin relative) may become href/src:
+ * a result URL such as "javascript:…" from a misbehaving upstream must never
+ * end up in a link.
+ */
+function safeHttpUrl(raw) {
+  if (typeof raw !== 'string' || raw === '') return null;
+  try {
+    const url = new URL(raw, window.location.href);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function downloadName(taskId, index, url, outputFormat) {
+  const base = taskId.replace(/[^A-Za-z0-9_.-]/g, '_') || 'result';
+  let ext = outputFormat === 'jpeg' ? 'jpg' : 'png';
+  try {
+    const match = new URL(url).pathname.match(/\.(png|jpe?g|webp)$/i);
+    if (match) ext = match[1].toLowerCase();
+  } catch {
+    // keep the extension derived from the output format
+  }
+  return `${base}-${index + 1}.${ext}`;
+}
+
+function announce(message) {
+  // Messages from the same tick are batched so none is overwritten unheard;
+  // clearing first makes screen readers re-announce identical text.
+  state.announcements.push(message);
+  if (state.announcements.length > 1) return;
+  els.liveRegion.textContent = '';
+  window.setTimeout(() => {
+    els.liveRegion.textContent = state.announcements.join(' ');
+    state.announcements = [];
+  }, 100);
+}
+
+function setFormStatus(message) {
+  els.formStatus.textContent = message;
+}
+
+// ---------------------------------------------------------------------------
+// API key (localStorage may be unavailable, e.g. in some private modes)
+// ---------------------------------------------------------------------------
+
+function loadApiKey() {
+  try {
+    return window.localStorage.getItem(API_KEY_STORAGE) || '';
+  } catch {
+    return '';
+  }
+}
+
+function saveApiKey(key) {
+  try {
+    if (key) window.localStorage.setItem(API_KEY_STORAGE, key);
+    else window.localStorage.removeItem(API_KEY_STORAGE);
+  } catch {
+    // Not persisted; the key still works for this page view.
+  }
+}
+
+function showApiKeySection(focus) {
+  state.apiKeyShown = true;
+  els.apiKeySection.hidden = false;
+  if (focus) els.apiKeyInput.focus();
+}
+
+// ---------------------------------------------------------------------------
+// API client
+// ---------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(message, { code = '', status = 0, network = false, body = null } = {}) {
+    super(message);
+    this.name = 'ApiError';
+    this.code = code;
+    this.status = status;
+    this.network = network;
+    this.body = body;
+  }
+}
+
+async function readJson(response) {
+  const text = await response.text();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * One place for every call to darkroom's API: adds the Bearer key, applies a
+ * timeout, and turns every failure (network, non-JSON, HTTP error,
+ * success:false) into an ApiError carrying a human sentence.
+ */
+async function api(path, { method = 'GET', json, formData, timeoutMs = REQUEST_TIMEOUT_MS } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (state.apiKey) headers.Authorization = `Bearer ${state.apiKey}`;
+  let body;
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify(json);
+  } else if (formData) {
+    body = formData; // the browser sets the multipart boundary itself
+  }
+
+  const controller = new AbortController();
+  const timer = window.setTimeout(() => controller.abort(), timeoutMs);
+  let response;
+  let data;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body,
+      signal: controller.signal,
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+    data = await readJson(response);
+  } catch (err) {
+    const timedOut = err && err.name === 'AbortError';
+    throw new ApiError(
+      timedOut
+        ? `The darkroom server did not answer within ${Math.round(timeoutMs / 1000)} seconds.`
+        : 'Network error: could not reach the darkroom server. Check that it is running and your connection works, then try again.',
+      { network: true },
+    );
+  } finally {
+    window.clearTimeout(timer);
+  }
+
+  const code = data && typeof data.code === 'string' ? data.code : '';
+  if (response.status === 401) {
+    throw new ApiError('API key missing or wrong', { code: code || 'unauthorized', status: 401, body: data });
+  }
+  if (!response.ok || data === null || typeof data !== 'object' || data.success === false) {
+    let message = data && str(data.error);
+    if (!message) {
+      const statusText = response.statusText ? ` ${response.statusText}` : '';
+      message = data === null
+        ? `Unexpected answer from the server (HTTP ${response.status}${statusText}, not JSON).`
+        : `The server reported an error (HTTP ${response.status}${statusText}).`;
+    }
+    throw new ApiError(message, { code, status: response.status, body: data });
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------------------
+// Error area
+// ---------------------------------------------------------------------------
+
+function showError(message, code = '', details = []) {
+  els.errorMessage.textContent = message;
+  els.errorCode.textContent = code;
+  els.errorCodeLine.hidden = !code;
+  els.errorDetails.replaceChildren(...details.map((line) => h('li', '', line)));
+  els.errorDetails.hidden = details.length === 0;
+  els.errorArea.hidden = false;
+}
+
+function clearError() {
+  els.errorArea.hidden = true;
+  els.errorMessage.textContent = '';
+  els.errorCode.textContent = '';
+  els.errorDetails.replaceChildren();
+}
+
+function showApiError(err, details = []) {
+  if (err instanceof ApiError) {
+    if (err.status === 401) showApiKeySection(true);
+    showError(err.message, err.code, details);
+  } else {
+    // A bug in this page rather than a server answer; still say something.
+    console.error(err);
+    showError('Something went wrong in the page. Reload and try again.', '', details);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Header: GET /api/info
+// ---------------------------------------------------------------------------
+
+async function loadInfo() {
+  try {
+    state.info = await api('/api/info');
+  } catch (err) {
+    state.info = null;
+    els.providerBadge.textContent = 'server unavailable';
+    els.providerBadge.dataset.state = 'error';
+    showApiError(err);
+    return;
+  }
+  renderInfo();
+}
+
+function renderInfo() {
+  const info = state.info;
+  const provider = str(info.provider) || 'unknown provider';
+  els.providerBadge.textContent = info.simulator === true ? `${provider} · simulator` : provider;
+  els.providerBadge.dataset.state = info.simulator === true ? 'simulator' : 'live';
+  els.providerBadge.title = `Image provider: ${provider}${str(info.storage) ? `, storage: ${info.storage}` : ''}`;
+  if (str(info.version)) {
+    els.serverVersion.textContent = `v${info.version}`;
+    els.serverVersion.hidden = false;
+  }
+  els.simulatorNotice.hidden = info.simulator !== true;
+  if (info.apiKeysRequired === true) showApiKeySection(false);
+  renderForm();
+}
+
+// ---------------------------------------------------------------------------
+// File selection
+// ---------------------------------------------------------------------------
+
+function addFiles(fileList) {
+  if (state.submitting) return;
+  const skipped = [];
+  let added = 0;
+  for (const file of Array.from(fileList)) {
+    // An empty type (unknown to the browser) is left for the server to judge.
+    if (file.type && !ACCEPTED_TYPES.has(file.type)) {
+      skipped.push(file.name);
+      continue;
+    }
+    const duplicate = state.files.some((entry) => entry.file.name === file.name
+      && entry.file.size === file.size && entry.file.lastModified === file.lastModified);
+    if (duplicate) continue;
+    state.files.push({
+      id: state.nextFileId++,
+      file,
+      previewUrl: URL.createObjectURL(file),
+      error: null,
+    });
+    added += 1;
+  }
+  if (skipped.length > 0) {
+    setFormStatus(`Skipped ${skipped.join(', ')}: only PNG, JPEG and WebP images are accepted.`);
+  } else if (added > 0) {
+    setFormStatus(`${added} image${added === 1 ? '' : 's'} added.`);
+  }
+  renderFiles();
+  renderForm();
+}
+
+/** Removes a file from the selection; revokes its preview unless a task now owns it. */
+function removeFile(fileId, { keepPreview = false } = {}) {
+  const index = state.files.findIndex((entry) => entry.id === fileId);
+  if (index === -1) return -1;
+  const [entry] = state.files.splice(index, 1);
+  if (!keepPreview) URL.revokeObjectURL(entry.previewUrl);
+  return index;
+}
+
+function handleRemoveClick(event) {
+  const button = event.target.closest('button.file-remove');
+  if (!button || state.submitting) return;
+  const index = removeFile(Number(button.dataset.fileId));
+  renderFiles();
+  renderForm();
+  // Keep keyboard focus in a sensible place after the button disappears.
+  const buttons = els.fileList.querySelectorAll('button.file-remove');
+  if (buttons.length > 0) buttons[Math.min(index, buttons.length - 1)].focus();
+  else els.fileInput.focus();
+}
+
+function renderFiles() {
+  const items = state.files.map((entry) => {
+    const li = h('li', 'file-item');
+    li.dataset.state = entry.error ? 'error' : 'ok';
+
+    const img = h('img', 'file-thumb');
+    img.src = entry.previewUrl;
+    img.alt = ''; // the file name next to it already describes it
+
+    const info = h('div', 'file-info');
+    info.append(h('span', 'file-name', entry.file.name), h('span', 'file-size', formatBytes(entry.file.size)));
+    if (entry.error) {
+      const err = h('p', 'file-error', entry.error.message);
+      if (entry.error.code) err.append(' ', h('code', 'error-code-inline', entry.error.code));
+      info.append(err);
+    }
+
+    const remove = h('button', 'button ghost file-remove', 'Remove');
+    remove.type = 'button';
+    remove.dataset.fileId = String(entry.id);
+    remove.setAttribute('aria-label', `Remove ${entry.file.name}`);
+    remove.disabled = state.submitting;
+
+    li.append(img, info, remove);
+    return li;
+  });
+  els.fileList.replaceChildren(...items);
+
+  const count = state.files.length;
+  const errors = state.files.filter((entry) => entry.error).length;
+  let summary = count === 0 ? 'No images selected.' : `${count} image${count === 1 ? '' : 's'} selected.`;
+  if (errors > 0) summary += ` ${errors} with errors (shown below).`;
+  els.fileSummary.textContent = summary;
+}
+
+// ---------------------------------------------------------------------------
+// Drag and drop
+// ---------------------------------------------------------------------------
+
+function dragHasFiles(event) {
+  return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes('Files');
+}
+
+function setupDragAndDrop() {
+  const zone = els.dropZone;
+  zone.addEventListener('dragenter', (event) => {
+    if (!dragHasFiles(event)) return;
+    event.preventDefault();
+    state.dragDepth += 1;
+    zone.classList.add('is-dragover');
+  });
+  zone.addEventListener('dragover', (event) => {
+    if (!dragHasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = state.submitting ? 'none' : 'copy';
+  });
+  zone.addEventListener('dragleave', () => {
+    // dragleave also fires when moving over child elements, hence the counter.
+    state.dragDepth = Math.max(0, state.dragDepth - 1);
+    if (state.dragDepth === 0) zone.classList.remove('is-dragover');
+  });
+  zone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    state.dragDepth = 0;
+    zone.classList.remove('is-dragover');
+    if (event.dataTransfer && event.dataTransfer.files.length > 0) addFiles(event.dataTransfer.files);
+  });
+  // A file dropped next to the zone would otherwise make the browser navigate
+  // away to the image, losing every running task card.
+  window.addEventListener('dragover', (event) => {
+    if (!dragHasFiles(event)) return;
+    event.preventDefault();
+    if (!zone.contains(event.target)) event.dataTransfer.dropEffect = 'none';
+  });
+  window.addEventListener('drop', (event) => {
+    if (dragHasFiles(event)) event.preventDefault();
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Form
+// ---------------------------------------------------------------------------
+
+function promptText() {
+  return els.promptInput.value;
+}
+
+function canSubmit() {
+  const prompt = promptText();
+  return !state.submitting && state.files.length > 0 && prompt.trim() !== '' && prompt.length <= PROMPT_MAX;
+}
+
+function renderForm() {
+  const length = promptText().length;
+  els.promptCounter.textContent = `${length} / ${PROMPT_MAX}`;
+  els.promptCounter.classList.toggle('near-limit', length >= PROMPT_WARN);
+
+  els.generateButton.disabled = !canSubmit();
+  els.generateButton.textContent = state.submitting ? state.submitPhase : 'Generate';
+  els.form.setAttribute('aria-busy', state.submitting ? 'true' : 'false');
+  els.fileInput.disabled = state.submitting;
+  els.dropZone.classList.toggle('is-disabled', state.submitting);
+
+  const missing = [];
+  if (state.files.length === 0) missing.push('add at least one image');
+  if (promptText().trim() === '') missing.push('write a prompt');
+  els.generateHint.textContent = !state.submitting && missing.length > 0
+    ? `To generate, ${missing.join(' and ')}.`
+    : '';
+}
+
+function setSubmitting(submitting, phase = '') {
+  state.submitting = submitting;
+  state.submitPhase = phase;
+  renderFiles(); // enables/disables the remove buttons
+  renderForm();
+}
+
+/**
+ * Pairs answer entries (which carry a filename) with the local files that were
+ * sent, so per-file errors and thumbnails land on the right file. `groups` is
+ * a list of entry arrays (uploaded, errors) sharing one pool of files; the
+ * result has the same shape, with null where no file matched.
+ * Names are matched first (duplicates in order, same size preferred). If the
+ * server accounted for every file but renamed some (e.g. sanitised names),
+ * the leftovers are paired in request order.
+ */
+function pairWithFiles(groups, batch) {
+  const used = new Set();
+  const results = groups.map((entries) => entries.map((entry) => {
+    const name = str(entry && entry.filename);
+    const candidates = batch.filter((file) => !used.has(file.id) && file.file.name === name);
+    const match = candidates.find((file) => entry && entry.size === file.file.size) || candidates[0] || null;
+    if (match) used.add(match.id);
+    return match;
+  }));
+  const total = groups.reduce((sum, entries) => sum + entries.length, 0);
+  if (total === batch.length) {
+    const leftovers = batch.filter((file) => !used.has(file.id));
+    results.forEach((matches) => matches.forEach((match, i) => {
+      if (!match && leftovers.length > 0) matches[i] = leftovers.shift();
+    }));
+  }
+  return results;
+}
+
+/** Puts upload errors on their files; returns sentences for errors no file matched. */
+function applyUploadErrors(errors, files) {
+  const unmatched = [];
+  errors.forEach((error, i) => {
+    const message = str(error && error.error) || 'This file could not be uploaded.';
+    const code = str(error && error.code);
+    if (files[i]) files[i].error = { message, code };
+    else unmatched.push(`${str(error && error.filename) || 'A file'}: ${message}${code ? ` (${code})` : ''}`);
+  });
+  return unmatched;
+}
+
+function errorList(body) {
+  return body && Array.isArray(body.errors) ? body.errors : [];
+}
+
+/** POST /api/upload; returns { uploaded: [{ key, url, filename, fileEntry }], unmatchedErrors }. */
+async function uploadFiles(batch) {
+  const formData = new FormData();
+  for (const entry of batch) formData.append('files', entry.file, entry.file.name);
+
+  let data;
+  try {
+    data = await api('/api/upload', { method: 'POST', formData, timeoutMs: UPLOAD_TIMEOUT_MS });
+  } catch (err) {
+    // A rejected upload may still say which files were wrong.
+    const errors = errorList(err && err.body);
+    const [errorFiles] = pairWithFiles([errors], batch);
+    if (err instanceof ApiError) err.details = applyUploadErrors(errors, errorFiles);
+    throw err;
+  }
+
+  const errors = errorList(data);
+  const uploadedRaw = Array.isArray(data.uploaded)
+    ? data.uploaded.filter((u) => u && typeof u.key === 'string' && typeof u.url === 'string')
+    : [];
+  const [uploadedFiles, errorFiles] = pairWithFiles([uploadedRaw, errors], batch);
+  const unmatchedErrors = applyUploadErrors(errors, errorFiles);
+  const uploaded = uploadedRaw.map((u, i) => ({
+    key: u.key,
+    url: u.url,
+    filename: str(u.filename),
+    fileEntry: uploadedFiles[i],
+  }));
+  return { uploaded, unmatchedErrors };
+}
+
+/** Reads a generate failure of unknown exact shape into { key, message, code }. */
+function describeFailure(failure) {
+  if (typeof failure === 'string') return { key: '', message: failure, code: '' };
+  if (!failure || typeof failure !== 'object') return { key: '', message: 'Task could not be created.', code: '' };
+  return {
+    key: str(failure.sourceKey) || str(failure.key),
+    message: str(failure.error) || str(failure.message) || 'Task could not be created.',
+    code: str(failure.code),
+  };
+}
+
+async function handleSubmit(event) {
+  event.preventDefault();
+  if (!canSubmit()) return;
+
+  clearError();
+  for (const entry of state.files) entry.error = null;
+  // Snapshot everything now: the user may keep typing while we wait.
+  const batch = state.files.slice();
+  const prompt = promptText().trim();
+  const aspectRatio = els.aspectRatio.value;
+  const outputFormat = els.outputFormat.value;
+
+  setSubmitting(true, 'Uploading…');
+  setFormStatus(`Uploading ${batch.length} image${batch.length === 1 ? '' : 's'}…`);
+  let carriedDetails = []; // upload problems to keep visible if generate fails too
+  try {
+    const { uploaded, unmatchedErrors } = await uploadFiles(batch);
+    carriedDetails = unmatchedErrors;
+    renderFiles();
+    if (uploaded.length === 0) {
+      showError('None of the images could be uploaded, so no task was created.', '', unmatchedErrors);
+      setFormStatus('Upload failed.');
+      return;
+    }
+    if (unmatchedErrors.length > 0) showError('Some files could not be uploaded.', '', unmatchedErrors);
+
+    setSubmitting(true, 'Creating tasks…');
+    setFormStatus(`Uploaded ${uploaded.length} of ${batch.length}. Creating tasks…`);
+    const data = await api('/api/generate', {
+      method: 'POST',
+      json: {
+        prompt,
+        uploads: uploaded.map((u) => ({ key: u.key, url: u.url })),
+        aspectRatio,
+        outputFormat,
+      },
+    });
+
+    const created = addTasksFromResponse(data, uploaded, prompt, outputFormat);
+    const failureLines = applyGenerateFailures(data.failures, uploaded);
+    if (failureLines.length > 0) showError('Some tasks could not be created.', '', failureLines);
+    setFormStatus(str(data.message) || `Created ${created} task${created === 1 ? '' : 's'}.`);
+  } catch (err) {
+    showApiError(err, carriedDetails.concat((err && err.details) || []));
+    setFormStatus('Generation did not start.');
+  } finally {
+    setSubmitting(false);
+  }
+}
+
+/** Creates task cards from the generate answer; files that got a task leave the selection. */
+function addTasksFromResponse(data, uploaded, prompt, outputFormat) {
+  let list = [];
+  if (Array.isArray(data.tasks)) list = data.tasks;
+  else if (Array.isArray(data.taskIds)) list = data.taskIds.map((taskId) => ({ taskId }));
+
+  let created = 0;
+  list.forEach((item, index) => {
+    const taskId = str(item && item.taskId);
+    if (!taskId || state.tasks.has(taskId)) return;
+    const sourceKey = str(item.sourceKey);
+    // Without a sourceKey, fall back to request order when counts agree.
+    const source = (sourceKey
+      ? uploaded.find((u) => u.key === sourceKey)
+      : list.length === uploaded.length && uploaded[index]) || null;
+    const fileEntry = source && source.fileEntry;
+    if (fileEntry) removeFile(fileEntry.id, { keepPreview: true }); // the card now owns the preview URL
+    addTask(createTask({ taskId, source, fileEntry, prompt, outputFormat }));
+    created += 1;
+  });
+  renderFiles();
+  renderForm();
+  ensurePollLoop();
+  return created;
+}
+
+/** Marks generate failures on their files; returns sentences for the error area. */
+function applyGenerateFailures(failures, uploaded) {
+  if (!Array.isArray(failures)) return [];
+  return failures.map((raw) => {
+    const failure = describeFailure(raw);
+    const source = uploaded.find((u) => u.key === failure.key);
+    if (source && source.fileEntry && state.files.includes(source.fileEntry)) {
+      source.fileEntry.error = { message: failure.message, code: failure.code };
+    }
+    const name = (source && (source.filename || source.key)) || failure.key || 'Image';
+    return `${name}: ${failure.message}${failure.code ? ` (${failure.code})` : ''}`;
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Tasks
+// ---------------------------------------------------------------------------
+
+function createTask({ taskId, source, fileEntry, prompt, outputFormat }) {
+  const now = Date.now();
+  return {
+    taskId,
+    sourceName: (fileEntry && fileEntry.file.name) || (source && source.filename) || '',
+    thumbUrl: (fileEntry && fileEntry.previewUrl) || safeHttpUrl(source && source.url),
+    prompt,
+    outputFormat,
+    status: 'pending',
+    startedAt: now,
+    endedAt: null, // when the elapsed clock stopped (finished, timed out, stopped)
+    pollStartedAt: now, // start of the current 15-minute polling window
+    nextPollAt: now,
+    inFlight: false,
+    done: false, // completed or failed
+    timedOut: false, // 15 minutes without a final status
+    stopped: false, // the server said the task cannot be checked (e.g. 404)
+    resultUrls: [],
+    resultsRendered: false,
+    error: '',
+    pollError: '',
+    credits: null,
+    el: null,
+  };
+}
+
+function isPolling(task) {
+  return !task.done && !task.timedOut && !task.stopped;
+}
+
+function addTask(task) {
+  state.tasks.set(task.taskId, task);
+  task.el = buildTaskCard(task);
+  els.taskList.prepend(task.el.root);
+  els.tasksEmpty.hidden = true;
+  updateTaskCard(task, Date.now());
+  announce(`Task ${task.taskId} created.`);
+}
+
+function buildTaskCard(task) {
+  const root = h('li', 'task-card');
+  root.dataset.taskId = task.taskId;
+
+  const thumbWrap = h('div', 'task-thumb-wrap');
+  if (task.thumbUrl) {
+    const img = h('img', 'task-thumb');
+    img.src = task.thumbUrl;
+    img.alt = task.sourceName ? `Source image ${task.sourceName}` : 'Source image';
+    img.addEventListener('error', () => img.classList.add('is-broken'));
+    thumbWrap.append(img);
+  }
+
+  const body = h('div', 'task-body');
+  const idLine = h('p', 'task-id');
+  idLine.append(h('span', 'task-label', 'Task '), h('code', 'task-id-value', task.taskId));
+
+  const meta = h('p', 'task-meta');
+  const status = h('span', 'task-status');
+  const elapsed = h('span', 'task-elapsed');
+  const credits = h('span', 'task-credits');
+  credits.hidden = true;
+  meta.append(status, elapsed, credits);
+
+  const sourceLine = h('p', 'task-source', task.sourceName);
+  sourceLine.hidden = !task.sourceName;
+  const promptLine = h('p', 'task-prompt', task.prompt);
+  promptLine.title = task.prompt;
+  const message = h('p', 'task-message');
+  message.hidden = true;
+
+  const retry = h('button', 'button secondary task-retry', 'Check again');
+  retry.type = 'button';
+  retry.hidden = true;
+  retry.setAttribute('aria-label', `Check task ${task.taskId} again`);
+  retry.addEventListener('click', () => resumeTask(task));
+
+  const results = h('div', 'task-results');
+  body.append(idLine, meta, sourceLine, promptLine, message, retry, results);
+  root.append(thumbWrap, body);
+  return { root, status, elapsed, credits, message, retry, results };
+}
+
+function taskMessage(task) {
+  if (task.status === 'failed') return { kind: 'error', text: task.error };
+  if (task.stopped) return { kind: 'error', text: task.pollError };
+  if (task.timedOut) {
+    return {
+      kind: 'warning',
+      text: 'Stopped checking after 15 minutes without a final status. The task may still finish; use "Check again" to keep watching.',
+    };
+  }
+  if (task.status === 'completed' && task.resultUrls.length === 0) {
+    return { kind: 'warning', text: 'Completed, but the server returned no result images.' };
+  }
+  if (task.pollError) return { kind: 'warning', text: task.pollError };
+  return null;
+}
+
+function updateTaskCard(task, now) {
+  const el = task.el;
+  el.root.dataset.status = task.status;
+  el.status.textContent = STATUS_LABELS[task.status] || task.status;
+  el.status.dataset.status = task.status;
+  el.elapsed.textContent = formatElapsed((task.endedAt || now) - task.startedAt);
+
+  if (typeof task.credits === 'number') {
+    el.credits.textContent = `${task.credits} credit${task.credits === 1 ? '' : 's'}`;
+    el.credits.hidden = false;
+  }
+
+  const message = taskMessage(task);
+  el.message.hidden = !message;
+  el.message.textContent = message ? message.text : '';
+  el.message.dataset.kind = message ? message.kind : '';
+  el.retry.hidden = !(task.timedOut || task.stopped);
+
+  if (task.status === 'completed' && !task.resultsRendered) {
+    renderResults(task);
+    task.resultsRendered = true;
+  }
+}
+
+function renderResults(task) {
+  const figures = [];
+  let skipped = 0;
+  task.resultUrls.forEach((raw, index) => {
+    const url = safeHttpUrl(raw);
+    if (!url) {
+      skipped += 1;
+      return;
+    }
+    const figure = h('figure', 'result');
+    const open = h('a', 'result-link');
+    open.href = url;
+    open.target = '_blank';
+    open.rel = 'noopener noreferrer';
+    const img = h('img', 'result-image');
+    img.src = url;
+    img.alt = `Result ${index + 1} of task ${task.taskId} (opens full image in a new tab)`;
+    img.loading = 'lazy';
+    img.decoding = 'async';
+    open.append(img);
+
+    const caption = h('figcaption', 'result-actions');
+    const download = h('a', 'result-download', 'Download');
+    download.href = url;
+    // The download attribute is honoured for same-origin URLs; cross-origin
+    // ones simply open, which is still a working fallback.
+    download.download = downloadName(task.taskId, index, url, task.outputFormat);
+    download.setAttribute('aria-label', `Download result ${index + 1} of task ${task.taskId}`);
+    caption.append(download);
+
+    figure.append(open, caption);
+    figures.push(figure);
+  });
+  if (skipped > 0) figures.push(h('p', 'hint', `${skipped} result URL${skipped === 1 ? ' was' : 's were'} not a valid http(s) address and ${skipped === 1 ? 'is' : 'are'} not shown.`));
+  task.el.results.replaceChildren(...figures);
+}
+
+function resumeTask(task) {
+  const now = Date.now();
+  task.timedOut = false;
+  task.stopped = false;
+  task.pollError = '';
+  task.endedAt = null;
+  task.pollStartedAt = now;
+  task.nextPollAt = now;
+  updateTaskCard(task, now);
+  announce(`Checking task ${task.taskId} again.`);
+  ensurePollLoop();
+}
+
+// ---------------------------------------------------------------------------
+// Polling: ONE timer for all tasks
+// ---------------------------------------------------------------------------
+
+function ensurePollLoop() {
+  if (state.timer !== null) return;
+  const anyActive = Array.from(state.tasks.values()).some(isPolling);
+  if (anyActive) state.timer = window.setTimeout(pollTick, TICK_MS);
+}
+
+function pollTick() {
+  state.timer = null;
+  const now = Date.now();
+  for (const task of state.tasks.values()) {
+    if (!isPolling(task)) continue;
+    if (now - task.pollStartedAt >= POLL_LIMIT_MS) {
+      task.timedOut = true;
+      task.endedAt = now;
+      announce(`Stopped checking task ${task.taskId} after 15 minutes.`);
+    } else if (!task.inFlight && now >= task.nextPollAt) {
+      pollTask(task); // not awaited: tasks are polled concurrently
+    }
+    updateTaskCard(task, now);
+  }
+  ensurePollLoop();
+}
+
+async function pollTask(task) {
+  task.inFlight = true;
+  // Schedule from the start of the request so the cadence stays ~2 s.
+  task.nextPollAt = Date.now() + POLL_INTERVAL_MS;
+  try {
+    const data = await api(`/api/task-status?taskId=${encodeURIComponent(task.taskId)}`, { timeoutMs: POLL_TIMEOUT_MS });
+    applyTaskStatus(task, data);
+  } catch (err) {
+    handlePollError(task, err);
+  } finally {
+    task.inFlight = false;
+    updateTaskCard(task, Date.now());
+    ensurePollLoop();
+  }
+}
+
+function applyTaskStatus(task, data) {
+  task.pollError = '';
+  const previous = task.status;
+  const status = str(data.status) || task.status;
+  task.status = status;
+  if (typeof data.consumeCredits === 'number') task.credits = data.consumeCredits;
+
+  if (status === 'completed' || status === 'failed') {
+    task.done = true;
+    // A late answer can arrive after the 15-minute cut-off; a final status still wins.
+    task.timedOut = false;
+    task.endedAt = Date.now();
+    if (status === 'completed') {
+      task.resultUrls = Array.isArray(data.resultUrls) ? data.resultUrls.filter((u) => typeof u === 'string') : [];
+    } else {
+      task.error = str(data.error) || 'The task failed without an error message.';
+    }
+  }
+  if (status !== previous) {
+    let text = `Task ${task.taskId}: ${STATUS_LABELS[status] || status}.`;
+    if (status === 'completed') {
+      const shown = task.resultUrls.filter((u) => safeHttpUrl(u) !== null).length;
+      text += ` ${shown} result image${shown === 1 ? '' : 's'}.`;
+    }
+    if (status === 'failed') text += ` ${task.error}`;
+    announce(text);
+  }
+}
+
+function handlePollError(task, err) {
+  const apiErr = err instanceof ApiError ? err : null;
+  const status = apiErr ? apiErr.status : 0;
+  const codeText = apiErr && apiErr.code ? ` (${apiErr.code})` : '';
+  const message = apiErr ? apiErr.message : 'Unexpected error while checking status.';
+  if (!apiErr) console.error(err);
+
+  // 4xx other than 401/408/429 will not fix itself by asking again
+  // (e.g. unknown task id after a server restart): stop and say so.
+  const permanent = status >= 400 && status < 500 && ![401, 408, 429].includes(status);
+  if (permanent) {
+    task.stopped = true;
+    task.endedAt = Date.now();
+    task.pollError = `Stopped checking: ${message}${codeText}`;
+    announce(`Stopped checking task ${task.taskId}: ${message}`);
+    return;
+  }
+  if (status === 401) {
+    showApiKeySection(false);
+    if (!state.authErrorShown) {
+      state.authErrorShown = true;
+      showError('API key missing or wrong', apiErr.code);
+    }
+  }
+  // Network trouble, 5xx, 401 (the key can be fixed meanwhile): keep trying.
+  task.pollError = apiErr && apiErr.network
+    ? 'Could not reach the server to check status. Retrying…'
+    : `Status check failed: ${message.replace(/[.!?]$/, '')}${codeText}. Retrying…`;
+}
+
+// ---------------------------------------------------------------------------
+// Wiring
+// ---------------------------------------------------------------------------
+
+function cacheElements() {
+  Object.assign(els, {
+    providerBadge: byId('provider-badge'),
+    serverVersion: byId('server-version'),
+    simulatorNotice: byId('simulator-notice'),
+    apiKeySection: byId('api-key-section'),
+    apiKeyInput: byId('api-key-input'),
+    apiKeyClear: byId('api-key-clear'),
+    errorArea: byId('error-area'),
+    errorMessage: byId('error-message'),
+    errorDetails: byId('error-details'),
+    errorCodeLine: byId('error-code-line'),
+    errorCode: byId('error-code'),
+    errorDismiss: byId('error-dismiss'),
+    form: byId('generate-form'),
+    dropZone: byId('drop-zone'),
+    fileInput: byId('file-input'),
+    fileSummary: byId('file-summary'),
+    fileList: byId('file-list'),
+    promptInput: byId('prompt-input'),
+    promptCounter: byId('prompt-counter'),
+    aspectRatio: byId('aspect-ratio'),
+    outputFormat: byId('output-format'),
+    generateButton: byId('generate-button'),
+    generateHint: byId('generate-hint'),
+    formStatus: byId('form-status'),
+    tasksEmpty: byId('tasks-empty'),
+    taskList: byId('task-list'),
+    liveRegion: byId('live-region'),
+  });
+}
+
+function bindEvents() {
+  els.fileInput.addEventListener('change', () => {
+    addFiles(els.fileInput.files);
+    els.fileInput.value = ''; // lets the same file be chosen again after removal
+  });
+  els.fileList.addEventListener('click', handleRemoveClick);
+  setupDragAndDrop();
+
+  els.promptInput.addEventListener('input', renderForm);
+  els.promptInput.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      // click() on the (possibly disabled) submit button respects its state.
+      els.generateButton.click();
+    }
+  });
+  els.form.addEventListener('submit', handleSubmit);
+
+  els.apiKeyInput.addEventListener('input', () => {
+    state.apiKey = els.apiKeyInput.value.trim();
+    state.authErrorShown = false;
+    saveApiKey(state.apiKey);
+  });
+  els.apiKeyClear.addEventListener('click', () => {
+    state.apiKey = '';
+    els.apiKeyInput.value = '';
+    saveApiKey('');
+    els.apiKeyInput.focus();
+  });
+  els.errorDismiss.addEventListener('click', () => {
+    clearError();
+    els.promptInput.focus();
+  });
+}
+
+function init() {
+  cacheElements();
+  state.apiKey = loadApiKey();
+  els.apiKeyInput.value = state.apiKey;
+  bindEvents();
+  renderFiles();
+  renderForm();
+  loadInfo();
+}
+
+init();

@@ -1,0 +1,731 @@
+//! Configuration: built-in defaults, then a TOML file, then the environment (including
+//! `.env.local` / `.env`, and the original service's variable names), validated once at
+//! start. Every key is documented in `darkroom.example.toml`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// A value that must never reach a log line or a debug dump.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key} {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("invalid configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub kie: KieConfig,
+    pub simulator: SimulatorConfig,
+    pub limits: LimitsConfig,
+    pub engine: EngineConfig,
+    pub fetch: FetchConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How clients and the provider reach this server; default `http://{listen}`.
+    pub public_url: Option<Url>,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Default `sqlite://{data_dir}/darkroom.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Local bucket directory; default `{data_dir}/bucket`. Used unless an S3 bucket is set.
+    pub dir: Option<PathBuf>,
+    /// S3-compatible bucket (Cloudflare R2 through the `R2_*` variables).
+    pub s3: Option<S3Config>,
+    /// When set, object URLs are `{public_base_url}/{key}` (the original's `R2_PUBLIC_BASE_URL`).
+    pub public_base_url: Option<Url>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Url,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KieConfig {
+    /// Setting it switches the provider from the built-in simulator to KIE.
+    pub api_token: Option<Secret>,
+    pub base_url: Url,
+    /// Where KIE should call back; darkroom appends `/{taskId}?token=…` per task.
+    pub callback_url: Option<Url>,
+    /// Take state and result URLs from `recordInfo` instead of the (unsigned) callback body.
+    pub verify_callbacks: bool,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Generation time of the built-in simulator, `MIN-MAX` milliseconds.
+    pub latency_ms: String,
+    pub fail_rate: f64,
+    pub duplicate_rate: f64,
+    pub drop_rate: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_upload_bytes: u64,
+    pub max_upload_files: usize,
+    pub max_result_bytes: u64,
+    pub max_image_dimension: u32,
+    pub max_image_pixels: u64,
+    pub max_json_body_bytes: usize,
+    pub max_callback_body_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Whether this instance runs the background workers (dispatcher, poller, ingest).
+    pub workers: bool,
+    pub dispatch_concurrency: usize,
+    pub ingest_concurrency: usize,
+    pub max_attempts: u32,
+    /// A submitted task with no result after this long becomes `expired`.
+    pub task_deadline_secs: u64,
+    pub lease_secs: u64,
+    pub tick_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// `host:port` pairs that may be fetched over plain http and on private addresses
+    /// (a standalone simulator on loopback). Nothing else may.
+    pub trusted_hosts: Vec<String>,
+    pub connect_timeout_secs: u64,
+    pub timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `darkroom=debug,info`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            kie: KieConfig::default(),
+            simulator: SimulatorConfig::default(),
+            limits: LimitsConfig::default(),
+            engine: EngineConfig::default(),
+            fetch: FetchConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            public_url: None,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            s3: None,
+            public_base_url: None,
+        }
+    }
+}
+
+impl Default for KieConfig {
+    fn default() -> Self {
+        Self {
+            api_token: None,
+            base_url: Url::parse("https://api.kie.ai").expect("static URL"),
+            callback_url: None,
+            verify_callbacks: true,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: "1000-3000".to_owned(),
+            fail_rate: 0.0,
+            duplicate_rate: 0.0,
+            drop_rate: 0.0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 10 * 1024 * 1024,
+            max_upload_files: 10,
+            max_result_bytes: 30 * 1024 * 1024,
+            max_image_dimension: 10_000,
+            max_image_pixels: 40_000_000,
+            max_json_body_bytes: 256 * 1024,
+            max_callback_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: true,
+            dispatch_concurrency: 8,
+            ingest_concurrency: 8,
+            max_attempts: 6,
+            task_deadline_secs: 15 * 60,
+            lease_secs: 120,
+            tick_ms: 500,
+        }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            trusted_hosts: Vec::new(),
+            connect_timeout_secs: 10,
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+/// Which provider serves KIE-style tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderMode {
+    /// The built-in simulator, in this process (no `KIE_API_TOKEN`).
+    Simulator,
+    /// The KIE API at `kie.base_url`.
+    Kie,
+}
+
+/// Environment variables darkroom reads, for the unknown-variable warning.
+const KNOWN_DARKROOM_VARS: &[&str] = &[
+    "DARKROOM_CONFIG",
+    "DARKROOM_DATA_DIR",
+    "DARKROOM_LISTEN",
+    "DARKROOM_PUBLIC_URL",
+    "DARKROOM_REQUEST_TIMEOUT_SECS",
+    "DARKROOM_DATABASE_URL",
+    "DARKROOM_DATABASE_MAX_CONNECTIONS",
+    "DARKROOM_BUCKET_DIR",
+    "DARKROOM_KIE_VERIFY_CALLBACKS",
+    "DARKROOM_KIE_TIMEOUT_SECS",
+    "DARKROOM_SIM_LATENCY_MS",
+    "DARKROOM_SIM_FAIL_RATE",
+    "DARKROOM_SIM_DUPLICATE_RATE",
+    "DARKROOM_SIM_DROP_RATE",
+    "DARKROOM_MAX_UPLOAD_BYTES",
+    "DARKROOM_MAX_UPLOAD_FILES",
+    "DARKROOM_MAX_RESULT_BYTES",
+    "DARKROOM_MAX_IMAGE_DIMENSION",
+    "DARKROOM_MAX_IMAGE_PIXELS",
+    "DARKROOM_MAX_JSON_BODY_BYTES",
+    "DARKROOM_MAX_CALLBACK_BODY_BYTES",
+    "DARKROOM_WORKERS",
+    "DARKROOM_DISPATCH_CONCURRENCY",
+    "DARKROOM_INGEST_CONCURRENCY",
+    "DARKROOM_MAX_ATTEMPTS",
+    "DARKROOM_TASK_DEADLINE_SECS",
+    "DARKROOM_LEASE_SECS",
+    "DARKROOM_TICK_MS",
+    "DARKROOM_TRUSTED_FETCH_HOSTS",
+    "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
+    "DARKROOM_FETCH_TIMEOUT_SECS",
+    "DARKROOM_LOG",
+    "DARKROOM_LOG_FORMAT",
+];
+
+/// Reads one variable at a time and remembers the problem with the first bad one.
+struct EnvReader<'a> {
+    env: &'a HashMap<String, String>,
+}
+
+impl EnvReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.env
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn set<T>(
+        &self,
+        key: &str,
+        target: &mut T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(raw) = self.get(key) {
+            *target = parse(raw).map_err(|problem| invalid(key, problem))?;
+        }
+        Ok(())
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str, target: &mut T) -> Result<(), ConfigError> {
+        self.set(key, target, |raw| {
+            raw.parse()
+                .map_err(|_| format!("= {raw:?} is not a valid number"))
+        })
+    }
+
+    fn flag(&self, key: &str, target: &mut bool) -> Result<(), ConfigError> {
+        self.set(key, target, |raw| match raw.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(format!("= {raw:?} is not true or false")),
+        })
+    }
+
+    fn url(&self, key: &str, target: &mut Url) -> Result<(), ConfigError> {
+        self.set(key, target, parse_http_url)
+    }
+
+    fn opt_url(&self, key: &str, target: &mut Option<Url>) -> Result<(), ConfigError> {
+        self.set(key, target, |raw| parse_http_url(raw).map(Some))
+    }
+}
+
+fn parse_http_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|_| format!("= {raw:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("= {raw:?} must be an http(s) URL with a host"));
+    }
+    Ok(url)
+}
+
+/// Parses `MIN-MAX` or a single number of milliseconds.
+pub fn parse_latency_ms(raw: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("= {raw:?} must be milliseconds as MIN-MAX (e.g. 1000-3000) or one number");
+    let (min, max) = match raw.split_once('-') {
+        Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+        None => {
+            let v = raw.trim().parse().map_err(|_| bad())?;
+            (v, v)
+        }
+    };
+    if min > max {
+        return Err(bad());
+    }
+    Ok((min, max))
+}
+
+impl Config {
+    /// Loads from the process environment, after reading `.env.local` and `.env` from the
+    /// working directory (variables already set win, as with the original Next.js app).
+    pub fn load() -> Result<Self, ConfigError> {
+        for file in [".env.local", ".env"] {
+            if Path::new(file).exists()
+                && let Err(e) = dotenvy::from_filename(file)
+            {
+                return Err(ConfigError::File {
+                    path: PathBuf::from(file),
+                    message: e.to_string(),
+                });
+            }
+        }
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::from_env(&env)
+    }
+
+    /// Defaults, then the TOML file named by `DARKROOM_CONFIG` (or `./darkroom.toml` when it
+    /// exists), then the variables in `env`.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match env.get("DARKROOM_CONFIG").filter(|p| !p.is_empty()) {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(PathBuf::from("darkroom.toml")).filter(|p| p.exists()),
+        };
+        let mut config = match file {
+            Some(path) => Self::from_file(&path)?,
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |message: String| ConfigError::File {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let r = EnvReader { env };
+        r.set("DARKROOM_DATA_DIR", &mut self.data_dir, |v| Ok(PathBuf::from(v)))?;
+
+        // PORT alone keeps the host; DARKROOM_LISTEN names both.
+        let host = self.server.listen.ip();
+        r.set("PORT", &mut self.server.listen, |v| {
+            let port: u16 = v.parse().map_err(|_| format!("= {v:?} is not a port number"))?;
+            Ok(SocketAddr::new(host, port))
+        })?;
+        r.set("DARKROOM_LISTEN", &mut self.server.listen, |v| {
+            v.parse()
+                .map_err(|_| format!("= {v:?} is not an address like 127.0.0.1:3000"))
+        })?;
+        r.opt_url("DARKROOM_PUBLIC_URL", &mut self.server.public_url)?;
+        r.number("DARKROOM_REQUEST_TIMEOUT_SECS", &mut self.server.request_timeout_secs)?;
+
+        r.set("DARKROOM_DATABASE_URL", &mut self.database.url, |v| Ok(Some(v.to_owned())))?;
+        r.number("DARKROOM_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
+
+        r.set("DARKROOM_BUCKET_DIR", &mut self.storage.dir, |v| Ok(Some(PathBuf::from(v))))?;
+        r.opt_url("R2_PUBLIC_BASE_URL", &mut self.storage.public_base_url)?;
+        self.apply_r2_env(&r)?;
+
+        r.set("KIE_API_TOKEN", &mut self.kie.api_token, |v| Ok(Some(Secret::new(v))))?;
+        r.url("KIE_BASE_URL", &mut self.kie.base_url)?;
+        r.opt_url("KIE_CALLBACK_URL", &mut self.kie.callback_url)?;
+        r.flag("DARKROOM_KIE_VERIFY_CALLBACKS", &mut self.kie.verify_callbacks)?;
+        r.number("DARKROOM_KIE_TIMEOUT_SECS", &mut self.kie.request_timeout_secs)?;
+
+        r.set("DARKROOM_SIM_LATENCY_MS", &mut self.simulator.latency_ms, |v| {
+            parse_latency_ms(v).map(|_| v.to_owned())
+        })?;
+        r.number("DARKROOM_SIM_FAIL_RATE", &mut self.simulator.fail_rate)?;
+        r.number("DARKROOM_SIM_DUPLICATE_RATE", &mut self.simulator.duplicate_rate)?;
+        r.number("DARKROOM_SIM_DROP_RATE", &mut self.simulator.drop_rate)?;
+
+        let l = &mut self.limits;
+        r.number("DARKROOM_MAX_UPLOAD_BYTES", &mut l.max_upload_bytes)?;
+        r.number("DARKROOM_MAX_UPLOAD_FILES", &mut l.max_upload_files)?;
+        r.number("DARKROOM_MAX_RESULT_BYTES", &mut l.max_result_bytes)?;
+        r.number("DARKROOM_MAX_IMAGE_DIMENSION", &mut l.max_image_dimension)?;
+        r.number("DARKROOM_MAX_IMAGE_PIXELS", &mut l.max_image_pixels)?;
+        r.number("DARKROOM_MAX_JSON_BODY_BYTES", &mut l.max_json_body_bytes)?;
+        r.number("DARKROOM_MAX_CALLBACK_BODY_BYTES", &mut l.max_callback_body_bytes)?;
+
+        let e = &mut self.engine;
+        r.flag("DARKROOM_WORKERS", &mut e.workers)?;
+        r.number("DARKROOM_DISPATCH_CONCURRENCY", &mut e.dispatch_concurrency)?;
+        r.number("DARKROOM_INGEST_CONCURRENCY", &mut e.ingest_concurrency)?;
+        r.number("DARKROOM_MAX_ATTEMPTS", &mut e.max_attempts)?;
+        r.number("DARKROOM_TASK_DEADLINE_SECS", &mut e.task_deadline_secs)?;
+        r.number("DARKROOM_LEASE_SECS", &mut e.lease_secs)?;
+        r.number("DARKROOM_TICK_MS", &mut e.tick_ms)?;
+
+        r.set("DARKROOM_TRUSTED_FETCH_HOSTS", &mut self.fetch.trusted_hosts, |v| {
+            Ok(v.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect())
+        })?;
+        r.number("DARKROOM_FETCH_CONNECT_TIMEOUT_SECS", &mut self.fetch.connect_timeout_secs)?;
+        r.number("DARKROOM_FETCH_TIMEOUT_SECS", &mut self.fetch.timeout_secs)?;
+
+        r.set("DARKROOM_LOG", &mut self.log.filter, |v| Ok(v.to_owned()))?;
+        r.set("DARKROOM_LOG_FORMAT", &mut self.log.format, |v| Ok(v.to_owned()))?;
+        Ok(())
+    }
+
+    /// The original service's R2 variables: an account id gives Cloudflare's endpoint;
+    /// `R2_ENDPOINT` points the same variables at any S3-compatible server.
+    fn apply_r2_env(&mut self, r: &EnvReader<'_>) -> Result<(), ConfigError> {
+        const R2_KEYS: [&str; 5] = [
+            "R2_ACCOUNT_ID",
+            "R2_ENDPOINT",
+            "R2_ACCESS_KEY_ID",
+            "R2_SECRET_ACCESS_KEY",
+            "R2_BUCKET_NAME",
+        ];
+        if R2_KEYS.iter().all(|k| r.get(k).is_none()) {
+            return Ok(());
+        }
+        let endpoint = match (r.get("R2_ENDPOINT"), r.get("R2_ACCOUNT_ID")) {
+            (Some(endpoint), _) => parse_http_url(endpoint).map_err(|p| invalid("R2_ENDPOINT", p))?,
+            (None, Some(account)) => {
+                let ok = account.bytes().all(|b| b.is_ascii_alphanumeric());
+                if !ok {
+                    return Err(invalid("R2_ACCOUNT_ID", format!("= {account:?} is not a Cloudflare account id")));
+                }
+                Url::parse(&format!("https://{account}.r2.cloudflarestorage.com"))
+                    .map_err(|e| invalid("R2_ACCOUNT_ID", e.to_string()))?
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "R2_ACCOUNT_ID",
+                    "is not set; set it (or R2_ENDPOINT) together with the other R2_* variables",
+                ));
+            }
+        };
+        let required = |key: &str| {
+            r.get(key)
+                .map(str::to_owned)
+                .ok_or_else(|| invalid(key, "is not set, but other R2_* variables are"))
+        };
+        self.storage.s3 = Some(S3Config {
+            endpoint,
+            region: r.get("R2_REGION").unwrap_or("auto").to_owned(),
+            bucket: required("R2_BUCKET_NAME")?,
+            access_key_id: required("R2_ACCESS_KEY_ID")?,
+            secret_access_key: Secret::new(required("R2_SECRET_ACCESS_KEY")?),
+        });
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_latency_ms(&self.simulator.latency_ms)
+            .map_err(|p| invalid("simulator.latency_ms (DARKROOM_SIM_LATENCY_MS)", p))?;
+        for (key, rate) in [
+            ("simulator.fail_rate (DARKROOM_SIM_FAIL_RATE)", self.simulator.fail_rate),
+            ("simulator.duplicate_rate (DARKROOM_SIM_DUPLICATE_RATE)", self.simulator.duplicate_rate),
+            ("simulator.drop_rate (DARKROOM_SIM_DROP_RATE)", self.simulator.drop_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid(key, format!("= {rate} must be between 0 and 1")));
+            }
+        }
+        for (key, value) in [
+            ("limits.max_upload_bytes (DARKROOM_MAX_UPLOAD_BYTES)", self.limits.max_upload_bytes),
+            ("limits.max_result_bytes (DARKROOM_MAX_RESULT_BYTES)", self.limits.max_result_bytes),
+            ("limits.max_upload_files (DARKROOM_MAX_UPLOAD_FILES)", self.limits.max_upload_files as u64),
+            ("engine.dispatch_concurrency (DARKROOM_DISPATCH_CONCURRENCY)", self.engine.dispatch_concurrency as u64),
+            ("engine.ingest_concurrency (DARKROOM_INGEST_CONCURRENCY)", self.engine.ingest_concurrency as u64),
+            ("engine.max_attempts (DARKROOM_MAX_ATTEMPTS)", u64::from(self.engine.max_attempts)),
+            ("engine.lease_secs (DARKROOM_LEASE_SECS)", self.engine.lease_secs),
+            ("engine.tick_ms (DARKROOM_TICK_MS)", self.engine.tick_ms),
+            ("engine.task_deadline_secs (DARKROOM_TASK_DEADLINE_SECS)", self.engine.task_deadline_secs),
+            ("database.max_connections (DARKROOM_DATABASE_MAX_CONNECTIONS)", u64::from(self.database.max_connections)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for host in &self.fetch.trusted_hosts {
+            parse_host_port(host).map_err(|p| invalid("fetch.trusted_hosts (DARKROOM_TRUSTED_FETCH_HOSTS)", p))?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format (DARKROOM_LOG_FORMAT)", format!("= {:?} must be text or json", self.log.format)));
+        }
+        if let Some(url) = &self.database.url
+            && !url.starts_with("sqlite:")
+        {
+            return Err(invalid(
+                "database.url (DARKROOM_DATABASE_URL)",
+                format!("= {url:?}: only sqlite: URLs are supported in this version"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn provider_mode(&self) -> ProviderMode {
+        if self.kie.api_token.is_some() {
+            ProviderMode::Kie
+        } else {
+            ProviderMode::Simulator
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("darkroom.db").display())
+        })
+    }
+
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.storage
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("bucket"))
+    }
+
+    /// Variables that look like ours but are not read: a typo should not pass silently.
+    pub fn unknown_darkroom_vars(env: &HashMap<String, String>) -> Vec<String> {
+        let mut unknown: Vec<String> = env
+            .keys()
+            .filter(|k| k.starts_with("DARKROOM_") && !KNOWN_DARKROOM_VARS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    pub fn fetch_timeouts(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.fetch.connect_timeout_secs),
+            Duration::from_secs(self.fetch.timeout_secs),
+        )
+    }
+}
+
+/// `host:port`, as used by the trusted fetch list.
+pub fn parse_host_port(raw: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{raw:?} must be host:port");
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn zero_configuration_is_the_embedded_default() {
+        let config = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.provider_mode(), ProviderMode::Simulator);
+        assert_eq!(config.database_url(), "sqlite://./data/darkroom.db");
+        assert_eq!(config.bucket_dir(), PathBuf::from("./data/bucket"));
+    }
+
+    #[test]
+    fn seed_variables_are_read_as_they_are() {
+        let config = Config::from_env(&env(&[
+            ("KIE_API_TOKEN", "secret-token"),
+            ("KIE_CALLBACK_URL", "https://example.com/api/callback"),
+            ("PORT", "8080"),
+            ("DARKROOM_DATA_DIR", "/tmp/dr"),
+            ("R2_ACCOUNT_ID", "abc123"),
+            ("R2_ACCESS_KEY_ID", "id"),
+            ("R2_SECRET_ACCESS_KEY", "s3cret"),
+            ("R2_BUCKET_NAME", "images"),
+        ]))
+        .unwrap();
+        assert_eq!(config.provider_mode(), ProviderMode::Kie);
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.bucket_dir(), PathBuf::from("/tmp/dr/bucket"));
+        let s3 = config.storage.s3.as_ref().unwrap();
+        assert_eq!(s3.endpoint.as_str(), "https://abc123.r2.cloudflarestorage.com/");
+        assert_eq!(s3.region, "auto");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{config:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (key, value) in [
+            ("PORT", "eighty"),
+            ("DARKROOM_LISTEN", "nowhere"),
+            ("KIE_BASE_URL", "ftp://x"),
+            ("DARKROOM_SIM_FAIL_RATE", "2"),
+            ("DARKROOM_TRUSTED_FETCH_HOSTS", "localhost"),
+            ("DARKROOM_MAX_UPLOAD_BYTES", "0"),
+        ] {
+            let err = Config::from_env(&env(&[(key, value)])).unwrap_err().to_string();
+            let short = key.trim_start_matches("DARKROOM_").to_ascii_lowercase();
+            assert!(
+                err.contains(key) || err.to_ascii_lowercase().contains(&short),
+                "{key}: {err}"
+            );
+        }
+        let err = Config::from_env(&env(&[("R2_BUCKET_NAME", "b")])).unwrap_err();
+        assert!(err.to_string().contains("R2_ACCOUNT_ID"), "{err}");
+    }
+
+    #[test]
+    fn unknown_darkroom_variables_are_reported() {
+        let unknown = Config::unknown_darkroom_vars(&env(&[("DARKROOM_LISTN", "x"), ("DARKROOM_LISTEN", "y")]));
+        assert_eq!(unknown, vec!["DARKROOM_LISTN".to_owned()]);
+    }
+
+    #[test]
+    fn the_example_file_parses_and_lists_every_variable() {
+        let example = include_str!("../darkroom.example.toml");
+        let _: Config = toml::from_str(example).unwrap();
+        for var in KNOWN_DARKROOM_VARS {
+            assert!(example.contains(var), "darkroom.example.toml does not document {var}");
+        }
+    }
+}

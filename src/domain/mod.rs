@@ -1,0 +1,9 @@
+//! The task model, its state machine, ids and validated request types. No I/O here.
+
+pub mod ids;
+pub mod image;
+pub mod request;
+pub mod task;
+
+pub use ids::TaskId;
+pub use task::{Event, TaskState, TransitionError};

@@ -1,0 +1,443 @@
+//! Validated request types: parse, don't validate. Every constructor here refuses bad input
+//! with a stable code and a sentence a client developer can act on.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use url::Url;
+
+/// A refusal of client input: `code` is stable and machine-readable, `message` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InputError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub const MAX_PROMPT_CHARS: usize = 5000;
+pub const MAX_SOURCES: usize = 10;
+/// KIE takes at most 10 `image_urls` per task: the source plus shared references.
+pub const MAX_IMAGES_PER_TASK: usize = 10;
+const MAX_URL_LEN: usize = 2048;
+const MAX_BATCH_ID_LEN: usize = 128;
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prompt(String);
+
+impl Prompt {
+    pub fn parse(s: &str) -> Result<Self, InputError> {
+        if s.trim().is_empty() {
+            return Err(InputError::new("prompt_required", "prompt must not be empty"));
+        }
+        let chars = s.chars().count();
+        if chars > MAX_PROMPT_CHARS {
+            return Err(InputError::new(
+                "prompt_too_long",
+                format!("prompt has {chars} characters; at most {MAX_PROMPT_CHARS} are accepted"),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// KIE's `image_size` values for `google/nano-banana-edit`.
+pub const ASPECT_RATIOS: [&str; 11] = [
+    "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AspectRatio(String);
+
+impl AspectRatio {
+    pub fn parse(s: &str) -> Result<Self, InputError> {
+        if ASPECT_RATIOS.contains(&s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InputError::new(
+                "invalid_aspect_ratio",
+                format!(
+                    "aspectRatio {s:?} is not one of {}",
+                    ASPECT_RATIOS.join(", ")
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for AspectRatio {
+    fn default() -> Self {
+        Self("1:1".to_owned())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    Jpeg,
+}
+
+impl OutputFormat {
+    pub fn parse(s: &str) -> Result<Self, InputError> {
+        match s {
+            "png" => Ok(Self::Png),
+            "jpeg" | "jpg" => Ok(Self::Jpeg),
+            _ => Err(InputError::new(
+                "invalid_output_format",
+                format!("outputFormat {s:?} is not one of png, jpeg"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+        }
+    }
+}
+
+/// Models darkroom knows how to build input for. Input building is per model because KIE's
+/// newer models use other field names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Model {
+    #[default]
+    #[serde(rename = "google/nano-banana-edit")]
+    NanoBananaEdit,
+}
+
+impl Model {
+    pub const NAMES: [&'static str; 1] = ["google/nano-banana-edit"];
+
+    pub fn parse(s: &str) -> Result<Self, InputError> {
+        match s {
+            "google/nano-banana-edit" | "nano-banana-edit" => Ok(Self::NanoBananaEdit),
+            _ => Err(InputError::new(
+                "unsupported_model",
+                format!("model {s:?} is not supported; use one of {}", Self::NAMES.join(", ")),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NanoBananaEdit => "google/nano-banana-edit",
+        }
+    }
+}
+
+/// Where an input image comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum Source {
+    /// An object darkroom stored from `/api/upload` (key under `uploads/`).
+    Upload { key: String },
+    /// A URL the client gave; handed to the provider as it is.
+    Url { url: String },
+}
+
+impl Source {
+    /// The `sourceKey` reported back to the client: the upload key, or the URL.
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Upload { key } => key,
+            Self::Url { url } => url,
+        }
+    }
+}
+
+/// Keys darkroom generates for uploads look like `uploads/<uuid>.<ext>`; anything else
+/// (traversal, other prefixes) is refused before it reaches the bucket.
+pub fn parse_upload_key(key: &str) -> Result<String, InputError> {
+    let ok = key
+        .strip_prefix("uploads/")
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 200
+                && !rest.contains("..")
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        });
+    if ok {
+        Ok(key.to_owned())
+    } else {
+        Err(InputError::new(
+            "invalid_upload_key",
+            format!("{key:?} is not a key returned by /api/upload"),
+        ))
+    }
+}
+
+pub fn parse_image_url(raw: &str) -> Result<String, InputError> {
+    let bad = |why: &str| InputError::new("invalid_image_url", format!("image URL {raw:?} {why}"));
+    if raw.len() > MAX_URL_LEN {
+        return Err(bad("is too long"));
+    }
+    let url = Url::parse(raw).map_err(|_| bad("is not a valid URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must use http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    Ok(url.to_string())
+}
+
+/// A generation request after validation: one task will be made per source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub sources: Vec<Source>,
+    /// Extra images sent with every task after its source.
+    pub references: Vec<Source>,
+    pub model: Model,
+    pub aspect_ratio: AspectRatio,
+    pub output_format: OutputFormat,
+    pub priority: i32,
+    pub batch_id: Option<String>,
+}
+
+impl GenerateRequest {
+    /// Parses the JSON body of `POST /api/generate`. Type errors name the field.
+    pub fn from_json(body: &Value) -> Result<Self, InputError> {
+        let obj = body.as_object().ok_or_else(|| {
+            InputError::new("invalid_body", "the request body must be a JSON object")
+        })?;
+
+        let prompt = Prompt::parse(required_str(obj, "prompt", "prompt_required")?)?;
+        let model = optional_str(obj, "model")?.map_or(Ok(Model::default()), Model::parse)?;
+        if let Some(provider) = optional_str(obj, "provider")?
+            && provider != "kie"
+        {
+            return Err(InputError::new(
+                "unsupported_provider",
+                format!("provider {provider:?} is not available; use \"kie\""),
+            ));
+        }
+        let aspect_ratio = optional_str(obj, "aspectRatio")?
+            .map_or(Ok(AspectRatio::default()), AspectRatio::parse)?;
+        let output_format = optional_str(obj, "outputFormat")?
+            .map_or(Ok(OutputFormat::default()), OutputFormat::parse)?;
+        let priority = parse_priority(obj)?;
+        let batch_id = parse_batch_id(obj)?;
+        if obj.get("webhookUrl").is_some_and(|v| !v.is_null()) {
+            return Err(InputError::new(
+                "unsupported_field",
+                "webhookUrl is not supported yet; poll /api/task-status instead",
+            ));
+        }
+
+        let mut sources = parse_uploads(obj, "uploads")?;
+        sources.extend(parse_urls(obj, "imageUrls")?);
+        if sources.is_empty() {
+            return Err(InputError::new(
+                "images_required",
+                "give at least one source image in uploads or imageUrls",
+            ));
+        }
+        if sources.len() > MAX_SOURCES {
+            return Err(InputError::new(
+                "too_many_images",
+                format!("{} source images given; at most {MAX_SOURCES} per request", sources.len()),
+            ));
+        }
+        let mut references = parse_uploads(obj, "referenceUploads")?;
+        references.extend(parse_urls(obj, "referenceUrls")?);
+        if 1 + references.len() > MAX_IMAGES_PER_TASK {
+            return Err(InputError::new(
+                "too_many_images",
+                format!(
+                    "{} reference images given; a task takes at most {MAX_IMAGES_PER_TASK} images including its source",
+                    references.len()
+                ),
+            ));
+        }
+
+        Ok(Self {
+            prompt,
+            sources,
+            references,
+            model,
+            aspect_ratio,
+            output_format,
+            priority,
+            batch_id,
+        })
+    }
+}
+
+fn wrong_type(field: &str, expected: &str) -> InputError {
+    InputError::new("invalid_field", format!("{field} must be {expected}"))
+}
+
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+    missing_code: &'static str,
+) -> Result<&'a str, InputError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(InputError::new(missing_code, format!("{field} is required"))),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(wrong_type(field, "a string")),
+    }
+}
+
+fn optional_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, InputError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(wrong_type(field, "a string")),
+    }
+}
+
+fn optional_array<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a [Value], InputError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) if items.len() > 100 => Err(InputError::new(
+            "too_many_images",
+            format!("{field} has {} entries; at most {MAX_SOURCES} are accepted", items.len()),
+        )),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(wrong_type(field, "an array")),
+    }
+}
+
+fn parse_uploads(obj: &Map<String, Value>, field: &str) -> Result<Vec<Source>, InputError> {
+    optional_array(obj, field)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let key = item
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| wrong_type(&format!("{field}[{i}].key"), "a string"))?;
+            Ok(Source::Upload {
+                key: parse_upload_key(key)?,
+            })
+        })
+        .collect()
+}
+
+fn parse_urls(obj: &Map<String, Value>, field: &str) -> Result<Vec<Source>, InputError> {
+    optional_array(obj, field)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let raw = item
+                .as_str()
+                .ok_or_else(|| wrong_type(&format!("{field}[{i}]"), "a URL string"))?;
+            Ok(Source::Url {
+                url: parse_image_url(raw)?,
+            })
+        })
+        .collect()
+}
+
+fn parse_priority(obj: &Map<String, Value>) -> Result<i32, InputError> {
+    let Some(value) = obj.get("priority").filter(|v| !v.is_null()) else {
+        return Ok(0);
+    };
+    value
+        .as_i64()
+        .filter(|p| PRIORITY_RANGE.contains(p))
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| {
+            InputError::new(
+                "invalid_priority",
+                format!(
+                    "priority must be an integer from {} to {}",
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end()
+                ),
+            )
+        })
+}
+
+fn parse_batch_id(obj: &Map<String, Value>) -> Result<Option<String>, InputError> {
+    let Some(id) = optional_str(obj, "batchId")? else {
+        return Ok(None);
+    };
+    let ok = !id.is_empty()
+        && id.len() <= MAX_BATCH_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(Some(id.to_owned()))
+    } else {
+        Err(InputError::new(
+            "invalid_batch_id",
+            format!("batchId must be 1–{MAX_BATCH_ID_LEN} characters of letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code(body: Value) -> &'static str {
+        GenerateRequest::from_json(&body).unwrap_err().code
+    }
+
+    #[test]
+    fn a_minimal_request_gets_kie_defaults() {
+        let req = GenerateRequest::from_json(&json!({
+            "prompt": "a red dress",
+            "uploads": [{"key": "uploads/abc.png", "url": "http://x/abc.png"}]
+        }))
+        .unwrap();
+        assert_eq!(req.sources.len(), 1);
+        assert_eq!(req.aspect_ratio.as_str(), "1:1");
+        assert_eq!(req.output_format, OutputFormat::Png);
+        assert_eq!(req.model, Model::NanoBananaEdit);
+    }
+
+    #[test]
+    fn bad_input_has_stable_codes() {
+        let up = json!([{"key": "uploads/a.png"}]);
+        assert_eq!(code(json!([])), "invalid_body");
+        assert_eq!(code(json!({"uploads": up})), "prompt_required");
+        assert_eq!(code(json!({"prompt": "  ", "uploads": up})), "prompt_required");
+        assert_eq!(code(json!({"prompt": 5, "uploads": up})), "invalid_field");
+        assert_eq!(code(json!({"prompt": "x".repeat(5001), "uploads": up})), "prompt_too_long");
+        assert_eq!(code(json!({"prompt": "p"})), "images_required");
+        assert_eq!(code(json!({"prompt": "p", "imageUrls": "http://a"})), "invalid_field");
+        assert_eq!(code(json!({"prompt": "p", "imageUrls": ["ftp://a/b"]})), "invalid_image_url");
+        assert_eq!(code(json!({"prompt": "p", "uploads": [{"key": "../etc/passwd"}]})), "invalid_upload_key");
+        let eleven: Vec<_> = (0..11).map(|i| format!("https://e.com/{i}.png")).collect();
+        assert_eq!(code(json!({"prompt": "p", "imageUrls": eleven})), "too_many_images");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "aspectRatio": "7:1"})), "invalid_aspect_ratio");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "outputFormat": "gif"})), "invalid_output_format");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "model": "x"})), "unsupported_model");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "priority": 1.5})), "invalid_priority");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "priority": 5000})), "invalid_priority");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "batchId": "a b"})), "invalid_batch_id");
+        assert_eq!(code(json!({"prompt": "p", "uploads": up, "provider": "gemini"})), "unsupported_provider");
+    }
+
+    #[test]
+    fn prompt_length_counts_characters_not_bytes() {
+        assert!(Prompt::parse(&"é".repeat(5000)).is_ok());
+    }
+}

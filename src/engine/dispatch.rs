@@ -1,0 +1,154 @@
+//! Submitting claimed tasks to the provider, and settling tasks whose dispatcher died
+//! mid-call.
+
+use super::{Engine, after, backoff, new_callback_token, now_ms};
+use crate::domain::{Event, TaskState};
+use crate::providers::{ProviderError, SubmitRequest};
+use crate::storage::{RepoError, Task, TaskUpdate};
+
+impl Engine {
+    pub(super) async fn submit(&self, task: Task) -> Result<(), RepoError> {
+        if task.state != TaskState::Submitting {
+            return Ok(());
+        }
+        let (token, hash) = new_callback_token();
+        let armed = TaskUpdate {
+            callback_token_hash: Some(hash),
+            ..TaskUpdate::default()
+        };
+        let Some(task) = self.touch(&task, armed).await? else {
+            return Ok(());
+        };
+        let request = SubmitRequest {
+            model: task.model.clone(),
+            prompt: task.prompt.clone(),
+            image_urls: task.input_urls.clone(),
+            aspect_ratio: task.aspect_ratio.clone(),
+            output_format: task.output_format.clone(),
+            callback_url: self.callback_url(&task.id, &token),
+        };
+        let started = std::time::Instant::now();
+        let outcome = self.provider.submit(&request).await;
+        tracing::info!(
+            task_id = %task.id,
+            provider = self.provider.name(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            ok = outcome.is_ok(),
+            "provider create answered"
+        );
+        match outcome {
+            Ok(provider_task_id) => self.accepted(&task, provider_task_id).await,
+            Err(error) => {
+                // A callback may have proved the task exists even though the create answer
+                // was an error: then it is accepted, not retried.
+                let current = self.repo.get(&task.id).await?;
+                if let Some(pid) = current.as_ref().and_then(|t| t.provider_task_id.clone()) {
+                    return self.accepted(&task, pid).await;
+                }
+                self.submit_failed(&task, error).await
+            }
+        }
+    }
+
+    async fn accepted(&self, task: &Task, provider_task_id: String) -> Result<(), RepoError> {
+        let now = now_ms();
+        let update = TaskUpdate {
+            provider_task_id: Some(provider_task_id.clone()),
+            run_at: Some(after(now, self.settings.first_poll)),
+            release_lease: true,
+            add_attempt: true,
+            submitted_at: Some(now),
+            error: Some(None),
+            ..TaskUpdate::default()
+        };
+        match self.apply(task, Event::Accepted, true, update).await {
+            // A callback that came before this answer left its mark: look now.
+            Ok(Some(submitted)) if submitted.callback_at.is_some() => {
+                let due = TaskUpdate {
+                    run_at: Some(now),
+                    ..TaskUpdate::default()
+                };
+                self.repo
+                    .update(&submitted.id, submitted.state, None, &due, now)
+                    .await?;
+                self.reconcile_wake.notify_one();
+                Ok(())
+            }
+            Ok(Some(_)) => Ok(()),
+            // The task moved on (a trusted callback finished it): keep the id for lookups.
+            Ok(None) => {
+                self.repo
+                    .set_provider_task_id(&task.id, &provider_task_id, now)
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn submit_failed(&self, task: &Task, error: ProviderError) -> Result<(), RepoError> {
+        let now = now_ms();
+        let attempts = task.attempts + 1;
+        tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
+        let (event, update) = match &error {
+            ProviderError::Retryable { retry_after, .. } if attempts < self.settings.max_attempts => (
+                Event::RetryLater,
+                TaskUpdate {
+                    run_at: Some(after(now, backoff(attempts, *retry_after))),
+                    error: Some(Some(("provider_retrying".to_owned(), error.to_string()))),
+                    ..TaskUpdate::default()
+                },
+            ),
+            ProviderError::Retryable { .. } => (
+                Event::Rejected,
+                TaskUpdate {
+                    error: Some(Some((
+                        "provider_unavailable".to_owned(),
+                        format!("gave up after {attempts} attempts: {error}"),
+                    ))),
+                    ..TaskUpdate::default()
+                },
+            ),
+            ProviderError::Permanent { code, .. } => (
+                Event::Rejected,
+                TaskUpdate {
+                    error: Some(Some((format!("provider_{code}"), error.to_string()))),
+                    ..TaskUpdate::default()
+                },
+            ),
+            ProviderError::Ambiguous(_) => (
+                Event::Ambiguous,
+                TaskUpdate {
+                    submitted_at: Some(now),
+                    run_at: Some(after(now, self.settings.first_poll)),
+                    error: Some(Some(("submit_ambiguous".to_owned(), error.to_string()))),
+                    ..TaskUpdate::default()
+                },
+            ),
+        };
+        let update = TaskUpdate {
+            add_attempt: true,
+            release_lease: true,
+            ..update
+        };
+        self.apply(task, event, true, update).await.map(|_| ())
+    }
+
+    /// A `submitting` task whose lease ran out: its create may or may not have reached the
+    /// provider. It waits as `submitted` for a callback until the deadline.
+    pub(super) async fn settle_interrupted(&self, task: &Task) -> Result<(), RepoError> {
+        tracing::warn!(task_id = %task.id, "dispatcher lease lapsed during create; waiting for the provider instead of resubmitting");
+        let now = now_ms();
+        let update = TaskUpdate {
+            submitted_at: Some(now),
+            run_at: Some(after(now, self.settings.first_poll)),
+            release_lease: true,
+            error: Some(Some((
+                "submit_interrupted".to_owned(),
+                "darkroom stopped while creating this task; it is not resubmitted, to avoid paying twice".to_owned(),
+            ))),
+            ..TaskUpdate::default()
+        };
+        self.apply(task, Event::Ambiguous, true, update).await.map(|_| ())
+    }
+}

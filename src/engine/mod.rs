@@ -1,0 +1,452 @@
+//! The background engine: the dispatcher submits queued tasks, the reconciler asks the
+//! provider about tasks whose answer is due (a callback arrived, or it is overdue), and
+//! ingest copies results into the bucket. All three claim work from the database under a
+//! lease and change state only through guarded updates.
+
+mod dispatch;
+mod ingest;
+mod reconcile;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::domain::image::ImageLimits;
+use crate::domain::task::transition;
+use crate::domain::{Event, TaskId, TaskState};
+use crate::net::Fetcher;
+use crate::providers::Provider;
+use crate::providers::kie::{CostUnit, Record};
+use crate::status::{StatusBoard, task_record};
+use crate::storage::keys;
+use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+
+/// Knobs the engine runs with, derived from configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub worker_id: String,
+    pub lease: Duration,
+    pub dispatch_concurrency: usize,
+    pub ingest_concurrency: usize,
+    pub max_attempts: u32,
+    pub task_deadline: Duration,
+    pub tick: Duration,
+    pub max_result_bytes: u64,
+    pub image_limits: ImageLimits,
+    /// `{base}/{taskId}?token=…` is the callback URL registered per task.
+    pub callback_base: Url,
+    /// Take the outcome from the provider's query API rather than the callback body.
+    pub verify_callbacks: bool,
+    /// First look at a submitted task when no callback has come.
+    pub first_poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("the callback names provider task {given}, but this task is {known}")]
+    ProviderIdMismatch { given: String, known: String },
+    #[error("the callback body has no data object")]
+    MalformedCallback,
+}
+
+/// What a claimed task needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Submit,
+    /// Claimed from `submitting` with a lapsed lease: its dispatcher died mid-call.
+    SettleInterrupted,
+    Reconcile,
+    Ingest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Dispatch,
+    Reconcile,
+    Ingest,
+}
+
+pub struct Engine {
+    repo: Arc<dyn TaskRepo>,
+    blobs: BlobStore,
+    provider: Arc<dyn Provider>,
+    fetcher: Fetcher,
+    board: Arc<StatusBoard>,
+    settings: EngineSettings,
+    dispatch_slots: Arc<Semaphore>,
+    reconcile_slots: Arc<Semaphore>,
+    ingest_slots: Arc<Semaphore>,
+    dispatch_wake: Notify,
+    reconcile_wake: Notify,
+    ingest_wake: Notify,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn after(now: i64, delay: Duration) -> i64 {
+    now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A fresh callback token (shown once, in the callback URL) and the hash that is stored.
+pub fn new_callback_token() -> (String, String) {
+    let bytes: [u8; 32] = rand::rng().random();
+    let token = hex::encode(bytes);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Constant-time check of a presented token against the stored hash.
+pub fn token_matches(presented: &str, stored_hash: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = hash_token(presented);
+    // Both are 64 hex characters when a token was issued; a length mismatch (no token
+    // issued yet) fails without comparing a prefix.
+    presented.len() == stored_hash.len() && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
+}
+
+/// Capped exponential backoff with ±20 % jitter; a provider's `Retry-After` is a floor.
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let base_ms = 2_000u64.saturating_mul(1u64 << attempt.min(16)).min(300_000);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    let delay = Duration::from_millis((base_ms as f64 * jitter) as u64);
+    retry_after.map_or(delay, |floor| delay.max(floor))
+}
+
+impl Engine {
+    pub fn new(
+        repo: Arc<dyn TaskRepo>,
+        blobs: BlobStore,
+        provider: Arc<dyn Provider>,
+        fetcher: Fetcher,
+        board: Arc<StatusBoard>,
+        settings: EngineSettings,
+    ) -> Self {
+        Self {
+            dispatch_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
+            reconcile_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
+            ingest_slots: Arc::new(Semaphore::new(settings.ingest_concurrency)),
+            repo,
+            blobs,
+            provider,
+            fetcher,
+            board,
+            settings,
+            dispatch_wake: Notify::new(),
+            reconcile_wake: Notify::new(),
+            ingest_wake: Notify::new(),
+        }
+    }
+
+    pub fn provider_name(&self) -> &'static str {
+        self.provider.name()
+    }
+
+    /// Queues new tasks (one transaction) and wakes the dispatcher.
+    pub async fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
+        self.repo.insert(tasks).await?;
+        let mut stored = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            if let Some(task) = self.repo.get(&new.id).await? {
+                self.board.update(&task);
+                stored.push(task);
+            }
+        }
+        self.dispatch_wake.notify_one();
+        // The archive records are written off the request path.
+        let blobs = self.blobs.clone();
+        let records: Vec<Task> = stored.clone();
+        tokio::spawn(async move {
+            for task in &records {
+                write_record(&blobs, task).await;
+            }
+        });
+        Ok(stored)
+    }
+
+    /// Applies `event` to `task` if the row is still in `task.state` (and leased to this
+    /// worker when `leased`). Publishes the change; `None` means another actor moved it.
+    async fn apply(
+        &self,
+        task: &Task,
+        event: Event,
+        leased: bool,
+        mut update: TaskUpdate,
+    ) -> Result<Option<Task>, RepoError> {
+        let next = match transition(task.state, event) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::debug!(task_id = %task.id, error = %e, "transition does not apply");
+                return Ok(None);
+            }
+        };
+        update.state = Some(next);
+        if next.is_terminal() {
+            update.release_lease = true;
+            update.completed_at.get_or_insert(now_ms());
+        }
+        let lease = leased.then_some(self.settings.worker_id.as_str());
+        let changed = self
+            .repo
+            .update(&task.id, task.state, lease, &update, now_ms())
+            .await?;
+        match &changed {
+            Some(after) => {
+                tracing::info!(
+                    task_id = %after.id,
+                    from = %task.state,
+                    to = %after.state,
+                    event = ?event,
+                    "task state changed"
+                );
+                self.published(after).await;
+            }
+            None => tracing::info!(
+                task_id = %task.id,
+                from = %task.state,
+                event = ?event,
+                "task moved by another actor; dropping this update"
+            ),
+        }
+        Ok(changed)
+    }
+
+    /// Updates a task without a state change (rescheduling, releasing a lease).
+    async fn touch(&self, task: &Task, update: TaskUpdate) -> Result<Option<Task>, RepoError> {
+        let changed = self
+            .repo
+            .update(&task.id, task.state, Some(&self.settings.worker_id), &update, now_ms())
+            .await?;
+        if let Some(after) = &changed {
+            self.board.update(after);
+        }
+        Ok(changed)
+    }
+
+    /// Every state change refreshes the status answer and rewrites the bucket record.
+    async fn published(&self, task: &Task) {
+        self.board.update(task);
+        write_record(&self.blobs, task).await;
+    }
+
+    /// Handles an authenticated callback: learns the provider id if it is new, makes the
+    /// task due for the reconciler now, and, when callbacks are trusted, applies the body.
+    pub async fn accept_callback(
+        &self,
+        task: &Task,
+        body: &Value,
+        trust_body: bool,
+    ) -> Result<(), EngineError> {
+        let data = body
+            .get("data")
+            .filter(|d| d.is_object())
+            .ok_or(EngineError::MalformedCallback)?;
+        let record = Record::parse(data, CostUnit::Seconds);
+        let now = now_ms();
+        if let Some(given) = &record.task_id {
+            match &task.provider_task_id {
+                Some(known) if known != given => {
+                    return Err(EngineError::ProviderIdMismatch {
+                        given: given.clone(),
+                        known: known.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.repo.set_provider_task_id(&task.id, given, now).await?;
+                }
+            }
+        }
+        let Some(noted) = self.repo.note_callback(&task.id, now).await? else {
+            tracing::info!(task_id = %task.id, state = %task.state, "callback for a finished task ignored");
+            return Ok(());
+        };
+        tracing::info!(task_id = %noted.id, remote_state = %record.state, "callback received");
+        if trust_body && !self.settings.verify_callbacks {
+            self.apply_remote(&noted, record.status, false).await?;
+        }
+        self.reconcile_wake.notify_one();
+        Ok(())
+    }
+
+    /// Runs the workers until `shutdown`, then waits (bounded) for in-flight jobs.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut loops = JoinSet::new();
+        for work in [Work::Dispatch, Work::Reconcile, Work::Ingest] {
+            loops.spawn(self.clone().work_loop(work, shutdown.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+        let drain = async {
+            for slots in [&self.dispatch_slots, &self.reconcile_slots, &self.ingest_slots] {
+                let n = u32::try_from(slots_total(&self, slots)).unwrap_or(u32::MAX);
+                let _ = slots.acquire_many(n).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+            tracing::warn!("shutdown: in-flight jobs still running; their leases will expire and another worker will pick them up");
+        }
+    }
+
+    async fn work_loop(self: Arc<Self>, work: Work, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let claimed = match self.clone().step(work).await {
+                Ok(mut jobs) => {
+                    let n = jobs.len();
+                    jobs.detach_all();
+                    n
+                }
+                Err(e) => {
+                    tracing::error!(work = ?work, error = %e, "claiming work failed");
+                    0
+                }
+            };
+            if claimed > 0 {
+                continue;
+            }
+            let wake = match work {
+                Work::Dispatch => &self.dispatch_wake,
+                Work::Reconcile => &self.reconcile_wake,
+                Work::Ingest => &self.ingest_wake,
+            };
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.settings.tick) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims as much due work of one kind as there are free slots and starts a job for each.
+    async fn step(self: Arc<Self>, work: Work) -> Result<JoinSet<()>, RepoError> {
+        let slots = match work {
+            Work::Dispatch => self.dispatch_slots.clone(),
+            Work::Reconcile => self.reconcile_slots.clone(),
+            Work::Ingest => self.ingest_slots.clone(),
+        };
+        let free = slots.available_permits();
+        let mut jobs = JoinSet::new();
+        if free == 0 {
+            return Ok(jobs);
+        }
+        let now = now_ms();
+        let lease_until = after(now, self.settings.lease);
+        let worker = self.settings.worker_id.clone();
+        let with = |tasks: Vec<Task>, job: Job| tasks.into_iter().map(move |t| (t, job));
+        let mut tasks: Vec<(Task, Job)> = Vec::new();
+        match work {
+            Work::Dispatch => {
+                let queued = self.repo.claim_queued(now, free, &worker, lease_until).await?;
+                tasks.extend(with(queued, Job::Submit));
+                // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
+                let room = free.saturating_sub(tasks.len());
+                if room > 0 {
+                    let stale = self
+                        .repo
+                        .claim_due(TaskState::Submitting, now, room, &worker, lease_until)
+                        .await?;
+                    tasks.extend(with(stale, Job::SettleInterrupted));
+                }
+            }
+            Work::Reconcile => {
+                for state in [TaskState::Submitted, TaskState::Running] {
+                    let room = free.saturating_sub(tasks.len());
+                    if room > 0 {
+                        let due = self.repo.claim_due(state, now, room, &worker, lease_until).await?;
+                        tasks.extend(with(due, Job::Reconcile));
+                    }
+                }
+            }
+            Work::Ingest => {
+                let due = self
+                    .repo
+                    .claim_due(TaskState::Ingesting, now, free, &worker, lease_until)
+                    .await?;
+                tasks.extend(with(due, Job::Ingest));
+            }
+        }
+        for (task, job) in tasks {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let engine = self.clone();
+            jobs.spawn(async move {
+                let id = task.id.clone();
+                let result = match job {
+                    Job::Submit => engine.submit(task).await,
+                    Job::SettleInterrupted => engine.settle_interrupted(&task).await,
+                    Job::Reconcile => engine.reconcile(task).await,
+                    Job::Ingest => engine.ingest(task).await,
+                };
+                if let Err(e) = result {
+                    tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
+                }
+                drop(permit);
+                let wake = match work {
+                    Work::Dispatch => &engine.dispatch_wake,
+                    Work::Reconcile => &engine.reconcile_wake,
+                    Work::Ingest => &engine.ingest_wake,
+                };
+                wake.notify_one();
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Runs every kind of due work until none is left, waiting for each job. For tests and
+    /// tools that drive the engine without its background loops.
+    pub async fn run_pending(self: &Arc<Self>) -> Result<usize, RepoError> {
+        let mut total = 0;
+        loop {
+            let mut ran = 0;
+            for work in [Work::Dispatch, Work::Reconcile, Work::Ingest] {
+                let mut jobs = self.clone().step(work).await?;
+                ran += jobs.len();
+                while jobs.join_next().await.is_some() {}
+            }
+            if ran == 0 {
+                return Ok(total);
+            }
+            total += ran;
+        }
+    }
+
+    fn callback_url(&self, id: &TaskId, token: &str) -> String {
+        format!(
+            "{}/{id}?token={token}",
+            self.settings.callback_base.as_str().trim_end_matches('/')
+        )
+    }
+}
+
+fn slots_total(engine: &Engine, slots: &Arc<Semaphore>) -> usize {
+    if Arc::ptr_eq(slots, &engine.ingest_slots) {
+        engine.settings.ingest_concurrency
+    } else {
+        engine.settings.dispatch_concurrency
+    }
+}
+
+async fn write_record(blobs: &BlobStore, task: &Task) {
+    let spec = keys::task_record(&task.id);
+    if let Err(e) = blobs.put(&spec, task_record(task)).await {
+        // The database is the source of truth; the next change rewrites the record.
+        tracing::warn!(task_id = %task.id, key = %spec.key, error = %e, "writing the task record failed");
+    }
+}

@@ -1,0 +1,65 @@
+//! `GET /api/task-status?taskId=…`: the original's polling endpoint, answered from the
+//! in-memory status board (filled from the database on a miss).
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::AppState;
+use crate::domain::TaskId;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/task-status", get(task_status))
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    #[serde(rename = "taskId")]
+    task_id: Option<String>,
+}
+
+async fn task_status(
+    State(state): State<AppState>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let task_id = query
+        .ok()
+        .and_then(|Query(q)| q.task_id)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ApiError::bad_request("task_id_required", "taskId is required"))?;
+    let not_found = || ApiError::not_found("task_not_found", format!("no task {task_id}"));
+    if task_id.len() > 200 {
+        return Err(not_found());
+    }
+    let provider = state.engine.provider_name();
+    let id = match TaskId::parse(&task_id) {
+        Some(id) => Some(id),
+        None => state.board.id_for_provider_id(provider, &task_id),
+    };
+    if let Some(body) = id.as_ref().and_then(|id| state.board.get(id)) {
+        return Ok(json_response(body));
+    }
+    let task = match &id {
+        Some(id) => state.repo.get(id).await?,
+        None => state.repo.get_by_provider_id(provider, &task_id).await?,
+    };
+    let task = task.ok_or_else(not_found)?;
+    state.board.update(&task);
+    let body = state.board.get(&task.id).unwrap_or_else(|| crate::status::compat_status(&task));
+    Ok(json_response(body))
+}
+
+fn json_response(body: bytes::Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}

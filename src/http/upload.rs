@@ -1,0 +1,195 @@
+//! `POST /api/upload`: reference images into `uploads/`, in the original's answer shape.
+
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::AppState;
+use crate::config::Config;
+use crate::domain::image::{ImageLimits, inspect};
+use crate::storage::keys;
+
+const FIELD: &str = "files";
+
+pub fn router(config: &Config) -> Router<AppState> {
+    let limits = &config.limits;
+    // Room for every allowed file at its cap, plus multipart framing.
+    let body_limit = (limits.max_upload_bytes as usize)
+        .saturating_mul(limits.max_upload_files)
+        .saturating_add(1024 * 1024);
+    Router::new().route(
+        "/api/upload",
+        post(upload).layer(DefaultBodyLimit::max(body_limit)),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Uploaded {
+    key: String,
+    url: String,
+    filename: String,
+    size: usize,
+    content_type: &'static str,
+}
+
+#[derive(Serialize)]
+struct FileError {
+    filename: String,
+    code: &'static str,
+    error: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadAnswer {
+    success: bool,
+    uploaded: Vec<Uploaded>,
+    total_count: usize,
+    uploaded_count: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FileError>,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+}
+
+fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "body_too_large", "the upload is larger than the server accepts")
+    } else {
+        ApiError::bad_request("invalid_multipart", format!("the multipart body could not be read: {e}"))
+    }
+}
+
+/// Reads one file field up to `max` bytes. Past the cap the rest is drained (so the next
+/// field can be read) and `None` is returned.
+async fn read_capped(field: &mut Field<'_>, max: u64) -> Result<Option<Bytes>, ApiError> {
+    let mut buf = BytesMut::new();
+    let mut over = false;
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| multipart_error(&e, e.status()))?
+    {
+        if over || (buf.len() + chunk.len()) as u64 > max {
+            over = true;
+            buf.clear();
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((!over).then(|| buf.freeze()))
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_multipart",
+            format!("send multipart/form-data with the images in the field \"{FIELD}\" ({})", e.body_text()),
+        )
+    })?;
+    let limits = &state.config.limits;
+    let image_limits = ImageLimits {
+        max_dimension: limits.max_image_dimension,
+        max_pixels: limits.max_image_pixels,
+    };
+    let mut uploaded = Vec::new();
+    let mut errors = Vec::new();
+    let mut total = 0usize;
+
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(&e, e.status()))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let filename = field.file_name().unwrap_or("(unnamed)").chars().take(255).collect::<String>();
+        if name != FIELD {
+            // Drain it, but say so: nothing the client sent is dropped silently.
+            read_capped(&mut field, 0).await?;
+            errors.push(FileError {
+                filename: name.clone(),
+                code: "unexpected_field",
+                error: format!("field {name:?} is not read; send images in the field \"{FIELD}\""),
+            });
+            continue;
+        }
+        total += 1;
+        if total > limits.max_upload_files {
+            read_capped(&mut field, 0).await?;
+            errors.push(FileError {
+                filename,
+                code: "too_many_files",
+                error: format!("at most {} files per request", limits.max_upload_files),
+            });
+            continue;
+        }
+        let Some(bytes) = read_capped(&mut field, limits.max_upload_bytes).await? else {
+            errors.push(FileError {
+                filename,
+                code: "file_too_large",
+                error: format!("the file is larger than {} bytes", limits.max_upload_bytes),
+            });
+            continue;
+        };
+        let info = match inspect(&bytes, image_limits) {
+            Ok(info) => info,
+            Err(e) => {
+                errors.push(FileError {
+                    filename,
+                    code: e.code(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let spec = keys::upload(info.kind);
+        let size = bytes.len();
+        state.blobs.put(&spec, bytes).await?;
+        tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
+        uploaded.push(Uploaded {
+            url: state.blobs.url(&spec.key),
+            key: spec.key,
+            filename,
+            size,
+            content_type: info.kind.content_type(),
+        });
+    }
+
+    if total == 0 {
+        return Err(ApiError::bad_request(
+            "no_files",
+            format!("no files were sent; send one or more images in the multipart field \"{FIELD}\""),
+        ));
+    }
+    let uploaded_count = uploaded.len();
+    let message = format!("Uploaded {uploaded_count} of {total} file(s)");
+    let (status, error, code) = if uploaded_count == 0 {
+        (StatusCode::BAD_REQUEST, Some("no file was accepted; see errors".to_owned()), Some("no_valid_files"))
+    } else {
+        (StatusCode::OK, None, None)
+    };
+    let answer = UploadAnswer {
+        success: uploaded_count > 0,
+        uploaded,
+        total_count: total,
+        uploaded_count,
+        errors,
+        message,
+        error,
+        code,
+    };
+    Ok((status, Json(answer)).into_response())
+}

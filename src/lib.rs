@@ -1,0 +1,229 @@
+//! darkroom: an asynchronous image-generation gateway. Clients upload reference images and
+//! ask for generations; darkroom queues tasks, submits them to the provider, receives its
+//! callbacks, copies results into the operator's bucket and reports progress.
+
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod net;
+pub mod providers;
+pub mod status;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use config::{Config, ProviderMode, parse_host_port, parse_latency_ms};
+use domain::image::ImageLimits;
+use engine::{Engine, EngineSettings};
+use net::Fetcher;
+use providers::Provider;
+use providers::kie::KieClient;
+use providers::sim::{KieSim, KieSimConfig};
+use status::StatusBoard;
+use storage::sqlite::SqliteRepo;
+use storage::{BlobStore, TaskRepo};
+
+/// How many ready status answers are kept in memory.
+const STATUS_BOARD_CAPACITY: usize = 100_000;
+
+/// What this instance runs with, for `/api/info` and the page.
+#[derive(Clone, Debug)]
+pub struct ServiceInfo {
+    pub provider: &'static str,
+    pub simulator: bool,
+    pub storage: &'static str,
+}
+
+/// Cheap handles shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub repo: Arc<dyn TaskRepo>,
+    pub blobs: BlobStore,
+    pub engine: Arc<Engine>,
+    pub board: Arc<StatusBoard>,
+    pub info: Arc<ServiceInfo>,
+}
+
+/// A built darkroom: state, engine and (in the embedded default) its simulator.
+pub struct App {
+    pub state: AppState,
+    pub public_url: Url,
+    /// The in-process KIE simulator, when no `KIE_API_TOKEN` is configured.
+    pub simulator: Option<Arc<KieSim>>,
+    /// Stops the in-process simulator when the app stops.
+    sim_shutdown: CancellationToken,
+}
+
+/// The URL clients and the provider use to reach this server.
+fn public_url(config: &Config, bound: SocketAddr) -> anyhow::Result<Url> {
+    if let Some(url) = &config.server.public_url {
+        return Ok(url.clone());
+    }
+    let host = if bound.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+    } else {
+        bound
+    };
+    Url::parse(&format!("http://{host}")).context("building the public URL")
+}
+
+impl App {
+    /// Opens the database and bucket, starts the simulator when it is the provider, and
+    /// wires the engine. `bound` is the address the HTTP listener is bound to.
+    pub async fn build(config: Config, bound: SocketAddr) -> anyhow::Result<Self> {
+        let public_url = public_url(&config, bound)?;
+        if config.database.url.is_none() {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create the data directory {}", config.data_dir.display())
+            })?;
+        }
+        let database_url = config.database_url();
+        let repo: Arc<dyn TaskRepo> = Arc::new(
+            SqliteRepo::connect(&database_url, config.database.max_connections)
+                .await
+                .with_context(|| format!("cannot open the database {database_url}"))?,
+        );
+        tracing::info!(database = %database_url, "database ready (migrations applied)");
+
+        let blobs = BlobStore::from_config(&config, public_url.clone())?;
+        blobs.probe().await.with_context(|| {
+            format!("the bucket ({}) is not reachable or not writable", blobs.describe())
+        })?;
+        tracing::info!(bucket = blobs.describe(), "bucket ready");
+
+        let mut trusted: Vec<(String, u16)> = config
+            .fetch
+            .trusted_hosts
+            .iter()
+            .filter_map(|h| parse_host_port(h).ok())
+            .collect();
+        let sim_shutdown = CancellationToken::new();
+        let kie_timeout = Duration::from_secs(config.kie.request_timeout_secs);
+        let (provider, simulator): (Arc<dyn Provider>, Option<Arc<KieSim>>) =
+            match config.provider_mode() {
+                ProviderMode::Kie => {
+                    let token = config.kie.api_token.clone().context("KIE_API_TOKEN is not set")?;
+                    let client = KieClient::new(config.kie.base_url.clone(), token, kie_timeout)?;
+                    tracing::info!(base_url = %config.kie.base_url, "provider: KIE");
+                    (Arc::new(client), None)
+                }
+                ProviderMode::Simulator => {
+                    let (sim, addr) = start_simulator(&config, sim_shutdown.clone()).await?;
+                    trusted.push((addr.ip().to_string(), addr.port()));
+                    let base = Url::parse(&format!("http://{addr}"))?;
+                    let token = config::Secret::new(hex::encode(rand::random::<[u8; 16]>()));
+                    let client = KieClient::new(base, token, kie_timeout)?;
+                    (Arc::new(client), Some(sim))
+                }
+            };
+        let (connect_timeout, fetch_timeout) = config.fetch_timeouts();
+        let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?;
+
+        let callback_base = match &config.kie.callback_url {
+            Some(url) => url.clone(),
+            None => public_url.join("api/callback")?,
+        };
+        if simulator.is_none() && config.kie.callback_url.is_none() {
+            tracing::warn!(callback_base = %callback_base, "KIE_CALLBACK_URL is not set; KIE must be able to reach this address, or tasks complete only through polling");
+        }
+        let board = Arc::new(StatusBoard::new(STATUS_BOARD_CAPACITY));
+        let settings = EngineSettings {
+            worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
+            lease: Duration::from_secs(config.engine.lease_secs),
+            dispatch_concurrency: config.engine.dispatch_concurrency,
+            ingest_concurrency: config.engine.ingest_concurrency,
+            max_attempts: config.engine.max_attempts,
+            task_deadline: Duration::from_secs(config.engine.task_deadline_secs),
+            tick: Duration::from_millis(config.engine.tick_ms),
+            max_result_bytes: config.limits.max_result_bytes,
+            image_limits: ImageLimits {
+                max_dimension: config.limits.max_image_dimension,
+                max_pixels: config.limits.max_image_pixels,
+            },
+            callback_base,
+            verify_callbacks: config.kie.verify_callbacks,
+            first_poll: Duration::from_secs(10),
+        };
+        let engine = Arc::new(Engine::new(
+            repo.clone(),
+            blobs.clone(),
+            provider,
+            fetcher,
+            board.clone(),
+            settings,
+        ));
+        let info = ServiceInfo {
+            provider: "kie",
+            simulator: simulator.is_some(),
+            storage: if config.storage.s3.is_some() { "s3" } else { "local" },
+        };
+        Ok(Self {
+            state: AppState {
+                config: Arc::new(config),
+                repo,
+                blobs,
+                engine,
+                board,
+                info: Arc::new(info),
+            },
+            public_url,
+            simulator,
+            sim_shutdown,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
+    /// Serves HTTP on `listener` and runs the engine until `shutdown` is cancelled; then
+    /// stops accepting, lets in-flight work finish (bounded) and returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let engine = self.state.config.engine.workers.then(|| {
+            let engine = self.state.engine.clone();
+            tokio::spawn(engine.run(shutdown.clone()))
+        });
+        let router = self.router();
+        tracing::info!(url = %self.public_url, "darkroom is listening");
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        if let Some(engine) = engine {
+            let _ = engine.await;
+        }
+        self.sim_shutdown.cancel();
+        result.context("the HTTP server failed")
+    }
+}
+
+/// Binds the built-in KIE simulator on a loopback port of its own and serves it.
+async fn start_simulator(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<KieSim>, SocketAddr)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let sim_config = KieSimConfig {
+        latency_ms: parse_latency_ms(&config.simulator.latency_ms).map_err(anyhow::Error::msg)?,
+        fail_rate: config.simulator.fail_rate,
+        duplicate_rate: config.simulator.duplicate_rate,
+        drop_rate: config.simulator.drop_rate,
+        ..KieSimConfig::default()
+    };
+    let sim = KieSim::new(sim_config, format!("http://{addr}"));
+    tokio::spawn(sim.clone().serve(listener, shutdown));
+    tracing::warn!(
+        address = %addr,
+        "provider: the built-in KIE simulator (no KIE_API_TOKEN set); images are generated locally and no credits are spent"
+    );
+    Ok((sim, addr))
+}

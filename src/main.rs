@@ -1,0 +1,189 @@
+//! The `darkroom` command: parse the CLI, load configuration, install logging, call the
+//! library.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use darkroom::config::{Config, LogConfig};
+use darkroom::providers::sim::{KieSim, KieSimConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "darkroom", version, about = "Asynchronous image-generation gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default). Without configuration: SQLite and a bucket directory
+    /// under ./data and the built-in KIE simulator, on 127.0.0.1:3000.
+    Serve,
+    /// Run the KIE-compatible simulator on its own.
+    KieSim(KieSimArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+#[derive(clap::Args)]
+struct KieSimArgs {
+    /// Port to listen on (127.0.0.1 unless --host says otherwise).
+    #[arg(long, default_value_t = 9090)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Generation time in milliseconds, MIN-MAX.
+    #[arg(long, default_value = "1000-3000")]
+    latency_ms: String,
+    /// Share of tasks that fail (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Share of callbacks delivered more than once (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
+    /// Deliveries of a duplicated callback.
+    #[arg(long, default_value_t = 2)]
+    duplicate_count: u32,
+    /// Share of callbacks never sent (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+    /// Share of tasks whose callback arrives before the createTask answer (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    early_callback_rate: f64,
+    /// Sign callbacks as KIE does with this webhook HMAC key.
+    #[arg(long, env = "KIE_SIM_HMAC_KEY")]
+    hmac_key: Option<String>,
+    /// Require this bearer token on API calls.
+    #[arg(long, env = "KIE_SIM_TOKEN")]
+    token: Option<String>,
+    /// Creates allowed per 10 s window.
+    #[arg(long, default_value_t = 20)]
+    rate_limit: u32,
+    /// Answer errors as HTTP 200 with the code only in the JSON envelope.
+    #[arg(long)]
+    errors_in_body: bool,
+    /// Base URL for result links (default: http://HOST:PORT).
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+fn init_tracing(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("shutdown requested; finishing in-flight work");
+        trigger.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+        Command::KieSim(args) => kie_sim(args).await,
+        Command::Migrate => migrate().await,
+    }
+}
+
+fn load_config() -> anyhow::Result<Config> {
+    // A configuration error is a sentence naming the key; print it as it is.
+    Config::load().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config = load_config()?;
+    init_tracing(&config.log);
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    for name in Config::unknown_darkroom_vars(&env) {
+        tracing::warn!(variable = %name, "unknown DARKROOM_ variable ignored; check its spelling against darkroom.example.toml");
+    }
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (DARKROOM_LISTEN / PORT)", config.server.listen))?;
+    let bound = listener.local_addr()?;
+    let app = darkroom::App::build(config, bound).await?;
+    app.serve(listener, shutdown_on_signal()).await
+}
+
+async fn migrate() -> anyhow::Result<()> {
+    let config = load_config()?;
+    init_tracing(&config.log);
+    if config.database.url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let url = config.database_url();
+    darkroom::storage::sqlite::SqliteRepo::connect(&url, 1).await?;
+    tracing::info!(database = %url, "migrations applied");
+    Ok(())
+}
+
+async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
+    init_tracing(&LogConfig::default());
+    let latency_ms = KieSimConfig::parse_latency(&args.latency_ms)
+        .map_err(|e| anyhow::anyhow!("--latency-ms: {e}"))?;
+    for (flag, rate) in [
+        ("--fail-rate", args.fail_rate),
+        ("--duplicate-rate", args.duplicate_rate),
+        ("--drop-rate", args.drop_rate),
+        ("--early-callback-rate", args.early_callback_rate),
+    ] {
+        anyhow::ensure!((0.0..=1.0).contains(&rate), "{flag} must be between 0 and 1 (got {rate})");
+    }
+    let config = KieSimConfig {
+        token: args.token,
+        latency_ms,
+        fail_rate: args.fail_rate,
+        duplicate_rate: args.duplicate_rate,
+        duplicate_count: args.duplicate_count.max(1),
+        drop_rate: args.drop_rate,
+        early_callback_rate: args.early_callback_rate,
+        hmac_key: args.hmac_key,
+        rate_limit: args.rate_limit,
+        rate_window: Duration::from_secs(10),
+        errors_in_body: args.errors_in_body,
+        public_url: args.public_url,
+        ..KieSimConfig::default()
+    };
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let sim = KieSim::new(config, format!("http://{bound}"));
+    tracing::info!(address = %bound, "KIE simulator listening");
+    sim.serve(listener, shutdown_on_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The one outbound HTTP client for URLs that came from outside (provider results, client
+//! image URLs): https to public addresses only, redirects re-checked hop by hop, no proxy,
+//! byte and time caps. Loopback and plain http are reachable only for `host:port` pairs the
+//! operator named (`DARKROOM_TRUSTED_FETCH_HOSTS`) or the in-process simulator.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::{Host, Url};
+
+const MAX_REDIRECTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("refused to fetch {url}: {reason}")]
+    Forbidden { url: String, reason: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} is larger than the {max_bytes}-byte limit")]
+    TooLarge { url: String, max_bytes: u64 },
+    #[error("fetching {url} failed: {message}")]
+    Transport { url: String, message: String },
+    #[error("{url} redirected more than {MAX_REDIRECTS} times")]
+    TooManyRedirects { url: String },
+}
+
+impl FetchError {
+    /// Refusals will not change on retry; transport problems and 5xx may.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Forbidden { .. } | Self::TooLarge { .. } | Self::TooManyRedirects { .. } => false,
+            Self::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            Self::Transport { .. } => true,
+        }
+    }
+}
+
+/// Hosts allowed past the public-address rule, shared with the DNS resolver.
+#[derive(Debug, Default)]
+struct Trusted {
+    pairs: HashSet<(String, u16)>,
+    names: HashSet<String>,
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    trusted: Arc<Trusted>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher").field("trusted", &self.trusted.pairs).finish()
+    }
+}
+
+impl Fetcher {
+    pub fn new(
+        trusted_hosts: impl IntoIterator<Item = (String, u16)>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let mut trusted = Trusted::default();
+        for (host, port) in trusted_hosts {
+            let host = host.to_ascii_lowercase();
+            trusted.names.insert(host.clone());
+            trusted.pairs.insert((host, port));
+        }
+        let trusted = Arc::new(trusted);
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .dns_resolver(Arc::new(PublicOnlyResolver {
+                trusted: trusted.clone(),
+            }))
+            .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, trusted })
+    }
+
+    fn is_trusted(&self, url: &Url) -> bool {
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        self.trusted.pairs.contains(&(host, port))
+    }
+
+    /// Checks one hop before any connection is made.
+    async fn check(&self, url: &Url) -> Result<(), String> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("URLs with credentials are not fetched".to_owned());
+        }
+        match url.scheme() {
+            "https" | "http" => {}
+            other => return Err(format!("the {other}: scheme is not fetched")),
+        }
+        if self.is_trusted(url) {
+            return Ok(());
+        }
+        if url.scheme() != "https" {
+            return Err("only https is fetched from hosts not named in DARKROOM_TRUSTED_FETCH_HOSTS".to_owned());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        match url.host() {
+            None => Err("the URL has no host".to_owned()),
+            // The resolver is skipped for literals, so they are checked here.
+            Some(Host::Ipv4(ip)) => public_or_refuse(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => public_or_refuse(IpAddr::V6(ip)),
+            Some(Host::Domain(name)) => {
+                let addrs = tokio::net::lookup_host((name, port))
+                    .await
+                    .map_err(|e| format!("{name} does not resolve: {e}"))?;
+                for addr in addrs {
+                    public_or_refuse(addr.ip())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Downloads `url` into memory, at most `max_bytes`, following at most three redirects,
+    /// each checked like the first URL.
+    pub async fn get_bytes(&self, url: &str, max_bytes: u64) -> Result<Bytes, FetchError> {
+        let mut current = Url::parse(url).map_err(|_| FetchError::Forbidden {
+            url: url.to_owned(),
+            reason: "not a valid URL".to_owned(),
+        })?;
+        for _ in 0..=MAX_REDIRECTS {
+            let shown = redact(&current);
+            self.check(&current)
+                .await
+                .map_err(|reason| FetchError::Forbidden {
+                    url: shown.clone(),
+                    reason,
+                })?;
+            let response = self
+                .client
+                .get(current.clone())
+                .send()
+                .await
+                .map_err(|e| FetchError::Transport {
+                    url: shown.clone(),
+                    message: e.without_url().to_string(),
+                })?;
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| FetchError::Status {
+                        url: shown.clone(),
+                        status: status.as_u16(),
+                    })?;
+                current = current.join(location).map_err(|_| FetchError::Forbidden {
+                    url: shown.clone(),
+                    reason: "redirect to an invalid URL".to_owned(),
+                })?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(FetchError::Status {
+                    url: shown,
+                    status: status.as_u16(),
+                });
+            }
+            return read_capped(response, max_bytes, &shown).await;
+        }
+        Err(FetchError::TooManyRedirects {
+            url: redact(&current),
+        })
+    }
+}
+
+async fn read_capped(
+    mut response: reqwest::Response,
+    max_bytes: u64,
+    shown: &str,
+) -> Result<Bytes, FetchError> {
+    let too_large = || FetchError::TooLarge {
+        url: shown.to_owned(),
+        max_bytes,
+    };
+    if response.content_length().is_some_and(|len| len > max_bytes) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = response.chunk().await.map_err(|e| FetchError::Transport {
+            url: shown.to_owned(),
+            message: e.without_url().to_string(),
+        })?;
+        let Some(chunk) = chunk else { break };
+        if (body.len() + chunk.len()) as u64 > max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A URL as it may appear in logs and errors: no query string (it may carry a token).
+pub fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
+fn public_or_refuse(ip: IpAddr) -> Result<(), String> {
+    if is_public(ip) {
+        Ok(())
+    } else {
+        Err(format!("{ip} is not a public address"))
+    }
+}
+
+/// Whether `ip` is a globally routable unicast address. Everything else (loopback, private,
+/// link-local, shared, benchmarking, reserved, multicast, documentation, and IPv6 forms that
+/// embed an IPv4 address) is refused.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            is_public_v6(v6)
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64: embeds an IPv4 address
+        || s[0] == 0x2002 // 6to4: embeds an IPv4 address
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo
+        || (s[0..6] == [0, 0, 0, 0, 0, 0])) // IPv4-compatible (deprecated)
+}
+
+/// Resolves names and drops every non-public address, so a name that resolves to a private
+/// address cannot be reached even if it changes between the check and the connection.
+struct PublicOnlyResolver {
+    trusted: Arc<Trusted>,
+}
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let trusted = self.trusted.names.contains(&host);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| trusted || is_public(addr.ip()))
+                .collect();
+            if addrs.is_empty() {
+                let err: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} has no public address").into();
+                return Err(err);
+            }
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_classes() {
+        for ip in [
+            "127.0.0.1", "0.0.0.0", "10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1",
+            "198.18.0.1", "240.0.0.1", "169.254.169.254", "::1", "::", "::ffff:127.0.0.1",
+            "fd00:ec2::254", "fe80::1", "fc00::1", "64:ff9b::a00:1", "2002:a00:1::",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} should not be public");
+        }
+        for ip in ["1.1.1.1", "8.8.8.8", "2606:4700:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} should be public");
+        }
+    }
+
+    #[tokio::test]
+    async fn literals_and_schemes_are_refused_before_connecting() {
+        let fetcher = Fetcher::new([], Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        for url in [
+            "https://127.0.0.1/", "https://127.1/", "https://2130706433/", "https://0x7f000001/",
+            "https://0177.0.0.1/", "https://[::ffff:127.0.0.1]/", "http://example.com/",
+            "https://user@allowed@127.0.0.1/", "file:///etc/passwd", "ftp://example.com/x",
+            "gopher://example.com/", "data:image/png;base64,AAAA",
+        ] {
+            let err = fetcher.get_bytes(url, 1024).await.unwrap_err();
+            assert!(matches!(err, FetchError::Forbidden { .. }), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn redaction_drops_tokens() {
+        let url = Url::parse("https://h/api/callback/tsk_1?token=secret").unwrap();
+        assert_eq!(redact(&url), "https://h/api/callback/tsk_1");
+    }
+}

@@ -1,0 +1,342 @@
+//! The KIE.ai jobs API client (`createTask`, `recordInfo`) and the parsing of its records and
+//! callbacks, tolerant of the field-name drift PROVIDERS.md lists.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use url::Url;
+
+use super::{Provider, ProviderError, RemoteStatus, SubmitRequest};
+use crate::config::Secret;
+
+const CREATE_PATH: &str = "api/v1/jobs/createTask";
+const RECORD_PATH: &str = "api/v1/jobs/recordInfo";
+/// KIE's answers are small JSON envelopes; anything bigger is not one.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+pub struct KieClient {
+    http: reqwest::Client,
+    base_url: Url,
+    token: Secret,
+}
+
+impl KieClient {
+    pub fn new(base_url: Url, token: Secret, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(timeout)
+            // The base URL is operator configuration; a proxy variable must not divert it.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url,
+            token,
+        })
+    }
+
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}/{path}", self.base_url.as_str().trim_end_matches('/'))
+    }
+
+    /// Sends a request and returns the envelope's `data`, classifying every failure.
+    /// `sent_is_ambiguous`: a timeout after sending may have created a billed task.
+    async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+        sent_is_ambiguous: bool,
+    ) -> Result<Value, ProviderError> {
+        let response = match request.bearer_auth(self.token.expose()).send().await {
+            Ok(response) => response,
+            Err(e) => return Err(transport_error(&e, sent_is_ambiguous)),
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = match read_capped(response).await {
+            Ok(body) => body,
+            Err(e) => return Err(transport_error(&e, sent_is_ambiguous)),
+        };
+        let envelope: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        // Whether KIE reports business errors through the HTTP status or as HTTP 200 with
+        // the code in the body is unconfirmed: check both.
+        let code = if status.is_success() {
+            envelope_code(&envelope).unwrap_or(200)
+        } else {
+            i64::from(status.as_u16())
+        };
+        if code == 200 {
+            if !status.is_success() || envelope.is_null() {
+                return Err(ProviderError::Retryable {
+                    code: status.as_u16().to_string(),
+                    message: "the provider answered with something that is not KIE's JSON envelope"
+                        .to_owned(),
+                    retry_after,
+                });
+            }
+            return Ok(envelope.get("data").cloned().unwrap_or(Value::Null));
+        }
+        let message = envelope_message(&envelope)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        Err(classify(code, message, retry_after))
+    }
+}
+
+fn transport_error(e: &reqwest::Error, sent_is_ambiguous: bool) -> ProviderError {
+    // A refused or failed connection never reached KIE: safe to retry. Anything after the
+    // request may have been sent (timeout, reset) is ambiguous for a create.
+    if e.is_connect() || !sent_is_ambiguous {
+        ProviderError::Retryable {
+            code: "transport".to_owned(),
+            message: e.to_string(),
+            retry_after: None,
+        }
+    } else {
+        ProviderError::Ambiguous(e.to_string())
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+fn envelope_code(envelope: &Value) -> Option<i64> {
+    match envelope.get("code")? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn envelope_message(envelope: &Value) -> Option<String> {
+    ["msg", "message"]
+        .iter()
+        .find_map(|k| envelope.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+/// PROVIDERS.md: 429, 455, 500 and 408 may pass; 401, 402, 404, 422, 433, 505 will not.
+pub fn classify(code: i64, message: String, retry_after: Option<Duration>) -> ProviderError {
+    let retryable = matches!(code, 408 | 429 | 455 | 500 | 502 | 503 | 504);
+    if retryable {
+        ProviderError::Retryable {
+            code: code.to_string(),
+            message,
+            retry_after,
+        }
+    } else {
+        ProviderError::Permanent {
+            code: code.to_string(),
+            message,
+        }
+    }
+}
+
+/// Builds KIE's `input` object per model: newer models name their fields differently.
+/// Only `google/nano-banana-edit` is accepted by request validation today; a new model adds
+/// its own arm here.
+fn model_input(request: &SubmitRequest) -> Value {
+    json!({
+        "prompt": request.prompt,
+        "image_urls": request.image_urls,
+        "output_format": request.output_format,
+        "image_size": request.aspect_ratio,
+    })
+}
+
+#[async_trait]
+impl Provider for KieClient {
+    fn name(&self) -> &'static str {
+        "kie"
+    }
+
+    async fn submit(&self, request: &SubmitRequest) -> Result<String, ProviderError> {
+        let body = json!({
+            "model": request.model,
+            "callBackUrl": request.callback_url,
+            "input": model_input(request),
+        });
+        let data = self
+            .call(self.http.post(self.endpoint(CREATE_PATH)).json(&body), true)
+            .await?;
+        string_field(&data, &["taskId", "task_id"]).ok_or_else(|| ProviderError::Retryable {
+            code: "bad_answer".to_owned(),
+            message: "createTask answered without a taskId".to_owned(),
+            retry_after: None,
+        })
+    }
+
+    async fn query(&self, provider_task_id: &str) -> Result<RemoteStatus, ProviderError> {
+        let request = self
+            .http
+            .get(self.endpoint(RECORD_PATH))
+            .query(&[("taskId", provider_task_id)]);
+        let data = self.call(request, false).await?;
+        Ok(Record::parse(&data, CostUnit::Millis).status)
+    }
+}
+
+/// `costTime` is milliseconds in `recordInfo` and seconds in callbacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostUnit {
+    Millis,
+    Seconds,
+}
+
+/// A KIE task record, from `recordInfo` or a callback's `data`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub task_id: Option<String>,
+    pub state: String,
+    pub status: RemoteStatus,
+}
+
+impl Record {
+    pub fn parse(data: &Value, unit: CostUnit) -> Self {
+        let task_id = string_field(data, &["taskId", "task_id"]);
+        let state = string_field(data, &["state", "status"]).unwrap_or_default();
+        let status = match state.as_str() {
+            "waiting" | "queuing" => RemoteStatus::Waiting,
+            "success" => RemoteStatus::Succeeded {
+                result_urls: result_urls(data),
+                credits: int_field(data, &["consumeCredits", "creditsConsumed"]),
+                cost_time_ms: int_field(data, &["costTime"]).map(|t| match unit {
+                    CostUnit::Millis => t,
+                    CostUnit::Seconds => t.saturating_mul(1000),
+                }),
+            },
+            // The original checked for "failed" though KIE says "fail": accept both.
+            "fail" | "failed" => RemoteStatus::Failed {
+                code: string_field(data, &["failCode", "fail_code"])
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                message: string_field(data, &["failMsg", "fail_msg", "errorMessage"])
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "the provider reported a failure without a reason".to_owned()),
+            },
+            "generating" => RemoteStatus::Generating,
+            other => {
+                tracing::warn!(state = other, "unknown KIE task state; treating it as in progress");
+                RemoteStatus::Generating
+            }
+        };
+        Self {
+            task_id,
+            state,
+            status,
+        }
+    }
+}
+
+/// `resultJson` is a JSON *string* holding `{"resultUrls": [...]}`; tolerate an object too.
+fn result_urls(data: &Value) -> Vec<String> {
+    let parsed;
+    let result = match data.get("resultJson") {
+        Some(Value::String(s)) => {
+            parsed = serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+            &parsed
+        }
+        Some(other) => other,
+        None => return Vec::new(),
+    };
+    result
+        .get("resultUrls")
+        .or_else(|| result.get("result_urls"))
+        .and_then(Value::as_array)
+        .map(|urls| {
+            urls.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn string_field(data: &Value, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| match data.get(*name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn int_field(data: &Value, names: &[&str]) -> Option<i64> {
+    names.iter().find_map(|name| match data.get(*name)? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.round() as i64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_callback_with_drifted_names() {
+        let data = json!({
+            "task_id": "abc", "state": "success", "creditsConsumed": 4, "costTime": 8,
+            "resultJson": "{\"resultUrls\":[\"https://x/a.jpg\"]}"
+        });
+        let record = Record::parse(&data, CostUnit::Seconds);
+        assert_eq!(record.task_id.as_deref(), Some("abc"));
+        assert_eq!(
+            record.status,
+            RemoteStatus::Succeeded {
+                result_urls: vec!["https://x/a.jpg".to_owned()],
+                credits: Some(4),
+                cost_time_ms: Some(8000),
+            }
+        );
+    }
+
+    #[test]
+    fn failure_keeps_code_and_message_under_both_spellings() {
+        for state in ["fail", "failed"] {
+            let data = json!({"taskId": "t", "state": state, "failCode": "500", "failMsg": "Internal server error"});
+            assert_eq!(
+                Record::parse(&data, CostUnit::Millis).status,
+                RemoteStatus::Failed {
+                    code: "500".to_owned(),
+                    message: "Internal server error".to_owned()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_states_are_in_progress() {
+        let data = json!({"taskId": "t", "state": "thinking"});
+        assert_eq!(Record::parse(&data, CostUnit::Millis).status, RemoteStatus::Generating);
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        for code in [408, 429, 455, 500] {
+            assert!(matches!(classify(code, String::new(), None), ProviderError::Retryable { .. }), "{code}");
+        }
+        for code in [401, 402, 404, 422, 433, 505] {
+            assert!(matches!(classify(code, String::new(), None), ProviderError::Permanent { .. }), "{code}");
+        }
+    }
+}

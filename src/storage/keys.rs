@@ -1,0 +1,108 @@
+//! Every object key darkroom writes is built here, with its content type and cache policy.
+//! The layout is the original service's: `uploads/`, `generated/`, `kie-tasks/`.
+
+use crate::domain::TaskId;
+use crate::domain::image::ImageKind;
+
+/// Uploads are kept a week by browsers and CDNs, as the original did.
+const UPLOAD_CACHE: &str = "public, max-age=604800";
+/// Generated results never change under their key.
+const GENERATED_CACHE: &str = "public, max-age=31536000, immutable";
+/// Task records are rewritten on every state change.
+const RECORD_CACHE: &str = "no-cache";
+
+/// A key with the metadata its object is written with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectSpec {
+    pub key: String,
+    pub content_type: &'static str,
+    pub cache_control: &'static str,
+}
+
+/// `uploads/{uuidv7}.{ext}`: never the client's file name.
+pub fn upload(kind: ImageKind) -> ObjectSpec {
+    ObjectSpec {
+        key: format!(
+            "uploads/{}.{}",
+            uuid::Uuid::now_v7().simple(),
+            kind.extension()
+        ),
+        content_type: kind.content_type(),
+        cache_control: UPLOAD_CACHE,
+    }
+}
+
+/// `generated/{provider}-{taskId}-{n}.{ext}`: deterministic, so a repeated ingest of the same
+/// result lands on the same key and writes nothing new.
+pub fn generated(provider: &str, task: &TaskId, index: usize, kind: ImageKind) -> ObjectSpec {
+    ObjectSpec {
+        key: format!("generated/{provider}-{task}-{index}.{}", kind.extension()),
+        content_type: kind.content_type(),
+        cache_control: GENERATED_CACHE,
+    }
+}
+
+/// `kie-tasks/{taskId}.json` (the prefix keeps the original's name for every provider).
+pub fn task_record(task: &TaskId) -> ObjectSpec {
+    ObjectSpec {
+        key: format!("kie-tasks/{task}.json"),
+        content_type: "application/json",
+        cache_control: RECORD_CACHE,
+    }
+}
+
+/// The probe object written at start to prove the bucket is writable.
+pub fn probe() -> ObjectSpec {
+    ObjectSpec {
+        key: ".darkroom-probe".to_owned(),
+        content_type: "text/plain",
+        cache_control: RECORD_CACHE,
+    }
+}
+
+/// Content type and cache policy of a key darkroom wrote, for serving it from a store
+/// that keeps no metadata (the local directory). Keys we did not write are not served.
+pub fn serving_metadata(key: &str) -> Option<(&'static str, &'static str)> {
+    let (dir, name) = key.split_once('/')?;
+    let ext = name.rsplit_once('.')?.1;
+    match dir {
+        "uploads" => ImageKind::from_extension(ext).map(|k| (k.content_type(), UPLOAD_CACHE)),
+        "generated" => ImageKind::from_extension(ext).map(|k| (k.content_type(), GENERATED_CACHE)),
+        "kie-tasks" if ext == "json" => Some(("application/json", RECORD_CACHE)),
+        _ => None,
+    }
+}
+
+/// Keys a client may name in a URL path: our own layout only, no traversal.
+pub fn is_servable(key: &str) -> bool {
+    !key.contains("..")
+        && !key.starts_with('/')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        && serving_metadata(key).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_deterministic_and_typed() {
+        let id = TaskId::new();
+        let a = generated("kie", &id, 0, ImageKind::Jpeg);
+        assert_eq!(a, generated("kie", &id, 0, ImageKind::Jpeg));
+        assert_eq!(a.key, format!("generated/kie-{id}-0.jpg"));
+        assert_eq!(a.content_type, "image/jpeg");
+        assert_eq!(serving_metadata(&a.key), Some(("image/jpeg", GENERATED_CACHE)));
+    }
+
+    #[test]
+    fn only_our_layout_is_servable() {
+        assert!(is_servable(&upload(ImageKind::Png).key));
+        assert!(is_servable(&task_record(&TaskId::new()).key));
+        for bad in ["../etc/passwd", "uploads/../x.png", "other/x.png", "uploads/x.txt", "/uploads/a.png", ".darkroom-probe"] {
+            assert!(!is_servable(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Persistence: the blob store (results, uploads, task records) with every key built in
+//! one place, and the task repository.
+
+pub mod blob;
+pub mod keys;
+pub mod repo;
+pub mod sqlite;
+
+pub use blob::{BlobError, BlobStore};
+pub use repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};

@@ -1,0 +1,159 @@
+//! The task repository: a small trait every database backend implements, with guarded
+//! (compare-and-set) updates as the only way to change a task's state.
+
+use async_trait::async_trait;
+
+use crate::domain::{TaskId, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt task row {id}: {message}")]
+    Corrupt { id: String, message: String },
+    #[error("a task with provider id {0} already exists")]
+    DuplicateProviderId(String),
+}
+
+/// A task as stored. Times are Unix milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub provider: String,
+    pub model: String,
+    pub prompt: String,
+    /// What the client named as the source: an upload key or a URL (`sourceKey`).
+    pub source: String,
+    /// The source image's URL as handed to the provider (`imageUrl`).
+    pub image_url: String,
+    /// Every image URL sent with the task: the source first, then shared references.
+    pub input_urls: Vec<String>,
+    pub aspect_ratio: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub batch_id: Option<String>,
+    pub owner: Option<String>,
+    pub attempts: u32,
+    pub run_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub provider_task_id: Option<String>,
+    pub callback_token_hash: String,
+    pub callback_at: Option<i64>,
+    /// Result URLs at the provider, waiting to be copied.
+    pub result_source_urls: Vec<String>,
+    pub result_keys: Vec<String>,
+    pub result_urls: Vec<String>,
+    pub credits: Option<i64>,
+    pub cost_time_ms: Option<i64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub submitted_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+/// A task about to be queued.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub provider: String,
+    pub model: String,
+    pub prompt: String,
+    pub source: String,
+    pub image_url: String,
+    pub input_urls: Vec<String>,
+    pub aspect_ratio: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub batch_id: Option<String>,
+    pub owner: Option<String>,
+    pub callback_token_hash: String,
+    pub created_at: i64,
+}
+
+/// The columns a guarded update sets; `None` leaves a column as it is.
+#[derive(Clone, Debug, Default)]
+pub struct TaskUpdate {
+    pub state: Option<TaskState>,
+    pub run_at: Option<i64>,
+    /// Drop the lease (the work is done or handed back).
+    pub release_lease: bool,
+    pub add_attempt: bool,
+    /// The hash of a newly issued callback token.
+    pub callback_token_hash: Option<String>,
+    pub provider_task_id: Option<String>,
+    pub result_source_urls: Option<Vec<String>>,
+    pub result_keys: Option<Vec<String>>,
+    pub result_urls: Option<Vec<String>>,
+    pub credits: Option<i64>,
+    pub cost_time_ms: Option<i64>,
+    /// `Some(None)` clears the error.
+    pub error: Option<Option<(String, String)>>,
+    pub submitted_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+#[async_trait]
+pub trait TaskRepo: Send + Sync + 'static {
+    /// Inserts all tasks in one transaction: all are queued or none is.
+    async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError>;
+
+    async fn get(&self, id: &TaskId) -> Result<Option<Task>, RepoError>;
+
+    async fn get_by_provider_id(
+        &self,
+        provider: &str,
+        provider_task_id: &str,
+    ) -> Result<Option<Task>, RepoError>;
+
+    /// Moves up to `limit` due `queued` tasks to `submitting` under a lease held by
+    /// `worker`, highest priority first, oldest first within a priority.
+    async fn claim_queued(
+        &self,
+        now: i64,
+        limit: usize,
+        worker: &str,
+        lease_until: i64,
+    ) -> Result<Vec<Task>, RepoError>;
+
+    /// Leases up to `limit` due tasks in `state` whose lease is free or has run out,
+    /// without changing their state.
+    async fn claim_due(
+        &self,
+        state: TaskState,
+        now: i64,
+        limit: usize,
+        worker: &str,
+        lease_until: i64,
+    ) -> Result<Vec<Task>, RepoError>;
+
+    /// Applies `update` only if the task is still in `from` (and, with `lease`, still
+    /// leased to that worker). `None` means someone else moved it first.
+    async fn update(
+        &self,
+        id: &TaskId,
+        from: TaskState,
+        lease: Option<&str>,
+        update: &TaskUpdate,
+        now: i64,
+    ) -> Result<Option<Task>, RepoError>;
+
+    /// Records the provider's id learned from a callback, only if none is known yet.
+    async fn set_provider_task_id(
+        &self,
+        id: &TaskId,
+        provider_task_id: &str,
+        now: i64,
+    ) -> Result<bool, RepoError>;
+
+    /// Notes that a callback arrived and makes the task due now, unless it is terminal.
+    async fn note_callback(&self, id: &TaskId, now: i64) -> Result<Option<Task>, RepoError>;
+
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), RepoError>;
+}

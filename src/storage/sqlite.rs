@@ -1,0 +1,328 @@
+//! The task repository on SQLite (the embedded default and single-machine production).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use crate::domain::{TaskId, TaskState};
+
+pub struct SqliteRepo {
+    pool: SqlitePool,
+}
+
+impl SqliteRepo {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RepoError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> Result<Self, RepoError> {
+        // One connection: each in-memory connection would otherwise be its own database.
+        Self::connect("sqlite::memory:", 1).await
+    }
+}
+
+fn json_list(id: &str, raw: &str) -> Result<Vec<String>, RepoError> {
+    serde_json::from_str(raw).map_err(|e| RepoError::Corrupt {
+        id: id.to_owned(),
+        message: format!("bad JSON list: {e}"),
+    })
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<Task, RepoError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |message: String| RepoError::Corrupt {
+        id: id.clone(),
+        message,
+    };
+    let state: String = row.try_get("state")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(Task {
+        id: TaskId::parse(&id).ok_or_else(|| corrupt("bad id".to_owned()))?,
+        state: state.parse().map_err(corrupt)?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        prompt: row.try_get("prompt")?,
+        source: row.try_get("source")?,
+        image_url: row.try_get("image_url")?,
+        input_urls: json_list(&id, row.try_get("input_urls")?)?,
+        aspect_ratio: row.try_get("aspect_ratio")?,
+        output_format: row.try_get("output_format")?,
+        priority: row.try_get("priority")?,
+        batch_id: row.try_get("batch_id")?,
+        owner: row.try_get("owner")?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        run_at: row.try_get("run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+        provider_task_id: row.try_get("provider_task_id")?,
+        callback_token_hash: row.try_get("callback_token_hash")?,
+        callback_at: row.try_get("callback_at")?,
+        result_source_urls: json_list(&id, row.try_get("result_source_urls")?)?,
+        result_keys: json_list(&id, row.try_get("result_keys")?)?,
+        result_urls: json_list(&id, row.try_get("result_urls")?)?,
+        credits: row.try_get("credits")?,
+        cost_time_ms: row.try_get("cost_time_ms")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        submitted_at: row.try_get("submitted_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<Task>, RepoError> {
+    rows.iter().map(task_from_row).collect()
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl TaskRepo for SqliteRepo {
+    async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
+        let mut tx = self.pool.begin().await?;
+        for t in tasks {
+            sqlx::query(
+                "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
+                    aspect_ratio, output_format, priority, batch_id, owner, run_at,
+                    callback_token_hash, created_at, updated_at)
+                 VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(t.id.as_str())
+            .bind(&t.provider)
+            .bind(&t.model)
+            .bind(&t.prompt)
+            .bind(&t.source)
+            .bind(&t.image_url)
+            .bind(to_json(&t.input_urls))
+            .bind(&t.aspect_ratio)
+            .bind(&t.output_format)
+            .bind(t.priority)
+            .bind(&t.batch_id)
+            .bind(&t.owner)
+            .bind(t.created_at)
+            .bind(&t.callback_token_hash)
+            .bind(t.created_at)
+            .bind(t.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &TaskId) -> Result<Option<Task>, RepoError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn get_by_provider_id(
+        &self,
+        provider: &str,
+        provider_task_id: &str,
+    ) -> Result<Option<Task>, RepoError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE provider = ? AND provider_task_id = ?")
+            .bind(provider)
+            .bind(provider_task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn claim_queued(
+        &self,
+        now: i64,
+        limit: usize,
+        worker: &str,
+        lease_until: i64,
+    ) -> Result<Vec<Task>, RepoError> {
+        let rows = sqlx::query(
+            "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?
+             WHERE id IN (
+                 SELECT id FROM tasks WHERE state = 'queued' AND run_at <= ?
+                 ORDER BY priority DESC, created_at ASC, id ASC LIMIT ?)
+               AND state = 'queued'
+             RETURNING *",
+        )
+        .bind(worker)
+        .bind(lease_until)
+        .bind(now)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tasks = tasks_from_rows(&rows)?;
+        // RETURNING gives no order guarantee; callers submit in queue order.
+        tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created_at.cmp(&b.created_at)));
+        Ok(tasks)
+    }
+
+    async fn claim_due(
+        &self,
+        state: TaskState,
+        now: i64,
+        limit: usize,
+        worker: &str,
+        lease_until: i64,
+    ) -> Result<Vec<Task>, RepoError> {
+        let rows = sqlx::query(
+            "UPDATE tasks SET lease_owner = ?, lease_until = ?
+             WHERE id IN (
+                 SELECT id FROM tasks WHERE state = ? AND run_at <= ?
+                   AND (lease_until IS NULL OR lease_until < ?)
+                 ORDER BY run_at ASC LIMIT ?)
+               AND state = ? AND (lease_until IS NULL OR lease_until < ?)
+             RETURNING *",
+        )
+        .bind(worker)
+        .bind(lease_until)
+        .bind(state.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(state.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        tasks_from_rows(&rows)
+    }
+
+    async fn update(
+        &self,
+        id: &TaskId,
+        from: TaskState,
+        lease: Option<&str>,
+        update: &TaskUpdate,
+        now: i64,
+    ) -> Result<Option<Task>, RepoError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE tasks SET updated_at = ");
+        q.push_bind(now);
+        if let Some(state) = update.state {
+            q.push(", state = ").push_bind(state.as_str());
+        }
+        if let Some(run_at) = update.run_at {
+            q.push(", run_at = ").push_bind(run_at);
+        }
+        if update.release_lease {
+            q.push(", lease_owner = NULL, lease_until = NULL");
+        }
+        if update.add_attempt {
+            q.push(", attempts = attempts + 1");
+        }
+        if let Some(hash) = &update.callback_token_hash {
+            q.push(", callback_token_hash = ").push_bind(hash.clone());
+        }
+        if let Some(pid) = &update.provider_task_id {
+            q.push(", provider_task_id = ").push_bind(pid.clone());
+        }
+        for (column, list) in [
+            ("result_source_urls", &update.result_source_urls),
+            ("result_keys", &update.result_keys),
+            ("result_urls", &update.result_urls),
+        ] {
+            if let Some(list) = list {
+                q.push(format_args!(", {column} = ")).push_bind(to_json(list));
+            }
+        }
+        if let Some(credits) = update.credits {
+            q.push(", credits = ").push_bind(credits);
+        }
+        if let Some(cost) = update.cost_time_ms {
+            q.push(", cost_time_ms = ").push_bind(cost);
+        }
+        if let Some(error) = &update.error {
+            let (code, message) = error.clone().unzip();
+            q.push(", error_code = ").push_bind(code);
+            q.push(", error_message = ").push_bind(message);
+        }
+        if let Some(at) = update.submitted_at {
+            q.push(", submitted_at = ").push_bind(at);
+        }
+        if let Some(at) = update.completed_at {
+            q.push(", completed_at = ").push_bind(at);
+        }
+        q.push(" WHERE id = ").push_bind(id.as_str());
+        q.push(" AND state = ").push_bind(from.as_str());
+        if let Some(worker) = lease {
+            q.push(" AND lease_owner = ").push_bind(worker.to_owned());
+        }
+        q.push(" RETURNING *");
+        match q.build().fetch_optional(&self.pool).await {
+            Ok(row) => row.as_ref().map(task_from_row).transpose(),
+            Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
+                update.provider_task_id.clone().unwrap_or_default(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set_provider_task_id(
+        &self,
+        id: &TaskId,
+        provider_task_id: &str,
+        now: i64,
+    ) -> Result<bool, RepoError> {
+        let result = sqlx::query(
+            "UPDATE tasks SET provider_task_id = ?, updated_at = ?
+             WHERE id = ? AND provider_task_id IS NULL",
+        )
+        .bind(provider_task_id)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) if is_unique_violation(&e) => {
+                Err(RepoError::DuplicateProviderId(provider_task_id.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn note_callback(&self, id: &TaskId, now: i64) -> Result<Option<Task>, RepoError> {
+        let row = sqlx::query(
+            "UPDATE tasks SET callback_at = ?, run_at = MIN(run_at, ?), updated_at = ?
+             WHERE id = ? AND state NOT IN ('succeeded', 'failed', 'canceled', 'expired')
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
