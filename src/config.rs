@@ -119,7 +119,11 @@ pub struct SimulatorConfig {
     pub latency_ms: String,
     pub fail_rate: f64,
     pub duplicate_rate: f64,
+    /// Deliveries of a duplicated callback.
+    pub duplicate_count: u32,
     pub drop_rate: f64,
+    /// Share of tasks whose callback arrives before the create answer.
+    pub early_callback_rate: f64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -146,6 +150,8 @@ pub struct EngineConfig {
     pub task_deadline_secs: u64,
     pub lease_secs: u64,
     pub tick_ms: u64,
+    /// When a submitted task is first asked about if no callback has come, milliseconds.
+    pub first_poll_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -231,7 +237,9 @@ impl Default for SimulatorConfig {
             latency_ms: "1000-3000".to_owned(),
             fail_rate: 0.0,
             duplicate_rate: 0.0,
+            duplicate_count: 2,
             drop_rate: 0.0,
+            early_callback_rate: 0.0,
         }
     }
 }
@@ -260,6 +268,7 @@ impl Default for EngineConfig {
             task_deadline_secs: 15 * 60,
             lease_secs: 120,
             tick_ms: 500,
+            first_poll_ms: 10_000,
         }
     }
 }
@@ -308,6 +317,8 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_SIM_FAIL_RATE",
     "DARKROOM_SIM_DUPLICATE_RATE",
     "DARKROOM_SIM_DROP_RATE",
+    "DARKROOM_SIM_DUPLICATE_COUNT",
+    "DARKROOM_SIM_EARLY_CALLBACK_RATE",
     "DARKROOM_MAX_UPLOAD_BYTES",
     "DARKROOM_MAX_UPLOAD_FILES",
     "DARKROOM_MAX_RESULT_BYTES",
@@ -322,6 +333,7 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_TASK_DEADLINE_SECS",
     "DARKROOM_LEASE_SECS",
     "DARKROOM_TICK_MS",
+    "DARKROOM_FIRST_POLL_MS",
     "DARKROOM_TRUSTED_FETCH_HOSTS",
     "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
     "DARKROOM_FETCH_TIMEOUT_SECS",
@@ -388,9 +400,13 @@ fn parse_http_url(raw: &str) -> Result<Url, String> {
 
 /// Parses `MIN-MAX` or a single number of milliseconds.
 pub fn parse_latency_ms(raw: &str) -> Result<(u64, u64), String> {
-    let bad = || format!("= {raw:?} must be milliseconds as MIN-MAX (e.g. 1000-3000) or one number");
+    let bad =
+        || format!("= {raw:?} must be milliseconds as MIN-MAX (e.g. 1000-3000) or one number");
     let (min, max) = match raw.split_once('-') {
-        Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+        Some((a, b)) => (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        ),
         None => {
             let v = raw.trim().parse().map_err(|_| bad())?;
             (v, v)
@@ -447,12 +463,16 @@ impl Config {
 
     fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let r = EnvReader { env };
-        r.set("DARKROOM_DATA_DIR", &mut self.data_dir, |v| Ok(PathBuf::from(v)))?;
+        r.set("DARKROOM_DATA_DIR", &mut self.data_dir, |v| {
+            Ok(PathBuf::from(v))
+        })?;
 
         // PORT alone keeps the host; DARKROOM_LISTEN names both.
         let host = self.server.listen.ip();
         r.set("PORT", &mut self.server.listen, |v| {
-            let port: u16 = v.parse().map_err(|_| format!("= {v:?} is not a port number"))?;
+            let port: u16 = v
+                .parse()
+                .map_err(|_| format!("= {v:?} is not a port number"))?;
             Ok(SocketAddr::new(host, port))
         })?;
         r.set("DARKROOM_LISTEN", &mut self.server.listen, |v| {
@@ -460,27 +480,58 @@ impl Config {
                 .map_err(|_| format!("= {v:?} is not an address like 127.0.0.1:3000"))
         })?;
         r.opt_url("DARKROOM_PUBLIC_URL", &mut self.server.public_url)?;
-        r.number("DARKROOM_REQUEST_TIMEOUT_SECS", &mut self.server.request_timeout_secs)?;
+        r.number(
+            "DARKROOM_REQUEST_TIMEOUT_SECS",
+            &mut self.server.request_timeout_secs,
+        )?;
 
-        r.set("DARKROOM_DATABASE_URL", &mut self.database.url, |v| Ok(Some(v.to_owned())))?;
-        r.number("DARKROOM_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
+        r.set("DARKROOM_DATABASE_URL", &mut self.database.url, |v| {
+            Ok(Some(v.to_owned()))
+        })?;
+        r.number(
+            "DARKROOM_DATABASE_MAX_CONNECTIONS",
+            &mut self.database.max_connections,
+        )?;
 
-        r.set("DARKROOM_BUCKET_DIR", &mut self.storage.dir, |v| Ok(Some(PathBuf::from(v))))?;
+        r.set("DARKROOM_BUCKET_DIR", &mut self.storage.dir, |v| {
+            Ok(Some(PathBuf::from(v)))
+        })?;
         r.opt_url("R2_PUBLIC_BASE_URL", &mut self.storage.public_base_url)?;
         self.apply_r2_env(&r)?;
 
-        r.set("KIE_API_TOKEN", &mut self.kie.api_token, |v| Ok(Some(Secret::new(v))))?;
+        r.set("KIE_API_TOKEN", &mut self.kie.api_token, |v| {
+            Ok(Some(Secret::new(v)))
+        })?;
         r.url("KIE_BASE_URL", &mut self.kie.base_url)?;
         r.opt_url("KIE_CALLBACK_URL", &mut self.kie.callback_url)?;
-        r.flag("DARKROOM_KIE_VERIFY_CALLBACKS", &mut self.kie.verify_callbacks)?;
-        r.number("DARKROOM_KIE_TIMEOUT_SECS", &mut self.kie.request_timeout_secs)?;
+        r.flag(
+            "DARKROOM_KIE_VERIFY_CALLBACKS",
+            &mut self.kie.verify_callbacks,
+        )?;
+        r.number(
+            "DARKROOM_KIE_TIMEOUT_SECS",
+            &mut self.kie.request_timeout_secs,
+        )?;
 
-        r.set("DARKROOM_SIM_LATENCY_MS", &mut self.simulator.latency_ms, |v| {
-            parse_latency_ms(v).map(|_| v.to_owned())
-        })?;
+        r.set(
+            "DARKROOM_SIM_LATENCY_MS",
+            &mut self.simulator.latency_ms,
+            |v| parse_latency_ms(v).map(|_| v.to_owned()),
+        )?;
         r.number("DARKROOM_SIM_FAIL_RATE", &mut self.simulator.fail_rate)?;
-        r.number("DARKROOM_SIM_DUPLICATE_RATE", &mut self.simulator.duplicate_rate)?;
+        r.number(
+            "DARKROOM_SIM_DUPLICATE_RATE",
+            &mut self.simulator.duplicate_rate,
+        )?;
         r.number("DARKROOM_SIM_DROP_RATE", &mut self.simulator.drop_rate)?;
+        r.number(
+            "DARKROOM_SIM_DUPLICATE_COUNT",
+            &mut self.simulator.duplicate_count,
+        )?;
+        r.number(
+            "DARKROOM_SIM_EARLY_CALLBACK_RATE",
+            &mut self.simulator.early_callback_rate,
+        )?;
 
         let l = &mut self.limits;
         r.number("DARKROOM_MAX_UPLOAD_BYTES", &mut l.max_upload_bytes)?;
@@ -489,7 +540,10 @@ impl Config {
         r.number("DARKROOM_MAX_IMAGE_DIMENSION", &mut l.max_image_dimension)?;
         r.number("DARKROOM_MAX_IMAGE_PIXELS", &mut l.max_image_pixels)?;
         r.number("DARKROOM_MAX_JSON_BODY_BYTES", &mut l.max_json_body_bytes)?;
-        r.number("DARKROOM_MAX_CALLBACK_BODY_BYTES", &mut l.max_callback_body_bytes)?;
+        r.number(
+            "DARKROOM_MAX_CALLBACK_BODY_BYTES",
+            &mut l.max_callback_body_bytes,
+        )?;
 
         let e = &mut self.engine;
         r.flag("DARKROOM_WORKERS", &mut e.workers)?;
@@ -499,15 +553,28 @@ impl Config {
         r.number("DARKROOM_TASK_DEADLINE_SECS", &mut e.task_deadline_secs)?;
         r.number("DARKROOM_LEASE_SECS", &mut e.lease_secs)?;
         r.number("DARKROOM_TICK_MS", &mut e.tick_ms)?;
+        r.number("DARKROOM_FIRST_POLL_MS", &mut e.first_poll_ms)?;
 
-        r.set("DARKROOM_TRUSTED_FETCH_HOSTS", &mut self.fetch.trusted_hosts, |v| {
-            Ok(v.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect())
-        })?;
-        r.number("DARKROOM_FETCH_CONNECT_TIMEOUT_SECS", &mut self.fetch.connect_timeout_secs)?;
+        r.set(
+            "DARKROOM_TRUSTED_FETCH_HOSTS",
+            &mut self.fetch.trusted_hosts,
+            |v| {
+                Ok(v.split(',')
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .collect())
+            },
+        )?;
+        r.number(
+            "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
+            &mut self.fetch.connect_timeout_secs,
+        )?;
         r.number("DARKROOM_FETCH_TIMEOUT_SECS", &mut self.fetch.timeout_secs)?;
 
         r.set("DARKROOM_LOG", &mut self.log.filter, |v| Ok(v.to_owned()))?;
-        r.set("DARKROOM_LOG_FORMAT", &mut self.log.format, |v| Ok(v.to_owned()))?;
+        r.set("DARKROOM_LOG_FORMAT", &mut self.log.format, |v| {
+            Ok(v.to_owned())
+        })?;
         Ok(())
     }
 
@@ -525,11 +592,16 @@ impl Config {
             return Ok(());
         }
         let endpoint = match (r.get("R2_ENDPOINT"), r.get("R2_ACCOUNT_ID")) {
-            (Some(endpoint), _) => parse_http_url(endpoint).map_err(|p| invalid("R2_ENDPOINT", p))?,
+            (Some(endpoint), _) => {
+                parse_http_url(endpoint).map_err(|p| invalid("R2_ENDPOINT", p))?
+            }
             (None, Some(account)) => {
                 let ok = account.bytes().all(|b| b.is_ascii_alphanumeric());
                 if !ok {
-                    return Err(invalid("R2_ACCOUNT_ID", format!("= {account:?} is not a Cloudflare account id")));
+                    return Err(invalid(
+                        "R2_ACCOUNT_ID",
+                        format!("= {account:?} is not a Cloudflare account id"),
+                    ));
                 }
                 Url::parse(&format!("https://{account}.r2.cloudflarestorage.com"))
                     .map_err(|e| invalid("R2_ACCOUNT_ID", e.to_string()))?
@@ -560,35 +632,87 @@ impl Config {
         parse_latency_ms(&self.simulator.latency_ms)
             .map_err(|p| invalid("simulator.latency_ms (DARKROOM_SIM_LATENCY_MS)", p))?;
         for (key, rate) in [
-            ("simulator.fail_rate (DARKROOM_SIM_FAIL_RATE)", self.simulator.fail_rate),
-            ("simulator.duplicate_rate (DARKROOM_SIM_DUPLICATE_RATE)", self.simulator.duplicate_rate),
-            ("simulator.drop_rate (DARKROOM_SIM_DROP_RATE)", self.simulator.drop_rate),
+            (
+                "simulator.fail_rate (DARKROOM_SIM_FAIL_RATE)",
+                self.simulator.fail_rate,
+            ),
+            (
+                "simulator.duplicate_rate (DARKROOM_SIM_DUPLICATE_RATE)",
+                self.simulator.duplicate_rate,
+            ),
+            (
+                "simulator.drop_rate (DARKROOM_SIM_DROP_RATE)",
+                self.simulator.drop_rate,
+            ),
+            (
+                "simulator.early_callback_rate (DARKROOM_SIM_EARLY_CALLBACK_RATE)",
+                self.simulator.early_callback_rate,
+            ),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(invalid(key, format!("= {rate} must be between 0 and 1")));
             }
         }
         for (key, value) in [
-            ("limits.max_upload_bytes (DARKROOM_MAX_UPLOAD_BYTES)", self.limits.max_upload_bytes),
-            ("limits.max_result_bytes (DARKROOM_MAX_RESULT_BYTES)", self.limits.max_result_bytes),
-            ("limits.max_upload_files (DARKROOM_MAX_UPLOAD_FILES)", self.limits.max_upload_files as u64),
-            ("engine.dispatch_concurrency (DARKROOM_DISPATCH_CONCURRENCY)", self.engine.dispatch_concurrency as u64),
-            ("engine.ingest_concurrency (DARKROOM_INGEST_CONCURRENCY)", self.engine.ingest_concurrency as u64),
-            ("engine.max_attempts (DARKROOM_MAX_ATTEMPTS)", u64::from(self.engine.max_attempts)),
-            ("engine.lease_secs (DARKROOM_LEASE_SECS)", self.engine.lease_secs),
+            (
+                "limits.max_upload_bytes (DARKROOM_MAX_UPLOAD_BYTES)",
+                self.limits.max_upload_bytes,
+            ),
+            (
+                "limits.max_result_bytes (DARKROOM_MAX_RESULT_BYTES)",
+                self.limits.max_result_bytes,
+            ),
+            (
+                "limits.max_upload_files (DARKROOM_MAX_UPLOAD_FILES)",
+                self.limits.max_upload_files as u64,
+            ),
+            (
+                "engine.dispatch_concurrency (DARKROOM_DISPATCH_CONCURRENCY)",
+                self.engine.dispatch_concurrency as u64,
+            ),
+            (
+                "engine.ingest_concurrency (DARKROOM_INGEST_CONCURRENCY)",
+                self.engine.ingest_concurrency as u64,
+            ),
+            (
+                "engine.max_attempts (DARKROOM_MAX_ATTEMPTS)",
+                u64::from(self.engine.max_attempts),
+            ),
+            (
+                "engine.lease_secs (DARKROOM_LEASE_SECS)",
+                self.engine.lease_secs,
+            ),
             ("engine.tick_ms (DARKROOM_TICK_MS)", self.engine.tick_ms),
-            ("engine.task_deadline_secs (DARKROOM_TASK_DEADLINE_SECS)", self.engine.task_deadline_secs),
-            ("database.max_connections (DARKROOM_DATABASE_MAX_CONNECTIONS)", u64::from(self.database.max_connections)),
+            (
+                "engine.first_poll_ms (DARKROOM_FIRST_POLL_MS)",
+                self.engine.first_poll_ms,
+            ),
+            (
+                "simulator.duplicate_count (DARKROOM_SIM_DUPLICATE_COUNT)",
+                u64::from(self.simulator.duplicate_count),
+            ),
+            (
+                "engine.task_deadline_secs (DARKROOM_TASK_DEADLINE_SECS)",
+                self.engine.task_deadline_secs,
+            ),
+            (
+                "database.max_connections (DARKROOM_DATABASE_MAX_CONNECTIONS)",
+                u64::from(self.database.max_connections),
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
         for host in &self.fetch.trusted_hosts {
-            parse_host_port(host).map_err(|p| invalid("fetch.trusted_hosts (DARKROOM_TRUSTED_FETCH_HOSTS)", p))?;
+            parse_host_port(host)
+                .map_err(|p| invalid("fetch.trusted_hosts (DARKROOM_TRUSTED_FETCH_HOSTS)", p))?;
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid("log.format (DARKROOM_LOG_FORMAT)", format!("= {:?} must be text or json", self.log.format)));
+            return Err(invalid(
+                "log.format (DARKROOM_LOG_FORMAT)",
+                format!("= {:?} must be text or json", self.log.format),
+            ));
         }
         if let Some(url) = &self.database.url
             && !url.starts_with("sqlite:")
@@ -610,9 +734,10 @@ impl Config {
     }
 
     pub fn database_url(&self) -> String {
-        self.database.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("darkroom.db").display())
-        })
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("darkroom.db").display()))
     }
 
     pub fn bucket_dir(&self) -> PathBuf {
@@ -658,7 +783,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -687,7 +815,10 @@ mod tests {
         assert_eq!(config.server.listen.port(), 8080);
         assert_eq!(config.bucket_dir(), PathBuf::from("/tmp/dr/bucket"));
         let s3 = config.storage.s3.as_ref().unwrap();
-        assert_eq!(s3.endpoint.as_str(), "https://abc123.r2.cloudflarestorage.com/");
+        assert_eq!(
+            s3.endpoint.as_str(),
+            "https://abc123.r2.cloudflarestorage.com/"
+        );
         assert_eq!(s3.region, "auto");
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{config:?}").contains("secret-token"));
@@ -703,7 +834,9 @@ mod tests {
             ("DARKROOM_TRUSTED_FETCH_HOSTS", "localhost"),
             ("DARKROOM_MAX_UPLOAD_BYTES", "0"),
         ] {
-            let err = Config::from_env(&env(&[(key, value)])).unwrap_err().to_string();
+            let err = Config::from_env(&env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
             let short = key.trim_start_matches("DARKROOM_").to_ascii_lowercase();
             assert!(
                 err.contains(key) || err.to_ascii_lowercase().contains(&short),
@@ -716,7 +849,10 @@ mod tests {
 
     #[test]
     fn unknown_darkroom_variables_are_reported() {
-        let unknown = Config::unknown_darkroom_vars(&env(&[("DARKROOM_LISTN", "x"), ("DARKROOM_LISTEN", "y")]));
+        let unknown = Config::unknown_darkroom_vars(&env(&[
+            ("DARKROOM_LISTN", "x"),
+            ("DARKROOM_LISTEN", "y"),
+        ]));
         assert_eq!(unknown, vec!["DARKROOM_LISTN".to_owned()]);
     }
 
@@ -725,7 +861,10 @@ mod tests {
         let example = include_str!("../darkroom.example.toml");
         let _: Config = toml::from_str(example).unwrap();
         for var in KNOWN_DARKROOM_VARS {
-            assert!(example.contains(var), "darkroom.example.toml does not document {var}");
+            assert!(
+                example.contains(var),
+                "darkroom.example.toml does not document {var}"
+            );
         }
     }
 }

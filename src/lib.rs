@@ -83,7 +83,10 @@ impl App {
         let public_url = public_url(&config, bound)?;
         if config.database.url.is_none() {
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
-                format!("cannot create the data directory {}", config.data_dir.display())
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                )
             })?;
         }
         let database_url = config.database_url();
@@ -96,7 +99,10 @@ impl App {
 
         let blobs = BlobStore::from_config(&config, public_url.clone())?;
         blobs.probe().await.with_context(|| {
-            format!("the bucket ({}) is not reachable or not writable", blobs.describe())
+            format!(
+                "the bucket ({}) is not reachable or not writable",
+                blobs.describe()
+            )
         })?;
         tracing::info!(bucket = blobs.describe(), "bucket ready");
 
@@ -111,7 +117,11 @@ impl App {
         let (provider, simulator): (Arc<dyn Provider>, Option<Arc<KieSim>>) =
             match config.provider_mode() {
                 ProviderMode::Kie => {
-                    let token = config.kie.api_token.clone().context("KIE_API_TOKEN is not set")?;
+                    let token = config
+                        .kie
+                        .api_token
+                        .clone()
+                        .context("KIE_API_TOKEN is not set")?;
                     let client = KieClient::new(config.kie.base_url.clone(), token, kie_timeout)?;
                     tracing::info!(base_url = %config.kie.base_url, "provider: KIE");
                     (Arc::new(client), None)
@@ -151,7 +161,7 @@ impl App {
             },
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
-            first_poll: Duration::from_secs(10),
+            first_poll: Duration::from_millis(config.engine.first_poll_ms),
         };
         let engine = Arc::new(Engine::new(
             repo.clone(),
@@ -164,7 +174,11 @@ impl App {
         let info = ServiceInfo {
             provider: "kie",
             simulator: simulator.is_some(),
-            storage: if config.storage.s3.is_some() { "s3" } else { "local" },
+            storage: if config.storage.s3.is_some() {
+                "s3"
+            } else {
+                "local"
+            },
         };
         Ok(Self {
             state: AppState {
@@ -187,7 +201,11 @@ impl App {
 
     /// Serves HTTP on `listener` and runs the engine until `shutdown` is cancelled; then
     /// stops accepting, lets in-flight work finish (bounded) and returns.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let engine = self.state.config.engine.workers.then(|| {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))
@@ -216,7 +234,9 @@ async fn start_simulator(
         latency_ms: parse_latency_ms(&config.simulator.latency_ms).map_err(anyhow::Error::msg)?,
         fail_rate: config.simulator.fail_rate,
         duplicate_rate: config.simulator.duplicate_rate,
+        duplicate_count: config.simulator.duplicate_count,
         drop_rate: config.simulator.drop_rate,
+        early_callback_rate: config.simulator.early_callback_rate,
         ..KieSimConfig::default()
     };
     let sim = KieSim::new(sim_config, format!("http://{addr}"));

@@ -12,7 +12,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "darkroom", version, about = "Asynchronous image-generation gateway")]
+#[command(
+    name = "darkroom",
+    version,
+    about = "Asynchronous image-generation gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -132,7 +136,12 @@ async fn serve() -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (DARKROOM_LISTEN / PORT)", config.server.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (DARKROOM_LISTEN / PORT)",
+                config.server.listen
+            )
+        })?;
     let bound = listener.local_addr()?;
     let app = darkroom::App::build(config, bound).await?;
     app.serve(listener, shutdown_on_signal()).await
@@ -160,7 +169,10 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         ("--drop-rate", args.drop_rate),
         ("--early-callback-rate", args.early_callback_rate),
     ] {
-        anyhow::ensure!((0.0..=1.0).contains(&rate), "{flag} must be between 0 and 1 (got {rate})");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&rate),
+            "{flag} must be between 0 and 1 (got {rate})"
+        );
     }
     let config = KieSimConfig {
         token: args.token,

@@ -54,7 +54,9 @@ pub struct Fetcher {
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetcher").field("trusted", &self.trusted.pairs).finish()
+        f.debug_struct("Fetcher")
+            .field("trusted", &self.trusted.pairs)
+            .finish()
     }
 }
 
@@ -88,7 +90,10 @@ impl Fetcher {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return false;
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         self.trusted.pairs.contains(&(host, port))
     }
 
@@ -105,7 +110,10 @@ impl Fetcher {
             return Ok(());
         }
         if url.scheme() != "https" {
-            return Err("only https is fetched from hosts not named in DARKROOM_TRUSTED_FETCH_HOSTS".to_owned());
+            return Err(
+                "only https is fetched from hosts not named in DARKROOM_TRUSTED_FETCH_HOSTS"
+                    .to_owned(),
+            );
         }
         let port = url.port_or_known_default().unwrap_or(443);
         match url.host() {
@@ -140,15 +148,12 @@ impl Fetcher {
                     url: shown.clone(),
                     reason,
                 })?;
-            let response = self
-                .client
-                .get(current.clone())
-                .send()
-                .await
-                .map_err(|e| FetchError::Transport {
+            let response = self.client.get(current.clone()).send().await.map_err(|e| {
+                FetchError::Transport {
                     url: shown.clone(),
                     message: e.without_url().to_string(),
-                })?;
+                }
+            })?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
@@ -303,9 +308,23 @@ mod tests {
     #[test]
     fn address_classes() {
         for ip in [
-            "127.0.0.1", "0.0.0.0", "10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1",
-            "198.18.0.1", "240.0.0.1", "169.254.169.254", "::1", "::", "::ffff:127.0.0.1",
-            "fd00:ec2::254", "fe80::1", "fc00::1", "64:ff9b::a00:1", "2002:a00:1::",
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "fc00::1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} should not be public");
         }
@@ -318,10 +337,18 @@ mod tests {
     async fn literals_and_schemes_are_refused_before_connecting() {
         let fetcher = Fetcher::new([], Duration::from_secs(1), Duration::from_secs(1)).unwrap();
         for url in [
-            "https://127.0.0.1/", "https://127.1/", "https://2130706433/", "https://0x7f000001/",
-            "https://0177.0.0.1/", "https://[::ffff:127.0.0.1]/", "http://example.com/",
-            "https://user@allowed@127.0.0.1/", "file:///etc/passwd", "ftp://example.com/x",
-            "gopher://example.com/", "data:image/png;base64,AAAA",
+            "https://127.0.0.1/",
+            "https://127.1/",
+            "https://2130706433/",
+            "https://0x7f000001/",
+            "https://0177.0.0.1/",
+            "https://[::ffff:127.0.0.1]/",
+            "http://example.com/",
+            "https://user@allowed@127.0.0.1/",
+            "file:///etc/passwd",
+            "ftp://example.com/x",
+            "gopher://example.com/",
+            "data:image/png;base64,AAAA",
         ] {
             let err = fetcher.get_bytes(url, 1024).await.unwrap_err();
             assert!(matches!(err, FetchError::Forbidden { .. }), "{url}: {err}");

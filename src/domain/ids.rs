@@ -69,7 +69,13 @@ mod tests {
 
     #[test]
     fn foreign_ids_are_refused() {
-        for s in ["test123", "tsk_", "tsk_XYZ", "e989621f54392584b05867f87b160672", "tsk_0123"] {
+        for s in [
+            "test123",
+            "tsk_",
+            "tsk_XYZ",
+            "e989621f54392584b05867f87b160672",
+            "tsk_0123",
+        ] {
             assert!(TaskId::parse(s).is_none(), "{s}");
         }
     }

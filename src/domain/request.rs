@@ -36,7 +36,10 @@ pub struct Prompt(String);
 impl Prompt {
     pub fn parse(s: &str) -> Result<Self, InputError> {
         if s.trim().is_empty() {
-            return Err(InputError::new("prompt_required", "prompt must not be empty"));
+            return Err(InputError::new(
+                "prompt_required",
+                "prompt must not be empty",
+            ));
         }
         let chars = s.chars().count();
         if chars > MAX_PROMPT_CHARS {
@@ -132,7 +135,10 @@ impl Model {
             "google/nano-banana-edit" | "nano-banana-edit" => Ok(Self::NanoBananaEdit),
             _ => Err(InputError::new(
                 "unsupported_model",
-                format!("model {s:?} is not supported; use one of {}", Self::NAMES.join(", ")),
+                format!(
+                    "model {s:?} is not supported; use one of {}",
+                    Self::NAMES.join(", ")
+                ),
             )),
         }
     }
@@ -167,16 +173,14 @@ impl Source {
 /// Keys darkroom generates for uploads look like `uploads/<uuid>.<ext>`; anything else
 /// (traversal, other prefixes) is refused before it reaches the bucket.
 pub fn parse_upload_key(key: &str) -> Result<String, InputError> {
-    let ok = key
-        .strip_prefix("uploads/")
-        .is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.len() <= 200
-                && !rest.contains("..")
-                && rest
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-        });
+    let ok = key.strip_prefix("uploads/").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 200
+            && !rest.contains("..")
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    });
     if ok {
         Ok(key.to_owned())
     } else {
@@ -257,7 +261,10 @@ impl GenerateRequest {
         if sources.len() > MAX_SOURCES {
             return Err(InputError::new(
                 "too_many_images",
-                format!("{} source images given; at most {MAX_SOURCES} per request", sources.len()),
+                format!(
+                    "{} source images given; at most {MAX_SOURCES} per request",
+                    sources.len()
+                ),
             ));
         }
         let mut references = parse_uploads(obj, "referenceUploads")?;
@@ -295,13 +302,19 @@ fn required_str<'a>(
     missing_code: &'static str,
 ) -> Result<&'a str, InputError> {
     match obj.get(field) {
-        None | Some(Value::Null) => Err(InputError::new(missing_code, format!("{field} is required"))),
+        None | Some(Value::Null) => Err(InputError::new(
+            missing_code,
+            format!("{field} is required"),
+        )),
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(wrong_type(field, "a string")),
     }
 }
 
-fn optional_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, InputError> {
+fn optional_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, InputError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -314,7 +327,10 @@ fn optional_array<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a [V
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(items)) if items.len() > 100 => Err(InputError::new(
             "too_many_images",
-            format!("{field} has {} entries; at most {MAX_SOURCES} are accepted", items.len()),
+            format!(
+                "{field} has {} entries; at most {MAX_SOURCES} are accepted",
+                items.len()
+            ),
         )),
         Some(Value::Array(items)) => Ok(items),
         Some(_) => Err(wrong_type(field, "an array")),
@@ -386,7 +402,9 @@ fn parse_batch_id(obj: &Map<String, Value>) -> Result<Option<String>, InputError
     } else {
         Err(InputError::new(
             "invalid_batch_id",
-            format!("batchId must be 1–{MAX_BATCH_ID_LEN} characters of letters, digits, '-', '_' or '.'"),
+            format!(
+                "batchId must be 1–{MAX_BATCH_ID_LEN} characters of letters, digits, '-', '_' or '.'"
+            ),
         ))
     }
 }
@@ -418,22 +436,61 @@ mod tests {
         let up = json!([{"key": "uploads/a.png"}]);
         assert_eq!(code(json!([])), "invalid_body");
         assert_eq!(code(json!({"uploads": up})), "prompt_required");
-        assert_eq!(code(json!({"prompt": "  ", "uploads": up})), "prompt_required");
+        assert_eq!(
+            code(json!({"prompt": "  ", "uploads": up})),
+            "prompt_required"
+        );
         assert_eq!(code(json!({"prompt": 5, "uploads": up})), "invalid_field");
-        assert_eq!(code(json!({"prompt": "x".repeat(5001), "uploads": up})), "prompt_too_long");
+        assert_eq!(
+            code(json!({"prompt": "x".repeat(5001), "uploads": up})),
+            "prompt_too_long"
+        );
         assert_eq!(code(json!({"prompt": "p"})), "images_required");
-        assert_eq!(code(json!({"prompt": "p", "imageUrls": "http://a"})), "invalid_field");
-        assert_eq!(code(json!({"prompt": "p", "imageUrls": ["ftp://a/b"]})), "invalid_image_url");
-        assert_eq!(code(json!({"prompt": "p", "uploads": [{"key": "../etc/passwd"}]})), "invalid_upload_key");
+        assert_eq!(
+            code(json!({"prompt": "p", "imageUrls": "http://a"})),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "imageUrls": ["ftp://a/b"]})),
+            "invalid_image_url"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": [{"key": "../etc/passwd"}]})),
+            "invalid_upload_key"
+        );
         let eleven: Vec<_> = (0..11).map(|i| format!("https://e.com/{i}.png")).collect();
-        assert_eq!(code(json!({"prompt": "p", "imageUrls": eleven})), "too_many_images");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "aspectRatio": "7:1"})), "invalid_aspect_ratio");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "outputFormat": "gif"})), "invalid_output_format");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "model": "x"})), "unsupported_model");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "priority": 1.5})), "invalid_priority");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "priority": 5000})), "invalid_priority");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "batchId": "a b"})), "invalid_batch_id");
-        assert_eq!(code(json!({"prompt": "p", "uploads": up, "provider": "gemini"})), "unsupported_provider");
+        assert_eq!(
+            code(json!({"prompt": "p", "imageUrls": eleven})),
+            "too_many_images"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "aspectRatio": "7:1"})),
+            "invalid_aspect_ratio"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "outputFormat": "gif"})),
+            "invalid_output_format"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "model": "x"})),
+            "unsupported_model"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "priority": 1.5})),
+            "invalid_priority"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "priority": 5000})),
+            "invalid_priority"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "batchId": "a b"})),
+            "invalid_batch_id"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "provider": "gemini"})),
+            "unsupported_provider"
+        );
     }
 
     #[test]

@@ -76,12 +76,11 @@ impl Engine {
             }
             Ok(Some(_)) => Ok(()),
             // The task moved on (a trusted callback finished it): keep the id for lookups.
-            Ok(None) => {
-                self.repo
-                    .set_provider_task_id(&task.id, &provider_task_id, now)
-                    .await
-                    .map(|_| ())
-            }
+            Ok(None) => self
+                .repo
+                .set_provider_task_id(&task.id, &provider_task_id, now)
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         }
     }
@@ -91,14 +90,18 @@ impl Engine {
         let attempts = task.attempts + 1;
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
         let (event, update) = match &error {
-            ProviderError::Retryable { retry_after, .. } if attempts < self.settings.max_attempts => (
-                Event::RetryLater,
-                TaskUpdate {
-                    run_at: Some(after(now, backoff(attempts, *retry_after))),
-                    error: Some(Some(("provider_retrying".to_owned(), error.to_string()))),
-                    ..TaskUpdate::default()
-                },
-            ),
+            ProviderError::Retryable { retry_after, .. }
+                if attempts < self.settings.max_attempts =>
+            {
+                (
+                    Event::RetryLater,
+                    TaskUpdate {
+                        run_at: Some(after(now, backoff(attempts, *retry_after))),
+                        error: Some(Some(("provider_retrying".to_owned(), error.to_string()))),
+                        ..TaskUpdate::default()
+                    },
+                )
+            }
             ProviderError::Retryable { .. } => (
                 Event::Rejected,
                 TaskUpdate {
@@ -149,6 +152,8 @@ impl Engine {
             ))),
             ..TaskUpdate::default()
         };
-        self.apply(task, Event::Ambiguous, true, update).await.map(|_| ())
+        self.apply(task, Event::Ambiguous, true, update)
+            .await
+            .map(|_| ())
     }
 }

@@ -36,7 +36,9 @@ impl Engine {
                     error: Some(None),
                     ..TaskUpdate::default()
                 };
-                self.apply(&task, Event::Ingested, true, update).await.map(|_| ())
+                self.apply(&task, Event::Ingested, true, update)
+                    .await
+                    .map(|_| ())
             }
             Err(failure) => {
                 let attempts = task.attempts + 1;
@@ -50,7 +52,9 @@ impl Engine {
                         add_attempt: true,
                         ..TaskUpdate::default()
                     };
-                    self.apply(&task, Event::IngestFailed, true, update).await.map(|_| ())
+                    self.apply(&task, Event::IngestFailed, true, update)
+                        .await
+                        .map(|_| ())
                 } else {
                     let update = TaskUpdate {
                         run_at: Some(after(now_ms(), backoff(attempts.min(6), None))),
@@ -88,11 +92,15 @@ impl Engine {
             })?;
             let spec = keys::generated(self.provider.name(), &task.id, index, info.kind);
             let size = bytes.len();
-            let created = self.blobs.put_create(&spec, bytes).await.map_err(|e| IngestFailure {
-                code: "storage_failed",
-                message: format!("writing {} failed: {e}", spec.key),
-                retryable: true,
-            })?;
+            let created = self
+                .blobs
+                .put_create(&spec, bytes)
+                .await
+                .map_err(|e| IngestFailure {
+                    code: "storage_failed",
+                    message: format!("writing {} failed: {e}", spec.key),
+                    retryable: true,
+                })?;
             tracing::info!(
                 task_id = %task.id,
                 key = %spec.key,

@@ -116,12 +116,15 @@ pub fn token_matches(presented: &str, stored_hash: &str) -> bool {
     let presented = hash_token(presented);
     // Both are 64 hex characters when a token was issued; a length mismatch (no token
     // issued yet) fails without comparing a prefix.
-    presented.len() == stored_hash.len() && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
+    presented.len() == stored_hash.len()
+        && bool::from(presented.as_bytes().ct_eq(stored_hash.as_bytes()))
 }
 
 /// Capped exponential backoff with ±20 % jitter; a provider's `Retry-After` is a floor.
 pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let base_ms = 2_000u64.saturating_mul(1u64 << attempt.min(16)).min(300_000);
+    let base_ms = 2_000u64
+        .saturating_mul(1u64 << attempt.min(16))
+        .min(300_000);
     let jitter = rand::rng().random_range(0.8..1.2);
     let delay = Duration::from_millis((base_ms as f64 * jitter) as u64);
     retry_after.map_or(delay, |floor| delay.max(floor))
@@ -229,7 +232,13 @@ impl Engine {
     async fn touch(&self, task: &Task, update: TaskUpdate) -> Result<Option<Task>, RepoError> {
         let changed = self
             .repo
-            .update(&task.id, task.state, Some(&self.settings.worker_id), &update, now_ms())
+            .update(
+                &task.id,
+                task.state,
+                Some(&self.settings.worker_id),
+                &update,
+                now_ms(),
+            )
             .await?;
         if let Some(after) = &changed {
             self.board.update(after);
@@ -291,13 +300,22 @@ impl Engine {
         }
         while loops.join_next().await.is_some() {}
         let drain = async {
-            for slots in [&self.dispatch_slots, &self.reconcile_slots, &self.ingest_slots] {
+            for slots in [
+                &self.dispatch_slots,
+                &self.reconcile_slots,
+                &self.ingest_slots,
+            ] {
                 let n = u32::try_from(slots_total(&self, slots)).unwrap_or(u32::MAX);
                 let _ = slots.acquire_many(n).await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
-            tracing::warn!("shutdown: in-flight jobs still running; their leases will expire and another worker will pick them up");
+        if tokio::time::timeout(Duration::from_secs(20), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: in-flight jobs still running; their leases will expire and another worker will pick them up"
+            );
         }
     }
 
@@ -352,7 +370,10 @@ impl Engine {
         let mut tasks: Vec<(Task, Job)> = Vec::new();
         match work {
             Work::Dispatch => {
-                let queued = self.repo.claim_queued(now, free, &worker, lease_until).await?;
+                let queued = self
+                    .repo
+                    .claim_queued(now, free, &worker, lease_until)
+                    .await?;
                 tasks.extend(with(queued, Job::Submit));
                 // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
                 let room = free.saturating_sub(tasks.len());
@@ -368,7 +389,10 @@ impl Engine {
                 for state in [TaskState::Submitted, TaskState::Running] {
                     let room = free.saturating_sub(tasks.len());
                     if room > 0 {
-                        let due = self.repo.claim_due(state, now, room, &worker, lease_until).await?;
+                        let due = self
+                            .repo
+                            .claim_due(state, now, room, &worker, lease_until)
+                            .await?;
                         tasks.extend(with(due, Job::Reconcile));
                     }
                 }

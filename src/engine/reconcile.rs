@@ -34,7 +34,10 @@ impl Engine {
                 ))),
                 ..TaskUpdate::default()
             };
-            return self.apply(&task, Event::Expire, true, update).await.map(|_| ());
+            return self
+                .apply(&task, Event::Expire, true, update)
+                .await
+                .map(|_| ());
         }
         let later = TaskUpdate {
             run_at: Some(after(now, next_poll_delay(age))),
@@ -80,9 +83,10 @@ impl Engine {
         };
         match status {
             RemoteStatus::Waiting => self.touch(task, later).await.map(|_| ()),
-            RemoteStatus::Generating if task.state == TaskState::Submitted => {
-                self.apply(task, Event::ProviderProgress, leased, later).await.map(|_| ())
-            }
+            RemoteStatus::Generating if task.state == TaskState::Submitted => self
+                .apply(task, Event::ProviderProgress, leased, later)
+                .await
+                .map(|_| ()),
             RemoteStatus::Generating => self.touch(task, later).await.map(|_| ()),
             RemoteStatus::Succeeded {
                 result_urls,
@@ -98,7 +102,11 @@ impl Engine {
                     error: Some(None),
                     ..TaskUpdate::default()
                 };
-                if self.apply(task, Event::ProviderSucceeded, leased, update).await?.is_some() {
+                if self
+                    .apply(task, Event::ProviderSucceeded, leased, update)
+                    .await?
+                    .is_some()
+                {
                     self.ingest_wake.notify_one();
                 }
                 Ok(())
@@ -107,11 +115,16 @@ impl Engine {
                 let update = TaskUpdate {
                     error: Some(Some((
                         "provider_failed".to_owned(),
-                        format!("{} task failed (failCode {code}): {message}", self.provider.name().to_uppercase()),
+                        format!(
+                            "{} task failed (failCode {code}): {message}",
+                            self.provider.name().to_uppercase()
+                        ),
                     ))),
                     ..TaskUpdate::default()
                 };
-                self.apply(task, Event::ProviderFailed, leased, update).await.map(|_| ())
+                self.apply(task, Event::ProviderFailed, leased, update)
+                    .await
+                    .map(|_| ())
             }
         }
     }

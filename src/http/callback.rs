@@ -64,7 +64,9 @@ async fn original_callback(
     let provider_task_id = ["taskId", "task_id"]
         .iter()
         .find_map(|k| data.get(*k).and_then(Value::as_str))
-        .ok_or_else(|| ApiError::bad_request("task_id_required", "the callback body has no data.taskId"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("task_id_required", "the callback body has no data.taskId")
+        })?;
     let task = state
         .repo
         .get_by_provider_id(state.engine.provider_name(), provider_task_id)
@@ -80,15 +82,21 @@ async fn accept(
     body: &Value,
     authenticated: bool,
 ) -> Result<Json<Value>, ApiError> {
-    match state.engine.accept_callback(task, body, authenticated).await {
+    match state
+        .engine
+        .accept_callback(task, body, authenticated)
+        .await
+    {
         Ok(()) => Ok(Json(json!({"success": true, "taskId": task.id}))),
         Err(EngineError::MalformedCallback) => Err(ApiError::bad_request(
             "invalid_callback",
             "the callback body must be KIE's envelope with a data object",
         )),
-        Err(e @ EngineError::ProviderIdMismatch { .. }) => {
-            Err(ApiError::new(StatusCode::CONFLICT, "task_mismatch", e.to_string()))
-        }
+        Err(e @ EngineError::ProviderIdMismatch { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_mismatch",
+            e.to_string(),
+        )),
         Err(EngineError::Repo(e)) => Err(e.into()),
     }
 }

@@ -99,15 +99,25 @@ pub fn parse_json(
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "body_too_large", "the request body is larger than this route accepts")
+            ApiError::new(
+                status,
+                "body_too_large",
+                "the request body is larger than this route accepts",
+            )
         } else {
             ApiError::new(status, "unreadable_body", rejection.body_text())
         }
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
     })
 }

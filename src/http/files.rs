@@ -18,7 +18,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/files/{*key}", get(serve_file))
 }
 
-async fn serve_file(State(state): State<AppState>, Path(key): Path<String>) -> Result<Response, ApiError> {
+async fn serve_file(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("file_not_found", "no such file");
     if !is_servable(&key) {
         return Err(not_found());

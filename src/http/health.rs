@@ -23,7 +23,11 @@ async fn healthz() -> Json<Value> {
 /// The database and the bucket answer.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = state.repo.ping().await.map_err(|e| e.to_string());
-    let bucket = state.blobs.exists(&crate::storage::keys::probe().key).await.map_err(|e| e.to_string());
+    let bucket = state
+        .blobs
+        .exists(&crate::storage::keys::probe().key)
+        .await
+        .map_err(|e| e.to_string());
     let ready = database.is_ok() && bucket.is_ok();
     let check = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
@@ -37,7 +41,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "database": check(&database),
         "bucket": check(&bucket.map(|_| ())),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 

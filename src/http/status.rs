@@ -49,7 +49,10 @@ async fn task_status(
     };
     let task = task.ok_or_else(not_found)?;
     state.board.update(&task);
-    let body = state.board.get(&task.id).unwrap_or_else(|| crate::status::compat_status(&task));
+    let body = state
+        .board
+        .get(&task.id)
+        .unwrap_or_else(|| crate::status::compat_status(&task));
     Ok(json_response(body))
 }
 

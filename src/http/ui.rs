@@ -31,7 +31,8 @@ async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
 }
 
 fn serve(path: &str) -> Result<Response, ApiError> {
-    let file = Assets::get(path).ok_or_else(|| ApiError::not_found("asset_not_found", "no such asset"))?;
+    let file =
+        Assets::get(path).ok_or_else(|| ApiError::not_found("asset_not_found", "no such asset"))?;
     let content_type = match path.rsplit_once('.').map(|(_, ext)| ext) {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
@@ -41,13 +42,22 @@ fn serve(path: &str) -> Result<Response, ApiError> {
         _ => "application/octet-stream",
     };
     let mut response = (
-        [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         file.data.into_owned(),
     )
         .into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     Ok(response)
 }

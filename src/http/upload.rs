@@ -64,9 +64,16 @@ struct UploadAnswer {
 
 fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "body_too_large", "the upload is larger than the server accepts")
+        ApiError::new(
+            status,
+            "body_too_large",
+            "the upload is larger than the server accepts",
+        )
     } else {
-        ApiError::bad_request("invalid_multipart", format!("the multipart body could not be read: {e}"))
+        ApiError::bad_request(
+            "invalid_multipart",
+            format!("the multipart body could not be read: {e}"),
+        )
     }
 }
 
@@ -97,7 +104,10 @@ async fn upload(
     let mut multipart = multipart.map_err(|e| {
         ApiError::bad_request(
             "invalid_multipart",
-            format!("send multipart/form-data with the images in the field \"{FIELD}\" ({})", e.body_text()),
+            format!(
+                "send multipart/form-data with the images in the field \"{FIELD}\" ({})",
+                e.body_text()
+            ),
         )
     })?;
     let limits = &state.config.limits;
@@ -115,7 +125,12 @@ async fn upload(
         .map_err(|e| multipart_error(&e, e.status()))?
     {
         let name = field.name().unwrap_or_default().to_owned();
-        let filename = field.file_name().unwrap_or("(unnamed)").chars().take(255).collect::<String>();
+        let filename = field
+            .file_name()
+            .unwrap_or("(unnamed)")
+            .chars()
+            .take(255)
+            .collect::<String>();
         if name != FIELD {
             // Drain it, but say so: nothing the client sent is dropped silently.
             read_capped(&mut field, 0).await?;
@@ -171,13 +186,19 @@ async fn upload(
     if total == 0 {
         return Err(ApiError::bad_request(
             "no_files",
-            format!("no files were sent; send one or more images in the multipart field \"{FIELD}\""),
+            format!(
+                "no files were sent; send one or more images in the multipart field \"{FIELD}\""
+            ),
         ));
     }
     let uploaded_count = uploaded.len();
     let message = format!("Uploaded {uploaded_count} of {total} file(s)");
     let (status, error, code) = if uploaded_count == 0 {
-        (StatusCode::BAD_REQUEST, Some("no file was accepted; see errors".to_owned()), Some("no_valid_files"))
+        (
+            StatusCode::BAD_REQUEST,
+            Some("no file was accepted; see errors".to_owned()),
+            Some("no_valid_files"),
+        )
     } else {
         (StatusCode::OK, None, None)
     };

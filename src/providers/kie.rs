@@ -232,11 +232,16 @@ impl Record {
                     .unwrap_or_else(|| "unknown".to_owned()),
                 message: string_field(data, &["failMsg", "fail_msg", "errorMessage"])
                     .filter(|m| !m.is_empty())
-                    .unwrap_or_else(|| "the provider reported a failure without a reason".to_owned()),
+                    .unwrap_or_else(|| {
+                        "the provider reported a failure without a reason".to_owned()
+                    }),
             },
             "generating" => RemoteStatus::Generating,
             other => {
-                tracing::warn!(state = other, "unknown KIE task state; treating it as in progress");
+                tracing::warn!(
+                    state = other,
+                    "unknown KIE task state; treating it as in progress"
+                );
                 RemoteStatus::Generating
             }
         };
@@ -327,16 +332,31 @@ mod tests {
     #[test]
     fn unknown_states_are_in_progress() {
         let data = json!({"taskId": "t", "state": "thinking"});
-        assert_eq!(Record::parse(&data, CostUnit::Millis).status, RemoteStatus::Generating);
+        assert_eq!(
+            Record::parse(&data, CostUnit::Millis).status,
+            RemoteStatus::Generating
+        );
     }
 
     #[test]
     fn error_codes_are_classified() {
         for code in [408, 429, 455, 500] {
-            assert!(matches!(classify(code, String::new(), None), ProviderError::Retryable { .. }), "{code}");
+            assert!(
+                matches!(
+                    classify(code, String::new(), None),
+                    ProviderError::Retryable { .. }
+                ),
+                "{code}"
+            );
         }
         for code in [401, 402, 404, 422, 433, 505] {
-            assert!(matches!(classify(code, String::new(), None), ProviderError::Permanent { .. }), "{code}");
+            assert!(
+                matches!(
+                    classify(code, String::new(), None),
+                    ProviderError::Permanent { .. }
+                ),
+                "{code}"
+            );
         }
     }
 }

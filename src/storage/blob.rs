@@ -120,7 +120,10 @@ impl BlobStore {
     pub fn url(&self, key: &str) -> String {
         match &self.public_base {
             Some(base) => format!("{}/{key}", base.as_str().trim_end_matches('/')),
-            None => format!("{}/files/{key}", self.server_base.as_str().trim_end_matches('/')),
+            None => format!(
+                "{}/files/{key}",
+                self.server_base.as_str().trim_end_matches('/')
+            ),
         }
     }
 
@@ -141,7 +144,11 @@ impl BlobStore {
     pub async fn put(&self, spec: &ObjectSpec, bytes: Bytes) -> Result<(), BlobError> {
         let path = path(&spec.key)?;
         self.store
-            .put_opts(&path, PutPayload::from_bytes(bytes), self.options(spec, PutMode::Overwrite))
+            .put_opts(
+                &path,
+                PutPayload::from_bytes(bytes),
+                self.options(spec, PutMode::Overwrite),
+            )
             .await?;
         Ok(())
     }
@@ -151,7 +158,11 @@ impl BlobStore {
         let path = path(&spec.key)?;
         match self
             .store
-            .put_opts(&path, PutPayload::from_bytes(bytes), self.options(spec, PutMode::Create))
+            .put_opts(
+                &path,
+                PutPayload::from_bytes(bytes),
+                self.options(spec, PutMode::Create),
+            )
             .await
         {
             Ok(_) => Ok(Created::Written),

@@ -94,14 +94,24 @@ mod tests {
         assert_eq!(a, generated("kie", &id, 0, ImageKind::Jpeg));
         assert_eq!(a.key, format!("generated/kie-{id}-0.jpg"));
         assert_eq!(a.content_type, "image/jpeg");
-        assert_eq!(serving_metadata(&a.key), Some(("image/jpeg", GENERATED_CACHE)));
+        assert_eq!(
+            serving_metadata(&a.key),
+            Some(("image/jpeg", GENERATED_CACHE))
+        );
     }
 
     #[test]
     fn only_our_layout_is_servable() {
         assert!(is_servable(&upload(ImageKind::Png).key));
         assert!(is_servable(&task_record(&TaskId::new()).key));
-        for bad in ["../etc/passwd", "uploads/../x.png", "other/x.png", "uploads/x.txt", "/uploads/a.png", ".darkroom-probe"] {
+        for bad in [
+            "../etc/passwd",
+            "uploads/../x.png",
+            "other/x.png",
+            "uploads/x.txt",
+            "/uploads/a.png",
+            ".darkroom-probe",
+        ] {
             assert!(!is_servable(bad), "{bad}");
         }
     }

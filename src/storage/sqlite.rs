@@ -4,7 +4,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};
@@ -179,7 +181,11 @@ impl TaskRepo for SqliteRepo {
         .await?;
         let mut tasks = tasks_from_rows(&rows)?;
         // RETURNING gives no order guarantee; callers submit in queue order.
-        tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created_at.cmp(&b.created_at)));
+        tasks.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
         Ok(tasks)
     }
 
@@ -247,7 +253,8 @@ impl TaskRepo for SqliteRepo {
             ("result_urls", &update.result_urls),
         ] {
             if let Some(list) = list {
-                q.push(format_args!(", {column} = ")).push_bind(to_json(list));
+                q.push(format_args!(", {column} = "))
+                    .push_bind(to_json(list));
             }
         }
         if let Some(credits) = update.credits {

@@ -605,7 +605,7 @@ impl KieSim {
         let rendered = tokio::task::spawn_blocking(move || {
             let source = match input {
                 Some(bytes) => decode_input(&bytes).map_err(|err| Failure::bad_input(&err))?,
-                None => render::canvas(&prompt, long_side),
+                None => render::canvas(&prompt),
             };
             render::render(&source, &prompt, &aspect, format, long_side).map_err(|err| {
                 tracing::error!(error = %err, "kie-sim could not render a result");

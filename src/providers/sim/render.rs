@@ -6,11 +6,11 @@
 //! input cropped and scaled to the target shape, tinted with a colour derived from the
 //! prompt and framed with a solid border of that colour.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
-use image::imageops::FilterType;
 use image::{DynamicImage, ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 use sha2::{Digest, Sha256};
 
@@ -31,6 +31,9 @@ const MAX_AUTO_RATIO: f64 = 4.0;
 const TINT_WEIGHT: u16 = 90;
 
 const JPEG_QUALITY: u8 = 85;
+
+/// Side of the text-only model's base picture; small because it is only upscaled.
+const CANVAS_SIDE: u32 = 256;
 
 /// The two output formats KIE offers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,10 +97,7 @@ pub(crate) fn render(
 ) -> Result<Rendered, RenderError> {
     let (width, height) = target_size(aspect, input.width(), input.height(), long_side)
         .ok_or_else(|| RenderError::AspectRatio(aspect.to_owned()))?;
-    let colour = prompt_colour(prompt);
-    let mut picture = cover(input, width, height);
-    tint(&mut picture, colour);
-    frame(&mut picture, colour);
+    let picture = compose(input, width, height, prompt_colour(prompt));
     let bytes = encode(&picture, format)?;
     Ok(Rendered {
         bytes,
@@ -107,12 +107,11 @@ pub(crate) fn render(
 }
 
 /// A base picture for the text-only model, which has no input image: a diagonal
-/// gradient whose colours come from the prompt.
-pub(crate) fn canvas(prompt: &str, long_side: u32) -> DynamicImage {
-    let side = long_side.clamp(MIN_LONG_SIDE, MAX_LONG_SIDE);
+/// gradient whose colours come from the prompt. [`render`] scales it to the target.
+pub(crate) fn canvas(prompt: &str) -> DynamicImage {
     let Rgb([r, g, b]) = prompt_colour(prompt);
-    let span = 2 * (side - 1).max(1);
-    let picture = RgbImage::from_fn(side, side, |x, y| {
+    let span = 2 * (CANVAS_SIDE - 1);
+    let picture = RgbImage::from_fn(CANVAS_SIDE, CANVAS_SIDE, |x, y| {
         let t = (x + y) * 255 / span;
         // t ≤ 255, so every channel stays within u8.
         let mix = |c: u8| u8::try_from((u32::from(c) + t) / 2).unwrap_or(u8::MAX);
@@ -157,31 +156,80 @@ fn scaled(side: u32, factor: f64) -> u32 {
     value.clamp(1, side)
 }
 
-/// Centre-crops the input to the target's shape and scales it to exactly that size.
-fn cover(input: &DynamicImage, width: u32, height: u32) -> RgbImage {
-    let (in_w, in_h) = (input.width().max(1), input.height().max(1));
-    // Largest centred window of the target's shape that fits the input, in integers.
+/// Samples the input into the target size (centre crop, nearest neighbour), tinting
+/// and framing in the same pass.
+///
+/// Written by hand rather than with `image`'s resamplers: those run about ten times
+/// slower in unoptimised builds, and the test suites render hundreds of results there.
+fn compose(input: &DynamicImage, width: u32, height: u32, colour: Rgb<u8>) -> RgbImage {
+    // 8-bit RGB and RGBA (what JPEG, PNG and WebP mostly decode to) are sampled in
+    // place; anything else is converted once.
+    let (raw, channels): (Cow<'_, [u8]>, usize) = match input {
+        DynamicImage::ImageRgb8(rgb) => (Cow::Borrowed(rgb.as_raw()), 3),
+        DynamicImage::ImageRgba8(rgba) => (Cow::Borrowed(rgba.as_raw()), 4),
+        other => (Cow::Owned(other.to_rgb8().into_raw()), 3),
+    };
+    let (in_w, in_h) = (input.width(), input.height());
+    if in_w == 0 || in_h == 0 || width == 0 || height == 0 {
+        return RgbImage::from_pixel(width, height, colour);
+    }
+    // Largest centred window of the target's shape that fits the input.
     let input_is_wider = u64::from(in_w) * u64::from(height) > u64::from(in_h) * u64::from(width);
     let (crop_w, crop_h) = if input_is_wider {
-        (proportional(in_h, width, height, in_w), in_h)
+        (proportional(in_h, width, height, in_w).max(1), in_h)
     } else {
-        (in_w, proportional(in_w, height, width, in_h))
+        (in_w, proportional(in_w, height, width, in_h).max(1))
     };
-    let cropped = input.crop_imm((in_w - crop_w) / 2, (in_h - crop_h) / 2, crop_w, crop_h);
-    // Both paths are cheap even in debug builds: the box-averaging thumbnail is linear in
-    // the input, and a triangle filter needs only a couple of taps when enlarging.
-    let scaled = if crop_w >= width && crop_h >= height {
-        cropped.thumbnail_exact(width, height)
-    } else {
-        cropped.resize_exact(width, height, FilterType::Triangle)
-    };
-    scaled.into_rgb8()
+    let (left, top) = ((in_w - crop_w) / 2, (in_h - crop_h) / 2);
+    // Byte offset of the source pixel for every output column; x < width keeps every
+    // sample inside the crop window.
+    let columns: Vec<usize> = (0..width)
+        .map(|x| channels * (left + proportional(x, crop_w, width, crop_w - 1)) as usize)
+        .collect();
+    let stride = channels * in_w as usize;
+    let tinted = tint_tables(colour);
+    let border = (width.min(height) / 32).max(2);
+
+    let mut out = Vec::with_capacity(3 * width as usize * height as usize);
+    for y in 0..height {
+        let source_row = (top + proportional(y, crop_h, height, crop_h - 1)) as usize;
+        let row = raw
+            .get(source_row * stride..(source_row + 1) * stride)
+            .unwrap_or_default();
+        let edge_row = y < border || y + border >= height;
+        for (x, &offset) in (0..width).zip(&columns) {
+            let in_frame = edge_row || x < border || x + border >= width;
+            match row.get(offset..offset + 3) {
+                // Alpha, if any, is dropped: results are opaque like KIE's.
+                Some(&[r, g, b]) if !in_frame => out.extend_from_slice(&[
+                    tinted[0][usize::from(r)],
+                    tinted[1][usize::from(g)],
+                    tinted[2][usize::from(b)],
+                ]),
+                _ => out.extend_from_slice(&colour.0),
+            }
+        }
+    }
+    RgbImage::from_raw(width, height, out)
+        .unwrap_or_else(|| RgbImage::from_pixel(width, height, colour))
 }
 
-/// `len * num / den`, kept within `1..=max`.
+/// `len * num / den` in integers, at most `max`.
 fn proportional(len: u32, num: u32, den: u32, max: u32) -> u32 {
     let value = u64::from(len) * u64::from(num) / u64::from(den.max(1));
-    u32::try_from(value).unwrap_or(max).clamp(1, max)
+    u32::try_from(value).unwrap_or(max).min(max)
+}
+
+/// Per channel, every input value blended with the prompt colour.
+fn tint_tables(colour: Rgb<u8>) -> [[u8; 256]; 3] {
+    let keep = 256 - TINT_WEIGHT;
+    colour.0.map(|tint| {
+        std::array::from_fn(|value| {
+            let value = u16::try_from(value).unwrap_or(u16::from(u8::MAX));
+            let mixed = (value * keep + u16::from(tint) * TINT_WEIGHT) >> 8;
+            u8::try_from(mixed).unwrap_or(u8::MAX)
+        })
+    })
 }
 
 /// A saturated-enough colour picked by hashing the prompt.
@@ -192,38 +240,14 @@ fn prompt_colour(prompt: &str) -> Rgb<u8> {
     Rgb([channel(digest[0]), channel(digest[1]), channel(digest[2])])
 }
 
-fn tint(picture: &mut RgbImage, colour: Rgb<u8>) {
-    let keep = 256 - TINT_WEIGHT;
-    for pixel in picture.pixels_mut() {
-        for (value, tint) in pixel.0.iter_mut().zip(colour.0) {
-            let mixed = (u16::from(*value) * keep + u16::from(tint) * TINT_WEIGHT) >> 8;
-            *value = u8::try_from(mixed).unwrap_or(u8::MAX);
-        }
-    }
-}
-
-/// Paints a solid border, about 1/32 of the short side and at least 2 px wide.
-fn frame(picture: &mut RgbImage, colour: Rgb<u8>) {
-    let (width, height) = picture.dimensions();
-    let border = (width.min(height) / 32).max(2);
-    for y in 0..height {
-        let edge_row = y < border || y + border >= height;
-        for x in 0..width {
-            if edge_row || x < border || x + border >= width {
-                picture.put_pixel(x, y, colour);
-            }
-        }
-    }
-}
-
 fn encode(picture: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Cursor::new(Vec::new());
     let (width, height) = picture.dimensions();
     match format {
         // Fast compression keeps rendering cheap in debug builds, where tests create
-        // hundreds of tasks; size does not matter for a simulator.
+        // hundreds of tasks; the Up filter suits the repeated rows of upscaled inputs.
         OutputFormat::Png => {
-            PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, PngFilter::Sub)
+            PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, PngFilter::Up)
                 .write_image(picture.as_raw(), width, height, ExtendedColorType::Rgb8)?;
         }
         OutputFormat::Jpeg => JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY).write_image(
@@ -330,10 +354,46 @@ mod tests {
     }
 
     #[test]
+    fn a_wider_input_is_cropped_to_its_centre() {
+        // Three vertical bands; a square crop keeps only the middle one.
+        let bands = RgbImage::from_fn(300, 100, |x, _| match x / 100 {
+            0 => Rgb([255, 0, 0]),
+            1 => Rgb([0, 255, 0]),
+            _ => Rgb([0, 0, 255]),
+        });
+        let picture = compose(&DynamicImage::ImageRgb8(bands), 64, 64, Rgb([0, 0, 0]));
+        for x in [2, 32, 61] {
+            let Rgb([r, g, b]) = *picture.get_pixel(x, 32);
+            assert!(
+                g > r && g > b,
+                "column {x} should come from the middle band"
+            );
+        }
+    }
+
+    #[test]
+    fn rgba_grey_and_empty_inputs_render() {
+        let inputs = [
+            DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+                20,
+                40,
+                image::Rgba([9, 99, 199, 0]),
+            )),
+            DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 20, image::Luma([77]))),
+            DynamicImage::ImageRgb8(RgbImage::new(0, 0)),
+        ];
+        for source in &inputs {
+            let out = render(source, "p", "auto", OutputFormat::Png, 32).expect("renders");
+            let picture = decode(&out.bytes);
+            assert_eq!(picture.width().max(picture.height()), 32);
+        }
+    }
+
+    #[test]
     fn canvas_is_square_and_prompt_dependent() {
-        let a = canvas("sunset", 64);
-        let b = canvas("forest", 64);
-        assert_eq!((a.width(), a.height()), (64, 64));
+        let a = canvas("sunset");
+        let b = canvas("forest");
+        assert_eq!((a.width(), a.height()), (CANVAS_SIDE, CANVAS_SIDE));
         assert_ne!(a.to_rgb8().into_raw(), b.to_rgb8().into_raw());
     }
 }

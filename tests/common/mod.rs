@@ -1,0 +1,178 @@
+//! Test harness: a real darkroom on 127.0.0.1:0 with a temporary data directory and the
+//! in-process KIE simulator, driven over real HTTP.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use darkroom::App;
+use darkroom::config::Config;
+use darkroom::providers::sim::KieSim;
+use darkroom::storage::BlobStore;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub blobs: BlobStore,
+    pub sim: Option<Arc<KieSim>>,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings that keep tests fast: a quick simulator and quick polling.
+const FAST: &[(&str, &str)] = &[
+    ("DARKROOM_SIM_LATENCY_MS", "20-60"),
+    ("DARKROOM_TICK_MS", "50"),
+    ("DARKROOM_FIRST_POLL_MS", "3000"),
+    ("DARKROOM_LOG", "warn"),
+];
+
+pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut env: HashMap<String, String> = FAST
+        .iter()
+        .chain(overrides)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.insert("DARKROOM_DATA_DIR".into(), dir.path().display().to_string());
+    let config = Config::from_env(&env).expect("test configuration is valid");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let app = App::build(config, addr).await.expect("app builds");
+    let blobs = app.state.blobs.clone();
+    let sim = app.simulator.clone();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.serve(listener, shutdown.clone()));
+    TestApp {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        blobs,
+        sim,
+        dir,
+        shutdown,
+    }
+}
+
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 5) as u8, 120])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, _| image::Rgb([(x * 3) as u8, 90, 200]));
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Uploads files (name, bytes) in the `files` field; returns (status, body).
+    pub async fn upload(&self, files: &[(&str, Vec<u8>)]) -> (u16, Value) {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            form = form.part(
+                "files",
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+            );
+        }
+        let response = self
+            .http
+            .post(self.url("/api/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads one PNG and asks for `count` generations of it; returns the task ids.
+    pub async fn generate_from_upload(&self, count: usize, extra: Value) -> Vec<String> {
+        let files: Vec<(String, Vec<u8>)> = (0..count)
+            .map(|i| (format!("src{i}.png"), png(32 + i as u32, 24)))
+            .collect();
+        let refs: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        let (status, up) = self.upload(&refs).await;
+        assert_eq!(status, 200, "{up}");
+        let uploads: Vec<Value> = up["uploaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| json!({"key": u["key"], "url": u["url"]}))
+            .collect();
+        let mut body = json!({"prompt": "a person wearing a red dress", "uploads": uploads});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let (status, answer) = self.post_json("/api/generate", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["taskIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub async fn status(&self, task_id: &str) -> Value {
+        let (code, body) = self
+            .get_json(&format!("/api/task-status?taskId={task_id}"))
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// Waits until the task reaches a final compatible status.
+    pub async fn wait_final(&self, task_id: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let body = self.status(task_id).await;
+            if matches!(body["status"].as_str(), Some("completed" | "failed")) {
+                return body;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "task {task_id} not final after {timeout:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

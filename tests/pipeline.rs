@@ -1,0 +1,224 @@
+//! The original service's path end to end over real HTTP against the simulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{png, spawn_app};
+use serde_json::json;
+
+const FINAL: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn upload_generate_callback_completed_with_bytes_and_record_in_the_bucket() {
+    let app = spawn_app(&[]).await;
+    let ids = app
+        .generate_from_upload(2, json!({"aspectRatio": "9:16", "outputFormat": "jpeg"}))
+        .await;
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        assert!(id.starts_with("tsk_"), "{id}");
+        let status = app.wait_final(id, FINAL).await;
+        assert_eq!(status["status"], "completed", "{status}");
+        assert_eq!(status["state"], "succeeded");
+        assert_eq!(status["prompt"], "a person wearing a red dress");
+        assert!(status["consumeCredits"].is_number(), "{status}");
+        let urls = status["resultUrls"].as_array().unwrap();
+        assert_eq!(urls.len(), 1);
+
+        // The result opens over HTTP as the JPEG the simulator made, typed as such.
+        let response = app
+            .http
+            .get(urls[0].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "image/jpeg");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let bytes = response.bytes().await.unwrap();
+        let decoded = image::load_from_memory(&bytes).unwrap();
+        assert!(decoded.height() > decoded.width(), "9:16 is portrait");
+
+        // The bucket holds the result under its deterministic key and the task record.
+        let stored = app.blobs.list("generated").await.unwrap();
+        assert!(
+            stored.contains(&format!("generated/kie-{id}-0.jpg")),
+            "{stored:?}"
+        );
+        let record = app
+            .blobs
+            .get_bytes(&format!("kie-tasks/{id}.json"))
+            .await
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+        assert_eq!(record["state"], "succeeded");
+        assert_eq!(record["taskId"], id.as_str());
+        assert!(
+            !String::from_utf8_lossy(
+                &app.blobs
+                    .get_bytes(&format!("kie-tasks/{id}.json"))
+                    .await
+                    .unwrap()
+            )
+            .contains("token")
+        );
+
+        // The provider's id works as well as ours.
+        let by_provider = app.status(status["providerTaskId"].as_str().unwrap()).await;
+        assert_eq!(by_provider["taskId"], id.as_str());
+    }
+    assert_eq!(app.blobs.list("uploads").await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn image_urls_are_accepted_as_sources() {
+    let app = spawn_app(&[]).await;
+    let (_, up) = app.upload(&[("a.png", png(20, 20))]).await;
+    let url = up["uploaded"][0]["url"].as_str().unwrap().to_owned();
+    let (code, answer) = app
+        .post_json("/api/generate", &json!({"prompt": "p", "imageUrls": [url]}))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["tasks"][0]["sourceKey"], url.as_str());
+    assert_eq!(answer["message"], "Created 1 KIE task(s)");
+    let id = answer["taskIds"][0].as_str().unwrap();
+    assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn the_original_debugging_examples_get_clean_404s() {
+    let app = spawn_app(&[]).await;
+    let body = json!({"code": 200, "data": {"taskId": "test123", "state": "success",
+        "resultJson": "{\"resultUrls\":[\"https://example.com/test.jpg\"]}"}});
+    let (code, answer) = app.post_json("/api/callback", &body).await;
+    assert_eq!(code, 404, "{answer}");
+    assert_eq!(answer["success"], false);
+    assert_eq!(answer["code"], "task_not_found");
+    let (code, answer) = app.get_json("/api/task-status?taskId=test123").await;
+    assert_eq!(code, 404, "{answer}");
+    assert_eq!(answer["code"], "task_not_found");
+}
+
+#[tokio::test]
+async fn a_callback_delivered_five_times_stores_one_result_set() {
+    let app = spawn_app(&[
+        ("DARKROOM_SIM_DUPLICATE_RATE", "1"),
+        ("DARKROOM_SIM_DUPLICATE_COUNT", "5"),
+    ])
+    .await;
+    let ids = app.generate_from_upload(3, json!({})).await;
+    for id in &ids {
+        assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
+    }
+    // Replay each callback five more times at once after completion.
+    let sim = app.sim.clone().unwrap();
+    for id in &ids {
+        let pid = app.status(id).await["providerTaskId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let url = sim
+            .callback_url(&pid)
+            .expect("the simulator knows the callback URL");
+        let body = json!({"code": 200, "msg": "Playground task completed successfully.",
+            "data": {"taskId": pid, "state": "success", "resultJson": "{\"resultUrls\":[\"https://example.com/x.png\"]}"}});
+        let replays = (0..5).map(|_| app.http.post(&url).json(&body).send());
+        for response in futures::future::join_all(replays).await {
+            assert_eq!(response.unwrap().status(), 200);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = app.blobs.list("generated").await.unwrap();
+    assert_eq!(stored.len(), ids.len(), "one result per task: {stored:?}");
+    for id in &ids {
+        let status = app.status(id).await;
+        assert_eq!(status["resultUrls"].as_array().unwrap().len(), 1);
+        assert_eq!(status["status"], "completed");
+    }
+    assert!(sim.stats().duplicates_sent >= 4 * ids.len() as u64);
+}
+
+#[tokio::test]
+async fn a_callback_before_the_create_answer_still_completes() {
+    let app = spawn_app(&[("DARKROOM_SIM_EARLY_CALLBACK_RATE", "1")]).await;
+    let ids = app.generate_from_upload(3, json!({})).await;
+    for id in &ids {
+        let status = app.wait_final(id, FINAL).await;
+        assert_eq!(status["status"], "completed", "{status}");
+    }
+}
+
+#[tokio::test]
+async fn a_failure_callback_fails_the_task_with_the_providers_reason() {
+    let app = spawn_app(&[("DARKROOM_SIM_FAIL_RATE", "1")]).await;
+    let ids = app.generate_from_upload(1, json!({})).await;
+    let status = app.wait_final(&ids[0], FINAL).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains("500") && error.contains("Internal server error"),
+        "{error}"
+    );
+    assert_eq!(status["errorCode"], "provider_failed");
+    assert!(app.blobs.list("generated").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_callback_is_healed_by_polling_record_info() {
+    let app = spawn_app(&[
+        ("DARKROOM_SIM_DROP_RATE", "1"),
+        ("DARKROOM_FIRST_POLL_MS", "200"),
+    ])
+    .await;
+    let ids = app.generate_from_upload(2, json!({})).await;
+    for id in &ids {
+        assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
+    }
+    let stats = app.sim.clone().unwrap().stats();
+    assert_eq!(stats.callbacks_sent, 0);
+    assert!(stats.dropped >= 2);
+}
+
+#[tokio::test]
+async fn forged_callbacks_change_nothing() {
+    let app = spawn_app(&[
+        ("DARKROOM_SIM_DROP_RATE", "1"),
+        ("DARKROOM_FIRST_POLL_MS", "600000"),
+    ])
+    .await;
+    let ids = app.generate_from_upload(1, json!({})).await;
+    let id = &ids[0];
+    // Wait until the dispatcher has submitted it.
+    let start = std::time::Instant::now();
+    while app.status(id).await["providerTaskId"].is_null() {
+        assert!(start.elapsed() < FINAL);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = app.status(id).await;
+    let body = json!({"code": 200, "data": {"taskId": before["providerTaskId"], "state": "success",
+        "resultJson": "{\"resultUrls\":[\"https://example.com/x.png\"]}"}});
+    for query in [
+        "",
+        "?token=",
+        "?token=wrong",
+        "?token=0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let (code, answer) = app
+            .post_json(&format!("/api/callback/{id}{query}"), &body)
+            .await;
+        assert_eq!(code, 401, "{query}: {answer}");
+        assert_eq!(answer["code"], "invalid_callback_token");
+    }
+    let (code, _) = app
+        .post_json(
+            "/api/callback/tsk_0000000000000000000000000000000a?token=x",
+            &body,
+        )
+        .await;
+    assert_eq!(code, 404);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = app.status(id).await;
+    assert_eq!(after["state"], before["state"]);
+    assert!(app.blobs.list("generated").await.unwrap().is_empty());
+}
