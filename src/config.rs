@@ -78,7 +78,7 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Local bucket directory; default `{data_dir}/bucket`. Used unless an S3 bucket is set.
@@ -205,16 +205,6 @@ impl Default for DatabaseConfig {
         Self {
             url: None,
             max_connections: 8,
-        }
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            dir: None,
-            s3: None,
-            public_base_url: None,
         }
     }
 }

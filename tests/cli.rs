@@ -1,0 +1,171 @@
+//! The `darkroom` binary: start-up errors, and the KIE client against a standalone
+//! `darkroom kie-sim` over real HTTP (the production code path with `KIE_API_TOKEN` set).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::spawn_app;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_sim(extra: &[&str]) -> (Running, u16) {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "kie-sim",
+            "--port",
+            &port.to_string(),
+            "--latency-ms",
+            "10-30",
+            "--token",
+            "sim-token",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("darkroom kie-sim starts");
+    let running = Running(child);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/sim/stats"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return (running, port);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "kie-sim did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn invalid_configuration_stops_the_start_with_a_sentence_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in [
+        ("PORT", "eighty"),
+        ("KIE_BASE_URL", "not a url"),
+        ("DARKROOM_SIM_DROP_RATE", "3"),
+    ] {
+        let output = Command::new(BIN)
+            .arg("serve")
+            .env("DARKROOM_DATA_DIR", dir.path())
+            .env(key, value)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{key}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("invalid configuration") && stderr.contains(key),
+            "{key}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_original_env_local_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env.local"),
+        "KIE_CALLBACK_URL=not-a-url\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("KIE_CALLBACK_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn kie_mode_against_a_standalone_simulator_completes() {
+    let (_sim, port) = start_sim(&[]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let trusted = format!("127.0.0.1:{port}");
+    let app = spawn_app(&[
+        ("KIE_API_TOKEN", "sim-token"),
+        ("KIE_BASE_URL", base.as_str()),
+        ("DARKROOM_TRUSTED_FETCH_HOSTS", trusted.as_str()),
+    ])
+    .await;
+    assert!(
+        app.sim.is_none(),
+        "KIE_API_TOKEN switches the simulator off"
+    );
+    let (_, info) = app.get_json("/api/info").await;
+    assert_eq!(info["simulator"], false);
+    let ids = app.generate_from_upload(2, json!({})).await;
+    for id in &ids {
+        let status = app.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(status["status"], "completed", "{status}");
+    }
+    let stats: serde_json::Value = app
+        .http
+        .get(format!("{base}/sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["created"], 2, "{stats}");
+    assert!(stats["callbacksSent"].as_u64().unwrap() >= 2, "{stats}");
+}
+
+#[tokio::test]
+async fn results_on_an_untrusted_private_host_are_never_fetched() {
+    let (_sim, port) = start_sim(&[]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    // No DARKROOM_TRUSTED_FETCH_HOSTS: the simulator's loopback result URLs are refused.
+    let app = spawn_app(&[
+        ("KIE_API_TOKEN", "sim-token"),
+        ("KIE_BASE_URL", base.as_str()),
+    ])
+    .await;
+    let ids = app.generate_from_upload(1, json!({})).await;
+    let status = app.wait_final(&ids[0], Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["errorCode"], "result_download_failed");
+    assert!(app.blobs.list("generated").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_kie_token_fails_tasks_with_the_providers_reason() {
+    let (_sim, port) = start_sim(&["--errors-in-body"]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let app = spawn_app(&[("KIE_API_TOKEN", "wrong"), ("KIE_BASE_URL", base.as_str())]).await;
+    let ids = app.generate_from_upload(1, json!({})).await;
+    let status = app.wait_final(&ids[0], Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["errorCode"], "provider_401", "{status}");
+}
