@@ -19,10 +19,14 @@ impl Engine {
         let Some(task) = self.touch(&task, armed).await? else {
             return Ok(());
         };
+        let image_urls = match self.provider_inputs(&task).await {
+            Ok(urls) => urls,
+            Err(error) => return self.submit_failed(&task, error).await,
+        };
         let request = SubmitRequest {
             model: task.model.clone(),
             prompt: task.prompt.clone(),
-            image_urls: task.input_urls.clone(),
+            image_urls,
             aspect_ratio: task.aspect_ratio.clone(),
             output_format: task.output_format.clone(),
             callback_url: self.callback_url(&task.id, &token),

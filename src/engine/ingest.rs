@@ -1,9 +1,10 @@
 //! Copying results from the provider into the bucket under deterministic keys. A task is
-//! never `succeeded` without every one of its images stored.
+//! never `succeeded` without every one of its images stored. Each download is spooled to a
+//! temporary file, so memory does not grow with result size.
 
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
-use crate::domain::image::inspect;
+use crate::domain::image::inspect_reader;
 use crate::net::FetchError;
 use crate::storage::keys;
 use crate::storage::{RepoError, Task, TaskUpdate};
@@ -22,6 +23,14 @@ impl From<FetchError> for IngestFailure {
             retryable: e.is_retryable(),
             message: e.to_string(),
         }
+    }
+}
+
+fn local_failure(e: std::io::Error) -> IngestFailure {
+    IngestFailure {
+        code: "spool_failed",
+        message: format!("the temporary download file could not be used: {e}"),
+        retryable: true,
     }
 }
 
@@ -80,38 +89,50 @@ impl Engine {
         }
         let mut stored = Vec::with_capacity(task.result_source_urls.len());
         for (index, url) in task.result_source_urls.iter().enumerate() {
-            let started = std::time::Instant::now();
-            let bytes = self
-                .fetcher
-                .get_bytes(url, self.settings.max_result_bytes)
-                .await?;
-            let info = inspect(&bytes, self.settings.image_limits).map_err(|e| IngestFailure {
+            stored.push(self.store_result(task, index, url).await?);
+        }
+        Ok(stored)
+    }
+
+    async fn store_result(
+        &self,
+        task: &Task,
+        index: usize,
+        url: &str,
+    ) -> Result<(String, String), IngestFailure> {
+        let started = std::time::Instant::now();
+        // Removed when dropped, whatever happens below.
+        let spool = tempfile::NamedTempFile::new().map_err(local_failure)?;
+        let size = self
+            .fetcher
+            .download_to(url, self.settings.max_result_bytes, spool.path())
+            .await?;
+        let reader = std::io::BufReader::new(spool.reopen().map_err(local_failure)?);
+        let info =
+            inspect_reader(reader, self.settings.image_limits).map_err(|e| IngestFailure {
                 code: "result_not_an_image",
                 message: format!("result {index} is not a usable image: {e}"),
                 retryable: false,
             })?;
-            let spec = keys::generated(self.provider.name(), &task.id, index, info.kind);
-            let size = bytes.len();
-            let created = self
-                .blobs
-                .put_create(&spec, bytes)
-                .await
-                .map_err(|e| IngestFailure {
-                    code: "storage_failed",
-                    message: format!("writing {} failed: {e}", spec.key),
-                    retryable: true,
-                })?;
-            tracing::info!(
-                task_id = %task.id,
-                key = %spec.key,
-                bytes = size,
-                created = ?created,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "result stored"
-            );
-            let public = self.blobs.url(&spec.key);
-            stored.push((spec.key, public));
-        }
-        Ok(stored)
+        let spec = keys::generated(self.provider.name(), &task.id, index, info.kind);
+        let created = self
+            .blobs
+            .put_file(&spec, spool.path(), true)
+            .await
+            .map_err(|e| IngestFailure {
+                code: "storage_failed",
+                message: format!("writing {} failed: {e}", spec.key),
+                retryable: true,
+            })?;
+        tracing::info!(
+            task_id = %task.id,
+            key = %spec.key,
+            bytes = size,
+            created = ?created,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "result stored"
+        );
+        let public = self.blobs.url(&spec.key);
+        Ok((spec.key, public))
     }
 }

@@ -5,7 +5,10 @@
 
 mod dispatch;
 mod ingest;
+mod inputs;
 mod reconcile;
+
+pub use inputs::InputRoute;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,8 @@ pub struct EngineSettings {
     pub verify_callbacks: bool,
     /// First look at a submitted task when no callback has come.
     pub first_poll: Duration,
+    /// How input images reach the provider.
+    pub input_route: InputRoute,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -73,4 +73,19 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Asks the provider where a task stands.
     async fn query(&self, provider_task_id: &str) -> Result<RemoteStatus, ProviderError>;
+
+    /// Hands an input file to the provider's own file storage and returns the URL it can
+    /// fetch it from. Providers without such an API refuse.
+    async fn upload_input(
+        &self,
+        file: &std::path::Path,
+        file_name: &str,
+        content_type: &str,
+    ) -> Result<String, ProviderError> {
+        let _ = (file, file_name, content_type);
+        Err(ProviderError::Permanent {
+            code: "unsupported".to_owned(),
+            message: format!("{} has no file upload API", self.name()),
+        })
+    }
 }
