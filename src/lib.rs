@@ -5,6 +5,7 @@
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod net;
 pub mod providers;
@@ -22,7 +23,9 @@ use url::Url;
 
 use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
 use domain::image::ImageLimits;
+use engine::limits::{ProviderGate, WindowLimiter};
 use engine::{Engine, EngineSettings, InputRoute};
+use events::EventBus;
 use net::Fetcher;
 use providers::Provider;
 use providers::kie::KieClient;
@@ -171,13 +174,29 @@ impl App {
             verify_callbacks: config.kie.verify_callbacks,
             first_poll: Duration::from_millis(config.engine.first_poll_ms),
             input_route,
+            unconfirmed_window: Duration::from_secs(config.engine.unconfirmed_window_secs),
+            resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
+            credits_pause: Duration::from_secs(config.kie.credits_pause_secs),
+            shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
         };
+        // A margin on the window: the provider counts at arrival, we count at sending.
+        let gate = ProviderGate::new(
+            WindowLimiter::new(
+                config.kie.creates_per_window,
+                Duration::from_secs(config.kie.create_window_secs) + Duration::from_millis(500),
+            ),
+            WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
+            config.kie.max_in_flight,
+        );
+        let events = Arc::new(EventBus::new());
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
             provider,
             fetcher,
             board.clone(),
+            events.clone(),
+            gate,
             settings,
         ));
         let info = ServiceInfo {
@@ -261,6 +280,7 @@ async fn start_simulator(
         duplicate_count: config.simulator.duplicate_count,
         drop_rate: config.simulator.drop_rate,
         early_callback_rate: config.simulator.early_callback_rate,
+        rate_limit: config.simulator.rate_limit,
         ..KieSimConfig::default()
     };
     let sim = KieSim::new(sim_config, format!("http://{addr}"));

@@ -6,6 +6,7 @@
 mod dispatch;
 mod ingest;
 mod inputs;
+pub mod limits;
 mod reconcile;
 
 pub use inputs::InputRoute;
@@ -24,12 +25,14 @@ use url::Url;
 use crate::domain::image::ImageLimits;
 use crate::domain::task::transition;
 use crate::domain::{Event, TaskId, TaskState};
+use crate::events::EventBus;
 use crate::net::Fetcher;
 use crate::providers::Provider;
 use crate::providers::kie::{CostUnit, Record};
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use limits::{Pause, ProviderGate};
 
 /// Knobs the engine runs with, derived from configuration.
 #[derive(Clone, Debug)]
@@ -51,6 +54,15 @@ pub struct EngineSettings {
     pub first_poll: Duration,
     /// How input images reach the provider.
     pub input_route: InputRoute,
+    /// How long a create with no answer (timeout after sending) waits for a callback
+    /// before it is settled.
+    pub unconfirmed_window: Duration,
+    /// Settle an unconfirmed create by submitting again (may bill twice) instead of failing.
+    pub resubmit_unconfirmed: bool,
+    /// How long a 402 (no credits) pauses submission.
+    pub credits_pause: Duration,
+    /// How long in-flight jobs may take to finish at shutdown.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +73,14 @@ pub enum EngineError {
     ProviderIdMismatch { given: String, known: String },
     #[error("the callback body has no data object")]
     MalformedCallback,
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {id} is {state}; {action} is not possible")]
+    Conflict {
+        id: TaskId,
+        state: TaskState,
+        action: &'static str,
+    },
 }
 
 /// What a claimed task needs.
@@ -86,6 +106,8 @@ pub struct Engine {
     provider: Arc<dyn Provider>,
     fetcher: Fetcher,
     board: Arc<StatusBoard>,
+    events: Arc<EventBus>,
+    gate: ProviderGate,
     settings: EngineSettings,
     dispatch_slots: Arc<Semaphore>,
     reconcile_slots: Arc<Semaphore>,
@@ -136,15 +158,20 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         repo: Arc<dyn TaskRepo>,
         blobs: BlobStore,
         provider: Arc<dyn Provider>,
         fetcher: Fetcher,
         board: Arc<StatusBoard>,
+        events: Arc<EventBus>,
+        gate: ProviderGate,
         settings: EngineSettings,
     ) -> Self {
         Self {
+            events,
+            gate,
             dispatch_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
             reconcile_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
             ingest_slots: Arc::new(Semaphore::new(settings.ingest_concurrency)),
@@ -164,6 +191,94 @@ impl Engine {
         self.provider.name()
     }
 
+    /// Why submission to the provider is paused right now, if it is.
+    pub fn provider_pause(&self) -> Option<Pause> {
+        self.gate.paused()
+    }
+
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// Cancels a task that has not finished. Queued tasks are never submitted; for tasks
+    /// already at the provider, a late result is discarded (ingest refuses a canceled task).
+    pub async fn cancel(&self, id: &TaskId) -> Result<Task, EngineError> {
+        // A claim may move the task between our read and our write: try a few times.
+        for _ in 0..5 {
+            let task = self
+                .repo
+                .get(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+            if task.state.is_terminal() {
+                return Err(EngineError::Conflict {
+                    id: id.clone(),
+                    state: task.state,
+                    action: "cancel",
+                });
+            }
+            let update = TaskUpdate {
+                error: Some(Some((
+                    "canceled".to_owned(),
+                    "canceled by the client".to_owned(),
+                ))),
+                ..TaskUpdate::default()
+            };
+            if let Some(canceled) = self.apply(&task, Event::Cancel, false, update).await? {
+                return Ok(canceled);
+            }
+        }
+        let task = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        Err(EngineError::Conflict {
+            id: id.clone(),
+            state: task.state,
+            action: "cancel",
+        })
+    }
+
+    /// Tries a failed or expired task again as a new task with the same inputs (a
+    /// finished task never changes state again); returns the new task.
+    pub async fn retry(&self, id: &TaskId) -> Result<Task, EngineError> {
+        let task = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        if !matches!(task.state, TaskState::Failed | TaskState::Expired) {
+            return Err(EngineError::Conflict {
+                id: id.clone(),
+                state: task.state,
+                action: "retry",
+            });
+        }
+        let new = NewTask {
+            id: TaskId::new(),
+            provider: task.provider.clone(),
+            model: task.model.clone(),
+            prompt: task.prompt.clone(),
+            source: task.source.clone(),
+            image_url: task.image_url.clone(),
+            input_urls: task.input_urls.clone(),
+            aspect_ratio: task.aspect_ratio.clone(),
+            output_format: task.output_format.clone(),
+            priority: task.priority,
+            batch_id: task.batch_id.clone(),
+            owner: task.owner.clone(),
+            callback_token_hash: String::new(),
+            created_at: now_ms(),
+            retry_of: Some(task.id.clone()),
+        };
+        let mut stored = self.enqueue(std::slice::from_ref(&new)).await?;
+        tracing::info!(task_id = %new.id, retry_of = %task.id, "task retried as a new task");
+        stored
+            .pop()
+            .ok_or_else(|| EngineError::NotFound(new.id.clone()))
+    }
+
     /// Queues new tasks (one transaction) and wakes the dispatcher.
     pub async fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
         self.repo.insert(tasks).await?;
@@ -171,6 +286,7 @@ impl Engine {
         for new in tasks {
             if let Some(task) = self.repo.get(&new.id).await? {
                 self.board.update(&task);
+                self.events.publish(&task);
                 stored.push(task);
             }
         }
@@ -254,6 +370,7 @@ impl Engine {
     /// Every state change refreshes the status answer and rewrites the bucket record.
     async fn published(&self, task: &Task) {
         self.board.update(task);
+        self.events.publish(task);
         write_record(&self.blobs, task).await;
     }
 
@@ -314,13 +431,23 @@ impl Engine {
                 let _ = slots.acquire_many(n).await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(20), drain)
+        if tokio::time::timeout(self.settings.shutdown_grace, drain)
             .await
             .is_err()
         {
-            tracing::warn!(
-                "shutdown: in-flight jobs still running; their leases will expire and another worker will pick them up"
-            );
+            // Hand the work back now rather than when the leases run out. A create that is
+            // still in flight keeps its lease: whether it reached the provider is unknown.
+            match self.repo.release_leases(&self.settings.worker_id).await {
+                Ok(released) => tracing::warn!(
+                    released,
+                    "shutdown: jobs still running after the grace period; their tasks were released for another worker"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "shutdown: releasing leases failed; they will expire")
+                }
+            }
+        } else {
+            tracing::info!("shutdown: in-flight work finished");
         }
     }
 
@@ -363,8 +490,8 @@ impl Engine {
             Work::Reconcile => self.reconcile_slots.clone(),
             Work::Ingest => self.ingest_slots.clone(),
         };
-        let free = slots.available_permits();
         let mut jobs = JoinSet::new();
+        let free = self.room(work, slots.available_permits()).await?;
         if free == 0 {
             return Ok(jobs);
         }
@@ -375,10 +502,12 @@ impl Engine {
         let mut tasks: Vec<(Task, Job)> = Vec::new();
         match work {
             Work::Dispatch => {
+                // Create slots were reserved in `room`; give back what the queue did not use.
                 let queued = self
                     .repo
                     .claim_queued(now, free, &worker, lease_until)
                     .await?;
+                self.gate.creates.release(free - queued.len());
                 tasks.extend(with(queued, Job::Submit));
                 // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
                 let room = free.saturating_sub(tasks.len());
@@ -401,6 +530,7 @@ impl Engine {
                         tasks.extend(with(due, Job::Reconcile));
                     }
                 }
+                self.gate.queries.release(free - tasks.len());
             }
             Work::Ingest => {
                 let due = self
@@ -417,11 +547,19 @@ impl Engine {
             let engine = self.clone();
             jobs.spawn(async move {
                 let id = task.id.clone();
-                let result = match job {
-                    Job::Submit => engine.submit(task).await,
-                    Job::SettleInterrupted => engine.settle_interrupted(&task).await,
-                    Job::Reconcile => engine.reconcile(task).await,
-                    Job::Ingest => engine.ingest(task).await,
+                let job_future = async {
+                    match job {
+                        Job::Submit => engine.submit(task).await,
+                        Job::SettleInterrupted => engine.settle_interrupted(&task).await,
+                        Job::Reconcile => engine.reconcile(task).await,
+                        Job::Ingest => engine.ingest(task).await,
+                    }
+                };
+                // The heartbeat keeps the lease alive while the job runs (a slow provider
+                // or a large download), so no other worker takes the task meanwhile.
+                let result = tokio::select! {
+                    result = job_future => result,
+                    () = engine.heartbeat(&id) => Ok(()),
                 };
                 if let Err(e) = result {
                     tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
@@ -436,6 +574,49 @@ impl Engine {
             });
         }
         Ok(jobs)
+    }
+
+    /// How many tasks of this kind may be claimed now: free slots, within the provider's
+    /// limits. For dispatch, create slots are reserved here.
+    async fn room(&self, work: Work, free_slots: usize) -> Result<usize, RepoError> {
+        if free_slots == 0 {
+            return Ok(0);
+        }
+        match work {
+            Work::Dispatch => {
+                if self.gate.paused().is_some() {
+                    return Ok(0);
+                }
+                let mut room = free_slots;
+                if self.gate.max_in_flight > 0 {
+                    let in_flight = self.repo.count_in_flight(self.provider.name()).await?;
+                    room = room.min(self.gate.max_in_flight.saturating_sub(in_flight));
+                }
+                Ok(self.gate.creates.reserve(room))
+            }
+            Work::Reconcile => Ok(self.gate.queries.reserve(free_slots)),
+            Work::Ingest => Ok(free_slots),
+        }
+    }
+
+    /// Extends this worker's lease on `id` every third of the lease; never returns.
+    async fn heartbeat(&self, id: &TaskId) {
+        let period = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let until = after(now_ms(), self.settings.lease);
+            match self
+                .repo
+                .extend_lease(id, &self.settings.worker_id, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(task_id = %id, "lease lost while working; the result of this job will be refused")
+                }
+                Err(e) => tracing::warn!(task_id = %id, error = %e, "extending the lease failed"),
+            }
+        }
     }
 
     /// Runs every kind of due work until none is left, waiting for each job. For tests and

@@ -29,6 +29,17 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .await
         .map_err(|e| e.to_string());
     let ready = database.is_ok() && bucket.is_ok();
+    // A paused provider (429 storm, no credits) does not make the instance unready: it
+    // still queues work, which runs when the pause ends. It is reported, not hidden.
+    let provider = match state.engine.provider_pause() {
+        Some(pause) => json!({
+            "status": "paused",
+            "code": pause.code,
+            "reason": pause.reason,
+            "resumesInSecs": pause.until.saturating_duration_since(std::time::Instant::now()).as_secs(),
+        }),
+        None => json!({"status": "ok"}),
+    };
     let check = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => {
@@ -40,6 +51,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "status": if ready { "ready" } else { "unavailable" },
         "database": check(&database),
         "bucket": check(&bucket.map(|_| ())),
+        "provider": provider,
     });
     let status = if ready {
         StatusCode::OK
