@@ -443,7 +443,7 @@ impl Engine {
                     "shutdown: jobs still running after the grace period; their tasks were released for another worker"
                 ),
                 Err(e) => {
-                    tracing::error!(error = %e, "shutdown: releasing leases failed; they will expire")
+                    tracing::error!(error = %e, "shutdown: releasing leases failed; they will expire");
                 }
             }
         } else {
@@ -612,7 +612,7 @@ impl Engine {
             {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(task_id = %id, "lease lost while working; the result of this job will be refused")
+                    tracing::warn!(task_id = %id, "lease lost while working; the result of this job will be refused");
                 }
                 Err(e) => tracing::warn!(task_id = %id, error = %e, "extending the lease failed"),
             }

@@ -596,7 +596,7 @@ impl KieSim {
                 .counters
                 .injected_errors
                 .fetch_add(1, Ordering::Relaxed);
-            return Some(if n % 2 == 0 {
+            return Some(if n.is_multiple_of(2) {
                 self.error(500, "Internal server error")
             } else {
                 self.error(455, "Service under maintenance")
