@@ -28,7 +28,7 @@ enum Command {
     /// under ./data and the built-in KIE simulator, on 127.0.0.1:3000.
     Serve,
     /// Run the KIE-compatible simulator on its own.
-    KieSim(KieSimArgs),
+    KieSim(Box<KieSimArgs>),
     /// Apply database migrations and exit.
     Migrate,
 }
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
-        Command::KieSim(args) => kie_sim(args).await,
+        Command::KieSim(args) => kie_sim(*args).await,
         Command::Migrate => migrate().await,
     }
 }
