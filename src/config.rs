@@ -633,6 +633,13 @@ impl Config {
             "DARKROOM_KIE_TIMEOUT_SECS",
             &mut self.kie.request_timeout_secs,
         )?;
+        let k = &mut self.kie;
+        r.number("DARKROOM_KIE_CREATES_PER_WINDOW", &mut k.creates_per_window)?;
+        r.number("DARKROOM_KIE_CREATE_WINDOW_SECS", &mut k.create_window_secs)?;
+        r.number("DARKROOM_KIE_QUERIES_PER_SECOND", &mut k.queries_per_second)?;
+        r.number("DARKROOM_KIE_MAX_IN_FLIGHT", &mut k.max_in_flight)?;
+        r.number("DARKROOM_KIE_CREDITS_PAUSE_SECS", &mut k.credits_pause_secs)?;
+        r.number("DARKROOM_SIM_RATE_LIMIT", &mut self.simulator.rate_limit)?;
 
         r.set(
             "DARKROOM_SIM_LATENCY_MS",
@@ -1018,6 +1025,35 @@ mod tests {
             ("DARKROOM_LISTEN", "y"),
         ]));
         assert_eq!(unknown, vec!["DARKROOM_LISTN".to_owned()]);
+    }
+
+    #[test]
+    fn every_documented_variable_is_read() {
+        // Each variable set to a value no parser accepts must stop the start, naming it:
+        // a documented variable that is never read fails here. Free-text ones are skipped.
+        for var in KNOWN_DARKROOM_VARS {
+            if matches!(
+                *var,
+                "DARKROOM_CONFIG"
+                    | "DARKROOM_LOG"
+                    | "DARKROOM_DATA_DIR"
+                    | "DARKROOM_BUCKET_DIR"
+                    | "DARKROOM_DATABASE_URL"
+            ) {
+                continue;
+            }
+            let env: HashMap<String, String> =
+                [(var.to_string(), "\u{1}not valid\u{1}".to_owned())].into();
+            let result = Config::from_env(&env);
+            assert!(
+                result.is_err(),
+                "{var} is documented but not read (or accepts anything)"
+            );
+            assert!(
+                result.unwrap_err().to_string().contains(var),
+                "{var}: the error names another key"
+            );
+        }
     }
 
     #[test]

@@ -96,6 +96,9 @@ struct KieSimArgs {
     /// Delay before serving a result file, milliseconds.
     #[arg(long, default_value_t = 0)]
     download_delay_ms: u64,
+    /// The account's starting credit balance; creates get 402 when it runs out.
+    #[arg(long, default_value_t = 100_000)]
+    credits: u64,
 }
 
 fn init_tracing(log: &LogConfig) {
@@ -222,6 +225,7 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         late_callback_ms: KieSimConfig::parse_latency(&args.late_callback_ms)
             .map_err(|e| anyhow::anyhow!("--late-callback-ms: {e}"))?,
         download_delay_ms: args.download_delay_ms,
+        credits: args.credits,
         ..KieSimConfig::default()
     };
     let addr = SocketAddr::new(args.host, args.port);

@@ -71,7 +71,9 @@ impl Engine {
 
     /// The window for a create with no answer has passed and no callback named the task.
     async fn settle_unconfirmed(&self, task: &Task) -> Result<(), RepoError> {
-        if self.settings.resubmit_unconfirmed {
+        // Opting in to resubmission still spends attempts: a provider that never answers
+        // must not be paid again and again.
+        if self.settings.resubmit_unconfirmed && task.attempts < self.settings.max_attempts {
             tracing::warn!(task_id = %task.id, "unconfirmed create: submitting again as configured (the provider may bill twice)");
             let update = TaskUpdate {
                 run_at: Some(now_ms()),

@@ -12,8 +12,12 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
 
+/// Reads go through a pool; every write goes through one connection. SQLite takes one
+/// writer at a time anyway, and concurrent writers otherwise contend in SQLite's busy
+/// handler (which sleeps) instead of queueing in the pool (which does not).
 pub struct SqliteRepo {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteRepo {
@@ -25,12 +29,21 @@ impl SqliteRepo {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .connect_with(options)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let pool = if url.contains(":memory:") {
+            // Every in-memory connection is its own database: share the one.
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(options)
+                .await?
+        };
+        Ok(Self { pool, writer })
     }
 
     /// A private in-memory database, for tests.
@@ -108,7 +121,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl TaskRepo for SqliteRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for t in tasks {
             sqlx::query(
                 "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
@@ -185,7 +198,7 @@ impl TaskRepo for SqliteRepo {
         .bind(now)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let mut tasks = tasks_from_rows(&rows)?;
         // RETURNING gives no order guarantee; callers submit in queue order.
@@ -222,7 +235,7 @@ impl TaskRepo for SqliteRepo {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(state.as_str())
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         tasks_from_rows(&rows)
     }
@@ -288,7 +301,7 @@ impl TaskRepo for SqliteRepo {
             q.push(" AND lease_owner = ").push_bind(worker.to_owned());
         }
         q.push(" RETURNING *");
-        match q.build().fetch_optional(&self.pool).await {
+        match q.build().fetch_optional(&self.writer).await {
             Ok(row) => row.as_ref().map(task_from_row).transpose(),
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
                 update.provider_task_id.clone().unwrap_or_default(),
@@ -310,7 +323,7 @@ impl TaskRepo for SqliteRepo {
         .bind(provider_task_id)
         .bind(now)
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
@@ -331,7 +344,7 @@ impl TaskRepo for SqliteRepo {
         .bind(now)
         .bind(now)
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         row.as_ref().map(task_from_row).transpose()
     }
@@ -357,7 +370,7 @@ impl TaskRepo for SqliteRepo {
             .bind(until)
             .bind(id.as_str())
             .bind(worker)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -368,7 +381,7 @@ impl TaskRepo for SqliteRepo {
              WHERE lease_owner = ? AND state <> 'submitting'",
         )
         .bind(worker)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }

@@ -114,6 +114,9 @@ pub struct KieSimConfig {
     pub late_callback_ms: (u64, u64),
     /// Delay before a result file is served, ms.
     pub download_delay_ms: u64,
+    /// The account's credit balance at start. Creates are refused with 402 when the
+    /// balance, less what tasks in progress will cost, cannot pay for one more.
+    pub credits: u64,
 }
 
 impl Default for KieSimConfig {
@@ -140,6 +143,7 @@ impl Default for KieSimConfig {
             timeout_hang: Duration::from_secs(60),
             late_callback_ms: (0, 0),
             download_delay_ms: 0,
+            credits: INITIAL_CREDITS,
         }
     }
 }
@@ -279,6 +283,9 @@ struct Ledger {
     file_order: VecDeque<String>,
     file_bytes: usize,
     credits_used: u64,
+    /// Tasks accepted and not finished, whose credits are spoken for.
+    credits_reserved: u64,
+    initial_credits: u64,
 }
 
 struct StoredFile {
@@ -372,6 +379,7 @@ struct Faults {
 
 enum Admission {
     RateLimited,
+    NoCredits,
     Rejected(String),
     Accepted {
         task_id: String,
@@ -409,6 +417,7 @@ impl KieSim {
     /// Binds nothing: builds the state. `base_url` is where it is reachable (used for
     /// result URLs when `config.public_url` is `None`).
     pub fn new(config: KieSimConfig, base_url: String) -> Arc<KieSim> {
+        let initial_credits = config.credits;
         let base = config.public_url.as_deref().unwrap_or(&base_url);
         let files_base = format!("{}/files/", base.trim_end_matches('/'));
         // Inputs and callback receivers in tests live on loopback; a proxy taken from
@@ -424,7 +433,10 @@ impl KieSim {
             config,
             files_base,
             http,
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Mutex::new(Ledger {
+                initial_credits,
+                ..Ledger::default()
+            }),
             counters: Counters::default(),
             background: CancellationToken::new(),
         })
@@ -540,6 +552,14 @@ impl KieSim {
                 return Admission::Rejected(msg);
             }
         };
+        if ledger
+            .remaining_credits()
+            .saturating_sub(ledger.credits_reserved)
+            < CREDITS_PER_IMAGE
+        {
+            return Admission::NoCredits;
+        }
+        ledger.credits_reserved += CREDITS_PER_IMAGE;
         ledger.recent_creates.push_back(now);
         self.count_accepted(&mut ledger, now, request.callback_url.as_deref());
         let task_id = uuid::Uuid::now_v7().simple().to_string();
@@ -765,6 +785,7 @@ impl KieSim {
     fn finish(&self, task_id: &str, outcome: Result<Rendered, Failure>) -> Option<Value> {
         let now = now_ms();
         let mut ledger = self.ledger();
+        ledger.credits_reserved = ledger.credits_reserved.saturating_sub(CREDITS_PER_IMAGE);
         let (state, result_urls, failure, credits) = match outcome {
             Ok(rendered) => {
                 let name = format!("{task_id}-0.{}", rendered.extension);
@@ -910,7 +931,7 @@ impl KieSim {
 
 impl Ledger {
     fn remaining_credits(&self) -> u64 {
-        INITIAL_CREDITS.saturating_sub(self.credits_used)
+        self.initial_credits.saturating_sub(self.credits_used)
     }
 
     fn store_file(&mut self, name: String, file: StoredFile) {
@@ -976,6 +997,10 @@ async fn create_task(
         Admission::RateLimited => {
             tracing::info!("kie-sim rate limited a create");
             sim.error(429, &sim.rate_limit_message())
+        }
+        Admission::NoCredits => {
+            tracing::info!("kie-sim refused a create: insufficient credits");
+            sim.error(402, "Insufficient credits")
         }
         Admission::Rejected(msg) => {
             tracing::info!(reason = %msg, "kie-sim rejected a create");
