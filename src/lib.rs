@@ -1,6 +1,7 @@
 //! darkroom: an asynchronous image-generation gateway. Clients upload reference images and
-//! ask for generations; darkroom queues tasks, submits them to the provider, receives its
-//! callbacks, copies results into the operator's bucket and reports progress.
+//! ask for generations; darkroom queues tasks, submits each to its provider (KIE, answering
+//! later by callback; Gemini, answering inline), copies results into the operator's bucket
+//! and reports progress.
 
 pub mod config;
 pub mod domain;
@@ -22,11 +23,13 @@ use url::Url;
 
 use config::{Config, ProviderMode, parse_host_port, parse_latency_ms};
 use domain::image::ImageLimits;
-use engine::{Engine, EngineSettings};
+use engine::{Engine, EngineSettings, ProviderRegistry};
 use net::Fetcher;
 use providers::Provider;
+use providers::gemini::{GeminiClient, GeminiSettings};
+use providers::inputs::InputLoader;
 use providers::kie::KieClient;
-use providers::sim::{KieSim, KieSimConfig};
+use providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
 use storage::{BlobStore, TaskRepo};
@@ -37,9 +40,20 @@ const STATUS_BOARD_CAPACITY: usize = 100_000;
 /// What this instance runs with, for `/api/info` and the page.
 #[derive(Clone, Debug)]
 pub struct ServiceInfo {
+    /// The default provider (what a request without `provider` gets).
     pub provider: &'static str,
+    /// Whether the default provider is a built-in simulator.
     pub simulator: bool,
     pub storage: &'static str,
+    pub providers: Vec<ProviderInfo>,
+}
+
+/// One provider this instance dispatches to.
+#[derive(Clone, Debug)]
+pub struct ProviderInfo {
+    pub name: &'static str,
+    pub model: String,
+    pub simulator: bool,
 }
 
 /// Cheap handles shared by every request handler.
@@ -59,6 +73,8 @@ pub struct App {
     pub public_url: Url,
     /// The in-process KIE simulator, when no `KIE_API_TOKEN` is configured.
     pub simulator: Option<Arc<KieSim>>,
+    /// The in-process Gemini simulator, when no `GEMINI_API_KEY` is configured.
+    pub gemini_simulator: Option<Arc<GeminiSim>>,
     /// Stops the in-process simulator when the app stops.
     sim_shutdown: CancellationToken,
 }
@@ -137,6 +153,34 @@ impl App {
             };
         let (connect_timeout, fetch_timeout) = config.fetch_timeouts();
         let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?;
+        let image_limits = ImageLimits {
+            max_dimension: config.limits.max_image_dimension,
+            max_pixels: config.limits.max_image_pixels,
+        };
+        let (gemini, gemini_simulator) = build_gemini(
+            &config,
+            &blobs,
+            &fetcher,
+            image_limits,
+            sim_shutdown.clone(),
+        )
+        .await?;
+        let kie_model = domain::request::Model::default().as_str().to_owned();
+        let provider_info = vec![
+            ProviderInfo {
+                name: provider.name(),
+                model: kie_model,
+                simulator: simulator.is_some(),
+            },
+            ProviderInfo {
+                name: gemini.name(),
+                model: config.gemini.model.clone(),
+                simulator: gemini_simulator.is_some(),
+            },
+        ];
+        let mut registry = ProviderRegistry::new();
+        registry.register(provider, config.engine.dispatch_concurrency);
+        registry.register(gemini, config.gemini.concurrency);
 
         let callback_base = match &config.kie.callback_url {
             Some(url) => url.clone(),
@@ -155,10 +199,7 @@ impl App {
             task_deadline: Duration::from_secs(config.engine.task_deadline_secs),
             tick: Duration::from_millis(config.engine.tick_ms),
             max_result_bytes: config.limits.max_result_bytes,
-            image_limits: ImageLimits {
-                max_dimension: config.limits.max_image_dimension,
-                max_pixels: config.limits.max_image_pixels,
-            },
+            image_limits,
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
             first_poll: Duration::from_millis(config.engine.first_poll_ms),
@@ -166,19 +207,28 @@ impl App {
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
-            provider,
+            registry,
             fetcher,
             board.clone(),
             settings,
         ));
+        let default = provider_info
+            .iter()
+            .find(|p| p.name == config.default_provider)
+            .unwrap_or(&provider_info[0]);
+        tracing::info!(
+            default_provider = default.name,
+            "requests without a provider go here"
+        );
         let info = ServiceInfo {
-            provider: "kie",
-            simulator: simulator.is_some(),
+            provider: default.name,
+            simulator: default.simulator,
             storage: if config.storage.s3.is_some() {
                 "s3"
             } else {
                 "local"
             },
+            providers: provider_info.clone(),
         };
         Ok(Self {
             state: AppState {
@@ -191,6 +241,7 @@ impl App {
             },
             public_url,
             simulator,
+            gemini_simulator,
             sim_shutdown,
         })
     }
@@ -221,6 +272,72 @@ impl App {
         self.sim_shutdown.cancel();
         result.context("the HTTP server failed")
     }
+}
+
+/// The Gemini provider: Google's API when `GEMINI_API_KEY` is set, otherwise the built-in
+/// simulator on a loopback port of its own, reached through the same client (with a key the
+/// simulator demands, so the whole path is exercised).
+async fn build_gemini(
+    config: &Config,
+    blobs: &storage::BlobStore,
+    fetcher: &Fetcher,
+    image_limits: ImageLimits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<dyn Provider>, Option<Arc<GeminiSim>>)> {
+    let (base_url, api_key, simulator) = match &config.gemini.api_key {
+        Some(key) => {
+            tracing::info!(base_url = %config.gemini.base_url, model = %config.gemini.model, "provider: Gemini");
+            (config.gemini.base_url.clone(), key.clone(), None)
+        }
+        None => {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let addr = listener.local_addr()?;
+            let key = hex::encode(rand::random::<[u8; 16]>());
+            let knobs = &config.gemini.simulator;
+            let sim = GeminiSim::new(GeminiSimConfig {
+                api_key: Some(key.clone()),
+                models: vec![config.gemini.model.clone()],
+                latency_ms: parse_latency_ms(&knobs.latency_ms).map_err(anyhow::Error::msg)?,
+                block_rate: knobs.block_rate,
+                image_safety_rate: knobs.image_safety_rate,
+                text_only_rate: knobs.text_only_rate,
+                error_rates: providers::sim::gemini::parse_error_rates(&knobs.errors)
+                    .map_err(anyhow::Error::msg)?,
+                ..GeminiSimConfig::default()
+            });
+            tokio::spawn(sim.clone().serve(listener, shutdown));
+            tracing::warn!(
+                address = %addr,
+                model = %config.gemini.model,
+                "provider: the built-in Gemini simulator (no GEMINI_API_KEY set); provider \"gemini\" works, images are generated locally and nothing is billed"
+            );
+            (
+                Url::parse(&format!("http://{addr}"))?,
+                config::Secret::new(key),
+                Some(sim),
+            )
+        }
+    };
+    let (_, fetch_timeout) = config.fetch_timeouts();
+    let settings = GeminiSettings {
+        base_url,
+        api_key,
+        request_timeout: Duration::from_secs(config.gemini.request_timeout_secs),
+        inputs_timeout: fetch_timeout,
+        max_request_bytes: config.gemini.max_request_bytes,
+        // Base64 makes an image 4/3 its size; twice the result cap leaves room for the JSON
+        // and a second image of ordinary size.
+        max_answer_bytes: config.limits.max_result_bytes.saturating_mul(2),
+        image_limits,
+    };
+    let inputs = InputLoader::new(
+        blobs.clone(),
+        fetcher.clone(),
+        config.limits.max_upload_bytes,
+        image_limits,
+    );
+    let client = GeminiClient::new(settings, inputs)?;
+    Ok((Arc::new(client), simulator))
 }
 
 /// Binds the built-in KIE simulator on a loopback port of its own and serves it.

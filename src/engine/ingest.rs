@@ -1,6 +1,8 @@
 //! Copying results from the provider into the bucket under deterministic keys. A task is
 //! never `succeeded` without every one of its images stored.
 
+use bytes::Bytes;
+
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
 use crate::domain::image::inspect;
@@ -9,10 +11,10 @@ use crate::storage::keys;
 use crate::storage::{RepoError, Task, TaskUpdate};
 
 /// Why one result could not be stored, and whether trying again may help.
-struct IngestFailure {
-    code: &'static str,
-    message: String,
-    retryable: bool,
+pub(super) struct IngestFailure {
+    pub(super) code: &'static str,
+    pub(super) message: String,
+    pub(super) retryable: bool,
 }
 
 impl From<FetchError> for IngestFailure {
@@ -85,33 +87,55 @@ impl Engine {
                 .fetcher
                 .get_bytes(url, self.settings.max_result_bytes)
                 .await?;
-            let info = inspect(&bytes, self.settings.image_limits).map_err(|e| IngestFailure {
-                code: "result_not_an_image",
-                message: format!("result {index} is not a usable image: {e}"),
-                retryable: false,
-            })?;
-            let spec = keys::generated(self.provider.name(), &task.id, index, info.kind);
-            let size = bytes.len();
-            let created = self
-                .blobs
-                .put_create(&spec, bytes)
-                .await
-                .map_err(|e| IngestFailure {
-                    code: "storage_failed",
-                    message: format!("writing {} failed: {e}", spec.key),
-                    retryable: true,
-                })?;
-            tracing::info!(
-                task_id = %task.id,
-                key = %spec.key,
-                bytes = size,
-                created = ?created,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "result stored"
-            );
-            let public = self.blobs.url(&spec.key);
-            stored.push((spec.key, public));
+            stored.push(self.store_result(task, index, bytes, started).await?);
         }
         Ok(stored)
+    }
+
+    /// Checks one result and writes it create-only under its deterministic key; returns
+    /// `(key, url)`. Downloaded and inline results both come through here.
+    pub(super) async fn store_result(
+        &self,
+        task: &Task,
+        index: usize,
+        bytes: Bytes,
+        started: std::time::Instant,
+    ) -> Result<(String, String), IngestFailure> {
+        if bytes.len() as u64 > self.settings.max_result_bytes {
+            return Err(IngestFailure {
+                code: "result_too_large",
+                message: format!(
+                    "result {index} is larger than the {}-byte limit",
+                    self.settings.max_result_bytes
+                ),
+                retryable: false,
+            });
+        }
+        let info = inspect(&bytes, self.settings.image_limits).map_err(|e| IngestFailure {
+            code: "result_not_an_image",
+            message: format!("result {index} is not a usable image: {e}"),
+            retryable: false,
+        })?;
+        let spec = keys::generated(&task.provider, &task.id, index, info.kind);
+        let size = bytes.len();
+        let created = self
+            .blobs
+            .put_create(&spec, bytes)
+            .await
+            .map_err(|e| IngestFailure {
+                code: "storage_failed",
+                message: format!("writing {} failed: {e}", spec.key),
+                retryable: true,
+            })?;
+        tracing::info!(
+            task_id = %task.id,
+            key = %spec.key,
+            bytes = size,
+            created = ?created,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "result stored"
+        );
+        let public = self.blobs.url(&spec.key);
+        Ok((spec.key, public))
     }
 }

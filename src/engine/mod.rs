@@ -1,11 +1,16 @@
-//! The background engine: the dispatcher submits queued tasks, the reconciler asks the
-//! provider about tasks whose answer is due (a callback arrived, or it is overdue), and
-//! ingest copies results into the bucket. All three claim work from the database under a
-//! lease and change state only through guarded updates.
+//! The background engine: the dispatcher submits queued tasks to the provider each task
+//! names, the reconciler asks asynchronous providers about tasks whose answer is due (a
+//! callback arrived, or it is overdue), and ingest copies results into the bucket, whether
+//! downloaded or handed over inline by a synchronous provider. All of them claim work from
+//! the database under a lease and change state only through guarded updates.
 
 mod dispatch;
 mod ingest;
+mod inline;
 mod reconcile;
+mod registry;
+
+pub use registry::{ProviderRegistry, Registered};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +18,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -22,17 +27,21 @@ use crate::domain::image::ImageLimits;
 use crate::domain::task::transition;
 use crate::domain::{Event, TaskId, TaskState};
 use crate::net::Fetcher;
-use crate::providers::Provider;
+use crate::providers::Delivery;
 use crate::providers::kie::{CostUnit, Record};
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use registry::Pool;
 
 /// Knobs the engine runs with, derived from configuration.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
     pub worker_id: String,
+    /// How long a claim lasts. A provider call gets at least its own longest duration on
+    /// top, so a slow synchronous generation is never taken over mid-call.
     pub lease: Duration,
+    /// Concurrent provider queries (the reconciler) and settlements of interrupted creates.
     pub dispatch_concurrency: usize,
     pub ingest_concurrency: usize,
     pub max_attempts: u32,
@@ -78,13 +87,13 @@ enum Work {
 pub struct Engine {
     repo: Arc<dyn TaskRepo>,
     blobs: BlobStore,
-    provider: Arc<dyn Provider>,
+    /// Providers by the name tasks store; each has its own call slots.
+    providers: ProviderRegistry,
     fetcher: Fetcher,
     board: Arc<StatusBoard>,
     settings: EngineSettings,
-    dispatch_slots: Arc<Semaphore>,
-    reconcile_slots: Arc<Semaphore>,
-    ingest_slots: Arc<Semaphore>,
+    reconcile_slots: Pool,
+    ingest_slots: Pool,
     dispatch_wake: Notify,
     reconcile_wake: Notify,
     ingest_wake: Notify,
@@ -134,18 +143,17 @@ impl Engine {
     pub fn new(
         repo: Arc<dyn TaskRepo>,
         blobs: BlobStore,
-        provider: Arc<dyn Provider>,
+        providers: ProviderRegistry,
         fetcher: Fetcher,
         board: Arc<StatusBoard>,
         settings: EngineSettings,
     ) -> Self {
         Self {
-            dispatch_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
-            reconcile_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
-            ingest_slots: Arc::new(Semaphore::new(settings.ingest_concurrency)),
+            reconcile_slots: Pool::new(settings.dispatch_concurrency),
+            ingest_slots: Pool::new(settings.ingest_concurrency),
             repo,
             blobs,
-            provider,
+            providers,
             fetcher,
             board,
             settings,
@@ -155,8 +163,30 @@ impl Engine {
         }
     }
 
-    pub fn provider_name(&self) -> &'static str {
-        self.provider.name()
+    /// Names of the providers tasks may name, in registration order.
+    pub fn provider_names(&self) -> Vec<&'static str> {
+        self.providers.names()
+    }
+
+    pub fn has_provider(&self, name: &str) -> bool {
+        self.providers.get(name).is_some()
+    }
+
+    /// How results of `task` come back, from its provider (`Later` for an unknown one: the
+    /// cautious reading, since it never resubmits).
+    fn delivery_of(&self, task: &Task) -> Delivery {
+        self.providers
+            .get(&task.provider)
+            .map_or(Delivery::Later, |p| p.provider().delivery())
+    }
+
+    /// The lease for a call to `provider`: the configured lease, or longer when the call
+    /// itself may take longer.
+    fn lease_for(&self, provider: &Registered) -> Duration {
+        const MARGIN: Duration = Duration::from_secs(30);
+        self.settings
+            .lease
+            .max(provider.provider().max_submit_duration() + MARGIN)
     }
 
     /// Queues new tasks (one transaction) and wakes the dispatcher.
@@ -300,14 +330,11 @@ impl Engine {
         }
         while loops.join_next().await.is_some() {}
         let drain = async {
-            for slots in [
-                &self.dispatch_slots,
-                &self.reconcile_slots,
-                &self.ingest_slots,
-            ] {
-                let n = u32::try_from(slots_total(&self, slots)).unwrap_or(u32::MAX);
-                let _ = slots.acquire_many(n).await;
+            for provider in self.providers.iter() {
+                provider.pool().drain().await;
             }
+            self.reconcile_slots.drain().await;
+            self.ingest_slots.drain().await;
         };
         if tokio::time::timeout(Duration::from_secs(20), drain)
             .await
@@ -352,85 +379,121 @@ impl Engine {
     }
 
     /// Claims as much due work of one kind as there are free slots and starts a job for each.
+    /// Queued tasks are claimed per provider, up to that provider's free call slots.
     async fn step(self: Arc<Self>, work: Work) -> Result<JoinSet<()>, RepoError> {
-        let slots = match work {
-            Work::Dispatch => self.dispatch_slots.clone(),
-            Work::Reconcile => self.reconcile_slots.clone(),
-            Work::Ingest => self.ingest_slots.clone(),
-        };
-        let free = slots.available_permits();
         let mut jobs = JoinSet::new();
-        if free == 0 {
-            return Ok(jobs);
-        }
         let now = now_ms();
-        let lease_until = after(now, self.settings.lease);
         let worker = self.settings.worker_id.clone();
-        let with = |tasks: Vec<Task>, job: Job| tasks.into_iter().map(move |t| (t, job));
-        let mut tasks: Vec<(Task, Job)> = Vec::new();
+        let lease_until = after(now, self.settings.lease);
         match work {
             Work::Dispatch => {
-                let queued = self
-                    .repo
-                    .claim_queued(now, free, &worker, lease_until)
-                    .await?;
-                tasks.extend(with(queued, Job::Submit));
-                // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
-                let room = free.saturating_sub(tasks.len());
-                if room > 0 {
-                    let stale = self
+                for provider in self.providers.iter() {
+                    let permits = provider.pool().take_free();
+                    if permits.is_empty() {
+                        continue;
+                    }
+                    let until = after(now, self.lease_for(provider));
+                    let queued = self
                         .repo
-                        .claim_due(TaskState::Submitting, now, room, &worker, lease_until)
+                        .claim_queued(provider.name(), now, permits.len(), &worker, until)
                         .await?;
-                    tasks.extend(with(stale, Job::SettleInterrupted));
+                    // Unused permits go back when the rest of the vector drops.
+                    for (task, permit) in queued.into_iter().zip(permits) {
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Submit, Some(permit));
+                    }
+                }
+                // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
+                // Settling it is a database update, not a provider call: no call slot needed.
+                let stale = self
+                    .repo
+                    .claim_due(
+                        TaskState::Submitting,
+                        now,
+                        self.settings.dispatch_concurrency,
+                        &worker,
+                        lease_until,
+                    )
+                    .await?;
+                for task in stale {
+                    self.clone()
+                        .start(&mut jobs, work, task, Job::SettleInterrupted, None);
                 }
             }
             Work::Reconcile => {
+                let mut permits = self.reconcile_slots.take_free();
                 for state in [TaskState::Submitted, TaskState::Running] {
-                    let room = free.saturating_sub(tasks.len());
-                    if room > 0 {
-                        let due = self
-                            .repo
-                            .claim_due(state, now, room, &worker, lease_until)
-                            .await?;
-                        tasks.extend(with(due, Job::Reconcile));
+                    if permits.is_empty() {
+                        break;
+                    }
+                    let due = self
+                        .repo
+                        .claim_due(state, now, permits.len(), &worker, lease_until)
+                        .await?;
+                    for task in due {
+                        let permit = permits.pop();
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Reconcile, permit);
                     }
                 }
             }
             Work::Ingest => {
-                let due = self
-                    .repo
-                    .claim_due(TaskState::Ingesting, now, free, &worker, lease_until)
-                    .await?;
-                tasks.extend(with(due, Job::Ingest));
+                let mut permits = self.ingest_slots.take_free();
+                if !permits.is_empty() {
+                    let due = self
+                        .repo
+                        .claim_due(
+                            TaskState::Ingesting,
+                            now,
+                            permits.len(),
+                            &worker,
+                            lease_until,
+                        )
+                        .await?;
+                    for task in due {
+                        let permit = permits.pop();
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Ingest, permit);
+                    }
+                }
             }
         }
-        for (task, job) in tasks {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                break;
-            };
-            let engine = self.clone();
-            jobs.spawn(async move {
-                let id = task.id.clone();
-                let result = match job {
-                    Job::Submit => engine.submit(task).await,
-                    Job::SettleInterrupted => engine.settle_interrupted(&task).await,
-                    Job::Reconcile => engine.reconcile(task).await,
-                    Job::Ingest => engine.ingest(task).await,
-                };
-                if let Err(e) = result {
-                    tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
-                }
-                drop(permit);
-                let wake = match work {
-                    Work::Dispatch => &engine.dispatch_wake,
-                    Work::Reconcile => &engine.reconcile_wake,
-                    Work::Ingest => &engine.ingest_wake,
-                };
-                wake.notify_one();
-            });
-        }
         Ok(jobs)
+    }
+
+    /// Runs one job in its own task (a panic stays there), holding `permit` until it ends.
+    fn start(
+        self: Arc<Self>,
+        jobs: &mut JoinSet<()>,
+        work: Work,
+        task: Task,
+        job: Job,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        jobs.spawn(async move {
+            let id = task.id.clone();
+            let result = match job {
+                Job::Submit => self.submit(task).await,
+                Job::SettleInterrupted => self.settle_interrupted(&task).await,
+                Job::Reconcile => self.reconcile(task).await,
+                // Inline results live only in the memory of the dispatcher that received
+                // them; a task found here without one has lost them.
+                Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
+                    self.inline_results_lost(&task).await
+                }
+                Job::Ingest => self.ingest(task).await,
+            };
+            if let Err(e) = result {
+                tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
+            }
+            drop(permit);
+            let wake = match work {
+                Work::Dispatch => &self.dispatch_wake,
+                Work::Reconcile => &self.reconcile_wake,
+                Work::Ingest => &self.ingest_wake,
+            };
+            wake.notify_one();
+        });
     }
 
     /// Runs every kind of due work until none is left, waiting for each job. For tests and
@@ -456,14 +519,6 @@ impl Engine {
             "{}/{id}?token={token}",
             self.settings.callback_base.as_str().trim_end_matches('/')
         )
-    }
-}
-
-fn slots_total(engine: &Engine, slots: &Arc<Semaphore>) -> usize {
-    if Arc::ptr_eq(slots, &engine.ingest_slots) {
-        engine.settings.ingest_concurrency
-    } else {
-        engine.settings.dispatch_concurrency
     }
 }
 

@@ -49,12 +49,22 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
+/// `provider` and `simulator` describe the default provider (what the page shows);
+/// `providers` lists every provider a request may name, simulated or not.
 async fn info(State(state): State<AppState>) -> Json<Value> {
+    let providers: Vec<Value> = state
+        .info
+        .providers
+        .iter()
+        .map(|p| json!({"name": p.name, "model": p.model, "simulator": p.simulator}))
+        .collect();
     Json(json!({
         "name": "darkroom",
         "version": env!("CARGO_PKG_VERSION"),
         "provider": state.info.provider,
         "simulator": state.info.simulator,
+        "defaultProvider": state.info.provider,
+        "providers": providers,
         "storage": state.info.storage,
         "apiKeysRequired": false,
     }))

@@ -83,6 +83,8 @@ pub struct TaskUpdate {
     pub run_at: Option<i64>,
     /// Drop the lease (the work is done or handed back).
     pub release_lease: bool,
+    /// Extend the lease the updating worker holds until then (ignored with `release_lease`).
+    pub lease_until: Option<i64>,
     pub add_attempt: bool,
     /// The hash of a newly issued callback token.
     pub callback_token_hash: Option<String>,
@@ -111,10 +113,12 @@ pub trait TaskRepo: Send + Sync + 'static {
         provider_task_id: &str,
     ) -> Result<Option<Task>, RepoError>;
 
-    /// Moves up to `limit` due `queued` tasks to `submitting` under a lease held by
-    /// `worker`, highest priority first, oldest first within a priority.
+    /// Moves up to `limit` due `queued` tasks of `provider` to `submitting` under a lease held
+    /// by `worker`, highest priority first, oldest first within a priority. Claims are per
+    /// provider so each provider's own concurrency bound decides how many it takes.
     async fn claim_queued(
         &self,
+        provider: &str,
         now: i64,
         limit: usize,
         worker: &str,

@@ -159,6 +159,7 @@ impl TaskRepo for SqliteRepo {
 
     async fn claim_queued(
         &self,
+        provider: &str,
         now: i64,
         limit: usize,
         worker: &str,
@@ -167,7 +168,7 @@ impl TaskRepo for SqliteRepo {
         let rows = sqlx::query(
             "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?
              WHERE id IN (
-                 SELECT id FROM tasks WHERE state = 'queued' AND run_at <= ?
+                 SELECT id FROM tasks WHERE state = 'queued' AND provider = ? AND run_at <= ?
                  ORDER BY priority DESC, created_at ASC, id ASC LIMIT ?)
                AND state = 'queued'
              RETURNING *",
@@ -175,6 +176,7 @@ impl TaskRepo for SqliteRepo {
         .bind(worker)
         .bind(lease_until)
         .bind(now)
+        .bind(provider)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -237,6 +239,8 @@ impl TaskRepo for SqliteRepo {
         }
         if update.release_lease {
             q.push(", lease_owner = NULL, lease_until = NULL");
+        } else if let Some(until) = update.lease_until {
+            q.push(", lease_until = ").push_bind(until);
         }
         if update.add_attempt {
             q.push(", attempts = attempts + 1");
