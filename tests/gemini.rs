@@ -206,6 +206,16 @@ async fn an_input_on_a_private_address_fails_the_task_before_gemini_is_called() 
     assert!(app.blobs.list("generated").await.unwrap().is_empty());
 }
 
+#[tokio::test]
+async fn inputs_over_the_inline_limit_fail_without_calling_gemini() {
+    let (app, status) = final_status_with(&[("DARKROOM_GEMINI_MAX_REQUEST_BYTES", "100")]).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["errorCode"], "inputs_too_large");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("Gemini's inline limit"), "{error}");
+    assert_eq!(app.gemini_sim.as_ref().unwrap().stats().requests, 0);
+}
+
 /// Runs one Gemini task on an app with `knobs` and returns its final status.
 async fn final_status_with(knobs: &[(&str, &str)]) -> (TestApp, Value) {
     let app = spawn_app(knobs).await;

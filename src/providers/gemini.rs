@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::inputs::{InputImage, InputLoader};
+use super::inputs::{InputError, InputImage, InputLoader};
 use super::{
     Delivery, Generated, Provider, ProviderError, RemoteStatus, Submission, SubmitRequest,
 };
@@ -93,17 +93,33 @@ impl GeminiClient {
         )
     }
 
-    /// Reads every input at once, within the inputs budget.
+    /// Reads the inputs one after another within the inputs budget, stopping as soon as
+    /// their encoded size passes Gemini's inline limit (so an oversized task never holds
+    /// every input in memory at once).
     async fn load_inputs(
         &self,
         request: &SubmitRequest,
     ) -> Result<Result<Vec<InputImage>, Submission>, ProviderError> {
-        let loads = request
-            .image_urls
-            .iter()
-            .enumerate()
-            .map(|(index, url)| self.inputs.load(index, url));
-        let all = futures::future::try_join_all(loads);
+        let limit = self.settings.max_request_bytes;
+        let all = async {
+            let mut images = Vec::with_capacity(request.image_urls.len());
+            let mut encoded = request.prompt.len() as u64;
+            for (index, url) in request.image_urls.iter().enumerate() {
+                let image = self.inputs.load(index, url).await?;
+                encoded += base64_len(image.bytes.len());
+                images.push(image);
+                if encoded > limit {
+                    return Ok(Err(Submission::Failed {
+                        code: "inputs_too_large".to_owned(),
+                        message: format!(
+                            "the prompt and the first {} input image(s) come to more than {limit} bytes encoded, Gemini's inline limit",
+                            images.len()
+                        ),
+                    }));
+                }
+            }
+            Ok::<_, InputError>(Ok(images))
+        };
         match tokio::time::timeout(self.settings.inputs_timeout, all).await {
             Err(_) => Err(ProviderError::Retryable {
                 code: "input_timeout".to_owned(),
@@ -113,7 +129,7 @@ impl GeminiClient {
                 ),
                 retry_after: None,
             }),
-            Ok(Ok(images)) => Ok(Ok(images)),
+            Ok(Ok(loaded)) => Ok(loaded),
             Ok(Err(e)) if e.retryable => Err(ProviderError::Retryable {
                 code: "input_unavailable".to_owned(),
                 message: e.message,
@@ -467,6 +483,11 @@ pub fn read_answer(answer: &Value) -> Answer {
             message: format!("Gemini finished without an image or any text{finish_message}"),
         },
     }
+}
+
+/// Length of `n` bytes in padded base64.
+fn base64_len(n: usize) -> u64 {
+    (n as u64).div_ceil(3) * 4
 }
 
 fn quote(text: &str) -> String {
