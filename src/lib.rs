@@ -218,7 +218,7 @@ impl App {
             .unwrap_or(&provider_info[0]);
         tracing::info!(
             default_provider = default.name,
-            "requests without a provider go here"
+            "requests and sources that name no provider use the default provider"
         );
         let info = ServiceInfo {
             provider: default.name,

@@ -409,6 +409,7 @@ async fn generate_content(
             bump(&sim.counters.text_only);
             candidate_answer(vec![json!({"text": TEXT_ONLY_REPLY})], prompt_tokens, 20)
         }
+        // Errors were answered above, before any latency, as Gemini answers them.
         Outcome::Image | Outcome::Error(_) => {
             let long_side = config.image_long_side;
             let rendered =
