@@ -81,7 +81,7 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Local bucket directory; default `{data_dir}/bucket`. Used unless an S3 bucket is set.
@@ -90,6 +90,62 @@ pub struct StorageConfig {
     pub s3: Option<S3Config>,
     /// When set, object URLs are `{public_base_url}/{key}` (the original's `R2_PUBLIC_BASE_URL`).
     pub public_base_url: Option<Url>,
+    /// Without a public base URL: how `/files/{key}` answers (`proxy` streams the object,
+    /// `presigned` redirects to a fresh presigned URL; S3 only).
+    pub url_mode: UrlMode,
+    /// Lifetime of the presigned URLs `/files/{key}` redirects to, seconds.
+    pub presign_ttl_secs: u64,
+    /// How input images reach the provider: `auto`, `public`, `presigned`, `proxy` or
+    /// `kie-upload`.
+    pub input_mode: InputMode,
+    /// Lifetime of presigned input URLs handed to the provider, seconds.
+    pub input_presign_ttl_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UrlMode {
+    #[default]
+    Proxy,
+    Presigned,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputMode {
+    /// The public base URL when set; else presigned URLs on S3; else darkroom's own URL.
+    #[default]
+    Auto,
+    Public,
+    Presigned,
+    Proxy,
+    /// Push each input through KIE's file upload API and hand KIE that URL.
+    KieUpload,
+}
+
+impl UrlMode {
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "proxy" => Ok(Self::Proxy),
+            "presigned" => Ok(Self::Presigned),
+            _ => Err(format!("= {raw:?} must be proxy or presigned")),
+        }
+    }
+}
+
+impl InputMode {
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "auto" => Ok(Self::Auto),
+            "public" => Ok(Self::Public),
+            "presigned" => Ok(Self::Presigned),
+            "proxy" => Ok(Self::Proxy),
+            "kie-upload" => Ok(Self::KieUpload),
+            _ => Err(format!(
+                "= {raw:?} must be auto, public, presigned, proxy or kie-upload"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -112,6 +168,8 @@ pub struct KieConfig {
     pub callback_url: Option<Url>,
     /// Take state and result URLs from `recordInfo` instead of the (unsigned) callback body.
     pub verify_callbacks: bool,
+    /// KIE's file upload API (a different host from the jobs API).
+    pub upload_base_url: Url,
     pub request_timeout_secs: u64,
 }
 
@@ -246,6 +304,20 @@ impl Default for DatabaseConfig {
     }
 }
 
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            s3: None,
+            public_base_url: None,
+            url_mode: UrlMode::Proxy,
+            presign_ttl_secs: 3600,
+            input_mode: InputMode::Auto,
+            input_presign_ttl_secs: 2 * 3600,
+        }
+    }
+}
+
 impl Default for KieConfig {
     fn default() -> Self {
         Self {
@@ -253,6 +325,7 @@ impl Default for KieConfig {
             base_url: Url::parse("https://api.kie.ai").expect("static URL"),
             callback_url: None,
             verify_callbacks: true,
+            upload_base_url: Url::parse("https://kieai.redpandaai.co").expect("static URL"),
             request_timeout_secs: 30,
         }
     }
@@ -364,6 +437,10 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_DATABASE_URL",
     "DARKROOM_DATABASE_MAX_CONNECTIONS",
     "DARKROOM_BUCKET_DIR",
+    "DARKROOM_URL_MODE",
+    "DARKROOM_PRESIGN_TTL_SECS",
+    "DARKROOM_INPUT_MODE",
+    "DARKROOM_INPUT_PRESIGN_TTL_SECS",
     "DARKROOM_KIE_VERIFY_CALLBACKS",
     "DARKROOM_KIE_TIMEOUT_SECS",
     "DARKROOM_SIM_LATENCY_MS",
@@ -560,6 +637,24 @@ impl Config {
             Ok(Some(PathBuf::from(v)))
         })?;
         r.opt_url("R2_PUBLIC_BASE_URL", &mut self.storage.public_base_url)?;
+        r.set(
+            "DARKROOM_URL_MODE",
+            &mut self.storage.url_mode,
+            UrlMode::parse,
+        )?;
+        r.number(
+            "DARKROOM_PRESIGN_TTL_SECS",
+            &mut self.storage.presign_ttl_secs,
+        )?;
+        r.set(
+            "DARKROOM_INPUT_MODE",
+            &mut self.storage.input_mode,
+            InputMode::parse,
+        )?;
+        r.number(
+            "DARKROOM_INPUT_PRESIGN_TTL_SECS",
+            &mut self.storage.input_presign_ttl_secs,
+        )?;
         self.apply_r2_env(&r)?;
 
         r.set("KIE_API_TOKEN", &mut self.kie.api_token, |v| {
@@ -567,6 +662,7 @@ impl Config {
         })?;
         r.url("KIE_BASE_URL", &mut self.kie.base_url)?;
         r.opt_url("KIE_CALLBACK_URL", &mut self.kie.callback_url)?;
+        r.url("KIE_UPLOAD_BASE_URL", &mut self.kie.upload_base_url)?;
         r.flag(
             "DARKROOM_KIE_VERIFY_CALLBACKS",
             &mut self.kie.verify_callbacks,
@@ -889,6 +985,43 @@ impl Config {
         for host in &self.fetch.trusted_hosts {
             parse_host_port(host)
                 .map_err(|p| invalid("fetch.trusted_hosts (DARKROOM_TRUSTED_FETCH_HOSTS)", p))?;
+        }
+        let s3 = self.storage.s3.is_some();
+        if self.storage.url_mode == UrlMode::Presigned && !s3 {
+            return Err(invalid(
+                "storage.url_mode (DARKROOM_URL_MODE)",
+                "= presigned needs an S3-compatible bucket (R2_* variables)",
+            ));
+        }
+        if self.storage.input_mode == InputMode::Presigned && !s3 {
+            return Err(invalid(
+                "storage.input_mode (DARKROOM_INPUT_MODE)",
+                "= presigned needs an S3-compatible bucket (R2_* variables)",
+            ));
+        }
+        if self.storage.input_mode == InputMode::Public && self.storage.public_base_url.is_none() {
+            return Err(invalid(
+                "storage.input_mode (DARKROOM_INPUT_MODE)",
+                "= public needs R2_PUBLIC_BASE_URL",
+            ));
+        }
+        // Seven days is the longest an S3 signature may live.
+        for (key, ttl) in [
+            (
+                "storage.presign_ttl_secs (DARKROOM_PRESIGN_TTL_SECS)",
+                self.storage.presign_ttl_secs,
+            ),
+            (
+                "storage.input_presign_ttl_secs (DARKROOM_INPUT_PRESIGN_TTL_SECS)",
+                self.storage.input_presign_ttl_secs,
+            ),
+        ] {
+            if ttl > 7 * 24 * 3600 {
+                return Err(invalid(
+                    key,
+                    format!("= {ttl} is longer than S3's limit of 604800 seconds"),
+                ));
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(

@@ -21,9 +21,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use config::{Config, ProviderMode, parse_host_port, parse_latency_ms};
+use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
 use domain::image::ImageLimits;
-use engine::{Engine, EngineSettings, ProviderRegistry};
+use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
 use net::Fetcher;
 use providers::Provider;
 use providers::gemini::{GeminiClient, GeminiSettings};
@@ -138,7 +138,12 @@ impl App {
                         .api_token
                         .clone()
                         .context("KIE_API_TOKEN is not set")?;
-                    let client = KieClient::new(config.kie.base_url.clone(), token, kie_timeout)?;
+                    let client = KieClient::new(
+                        config.kie.base_url.clone(),
+                        config.kie.upload_base_url.clone(),
+                        token,
+                        kie_timeout,
+                    )?;
                     tracing::info!(base_url = %config.kie.base_url, "provider: KIE");
                     (Arc::new(client), None)
                 }
@@ -147,7 +152,8 @@ impl App {
                     trusted.push((addr.ip().to_string(), addr.port()));
                     let base = Url::parse(&format!("http://{addr}"))?;
                     let token = config::Secret::new(hex::encode(rand::random::<[u8; 16]>()));
-                    let client = KieClient::new(base, token, kie_timeout)?;
+                    // One simulator answers both the jobs and the file upload API.
+                    let client = KieClient::new(base.clone(), base, token, kie_timeout)?;
                     (Arc::new(client), Some(sim))
                 }
             };
@@ -189,6 +195,8 @@ impl App {
         if simulator.is_none() && config.kie.callback_url.is_none() {
             tracing::warn!(callback_base = %callback_base, "KIE_CALLBACK_URL is not set; KIE must be able to reach this address, or tasks complete only through polling");
         }
+        let input_route = input_route(&config, &blobs);
+        tracing::info!(route = %input_route, "input images reach the provider through {input_route}");
         let board = Arc::new(StatusBoard::new(STATUS_BOARD_CAPACITY));
         let settings = EngineSettings {
             worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
@@ -203,6 +211,7 @@ impl App {
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
             first_poll: Duration::from_millis(config.engine.first_poll_ms),
+            input_route,
         };
         let engine = Arc::new(Engine::new(
             repo.clone(),
@@ -338,6 +347,21 @@ async fn build_gemini(
     );
     let client = GeminiClient::new(settings, inputs)?;
     Ok((Arc::new(client), simulator))
+}
+
+/// Decides how inputs reach the provider; `auto` prefers what needs nothing extra.
+fn input_route(config: &Config, blobs: &BlobStore) -> InputRoute {
+    let presigned =
+        InputRoute::Presigned(Duration::from_secs(config.storage.input_presign_ttl_secs));
+    match config.storage.input_mode {
+        InputMode::Public => InputRoute::Public,
+        InputMode::Presigned => presigned,
+        InputMode::Proxy => InputRoute::Proxy,
+        InputMode::KieUpload => InputRoute::ProviderUpload,
+        InputMode::Auto if blobs.has_public_base() => InputRoute::Public,
+        InputMode::Auto if blobs.is_s3() => presigned,
+        InputMode::Auto => InputRoute::Proxy,
+    }
 }
 
 /// Binds the built-in KIE simulator on a loopback port of its own and serves it.

@@ -133,9 +133,9 @@ impl Fetcher {
         }
     }
 
-    /// Downloads `url` into memory, at most `max_bytes`, following at most three redirects,
-    /// each checked like the first URL.
-    pub async fn get_bytes(&self, url: &str, max_bytes: u64) -> Result<Bytes, FetchError> {
+    /// Opens `url` (following at most three redirects, each checked like the first URL)
+    /// and returns the successful response with the URL as it may be logged.
+    async fn open(&self, url: &str) -> Result<(reqwest::Response, String), FetchError> {
         let mut current = Url::parse(url).map_err(|_| FetchError::Forbidden {
             url: url.to_owned(),
             reason: "not a valid URL".to_owned(),
@@ -176,19 +176,53 @@ impl Fetcher {
                     status: status.as_u16(),
                 });
             }
-            return read_capped(response, max_bytes, &shown).await;
+            return Ok((response, shown));
         }
         Err(FetchError::TooManyRedirects {
             url: redact(&current),
         })
     }
+
+    /// Downloads `url` into memory, at most `max_bytes`.
+    pub async fn get_bytes(&self, url: &str, max_bytes: u64) -> Result<Bytes, FetchError> {
+        let (response, shown) = self.open(url).await?;
+        let mut body = BytesMut::new();
+        stream_capped(response, max_bytes, &shown, |chunk| {
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(body.freeze())
+    }
+
+    /// Downloads `url` into `file`, at most `max_bytes`, without holding it in memory.
+    /// Returns the size.
+    pub async fn download_to(
+        &self,
+        url: &str,
+        max_bytes: u64,
+        file: &std::path::Path,
+    ) -> Result<u64, FetchError> {
+        use std::io::Write;
+        let (response, shown) = self.open(url).await?;
+        let io_error = |e: std::io::Error| FetchError::Transport {
+            url: shown.clone(),
+            message: format!("writing the download to disk failed: {e}"),
+        };
+        let mut out = std::io::BufWriter::new(std::fs::File::create(file).map_err(io_error)?);
+        let size = stream_capped(response, max_bytes, &shown, |chunk| out.write_all(chunk)).await?;
+        out.flush().map_err(io_error)?;
+        Ok(size)
+    }
 }
 
-async fn read_capped(
+/// Feeds the body to `sink` chunk by chunk, refusing it once it passes `max_bytes`.
+async fn stream_capped(
     mut response: reqwest::Response,
     max_bytes: u64,
     shown: &str,
-) -> Result<Bytes, FetchError> {
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<u64, FetchError> {
     let too_large = || FetchError::TooLarge {
         url: shown.to_owned(),
         max_bytes,
@@ -196,19 +230,23 @@ async fn read_capped(
     if response.content_length().is_some_and(|len| len > max_bytes) {
         return Err(too_large());
     }
-    let mut body = BytesMut::new();
+    let mut size = 0u64;
     loop {
         let chunk = response.chunk().await.map_err(|e| FetchError::Transport {
             url: shown.to_owned(),
             message: e.without_url().to_string(),
         })?;
         let Some(chunk) = chunk else { break };
-        if (body.len() + chunk.len()) as u64 > max_bytes {
+        size += chunk.len() as u64;
+        if size > max_bytes {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        sink(&chunk).map_err(|e| FetchError::Transport {
+            url: shown.to_owned(),
+            message: format!("storing the download failed: {e}"),
+        })?;
     }
-    Ok(body.freeze())
+    Ok(size)
 }
 
 /// A URL as it may appear in logs and errors: no query string (it may carry a token).

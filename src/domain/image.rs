@@ -1,6 +1,6 @@
 //! Deciding what an image is from its bytes, never from a name or a header.
 
-use std::io::Cursor;
+use std::io::{BufRead, Cursor, Seek, SeekFrom};
 
 use serde::Serialize;
 
@@ -112,12 +112,31 @@ impl ImageError {
 /// Decides the type from the magic bytes, then reads the header (no pixels) and checks the
 /// dimensions against `limits`.
 pub fn inspect(bytes: &[u8], limits: ImageLimits) -> Result<ImageInfo, ImageError> {
-    if bytes.is_empty() {
+    inspect_reader(Cursor::new(bytes), limits)
+}
+
+/// `inspect` over a reader (a spooled file): only the first bytes and the header are read.
+pub fn inspect_reader<R: BufRead + Seek>(
+    mut reader: R,
+    limits: ImageLimits,
+) -> Result<ImageInfo, ImageError> {
+    let mut head = [0u8; 16];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return Err(ImageError::UnsupportedType),
+        }
+    }
+    if filled == 0 {
         return Err(ImageError::Empty);
     }
-    let kind = ImageKind::sniff(bytes).ok_or(ImageError::UnsupportedType)?;
-    let reader = image::ImageReader::with_format(Cursor::new(bytes), kind.format());
-    let (width, height) = reader
+    let kind = ImageKind::sniff(&head[..filled]).ok_or(ImageError::UnsupportedType)?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|_| ImageError::Corrupt(kind))?;
+    let (width, height) = image::ImageReader::with_format(reader, kind.format())
         .into_dimensions()
         .map_err(|_| ImageError::Corrupt(kind))?;
     if width == 0 || height == 0 {

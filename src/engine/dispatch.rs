@@ -48,11 +48,21 @@ impl Engine {
             }
             Delivery::Inline => (task, None),
         };
+        // A provider that sends inputs inline reads them itself from darkroom's own URLs
+        // (the bucket); any other is handed URLs by the configured input route.
+        let image_urls = if provider.takes_inline_inputs() {
+            task.input_urls.clone()
+        } else {
+            match self.provider_inputs(&task, provider.as_ref()).await {
+                Ok(urls) => urls,
+                Err(error) => return self.submit_failed(&task, error).await,
+            }
+        };
         let request = SubmitRequest {
             task_id: task.id.clone(),
             model: task.model.clone(),
             prompt: task.prompt.clone(),
-            image_urls: task.input_urls.clone(),
+            image_urls,
             aspect_ratio: task.aspect_ratio.clone(),
             output_format: task.output_format.clone(),
             callback_url,

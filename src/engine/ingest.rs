@@ -1,11 +1,12 @@
 //! Copying results from the provider into the bucket under deterministic keys. A task is
-//! never `succeeded` without every one of its images stored.
+//! never `succeeded` without every one of its images stored. Each download is spooled to a
+//! temporary file, so memory does not grow with result size.
 
 use bytes::Bytes;
 
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
-use crate::domain::image::inspect;
+use crate::domain::image::inspect_reader;
 use crate::net::FetchError;
 use crate::storage::keys;
 use crate::storage::{RepoError, Task, TaskUpdate};
@@ -24,6 +25,14 @@ impl From<FetchError> for IngestFailure {
             retryable: e.is_retryable(),
             message: e.to_string(),
         }
+    }
+}
+
+fn local_failure(e: std::io::Error) -> IngestFailure {
+    IngestFailure {
+        code: "spool_failed",
+        message: format!("the temporary download file could not be used: {e}"),
+        retryable: true,
     }
 }
 
@@ -82,26 +91,38 @@ impl Engine {
         }
         let mut stored = Vec::with_capacity(task.result_source_urls.len());
         for (index, url) in task.result_source_urls.iter().enumerate() {
-            let started = std::time::Instant::now();
-            let bytes = self
-                .fetcher
-                .get_bytes(url, self.settings.max_result_bytes)
-                .await?;
-            stored.push(self.store_result(task, index, bytes, started).await?);
+            stored.push(self.store_result(task, index, url).await?);
         }
         Ok(stored)
     }
 
-    /// Checks one result and writes it create-only under its deterministic key; returns
-    /// `(key, url)`. Downloaded and inline results both come through here.
-    pub(super) async fn store_result(
+    async fn store_result(
         &self,
         task: &Task,
         index: usize,
-        bytes: Bytes,
-        started: std::time::Instant,
+        url: &str,
     ) -> Result<(String, String), IngestFailure> {
-        if bytes.len() as u64 > self.settings.max_result_bytes {
+        let started = std::time::Instant::now();
+        // Removed when dropped, whatever happens below.
+        let spool = tempfile::NamedTempFile::new().map_err(local_failure)?;
+        let size = self
+            .fetcher
+            .download_to(url, self.settings.max_result_bytes, spool.path())
+            .await?;
+        self.store_spooled(task, index, &spool, size, started).await
+    }
+
+    /// A result a synchronous provider handed over inline takes the same path as a
+    /// download from the moment it is in a spool file: the same checks, key and write.
+    pub(super) async fn store_inline_result(
+        &self,
+        task: &Task,
+        index: usize,
+        bytes: &Bytes,
+    ) -> Result<(String, String), IngestFailure> {
+        let started = std::time::Instant::now();
+        let size = bytes.len() as u64;
+        if size > self.settings.max_result_bytes {
             return Err(IngestFailure {
                 code: "result_too_large",
                 message: format!(
@@ -111,16 +132,34 @@ impl Engine {
                 retryable: false,
             });
         }
-        let info = inspect(&bytes, self.settings.image_limits).map_err(|e| IngestFailure {
-            code: "result_not_an_image",
-            message: format!("result {index} is not a usable image: {e}"),
-            retryable: false,
-        })?;
+        let spool = tempfile::NamedTempFile::new().map_err(local_failure)?;
+        tokio::fs::write(spool.path(), bytes)
+            .await
+            .map_err(local_failure)?;
+        self.store_spooled(task, index, &spool, size, started).await
+    }
+
+    /// Checks a spooled result is an image and writes it create-only under its
+    /// deterministic key; returns `(key, url)`.
+    async fn store_spooled(
+        &self,
+        task: &Task,
+        index: usize,
+        spool: &tempfile::NamedTempFile,
+        size: u64,
+        started: std::time::Instant,
+    ) -> Result<(String, String), IngestFailure> {
+        let reader = std::io::BufReader::new(spool.reopen().map_err(local_failure)?);
+        let info =
+            inspect_reader(reader, self.settings.image_limits).map_err(|e| IngestFailure {
+                code: "result_not_an_image",
+                message: format!("result {index} is not a usable image: {e}"),
+                retryable: false,
+            })?;
         let spec = keys::generated(&task.provider, &task.id, index, info.kind);
-        let size = bytes.len();
         let created = self
             .blobs
-            .put_create(&spec, bytes)
+            .put_file(&spec, spool.path(), true)
             .await
             .map_err(|e| IngestFailure {
                 code: "storage_failed",

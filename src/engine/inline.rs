@@ -4,8 +4,6 @@
 //! and record as downloaded results. A storage hiccup is retried here, with the bytes at
 //! hand; a task found `ingesting` by anyone else has lost its images and fails saying so.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 
 use super::ingest::IngestFailure;
@@ -112,10 +110,7 @@ impl Engine {
         }
         let mut stored = Vec::with_capacity(images.len());
         for (index, bytes) in images.iter().enumerate() {
-            stored.push(
-                self.store_result(task, index, bytes.clone(), Instant::now())
-                    .await?,
-            );
+            stored.push(self.store_inline_result(task, index, bytes).await?);
         }
         Ok(stored)
     }

@@ -7,10 +7,13 @@
 mod dispatch;
 mod ingest;
 mod inline;
+mod inputs;
 mod reconcile;
 mod registry;
 
 pub use registry::{ProviderRegistry, Registered};
+
+pub use inputs::InputRoute;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +58,8 @@ pub struct EngineSettings {
     pub verify_callbacks: bool,
     /// First look at a submitted task when no callback has come.
     pub first_poll: Duration,
+    /// How input images reach the provider.
+    pub input_route: InputRoute,
 }
 
 #[derive(Debug, thiserror::Error)]

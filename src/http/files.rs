@@ -1,16 +1,18 @@
 //! `GET /files/{key}`: objects of darkroom's own layout, streamed from the bucket with
 //! their content type, so results and uploads open in a browser and the provider (or the
-//! simulator) can fetch inputs when the bucket has no public URL.
+//! simulator) can fetch inputs when the bucket has no public URL. With presigned URLs
+//! configured it redirects to a fresh one instead of streaming.
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::error::ApiError;
 use crate::AppState;
+use crate::config::UrlMode;
 use crate::storage::BlobError;
 use crate::storage::keys::{is_servable, serving_metadata};
 
@@ -27,6 +29,21 @@ async fn serve_file(
         return Err(not_found());
     }
     let (content_type, cache_control) = serving_metadata(&key).ok_or_else(not_found)?;
+    if state.blobs.url_mode() == UrlMode::Presigned {
+        // The bucket serves the bytes; the URL clients hold stays stable.
+        let url = state
+            .blobs
+            .presigned_get(&key, state.blobs.presign_ttl())
+            .await?;
+        return Ok((
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, url.to_string()),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+        )
+            .into_response());
+    }
     let object = match state.blobs.get(&key).await {
         Ok(object) => object,
         Err(BlobError::NotFound(_)) => return Err(not_found()),

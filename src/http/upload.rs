@@ -6,13 +6,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::Config;
-use crate::domain::image::{ImageLimits, inspect};
+use crate::domain::image::{ImageLimits, inspect_reader};
 use crate::storage::keys;
 
 const FIELD: &str = "files";
@@ -35,7 +34,7 @@ struct Uploaded {
     key: String,
     url: String,
     filename: String,
-    size: usize,
+    size: u64,
     content_type: &'static str,
 }
 
@@ -77,24 +76,39 @@ fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     }
 }
 
-/// Reads one file field up to `max` bytes. Past the cap the rest is drained (so the next
-/// field can be read) and `None` is returned.
-async fn read_capped(field: &mut Field<'_>, max: u64) -> Result<Option<Bytes>, ApiError> {
-    let mut buf = BytesMut::new();
-    let mut over = false;
+/// Spools one file field to a temporary file, up to `max` bytes. Past the cap the rest is
+/// drained (so the next field can be read) and `None` is returned.
+async fn spool_capped(
+    field: &mut Field<'_>,
+    max: u64,
+) -> Result<Option<tempfile::NamedTempFile>, ApiError> {
+    use std::io::Write;
+    let spool = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
+    let mut out = std::io::BufWriter::new(spool.reopen().map_err(ApiError::internal)?);
+    let mut size = 0u64;
     while let Some(chunk) = field
         .chunk()
         .await
         .map_err(|e| multipart_error(&e, e.status()))?
     {
-        if over || (buf.len() + chunk.len()) as u64 > max {
-            over = true;
-            buf.clear();
-            continue;
+        size += chunk.len() as u64;
+        if size <= max {
+            out.write_all(&chunk).map_err(ApiError::internal)?;
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok((!over).then(|| buf.freeze()))
+    out.flush().map_err(ApiError::internal)?;
+    Ok((size <= max).then_some(spool))
+}
+
+/// Reads and discards the rest of a field.
+async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
+    while field
+        .chunk()
+        .await
+        .map_err(|e| multipart_error(&e, e.status()))?
+        .is_some()
+    {}
+    Ok(())
 }
 
 async fn upload(
@@ -133,7 +147,7 @@ async fn upload(
             .collect::<String>();
         if name != FIELD {
             // Drain it, but say so: nothing the client sent is dropped silently.
-            read_capped(&mut field, 0).await?;
+            drain(&mut field).await?;
             errors.push(FileError {
                 filename: name.clone(),
                 code: "unexpected_field",
@@ -143,7 +157,7 @@ async fn upload(
         }
         total += 1;
         if total > limits.max_upload_files {
-            read_capped(&mut field, 0).await?;
+            drain(&mut field).await?;
             errors.push(FileError {
                 filename,
                 code: "too_many_files",
@@ -151,7 +165,7 @@ async fn upload(
             });
             continue;
         }
-        let Some(bytes) = read_capped(&mut field, limits.max_upload_bytes).await? else {
+        let Some(spool) = spool_capped(&mut field, limits.max_upload_bytes).await? else {
             errors.push(FileError {
                 filename,
                 code: "file_too_large",
@@ -159,7 +173,8 @@ async fn upload(
             });
             continue;
         };
-        let info = match inspect(&bytes, image_limits) {
+        let reader = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
+        let info = match inspect_reader(reader, image_limits) {
             Ok(info) => info,
             Err(e) => {
                 errors.push(FileError {
@@ -171,8 +186,12 @@ async fn upload(
             }
         };
         let spec = keys::upload(info.kind);
-        let size = bytes.len();
-        state.blobs.put(&spec, bytes).await?;
+        let size = spool
+            .as_file()
+            .metadata()
+            .map_err(ApiError::internal)?
+            .len();
+        state.blobs.put_file(&spec, spool.path(), false).await?;
         tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
         uploaded.push(Uploaded {
             url: state.blobs.url(&spec.key),

@@ -302,6 +302,10 @@ impl Provider for GeminiClient {
         Delivery::Inline
     }
 
+    fn takes_inline_inputs(&self) -> bool {
+        true
+    }
+
     fn max_submit_duration(&self) -> Duration {
         self.settings.inputs_timeout
             + CONNECT_TIMEOUT

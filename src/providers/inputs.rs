@@ -44,16 +44,16 @@ impl InputLoader {
     }
 
     /// The bucket key behind `url` when it is one of darkroom's own object URLs.
-    fn own_key<'a>(&self, url: &'a str) -> Option<&'a str> {
-        let base = self.blobs.url("");
-        let key = url.strip_prefix(base.as_str())?;
-        keys::is_servable(key).then_some(key)
+    fn own_key(&self, url: &str) -> Option<String> {
+        self.blobs
+            .key_for_url(url)
+            .filter(|key| keys::is_servable(key))
     }
 
     /// Reads input `index` (0 is the task's source) from `url`.
     pub async fn load(&self, index: usize, url: &str) -> Result<InputImage, InputError> {
         let bytes = match self.own_key(url) {
-            Some(key) => self.blobs.get_bytes(key).await.map_err(|e| match e {
+            Some(key) => self.blobs.get_bytes(&key).await.map_err(|e| match e {
                 BlobError::NotFound(_) => InputError {
                     message: format!("input image {index} ({key}) is no longer in the bucket"),
                     retryable: false,

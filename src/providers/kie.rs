@@ -16,6 +16,12 @@ pub const NAME: &str = "kie";
 
 const CREATE_PATH: &str = "api/v1/jobs/createTask";
 const RECORD_PATH: &str = "api/v1/jobs/recordInfo";
+const UPLOAD_PATH: &str = "api/file-stream-upload";
+const BROWSER_LIKE_AGENT: &str = concat!(
+    "Mozilla/5.0 (compatible; darkroom/",
+    env!("CARGO_PKG_VERSION"),
+    ")"
+);
 /// KIE's answers are small JSON envelopes; anything bigger is not one.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -24,12 +30,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct KieClient {
     http: reqwest::Client,
     base_url: Url,
+    /// KIE's file upload API lives on another host.
+    upload_base_url: Url,
     token: Secret,
     timeout: Duration,
 }
 
 impl KieClient {
-    pub fn new(base_url: Url, token: Secret, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        base_url: Url,
+        upload_base_url: Url,
+        token: Secret,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
@@ -41,6 +54,7 @@ impl KieClient {
         Ok(Self {
             http,
             base_url,
+            upload_base_url,
             token,
             timeout,
         })
@@ -48,6 +62,13 @@ impl KieClient {
 
     fn endpoint(&self, path: &str) -> String {
         format!("{}/{path}", self.base_url.as_str().trim_end_matches('/'))
+    }
+
+    fn upload_endpoint(&self, path: &str) -> String {
+        format!(
+            "{}/{path}",
+            self.upload_base_url.as_str().trim_end_matches('/')
+        )
     }
 
     /// Sends a request and returns the envelope's `data`, classifying every failure.
@@ -212,6 +233,48 @@ impl Provider for KieClient {
             .query(&[("taskId", provider_task_id)]);
         let data = self.call(request, false).await?;
         Ok(Record::parse(&data, CostUnit::Millis).status)
+    }
+
+    /// `POST /api/file-stream-upload`, streamed from disk. KIE keeps the file three days.
+    async fn upload_input(
+        &self,
+        file: &std::path::Path,
+        file_name: &str,
+        content_type: &str,
+    ) -> Result<String, ProviderError> {
+        let local = |e: std::io::Error| ProviderError::Retryable {
+            code: "local_io".to_owned(),
+            message: format!("reading the input for upload failed: {e}"),
+            retry_after: None,
+        };
+        let handle = tokio::fs::File::open(file).await.map_err(local)?;
+        let size = handle.metadata().await.map_err(local)?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
+        let part = reqwest::multipart::Part::stream_with_length(body, size)
+            .file_name(file_name.to_owned())
+            .mime_str(content_type)
+            .map_err(|e| ProviderError::Permanent {
+                code: "bad_content_type".to_owned(),
+                message: e.to_string(),
+            })?;
+        let form = reqwest::multipart::Form::new()
+            .part("file", part)
+            .text("uploadPath", "darkroom/inputs")
+            .text("fileName", file_name.to_owned());
+        // KIE's upload host is reported to refuse requests without a browser-like agent.
+        let request = self
+            .http
+            .post(self.upload_endpoint(UPLOAD_PATH))
+            .header(reqwest::header::USER_AGENT, BROWSER_LIKE_AGENT)
+            .multipart(form);
+        let data = self.call(request, false).await?;
+        string_field(&data, &["downloadUrl", "fileUrl", "url"]).ok_or_else(|| {
+            ProviderError::Retryable {
+                code: "bad_answer".to_owned(),
+                message: "the file upload answered without a downloadUrl".to_owned(),
+                retry_after: None,
+            }
+        })
     }
 }
 

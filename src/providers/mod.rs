@@ -117,6 +117,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether results come later or inline.
     fn delivery(&self) -> Delivery;
 
+    /// Whether the provider sends input images inline, reading them itself from the URLs in
+    /// the request (darkroom's own bucket URLs are read from the bucket). Otherwise it is
+    /// handed URLs it can fetch, by the configured input route.
+    fn takes_inline_inputs(&self) -> bool {
+        false
+    }
+
     /// The longest a `submit` call may take, inputs included. The dispatcher's lease on a
     /// task outlasts it, so no other worker takes a task whose call is still running.
     fn max_submit_duration(&self) -> Duration;
@@ -127,4 +134,19 @@ pub trait Provider: Send + Sync + 'static {
     /// Asks the provider where a task stands. Only providers with [`Delivery::Later`] are
     /// ever asked.
     async fn query(&self, provider_task_id: &str) -> Result<RemoteStatus, ProviderError>;
+
+    /// Hands an input file to the provider's own file storage and returns the URL it can
+    /// fetch it from. Providers without such an API refuse.
+    async fn upload_input(
+        &self,
+        file: &std::path::Path,
+        file_name: &str,
+        content_type: &str,
+    ) -> Result<String, ProviderError> {
+        let _ = (file, file_name, content_type);
+        Err(ProviderError::Permanent {
+            code: "unsupported".to_owned(),
+            message: format!("{} has no file upload API", self.name()),
+        })
+    }
 }

@@ -1,20 +1,32 @@
 //! The bucket: one interface over the local directory, S3/R2 and memory (`object_store`),
-//! plus how object URLs are made.
+//! plus how object URLs are made. Large objects go through a spool file on local disk, so
+//! memory does not grow with object size on upload, ingest or serving.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{
-    Attribute, Attributes, GetResult, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetResult, ObjectStore, ObjectStoreExt,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
+use tokio::io::AsyncReadExt;
 use url::Url;
 
 use super::keys::ObjectSpec;
-use crate::config::{Config, S3Config};
+use crate::config::{Config, S3Config, UrlMode};
+
+/// Objects up to this size are written in one request; larger ones in parts.
+const SINGLE_PUT_MAX: u64 = 8 * 1024 * 1024;
+/// S3's smallest part (except the last).
+const PART_SIZE: usize = 5 * 1024 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -24,11 +36,15 @@ pub enum BlobError {
     InvalidKey(String),
     #[error("bucket error: {0}")]
     Store(#[from] object_store::Error),
+    #[error("local file error: {0}")]
+    Io(#[from] std::io::Error),
     #[error("cannot prepare the bucket directory {path}: {source}")]
     Directory {
         path: String,
         source: std::io::Error,
     },
+    #[error("presigned URLs need an S3-compatible bucket")]
+    NoSigner,
 }
 
 /// What a create-only write found.
@@ -39,15 +55,25 @@ pub enum Created {
     AlreadyExisted,
 }
 
+/// How a browser reaches an object.
+#[derive(Clone, Debug)]
+enum Urls {
+    /// `R2_PUBLIC_BASE_URL`: `{base}/{key}`.
+    Public(Url),
+    /// `{server}/files/{key}`, streamed or redirected by darkroom.
+    Server(Url),
+}
+
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// Only S3-compatible stores can sign URLs.
+    signer: Option<Arc<AmazonS3>>,
     /// The local directory keeps no metadata; content type comes from the key there.
     keeps_attributes: bool,
-    /// `R2_PUBLIC_BASE_URL`: objects are public at `{base}/{key}`.
-    public_base: Option<Url>,
-    /// Otherwise darkroom serves them at `{server}/files/{key}`.
-    server_base: Url,
+    urls: Urls,
+    url_mode: UrlMode,
+    presign_ttl: Duration,
     description: String,
 }
 
@@ -60,9 +86,8 @@ impl std::fmt::Debug for BlobStore {
 impl BlobStore {
     /// Builds the store the configuration names. `server_base` is this server's public URL.
     pub fn from_config(config: &Config, server_base: Url) -> Result<Self, BlobError> {
-        let public_base = config.storage.public_base_url.clone();
-        match &config.storage.s3 {
-            Some(s3) => Self::s3(s3, public_base, server_base),
+        let mut blobs = match &config.storage.s3 {
+            Some(s3) => Self::s3(s3)?,
             None => {
                 let dir = config.bucket_dir();
                 std::fs::create_dir_all(&dir).map_err(|source| BlobError::Directory {
@@ -70,45 +95,104 @@ impl BlobStore {
                     source,
                 })?;
                 let local = LocalFileSystem::new_with_prefix(&dir)?;
-                Ok(Self {
-                    store: Arc::new(local),
-                    keeps_attributes: false,
-                    public_base,
-                    server_base,
-                    description: format!("local directory {}", dir.display()),
-                })
+                Self::with_store(
+                    Arc::new(local),
+                    false,
+                    format!("local directory {}", dir.display()),
+                )
             }
+        };
+        blobs.urls = match &config.storage.public_base_url {
+            Some(base) => Urls::Public(base.clone()),
+            None => Urls::Server(server_base),
+        };
+        blobs.url_mode = config.storage.url_mode;
+        blobs.presign_ttl = Duration::from_secs(config.storage.presign_ttl_secs);
+        if blobs.url_mode == UrlMode::Presigned && blobs.signer.is_none() {
+            return Err(BlobError::NoSigner);
+        }
+        Ok(blobs)
+    }
+
+    fn with_store(
+        store: Arc<dyn ObjectStore>,
+        keeps_attributes: bool,
+        description: String,
+    ) -> Self {
+        Self {
+            store,
+            signer: None,
+            keeps_attributes,
+            urls: Urls::Server(Url::parse("http://127.0.0.1/").expect("static URL")),
+            url_mode: UrlMode::Proxy,
+            presign_ttl: Duration::from_secs(3600),
+            description,
         }
     }
 
-    fn s3(s3: &S3Config, public_base: Option<Url>, server_base: Url) -> Result<Self, BlobError> {
-        let store = AmazonS3Builder::new()
-            .with_endpoint(s3.endpoint.as_str().trim_end_matches('/'))
-            .with_region(&s3.region)
-            .with_bucket_name(&s3.bucket)
-            .with_access_key_id(&s3.access_key_id)
-            .with_secret_access_key(s3.secret_access_key.expose())
+    fn s3(s3: &S3Config) -> Result<Self, BlobError> {
+        let client = ClientOptions::new()
             .with_allow_http(s3.endpoint.scheme() == "http")
-            .with_virtual_hosted_style_request(false)
-            .build()?;
-        Ok(Self {
-            store: Arc::new(store),
-            keeps_attributes: true,
-            public_base,
-            server_base,
-            description: format!("S3 bucket {} at {}", s3.bucket, s3.endpoint),
-        })
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(120));
+        // Retries are bounded so a dead endpoint fails the start-up probe in seconds.
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(20),
+        };
+        let store = Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(s3.endpoint.as_str().trim_end_matches('/'))
+                .with_region(&s3.region)
+                .with_bucket_name(&s3.bucket)
+                .with_access_key_id(&s3.access_key_id)
+                .with_secret_access_key(s3.secret_access_key.expose())
+                .with_virtual_hosted_style_request(false)
+                .with_client_options(client)
+                .with_retry(retry)
+                .build()?,
+        );
+        let mut blobs = Self::with_store(
+            store.clone(),
+            true,
+            format!("S3 bucket {} at {}", s3.bucket, s3.endpoint),
+        );
+        blobs.signer = Some(store);
+        Ok(blobs)
     }
 
     /// An in-memory bucket, for tests.
     pub fn memory(server_base: Url) -> Self {
-        Self {
-            store: Arc::new(InMemory::new()),
-            keeps_attributes: true,
-            public_base: None,
-            server_base,
-            description: "in-memory bucket".to_owned(),
-        }
+        let mut blobs = Self::with_store(
+            Arc::new(InMemory::new()),
+            true,
+            "in-memory bucket".to_owned(),
+        );
+        blobs.urls = Urls::Server(server_base);
+        blobs
+    }
+
+    /// A local directory bucket, for tests and tools.
+    pub fn local(dir: &std::path::Path, server_base: Url) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(dir).map_err(|source| BlobError::Directory {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut blobs = Self::with_store(
+            Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            false,
+            format!("local directory {}", dir.display()),
+        );
+        blobs.urls = Urls::Server(server_base);
+        Ok(blobs)
+    }
+
+    /// An S3-compatible bucket, for tests and tools.
+    pub fn s3_bucket(s3: &S3Config, server_base: Url) -> Result<Self, BlobError> {
+        let mut blobs = Self::s3(s3)?;
+        blobs.urls = Urls::Server(server_base);
+        Ok(blobs)
     }
 
     /// Which backend and bucket, for the start-up log (never a secret).
@@ -116,26 +200,62 @@ impl BlobStore {
         &self.description
     }
 
-    /// The URL at which a browser (or the provider) opens `key`.
+    pub fn is_s3(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    pub fn has_public_base(&self) -> bool {
+        matches!(self.urls, Urls::Public(_))
+    }
+
+    pub fn url_mode(&self) -> UrlMode {
+        self.url_mode
+    }
+
+    /// The stable URL at which a browser opens `key`.
     pub fn url(&self, key: &str) -> String {
-        match &self.public_base {
-            Some(base) => format!("{}/{key}", base.as_str().trim_end_matches('/')),
-            None => format!(
-                "{}/files/{key}",
-                self.server_base.as_str().trim_end_matches('/')
-            ),
+        match &self.urls {
+            Urls::Public(base) => format!("{}/{key}", base.as_str().trim_end_matches('/')),
+            Urls::Server(base) => format!("{}/files/{key}", base.as_str().trim_end_matches('/')),
         }
     }
 
-    fn options(&self, spec: &ObjectSpec, mode: PutMode) -> PutOptions {
+    /// The key behind one of our own object URLs, if `url` is one.
+    pub fn key_for_url(&self, url: &str) -> Option<String> {
+        let prefix = match &self.urls {
+            Urls::Public(base) => format!("{}/", base.as_str().trim_end_matches('/')),
+            Urls::Server(base) => format!("{}/files/", base.as_str().trim_end_matches('/')),
+        };
+        let key = url.strip_prefix(&prefix)?;
+        (!key.is_empty() && !key.contains(['?', '#'])).then(|| key.to_owned())
+    }
+
+    /// A URL that opens `key` for `ttl` without credentials (S3-compatible buckets only).
+    pub async fn presigned_get(&self, key: &str, ttl: Duration) -> Result<Url, BlobError> {
+        let signer = self.signer.as_ref().ok_or(BlobError::NoSigner)?;
+        Ok(signer
+            .signed_url(reqwest::Method::GET, &path(key)?, ttl)
+            .await?)
+    }
+
+    /// The lifetime of presigned URLs handed to browsers.
+    pub fn presign_ttl(&self) -> Duration {
+        self.presign_ttl
+    }
+
+    fn attributes(&self, spec: &ObjectSpec) -> Attributes {
         let mut attributes = Attributes::new();
         if self.keeps_attributes {
             attributes.insert(Attribute::ContentType, spec.content_type.into());
             attributes.insert(Attribute::CacheControl, spec.cache_control.into());
         }
+        attributes
+    }
+
+    fn options(&self, spec: &ObjectSpec, mode: PutMode) -> PutOptions {
         PutOptions {
             mode,
-            attributes,
+            attributes: self.attributes(spec),
             ..PutOptions::default()
         }
     }
@@ -171,6 +291,56 @@ impl BlobStore {
         }
     }
 
+    /// Writes a spooled file. Small files go in one request (create-only when `create`);
+    /// large ones stream in parts, after a check that the key is free when `create`.
+    pub async fn put_file(
+        &self,
+        spec: &ObjectSpec,
+        file: &std::path::Path,
+        create: bool,
+    ) -> Result<Created, BlobError> {
+        let size = tokio::fs::metadata(file).await?.len();
+        if size <= SINGLE_PUT_MAX {
+            let bytes = Bytes::from(tokio::fs::read(file).await?);
+            return if create {
+                self.put_create(spec, bytes).await
+            } else {
+                self.put(spec, bytes).await.map(|()| Created::Written)
+            };
+        }
+        if create && self.exists(&spec.key).await? {
+            return Ok(Created::AlreadyExisted);
+        }
+        let options = PutMultipartOptions {
+            attributes: self.attributes(spec),
+            ..PutMultipartOptions::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(&path(&spec.key)?, options)
+            .await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut source = tokio::fs::File::open(file).await?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match source.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e.into());
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            // At most two parts in flight: memory stays near 2 × PART_SIZE.
+            writer.wait_for_capacity(2).await?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        Ok(Created::Written)
+    }
+
     pub async fn get(&self, key: &str) -> Result<GetResult, BlobError> {
         let path = path(key)?;
         self.store.get(&path).await.map_err(|e| match e {
@@ -179,8 +349,24 @@ impl BlobStore {
         })
     }
 
+    /// Reads a whole object into memory: only for objects known to be small.
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, BlobError> {
         Ok(self.get(key).await?.bytes().await?)
+    }
+
+    /// Streams an object into a local file (bounded memory).
+    pub async fn get_to_file(&self, key: &str, file: &std::path::Path) -> Result<u64, BlobError> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self.get(key).await?.into_stream();
+        let mut out = tokio::fs::File::create(file).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok(written)
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {

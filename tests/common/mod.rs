@@ -68,6 +68,44 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     }
 }
 
+/// The S3 server the test command started (moto). Missing means the suite was not run
+/// through `./scripts/test.sh`: that is a failure, not a skip.
+pub fn s3_url() -> String {
+    std::env::var("DARKROOM_TEST_S3_URL").expect(
+        "DARKROOM_TEST_S3_URL is not set: run the suite with ./scripts/test.sh, which starts an S3 server",
+    )
+}
+
+/// Creates a fresh bucket on the test S3 server and returns its name.
+pub async fn new_s3_bucket() -> String {
+    let name = format!("darkroom-test-{}", uuid::Uuid::now_v7().simple());
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(format!("{}/{name}", s3_url()))
+        .send()
+        .await
+        .expect("the test S3 server answers");
+    assert!(
+        response.status().is_success(),
+        "creating bucket {name}: {}",
+        response.status()
+    );
+    name
+}
+
+/// Environment that puts the bucket on the test S3 server through the original's variables.
+pub fn s3_env(bucket: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("R2_ENDPOINT", s3_url()),
+        ("R2_REGION", "us-east-1".to_owned()),
+        ("R2_ACCESS_KEY_ID", "testing".to_owned()),
+        ("R2_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("R2_BUCKET_NAME", bucket.to_owned()),
+    ]
+}
+
 pub fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x * 7) as u8, (y * 5) as u8, 120])

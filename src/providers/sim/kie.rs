@@ -163,6 +163,8 @@ pub struct SimStats {
     pub failed: u64,
     pub queries: u64,
     pub files_served: u64,
+    /// Files received through the file upload API.
+    pub uploads: u64,
 }
 
 /// Lock-free twin of [`SimStats`], bumped from handlers and background tasks.
@@ -179,6 +181,7 @@ struct Counters {
     failed: AtomicU64,
     queries: AtomicU64,
     files_served: AtomicU64,
+    uploads: AtomicU64,
 }
 
 impl Counters {
@@ -200,6 +203,7 @@ impl Counters {
             failed: read(&self.failed),
             queries: read(&self.queries),
             files_served: read(&self.files_served),
+            uploads: read(&self.uploads),
         }
     }
 }
@@ -383,6 +387,9 @@ impl KieSim {
             .route("/api/v1/jobs/recordInfo", get(record_info))
             .route("/api/v1/common/download-url", post(download_url))
             .route("/api/v1/chat/credit", get(credit))
+            // KIE serves these from another host; one simulator answers both.
+            .route("/api/file-stream-upload", post(file_stream_upload))
+            .route("/api/file-base64-upload", post(file_base64_upload))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(self),
                 require_token,
@@ -936,6 +943,102 @@ async fn serve_file(State(sim): State<Arc<KieSim>>, Path(name): Path<String>) ->
         bytes,
     )
         .into_response()
+}
+
+/// Largest file the upload API takes (KIE documents images up to 10 MB; leave headroom).
+const MAX_UPLOAD_BYTES: usize = 30 * 1024 * 1024;
+
+impl KieSim {
+    /// Keeps an uploaded file and answers as KIE's file upload API does.
+    fn accept_upload(&self, bytes: Bytes, upload_path: &str, file_name: Option<&str>) -> Response {
+        if bytes.is_empty() {
+            return self.error(422, "file is required");
+        }
+        if bytes.len() > MAX_UPLOAD_BYTES {
+            return self.error(422, "file is too large");
+        }
+        let (content_type, ext) = match image::guess_format(&bytes) {
+            Ok(ImageFormat::Png) => ("image/png", "png"),
+            Ok(ImageFormat::Jpeg) => ("image/jpeg", "jpg"),
+            Ok(ImageFormat::WebP) => ("image/webp", "webp"),
+            _ => ("application/octet-stream", "bin"),
+        };
+        let name = format!("upload-{}.{ext}", uuid::Uuid::now_v7().simple());
+        let size = bytes.len();
+        self.ledger().store_file(
+            name.clone(),
+            StoredFile {
+                bytes,
+                content_type,
+            },
+        );
+        Counters::bump(&self.counters.uploads);
+        let download_url = format!("{}{name}", self.files_base);
+        let file_name = file_name.unwrap_or(&name);
+        success(json!({
+            "fileName": file_name,
+            "filePath": format!("{}/{file_name}", upload_path.trim_end_matches('/')),
+            "downloadUrl": download_url,
+            "fileSize": size,
+            "mimeType": content_type,
+        }))
+    }
+}
+
+async fn file_stream_upload(
+    State(sim): State<Arc<KieSim>>,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let Ok(mut multipart) = multipart else {
+        return sim.error(422, "send multipart/form-data with file and uploadPath");
+    };
+    let (mut file, mut upload_path, mut file_name) = (None, None, None);
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(_) => return sim.error(422, "the multipart body could not be read"),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let Ok(value) = field.bytes().await else {
+            return sim.error(422, "the multipart body could not be read");
+        };
+        match name.as_str() {
+            "file" => file = Some(value),
+            "uploadPath" => upload_path = Some(String::from_utf8_lossy(&value).into_owned()),
+            "fileName" => file_name = Some(String::from_utf8_lossy(&value).into_owned()),
+            _ => {}
+        }
+    }
+    let (Some(file), Some(upload_path)) = (file, upload_path) else {
+        return sim.error(422, "file and uploadPath are required");
+    };
+    sim.accept_upload(file, &upload_path, file_name.as_deref())
+}
+
+async fn file_base64_upload(
+    State(sim): State<Arc<KieSim>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(value) = body
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return sim.error(422, "the body must be JSON");
+    };
+    let (Some(data), Some(upload_path)) = (
+        value.get("base64Data").and_then(Value::as_str),
+        value.get("uploadPath").and_then(Value::as_str),
+    ) else {
+        return sim.error(422, "base64Data and uploadPath are required");
+    };
+    // KIE accepts a bare payload or a data URL.
+    let payload = data.split_once(";base64,").map_or(data, |(_, b64)| b64);
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(payload) else {
+        return sim.error(422, "base64Data is not valid base64");
+    };
+    let file_name = value.get("fileName").and_then(Value::as_str);
+    sim.accept_upload(Bytes::from(bytes), upload_path, file_name)
 }
 
 async fn stats(State(sim): State<Arc<KieSim>>) -> Json<SimStats> {

@@ -1,0 +1,263 @@
+//! Result ingest throughput and memory, against the floor of a plain download-and-write.
+//!
+//! One process measures one side, so peak RSS belongs to it:
+//!   cargo bench --bench ingest -- <floor|darkroom> <local|s3> [count]
+//! `bench/ingest.sh` runs both sides alternately on both backends and prints the ratios.
+//! For s3 the S3 endpoint comes from DARKROOM_TEST_S3_URL (the script starts moto).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use darkroom::config::{Config, S3Config, Secret};
+use darkroom::domain::{TaskId, TaskState};
+use darkroom::providers::sim::{KieSim, KieSimConfig};
+use darkroom::storage::keys::ObjectSpec;
+use darkroom::storage::{BlobStore, NewTask, TaskUpdate};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+const CONCURRENCY: usize = 8;
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A noisy source image, so the simulator's PNG results weigh about 1 MB each.
+fn noisy_png(side: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Starts the KIE simulator and a source server, has the simulator make `count` results,
+/// and returns their URLs.
+async fn prepare_results(count: usize, shutdown: &CancellationToken) -> (Vec<String>, String) {
+    let source = Bytes::from(noisy_png(600));
+    let source_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source_addr = source_listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/source.png",
+        axum::routing::get(move || {
+            let source = source.clone();
+            async move { ([("content-type", "image/png")], source) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(source_listener, app).await });
+
+    let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_addr = sim_listener.local_addr().unwrap();
+    let config = KieSimConfig {
+        latency_ms: (0, 0),
+        rate_limit: 0,
+        drop_rate: 1.0,
+        image_long_side: 600,
+        ..KieSimConfig::default()
+    };
+    let sim = KieSim::new(config, format!("http://{sim_addr}"));
+    tokio::spawn(sim.clone().serve(sim_listener, shutdown.clone()));
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{sim_addr}");
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let body = json!({"model": "google/nano-banana-edit",
+            "input": {"prompt": "bench", "image_urls": [format!("http://{source_addr}/source.png")]}});
+        let answer: Value = http
+            .post(format!("{base}/api/v1/jobs/createTask"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(answer["data"]["taskId"].as_str().unwrap().to_owned());
+    }
+    let mut urls = Vec::with_capacity(count);
+    for id in ids {
+        loop {
+            let answer: Value = http
+                .get(format!("{base}/api/v1/jobs/recordInfo?taskId={id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if answer["data"]["state"] == "success" {
+                let result: Value =
+                    serde_json::from_str(answer["data"]["resultJson"].as_str().unwrap()).unwrap();
+                urls.push(result["resultUrls"][0].as_str().unwrap().to_owned());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    (urls, sim_addr.to_string())
+}
+
+fn s3_config() -> S3Config {
+    S3Config {
+        endpoint: Url::parse(&std::env::var("DARKROOM_TEST_S3_URL").expect("DARKROOM_TEST_S3_URL"))
+            .unwrap(),
+        region: "us-east-1".to_owned(),
+        bucket: std::env::var("BENCH_BUCKET").expect("BENCH_BUCKET"),
+        access_key_id: "testing".to_owned(),
+        secret_access_key: Secret::new("testing"),
+    }
+}
+
+/// The floor: GET each URL and write the bytes, nothing else.
+async fn floor(urls: &[String], backend: &str, dir: &std::path::Path) -> Duration {
+    let server = Url::parse("http://127.0.0.1:9/").unwrap();
+    let blobs = match backend {
+        "s3" => BlobStore::s3_bucket(&s3_config(), server).unwrap(),
+        _ => BlobStore::local(&dir.join("floor"), server).unwrap(),
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut jobs = tokio::task::JoinSet::new();
+    for (n, url) in urls.iter().enumerate() {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        let (http, blobs, url) = (http.clone(), blobs.clone(), url.clone());
+        jobs.spawn(async move {
+            let bytes = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+            let spec = ObjectSpec {
+                key: format!("generated/floor-{n}.png"),
+                content_type: "image/png",
+                cache_control: "no-cache",
+            };
+            blobs.put(&spec, bytes).await.unwrap();
+            drop(permit);
+        });
+    }
+    while let Some(result) = jobs.join_next().await {
+        result.unwrap();
+    }
+    started.elapsed()
+}
+
+/// darkroom: tasks waiting in `ingesting` with these result URLs, run through the engine.
+async fn darkroom(
+    urls: &[String],
+    backend: &str,
+    dir: &std::path::Path,
+    sim_addr: &str,
+) -> Duration {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("DARKROOM_DATA_DIR", dir.display().to_string()),
+        ("DARKROOM_WORKERS", "false".to_owned()),
+        ("DARKROOM_INGEST_CONCURRENCY", CONCURRENCY.to_string()),
+        ("DARKROOM_LOG", "warn".to_owned()),
+        ("KIE_API_TOKEN", "bench".to_owned()),
+        ("KIE_BASE_URL", format!("http://{sim_addr}")),
+        ("DARKROOM_TRUSTED_FETCH_HOSTS", sim_addr.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if backend == "s3" {
+        let s3 = s3_config();
+        env.insert("R2_ENDPOINT".into(), s3.endpoint.to_string());
+        env.insert("R2_REGION".into(), s3.region);
+        env.insert("R2_BUCKET_NAME".into(), s3.bucket);
+        env.insert("R2_ACCESS_KEY_ID".into(), "testing".into());
+        env.insert("R2_SECRET_ACCESS_KEY".into(), "testing".into());
+    }
+    let config = Config::from_env(&env).unwrap();
+    let app = darkroom::App::build(config, "127.0.0.1:3999".parse().unwrap())
+        .await
+        .unwrap();
+    let repo = app.state.repo.clone();
+    let now = chrono::Utc::now().timestamp_millis();
+    let tasks: Vec<NewTask> = urls
+        .iter()
+        .map(|_| NewTask {
+            id: TaskId::new(),
+            provider: "kie".into(),
+            model: "google/nano-banana-edit".into(),
+            prompt: "bench".into(),
+            source: "bench".into(),
+            image_url: "https://example.com/source.png".into(),
+            input_urls: vec!["https://example.com/source.png".into()],
+            aspect_ratio: "1:1".into(),
+            output_format: "png".into(),
+            priority: 0,
+            batch_id: None,
+            owner: None,
+            callback_token_hash: String::new(),
+            created_at: now,
+        })
+        .collect();
+    repo.insert(&tasks).await.unwrap();
+    for (task, url) in tasks.iter().zip(urls) {
+        let update = TaskUpdate {
+            state: Some(TaskState::Ingesting),
+            result_source_urls: Some(vec![url.clone()]),
+            ..TaskUpdate::default()
+        };
+        repo.update(&task.id, TaskState::Queued, None, &update, now)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let started = Instant::now();
+    app.state.engine.run_pending().await.unwrap();
+    let took = started.elapsed();
+    for task in &tasks {
+        let stored = repo.get(&task.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.state,
+            TaskState::Succeeded,
+            "{:?}",
+            stored.error_message
+        );
+    }
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let mode = args.first().map_or("darkroom", String::as_str).to_owned();
+    let backend = args.get(1).map_or("local", String::as_str).to_owned();
+    let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(200);
+    let shutdown = CancellationToken::new();
+    let (urls, sim_addr) = prepare_results(count, &shutdown).await;
+    let dir = tempfile::tempdir().unwrap();
+    let before = peak_rss_kib();
+    let took = match mode.as_str() {
+        "floor" => floor(&urls, &backend, dir.path()).await,
+        _ => darkroom(&urls, &backend, dir.path(), &sim_addr).await,
+    };
+    let rate = count as f64 / took.as_secs_f64();
+    // One line, machine-readable, for bench/ingest.sh.
+    println!(
+        "RESULT mode={mode} backend={backend} count={count} seconds={:.3} per_second={rate:.1} peak_rss_kib={} rss_before_kib={before}",
+        took.as_secs_f64(),
+        peak_rss_kib()
+    );
+    shutdown.cancel();
+}
