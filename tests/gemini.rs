@@ -477,6 +477,28 @@ async fn a_model_of_the_other_provider_is_refused() {
     assert_eq!(answer["code"], "unsupported_model");
 }
 
+#[tokio::test]
+async fn with_the_bucket_on_s3_gemini_reads_inputs_from_it_and_stores_results_there() {
+    let bucket = common::new_s3_bucket().await;
+    let mut env = common::s3_env(&bucket);
+    // Presigned URLs are how KIE would get the inputs; Gemini reads the bucket instead.
+    env.push(("DARKROOM_INPUT_MODE", "presigned".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = spawn_app(&env).await;
+    let id = one_gemini_task(&app).await;
+    let status = app.wait_final(&id, FINAL).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    let requests = app.gemini_sim.as_ref().unwrap().requests();
+    assert_eq!(requests[0].image_types, ["image/png"]);
+    let all = app.blobs.list("").await.unwrap();
+    assert!(
+        all.contains(&format!("generated/gemini-{id}-0.png")),
+        "{all:?}"
+    );
+    assert!(all.contains(&format!("kie-tasks/{id}.json")), "{all:?}");
+    assert!(!app.dir.path().join("bucket").exists());
+}
+
 // ----- the standalone simulator and the real client path ---------------------------------
 
 struct Running(Child);
