@@ -170,6 +170,15 @@ pub struct KieConfig {
     pub verify_callbacks: bool,
     /// KIE's file upload API (a different host from the jobs API).
     pub upload_base_url: Url,
+    /// Creates allowed per window (KIE: 20 per 10 s per account); 0 means no limit.
+    pub creates_per_window: usize,
+    pub create_window_secs: u64,
+    /// `recordInfo` queries per second (KIE allows 10); 0 means no limit.
+    pub queries_per_second: usize,
+    /// Tasks being created or waiting at KIE at once; 0 means no cap.
+    pub max_in_flight: usize,
+    /// How long a 402 (insufficient credits) pauses submission, seconds.
+    pub credits_pause_secs: u64,
     pub request_timeout_secs: u64,
 }
 
@@ -185,6 +194,8 @@ pub struct SimulatorConfig {
     pub drop_rate: f64,
     /// Share of tasks whose callback arrives before the create answer.
     pub early_callback_rate: f64,
+    /// Creates the simulator accepts per 10 s, as KIE; 0 turns its limit off.
+    pub rate_limit: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -245,6 +256,12 @@ pub struct EngineConfig {
     pub tick_ms: u64,
     /// When a submitted task is first asked about if no callback has come, milliseconds.
     pub first_poll_ms: u64,
+    /// How long a create that got no answer waits for a callback, seconds.
+    pub unconfirmed_window_secs: u64,
+    /// After that window, submit again (the provider may bill twice) instead of failing.
+    pub resubmit_unconfirmed: bool,
+    /// How long in-flight work may take to finish at shutdown, seconds.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -326,6 +343,11 @@ impl Default for KieConfig {
             callback_url: None,
             verify_callbacks: true,
             upload_base_url: Url::parse("https://kieai.redpandaai.co").expect("static URL"),
+            creates_per_window: 20,
+            create_window_secs: 10,
+            queries_per_second: 9,
+            max_in_flight: 200,
+            credits_pause_secs: 300,
             request_timeout_secs: 30,
         }
     }
@@ -340,6 +362,7 @@ impl Default for SimulatorConfig {
             duplicate_count: 2,
             drop_rate: 0.0,
             early_callback_rate: 0.0,
+            rate_limit: 20,
         }
     }
 }
@@ -395,6 +418,9 @@ impl Default for EngineConfig {
             lease_secs: 120,
             tick_ms: 500,
             first_poll_ms: 10_000,
+            unconfirmed_window_secs: 600,
+            resubmit_unconfirmed: false,
+            shutdown_grace_secs: 20,
         }
     }
 }
@@ -474,6 +500,15 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_LEASE_SECS",
     "DARKROOM_TICK_MS",
     "DARKROOM_FIRST_POLL_MS",
+    "DARKROOM_UNCONFIRMED_WINDOW_SECS",
+    "DARKROOM_RESUBMIT_UNCONFIRMED",
+    "DARKROOM_SHUTDOWN_GRACE_SECS",
+    "DARKROOM_KIE_CREATES_PER_WINDOW",
+    "DARKROOM_KIE_CREATE_WINDOW_SECS",
+    "DARKROOM_KIE_QUERIES_PER_SECOND",
+    "DARKROOM_KIE_MAX_IN_FLIGHT",
+    "DARKROOM_KIE_CREDITS_PAUSE_SECS",
+    "DARKROOM_SIM_RATE_LIMIT",
     "DARKROOM_TRUSTED_FETCH_HOSTS",
     "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
     "DARKROOM_FETCH_TIMEOUT_SECS",
@@ -714,6 +749,12 @@ impl Config {
         r.number("DARKROOM_LEASE_SECS", &mut e.lease_secs)?;
         r.number("DARKROOM_TICK_MS", &mut e.tick_ms)?;
         r.number("DARKROOM_FIRST_POLL_MS", &mut e.first_poll_ms)?;
+        r.number(
+            "DARKROOM_UNCONFIRMED_WINDOW_SECS",
+            &mut e.unconfirmed_window_secs,
+        )?;
+        r.flag("DARKROOM_RESUBMIT_UNCONFIRMED", &mut e.resubmit_unconfirmed)?;
+        r.number("DARKROOM_SHUTDOWN_GRACE_SECS", &mut e.shutdown_grace_secs)?;
 
         r.set(
             "DARKROOM_TRUSTED_FETCH_HOSTS",

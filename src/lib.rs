@@ -6,6 +6,7 @@
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod net;
 pub mod providers;
@@ -23,7 +24,9 @@ use url::Url;
 
 use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
 use domain::image::ImageLimits;
+use engine::limits::{ProviderGate, WindowLimiter};
 use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
+use events::EventBus;
 use net::Fetcher;
 use providers::Provider;
 use providers::gemini::{GeminiClient, GeminiSettings};
@@ -184,9 +187,25 @@ impl App {
                 simulator: gemini_simulator.is_some(),
             },
         ];
+        // A margin on the window: the provider counts at arrival, we count at sending.
+        let kie_gate = ProviderGate::new(
+            WindowLimiter::new(
+                config.kie.creates_per_window,
+                Duration::from_secs(config.kie.create_window_secs) + Duration::from_millis(500),
+            ),
+            WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
+            config.kie.max_in_flight,
+        );
+        // Gemini has no documented request window here: its concurrency slots bound it, and
+        // a 429 pauses it like KIE (for Gemini's RetryInfo delay).
+        let gemini_gate = ProviderGate::new(
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            0,
+        );
         let mut registry = ProviderRegistry::new();
-        registry.register(provider, config.engine.dispatch_concurrency);
-        registry.register(gemini, config.gemini.concurrency);
+        registry.register(provider, config.engine.dispatch_concurrency, kie_gate);
+        registry.register(gemini, config.gemini.concurrency, gemini_gate);
 
         let callback_base = match &config.kie.callback_url {
             Some(url) => url.clone(),
@@ -212,13 +231,19 @@ impl App {
             verify_callbacks: config.kie.verify_callbacks,
             first_poll: Duration::from_millis(config.engine.first_poll_ms),
             input_route,
+            unconfirmed_window: Duration::from_secs(config.engine.unconfirmed_window_secs),
+            resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
+            credits_pause: Duration::from_secs(config.kie.credits_pause_secs),
+            shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
         };
+        let events = Arc::new(EventBus::new());
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
             registry,
             fetcher,
             board.clone(),
+            events.clone(),
             settings,
         ));
         let default = provider_info
@@ -378,6 +403,7 @@ async fn start_simulator(
         duplicate_count: config.simulator.duplicate_count,
         drop_rate: config.simulator.drop_rate,
         early_callback_rate: config.simulator.early_callback_rate,
+        rate_limit: config.simulator.rate_limit,
         ..KieSimConfig::default()
     };
     let sim = KieSim::new(sim_config, format!("http://{addr}"));

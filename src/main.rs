@@ -29,9 +29,9 @@ enum Command {
     /// under ./data and the built-in KIE simulator, on 127.0.0.1:3000.
     Serve,
     /// Run the KIE-compatible simulator on its own.
-    KieSim(KieSimArgs),
+    KieSim(Box<KieSimArgs>),
     /// Run the Gemini-compatible simulator (generateContent) on its own.
-    GeminiSim(GeminiSimArgs),
+    GeminiSim(Box<GeminiSimArgs>),
     /// Apply database migrations and exit.
     Migrate,
 }
@@ -76,6 +76,29 @@ struct KieSimArgs {
     /// Base URL for result links (default: http://HOST:PORT).
     #[arg(long)]
     public_url: Option<String>,
+    /// Deliveries of a duplicated callback are random in DUPLICATE_COUNT..=this.
+    #[arg(long, default_value_t = 0)]
+    duplicate_count_max: u32,
+    /// Deliver a duplicated callback's copies all at once.
+    #[arg(long)]
+    concurrent_duplicates: bool,
+    /// Share of creates refused with 429 and Retry-After: 1 (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    http_429_rate: f64,
+    /// Share of creates refused with 500 or 455 (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    server_error_rate: f64,
+    /// Share of creates that make the task but answer only after --timeout-hang-ms (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    timeout_rate: f64,
+    #[arg(long, default_value_t = 60_000)]
+    timeout_hang_ms: u64,
+    /// Extra delay before callbacks, MIN-MAX milliseconds.
+    #[arg(long, default_value = "0")]
+    late_callback_ms: String,
+    /// Delay before serving a result file, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    download_delay_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -151,8 +174,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
-        Command::KieSim(args) => kie_sim(args).await,
-        Command::GeminiSim(args) => gemini_sim(args).await,
+        Command::KieSim(args) => kie_sim(*args).await,
+        Command::GeminiSim(args) => gemini_sim(*args).await,
         Command::Migrate => migrate().await,
     }
 }
@@ -203,6 +226,9 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         ("--duplicate-rate", args.duplicate_rate),
         ("--drop-rate", args.drop_rate),
         ("--early-callback-rate", args.early_callback_rate),
+        ("--http-429-rate", args.http_429_rate),
+        ("--server-error-rate", args.server_error_rate),
+        ("--timeout-rate", args.timeout_rate),
     ] {
         anyhow::ensure!(
             (0.0..=1.0).contains(&rate),
@@ -222,6 +248,15 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         rate_window: Duration::from_secs(10),
         errors_in_body: args.errors_in_body,
         public_url: args.public_url,
+        duplicate_count_max: args.duplicate_count_max,
+        concurrent_duplicates: args.concurrent_duplicates,
+        http_429_rate: args.http_429_rate,
+        server_error_rate: args.server_error_rate,
+        timeout_rate: args.timeout_rate,
+        timeout_hang: Duration::from_millis(args.timeout_hang_ms),
+        late_callback_ms: KieSimConfig::parse_latency(&args.late_callback_ms)
+            .map_err(|e| anyhow::anyhow!("--late-callback-ms: {e}"))?,
+        download_delay_ms: args.download_delay_ms,
         ..KieSimConfig::default()
     };
     let addr = SocketAddr::new(args.host, args.port);

@@ -2,6 +2,7 @@
 //! died mid-call. An asynchronous provider's acceptance makes the task `submitted`; a
 //! synchronous provider's images go straight on to ingest (see `inline.rs`).
 
+use super::limits::ProviderGate;
 use super::{Engine, after, backoff, new_callback_token, now_ms};
 use crate::domain::{Event, TaskState};
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
@@ -160,6 +161,35 @@ impl Engine {
         let now = now_ms();
         let attempts = task.attempts + 1;
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
+        // A 429 or a 402 is about the account, not this task: the whole provider (this task's
+        // provider, not the others) pauses and the task waits its turn again without spending
+        // an attempt.
+        let gate = self.providers.get(&task.provider).map(|p| p.gate());
+        if let Some((gate, (pause, code))) =
+            gate.and_then(|gate| Some((gate, self.account_problem(gate, &error)?)))
+        {
+            gate.pause(pause, code, &error.to_string());
+            let message = match code {
+                "402" => format!(
+                    "the provider reports insufficient credits; submission is paused for {} s: {error}",
+                    pause.as_secs()
+                ),
+                _ => format!(
+                    "the provider is rate limiting; submission is paused for {} s: {error}",
+                    pause.as_secs()
+                ),
+            };
+            let update = TaskUpdate {
+                run_at: Some(after(now, pause)),
+                release_lease: true,
+                error: Some(Some(("provider_paused".to_owned(), message))),
+                ..TaskUpdate::default()
+            };
+            return self
+                .apply(task, Event::RetryLater, true, update)
+                .await
+                .map(|_| ());
+        }
         let (event, update) = match &error {
             ProviderError::Retryable { retry_after, .. }
                 if attempts < self.settings.max_attempts =>
@@ -206,6 +236,30 @@ impl Engine {
             ..update
         };
         self.apply(task, event, true, update).await.map(|_| ())
+    }
+
+    /// A 429 (rate limited) or a 402 (no credits) pauses the provider: for how long.
+    fn account_problem(
+        &self,
+        gate: &ProviderGate,
+        error: &ProviderError,
+    ) -> Option<(std::time::Duration, &'static str)> {
+        match error {
+            ProviderError::Retryable {
+                code, retry_after, ..
+            } if code == "429" => {
+                let window_left = gate.creates.next_free_in();
+                let pause = retry_after
+                    .or(window_left)
+                    .unwrap_or(std::time::Duration::from_secs(10))
+                    .max(std::time::Duration::from_secs(1));
+                Some((pause, "429"))
+            }
+            ProviderError::Permanent { code, .. } if code == "402" => {
+                Some((self.settings.credits_pause, "402"))
+            }
+            _ => None,
+        }
     }
 
     /// A `submitting` task whose lease ran out: its create may or may not have reached the

@@ -1,6 +1,6 @@
 //! Ingest of images a synchronous provider returned inside its answer. They exist only in
 //! this worker's memory, so the worker that received them stores them at once, holding the
-//! task's lease throughout: the same checks, the same deterministic keys, the same events
+//! task's lease throughout (the job's heartbeat extends it): the same checks, the same deterministic keys, the same events
 //! and record as downloaded results. A storage hiccup is retried here, with the bytes at
 //! hand; a task found `ingesting` by anyone else has lost its images and fails saying so.
 
@@ -32,7 +32,8 @@ impl Engine {
             submitted_at: Some(now),
             add_attempt: true,
             error: Some(None),
-            lease_until: Some(after(now, self.settings.lease)),
+            // Not due for the ingest workers: this one stores the images (the job's
+            // heartbeat keeps the lease), and only if it dies does the lease run out.
             run_at: Some(after(now, self.settings.lease)),
             ..TaskUpdate::default()
         };
@@ -80,12 +81,10 @@ impl Engine {
                     .map(|_| ());
             }
             let wait = backoff(attempt.min(MAX_STORE_BACKOFF_STEP), None);
-            let now = now_ms();
-            // The lease must outlast the wait and the next try.
+            // The lease stays (the heartbeat extends it); the error shows why it waits.
             let keep = TaskUpdate {
                 error,
-                lease_until: Some(after(now, wait + self.settings.lease)),
-                run_at: Some(after(now, wait + self.settings.lease)),
+                run_at: Some(after(now_ms(), wait + self.settings.lease)),
                 ..TaskUpdate::default()
             };
             match self.touch(&task, keep).await? {

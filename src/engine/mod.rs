@@ -8,6 +8,7 @@ mod dispatch;
 mod ingest;
 mod inline;
 mod inputs;
+pub mod limits;
 mod reconcile;
 mod registry;
 
@@ -29,12 +30,14 @@ use url::Url;
 use crate::domain::image::ImageLimits;
 use crate::domain::task::transition;
 use crate::domain::{Event, TaskId, TaskState};
+use crate::events::EventBus;
 use crate::net::Fetcher;
 use crate::providers::Delivery;
 use crate::providers::kie::{CostUnit, Record};
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use limits::Pause;
 use registry::Pool;
 
 /// Knobs the engine runs with, derived from configuration.
@@ -60,6 +63,15 @@ pub struct EngineSettings {
     pub first_poll: Duration,
     /// How input images reach the provider.
     pub input_route: InputRoute,
+    /// How long a create with no answer (timeout after sending) waits for a callback
+    /// before it is settled.
+    pub unconfirmed_window: Duration,
+    /// Settle an unconfirmed create by submitting again (may bill twice) instead of failing.
+    pub resubmit_unconfirmed: bool,
+    /// How long a 402 (no credits) pauses submission.
+    pub credits_pause: Duration,
+    /// How long in-flight jobs may take to finish at shutdown.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +82,14 @@ pub enum EngineError {
     ProviderIdMismatch { given: String, known: String },
     #[error("the callback body has no data object")]
     MalformedCallback,
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {id} is {state}; {action} is not possible")]
+    Conflict {
+        id: TaskId,
+        state: TaskState,
+        action: &'static str,
+    },
 }
 
 /// What a claimed task needs.
@@ -96,6 +116,7 @@ pub struct Engine {
     providers: ProviderRegistry,
     fetcher: Fetcher,
     board: Arc<StatusBoard>,
+    events: Arc<EventBus>,
     settings: EngineSettings,
     reconcile_slots: Pool,
     ingest_slots: Pool,
@@ -151,9 +172,11 @@ impl Engine {
         providers: ProviderRegistry,
         fetcher: Fetcher,
         board: Arc<StatusBoard>,
+        events: Arc<EventBus>,
         settings: EngineSettings,
     ) -> Self {
         Self {
+            events,
             reconcile_slots: Pool::new(settings.dispatch_concurrency),
             ingest_slots: Pool::new(settings.ingest_concurrency),
             repo,
@@ -185,13 +208,92 @@ impl Engine {
             .map_or(Delivery::Later, |p| p.provider().delivery())
     }
 
-    /// The lease for a call to `provider`: the configured lease, or longer when the call
-    /// itself may take longer.
-    fn lease_for(&self, provider: &Registered) -> Duration {
-        const MARGIN: Duration = Duration::from_secs(30);
-        self.settings
-            .lease
-            .max(provider.provider().max_submit_duration() + MARGIN)
+    /// Why submission to `provider` is paused right now, if it is.
+    pub fn provider_pause(&self, provider: &str) -> Option<Pause> {
+        self.providers.get(provider).and_then(|p| p.gate().paused())
+    }
+
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// Cancels a task that has not finished. Queued tasks are never submitted; for tasks
+    /// already at the provider, a late result is discarded (ingest refuses a canceled task).
+    pub async fn cancel(&self, id: &TaskId) -> Result<Task, EngineError> {
+        // A claim may move the task between our read and our write: try a few times.
+        for _ in 0..5 {
+            let task = self
+                .repo
+                .get(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+            if task.state.is_terminal() {
+                return Err(EngineError::Conflict {
+                    id: id.clone(),
+                    state: task.state,
+                    action: "cancel",
+                });
+            }
+            let update = TaskUpdate {
+                error: Some(Some((
+                    "canceled".to_owned(),
+                    "canceled by the client".to_owned(),
+                ))),
+                ..TaskUpdate::default()
+            };
+            if let Some(canceled) = self.apply(&task, Event::Cancel, false, update).await? {
+                return Ok(canceled);
+            }
+        }
+        let task = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        Err(EngineError::Conflict {
+            id: id.clone(),
+            state: task.state,
+            action: "cancel",
+        })
+    }
+
+    /// Tries a failed or expired task again as a new task with the same inputs (a
+    /// finished task never changes state again); returns the new task.
+    pub async fn retry(&self, id: &TaskId) -> Result<Task, EngineError> {
+        let task = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        if !matches!(task.state, TaskState::Failed | TaskState::Expired) {
+            return Err(EngineError::Conflict {
+                id: id.clone(),
+                state: task.state,
+                action: "retry",
+            });
+        }
+        let new = NewTask {
+            id: TaskId::new(),
+            provider: task.provider.clone(),
+            model: task.model.clone(),
+            prompt: task.prompt.clone(),
+            source: task.source.clone(),
+            image_url: task.image_url.clone(),
+            input_urls: task.input_urls.clone(),
+            aspect_ratio: task.aspect_ratio.clone(),
+            output_format: task.output_format.clone(),
+            priority: task.priority,
+            batch_id: task.batch_id.clone(),
+            owner: task.owner.clone(),
+            callback_token_hash: String::new(),
+            created_at: now_ms(),
+            retry_of: Some(task.id.clone()),
+        };
+        let mut stored = self.enqueue(std::slice::from_ref(&new)).await?;
+        tracing::info!(task_id = %new.id, retry_of = %task.id, "task retried as a new task");
+        stored
+            .pop()
+            .ok_or_else(|| EngineError::NotFound(new.id.clone()))
     }
 
     /// Queues new tasks (one transaction) and wakes the dispatcher.
@@ -201,6 +303,7 @@ impl Engine {
         for new in tasks {
             if let Some(task) = self.repo.get(&new.id).await? {
                 self.board.update(&task);
+                self.events.publish(&task);
                 stored.push(task);
             }
         }
@@ -284,6 +387,7 @@ impl Engine {
     /// Every state change refreshes the status answer and rewrites the bucket record.
     async fn published(&self, task: &Task) {
         self.board.update(task);
+        self.events.publish(task);
         write_record(&self.blobs, task).await;
     }
 
@@ -341,13 +445,23 @@ impl Engine {
             self.reconcile_slots.drain().await;
             self.ingest_slots.drain().await;
         };
-        if tokio::time::timeout(Duration::from_secs(20), drain)
+        if tokio::time::timeout(self.settings.shutdown_grace, drain)
             .await
             .is_err()
         {
-            tracing::warn!(
-                "shutdown: in-flight jobs still running; their leases will expire and another worker will pick them up"
-            );
+            // Hand the work back now rather than when the leases run out. A create that is
+            // still in flight keeps its lease: whether it reached the provider is unknown.
+            match self.repo.release_leases(&self.settings.worker_id).await {
+                Ok(released) => tracing::warn!(
+                    released,
+                    "shutdown: jobs still running after the grace period; their tasks were released for another worker"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "shutdown: releasing leases failed; they will expire");
+                }
+            }
+        } else {
+            tracing::info!("shutdown: in-flight work finished");
         }
     }
 
@@ -393,15 +507,18 @@ impl Engine {
         match work {
             Work::Dispatch => {
                 for provider in self.providers.iter() {
-                    let permits = provider.pool().take_free();
-                    if permits.is_empty() {
+                    let mut permits = provider.pool().take_free();
+                    // Create slots are reserved here; what the queue does not use goes back.
+                    let room = self.dispatch_room(provider, permits.len()).await?;
+                    if room == 0 {
                         continue;
                     }
-                    let until = after(now, self.lease_for(provider));
+                    permits.truncate(room);
                     let queued = self
                         .repo
-                        .claim_queued(provider.name(), now, permits.len(), &worker, until)
+                        .claim_queued(provider.name(), now, room, &worker, lease_until)
                         .await?;
+                    provider.gate().creates.release(room - queued.len());
                     // Unused permits go back when the rest of the vector drops.
                     for (task, permit) in queued.into_iter().zip(permits) {
                         self.clone()
@@ -427,19 +544,42 @@ impl Engine {
             }
             Work::Reconcile => {
                 let mut permits = self.reconcile_slots.take_free();
+                // Queries are reserved from every provider that is ever asked (those that
+                // report later); each gives back what its tasks did not use.
+                let askable: Vec<&Registered> = self
+                    .providers
+                    .iter()
+                    .filter(|p| p.provider().delivery() == Delivery::Later)
+                    .collect();
+                let room = askable
+                    .iter()
+                    .map(|p| p.gate().queries.reserve(permits.len()))
+                    .min()
+                    .unwrap_or(0);
+                permits.truncate(room);
+                let mut claimed: Vec<Task> = Vec::new();
                 for state in [TaskState::Submitted, TaskState::Running] {
-                    if permits.is_empty() {
+                    let left = room - claimed.len();
+                    if left == 0 {
                         break;
                     }
-                    let due = self
-                        .repo
-                        .claim_due(state, now, permits.len(), &worker, lease_until)
-                        .await?;
-                    for task in due {
-                        let permit = permits.pop();
-                        self.clone()
-                            .start(&mut jobs, work, task, Job::Reconcile, permit);
-                    }
+                    claimed.extend(
+                        self.repo
+                            .claim_due(state, now, left, &worker, lease_until)
+                            .await?,
+                    );
+                }
+                for provider in &askable {
+                    let used = claimed
+                        .iter()
+                        .filter(|t| t.provider == provider.name())
+                        .count();
+                    provider.gate().queries.release(room.saturating_sub(used));
+                }
+                for task in claimed {
+                    let permit = permits.pop();
+                    self.clone()
+                        .start(&mut jobs, work, task, Job::Reconcile, permit);
                 }
             }
             Work::Ingest => {
@@ -477,16 +617,24 @@ impl Engine {
     ) {
         jobs.spawn(async move {
             let id = task.id.clone();
-            let result = match job {
-                Job::Submit => self.submit(task).await,
-                Job::SettleInterrupted => self.settle_interrupted(&task).await,
-                Job::Reconcile => self.reconcile(task).await,
-                // Inline results live only in the memory of the dispatcher that received
-                // them; a task found here without one has lost them.
-                Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
-                    self.inline_results_lost(&task).await
+            let job_future = async {
+                match job {
+                    Job::Submit => self.submit(task).await,
+                    Job::SettleInterrupted => self.settle_interrupted(&task).await,
+                    Job::Reconcile => self.reconcile(task).await,
+                    // Inline results live only in the memory of the dispatcher that received
+                    // them; a task found here without one has lost them.
+                    Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
+                        self.inline_results_lost(&task).await
+                    }
+                    Job::Ingest => self.ingest(task).await,
                 }
-                Job::Ingest => self.ingest(task).await,
+            };
+            // The heartbeat keeps the lease alive while the job runs (a slow provider, a
+            // minute-long generation, a large download), so no other worker takes the task.
+            let result = tokio::select! {
+                result = job_future => result,
+                () = self.heartbeat(&id) => Ok(()),
             };
             if let Err(e) = result {
                 tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
@@ -499,6 +647,48 @@ impl Engine {
             };
             wake.notify_one();
         });
+    }
+
+    /// How many queued tasks of `provider` may be claimed now: free call slots, within the
+    /// provider's limits. Create slots are reserved here.
+    async fn dispatch_room(
+        &self,
+        provider: &Registered,
+        free_slots: usize,
+    ) -> Result<usize, RepoError> {
+        if free_slots == 0 {
+            return Ok(0);
+        }
+        let gate = provider.gate();
+        if gate.paused().is_some() {
+            return Ok(0);
+        }
+        let mut room = free_slots;
+        if gate.max_in_flight > 0 {
+            let in_flight = self.repo.count_in_flight(provider.name()).await?;
+            room = room.min(gate.max_in_flight.saturating_sub(in_flight));
+        }
+        Ok(gate.creates.reserve(room))
+    }
+
+    /// Extends this worker's lease on `id` every third of the lease; never returns.
+    async fn heartbeat(&self, id: &TaskId) {
+        let period = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let until = after(now_ms(), self.settings.lease);
+            match self
+                .repo
+                .extend_lease(id, &self.settings.worker_id, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(task_id = %id, "lease lost while working; the result of this job will be refused");
+                }
+                Err(e) => tracing::warn!(task_id = %id, error = %e, "extending the lease failed"),
+            }
+        }
     }
 
     /// Runs every kind of due work until none is left, waiting for each job. For tests and

@@ -25,6 +25,18 @@ impl Engine {
         let now = now_ms();
         let since = task.submitted_at.unwrap_or(task.created_at);
         let age = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+        let later = TaskUpdate {
+            run_at: Some(after(now, next_poll_delay(age))),
+            release_lease: true,
+            ..TaskUpdate::default()
+        };
+        // After an unconfirmed create there is no id to ask about: only a callback can tell.
+        let Some(provider_task_id) = task.provider_task_id.clone() else {
+            if age >= self.settings.unconfirmed_window {
+                return self.settle_unconfirmed(&task).await;
+            }
+            return self.touch(&task, later).await.map(|_| ());
+        };
         if age >= self.settings.task_deadline {
             let minutes = self.settings.task_deadline.as_secs() / 60;
             let update = TaskUpdate {
@@ -39,15 +51,6 @@ impl Engine {
                 .await
                 .map(|_| ());
         }
-        let later = TaskUpdate {
-            run_at: Some(after(now, next_poll_delay(age))),
-            release_lease: true,
-            ..TaskUpdate::default()
-        };
-        // After an ambiguous create there is no id to ask about: only a callback can tell.
-        let Some(provider_task_id) = task.provider_task_id.clone() else {
-            return self.touch(&task, later).await.map(|_| ());
-        };
         // Only providers that report later can be asked; a task of any other is left to
         // its deadline (the dispatcher never leaves one in this state).
         let Some(provider) = self
@@ -75,6 +78,42 @@ impl Engine {
                 self.touch(&task, update).await.map(|_| ())
             }
         }
+    }
+
+    /// The window for a create with no answer has passed and no callback named the task.
+    async fn settle_unconfirmed(&self, task: &Task) -> Result<(), RepoError> {
+        if self.settings.resubmit_unconfirmed {
+            tracing::warn!(task_id = %task.id, "unconfirmed create: submitting again as configured (the provider may bill twice)");
+            let update = TaskUpdate {
+                run_at: Some(now_ms()),
+                release_lease: true,
+                error: Some(Some((
+                    "resubmitted_unconfirmed".to_owned(),
+                    "the first create got no answer and no callback came; submitted again"
+                        .to_owned(),
+                ))),
+                ..TaskUpdate::default()
+            };
+            let moved = self.apply(task, Event::Resubmit, true, update).await?;
+            if moved.is_some() {
+                self.dispatch_wake.notify_one();
+            }
+            return Ok(());
+        }
+        let minutes = self.settings.unconfirmed_window.as_secs().div_ceil(60);
+        let update = TaskUpdate {
+            error: Some(Some((
+                "submit_unconfirmed".to_owned(),
+                format!(
+                    "the create request got no answer and the provider never called back within {minutes} min; \
+                     it was not resubmitted, to avoid paying twice (DARKROOM_RESUBMIT_UNCONFIRMED)"
+                ),
+            ))),
+            ..TaskUpdate::default()
+        };
+        self.apply(task, Event::ProviderFailed, true, update)
+            .await
+            .map(|_| ())
     }
 
     /// Moves a task according to the provider's word, from a query or a trusted callback.

@@ -1,11 +1,13 @@
 //! The providers the engine dispatches to, found by the name each task stores, each with its
-//! own bound on concurrent calls: a minute-long Gemini generation holds a Gemini slot, never
-//! one that KIE tasks wait for.
+//! own bound on concurrent calls and its own limits (rate windows, in-flight cap, pause): a
+//! minute-long Gemini generation holds a Gemini slot, and a Gemini 429 pauses Gemini, never
+//! anything KIE tasks wait for.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::limits::ProviderGate;
 use crate::providers::Provider;
 
 /// A semaphore with the size it was made with (for draining it at shutdown).
@@ -35,10 +37,11 @@ impl Pool {
     }
 }
 
-/// One provider and its call slots.
+/// One provider, its call slots and its limits.
 pub struct Registered {
     provider: Arc<dyn Provider>,
     pool: Pool,
+    gate: ProviderGate,
 }
 
 impl Registered {
@@ -52,6 +55,10 @@ impl Registered {
 
     pub(super) fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn gate(&self) -> &ProviderGate {
+        &self.gate
     }
 }
 
@@ -67,13 +74,19 @@ impl ProviderRegistry {
         Self::default()
     }
 
-    /// Adds `provider` with at most `concurrency` calls at once. A second provider of the
-    /// same name replaces the first.
-    pub fn register(&mut self, provider: Arc<dyn Provider>, concurrency: usize) {
+    /// Adds `provider` with at most `concurrency` calls at once, within `gate`'s limits. A
+    /// second provider of the same name replaces the first.
+    pub fn register(
+        &mut self,
+        provider: Arc<dyn Provider>,
+        concurrency: usize,
+        gate: ProviderGate,
+    ) {
         self.entries.retain(|e| e.name() != provider.name());
         self.entries.push(Registered {
             provider,
             pool: Pool::new(concurrency.max(1)),
+            gate,
         });
     }
 

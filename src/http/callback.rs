@@ -15,7 +15,7 @@ use super::error::{ApiError, parse_json};
 use crate::AppState;
 use crate::config::Config;
 use crate::domain::TaskId;
-use crate::engine::{EngineError, token_matches};
+use crate::engine::token_matches;
 use crate::storage::Task;
 
 pub fn router(config: &Config) -> Router<AppState> {
@@ -83,21 +83,9 @@ async fn accept(
     body: &Value,
     authenticated: bool,
 ) -> Result<Json<Value>, ApiError> {
-    match state
+    state
         .engine
         .accept_callback(task, body, authenticated)
-        .await
-    {
-        Ok(()) => Ok(Json(json!({"success": true, "taskId": task.id}))),
-        Err(EngineError::MalformedCallback) => Err(ApiError::bad_request(
-            "invalid_callback",
-            "the callback body must be KIE's envelope with a data object",
-        )),
-        Err(e @ EngineError::ProviderIdMismatch { .. }) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "task_mismatch",
-            e.to_string(),
-        )),
-        Err(EngineError::Repo(e)) => Err(e.into()),
-    }
+        .await?;
+    Ok(Json(json!({"success": true, "taskId": task.id})))
 }

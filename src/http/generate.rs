@@ -83,6 +83,7 @@ async fn generate(
             // No token exists until the dispatcher issues one with the create call.
             callback_token_hash: String::new(),
             created_at: now,
+            retry_of: None,
         });
     }
     state.engine.enqueue(&tasks).await?;

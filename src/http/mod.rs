@@ -6,6 +6,7 @@ mod files;
 mod generate;
 mod health;
 mod status;
+mod tasks;
 mod ui;
 mod upload;
 
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(generate::router())
         .merge(callback::router(&config))
         .merge(status::router())
+        .merge(tasks::router())
         .merge(health::router())
         .merge(files::router())
         .merge(ui::router())

@@ -86,6 +86,15 @@ impl GeminiClient {
         })
     }
 
+    /// The longest a `submit` may take: reading inputs, the call, re-encoding. The job's
+    /// heartbeat keeps the task leased meanwhile; this bound keeps the job finite.
+    fn max_submit_duration(&self) -> Duration {
+        self.settings.inputs_timeout
+            + CONNECT_TIMEOUT
+            + self.settings.request_timeout
+            + LOCAL_WORK_BUDGET
+    }
+
     fn endpoint(&self, model: &str) -> String {
         format!(
             "{}/v1beta/models/{model}:generateContent",
@@ -306,15 +315,8 @@ impl Provider for GeminiClient {
         true
     }
 
-    fn max_submit_duration(&self) -> Duration {
-        self.settings.inputs_timeout
-            + CONNECT_TIMEOUT
-            + self.settings.request_timeout
-            + LOCAL_WORK_BUDGET
-    }
-
     async fn submit(&self, request: &SubmitRequest) -> Result<Submission, ProviderError> {
-        // The whole call stays within the budget the dispatcher's lease is sized for.
+        // A bound on the whole call, inputs included, whatever the individual timeouts do.
         let budget = self.max_submit_duration();
         match tokio::time::timeout(budget, self.generate(request)).await {
             Ok(outcome) => outcome,

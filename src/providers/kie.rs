@@ -25,15 +25,12 @@ const BROWSER_LIKE_AGENT: &str = concat!(
 /// KIE's answers are small JSON envelopes; anything bigger is not one.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct KieClient {
     http: reqwest::Client,
     base_url: Url,
     /// KIE's file upload API lives on another host.
     upload_base_url: Url,
     token: Secret,
-    timeout: Duration,
 }
 
 impl KieClient {
@@ -44,7 +41,7 @@ impl KieClient {
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)
             // The base URL is operator configuration; a proxy variable must not divert it.
             .no_proxy()
@@ -56,7 +53,6 @@ impl KieClient {
             base_url,
             upload_base_url,
             token,
-            timeout,
         })
     }
 
@@ -201,10 +197,6 @@ impl Provider for KieClient {
 
     fn delivery(&self) -> Delivery {
         Delivery::Later
-    }
-
-    fn max_submit_duration(&self) -> Duration {
-        CONNECT_TIMEOUT + self.timeout
     }
 
     async fn submit(&self, request: &SubmitRequest) -> Result<Submission, ProviderError> {

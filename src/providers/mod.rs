@@ -124,10 +124,6 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
-    /// The longest a `submit` call may take, inputs included. The dispatcher's lease on a
-    /// task outlasts it, so no other worker takes a task whose call is still running.
-    fn max_submit_duration(&self) -> Duration;
-
     /// Hands the task to the provider.
     async fn submit(&self, request: &SubmitRequest) -> Result<Submission, ProviderError>;
 

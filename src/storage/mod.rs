@@ -7,4 +7,4 @@ pub mod repo;
 pub mod sqlite;
 
 pub use blob::{BlobError, BlobStore};
-pub use repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
