@@ -44,10 +44,10 @@ use registry::Pool;
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
     pub worker_id: String,
-    /// How long a claim lasts. A provider call gets at least its own longest duration on
-    /// top, so a slow synchronous generation is never taken over mid-call.
+    /// How long a claim lasts without a heartbeat; a running job renews it every third.
     pub lease: Duration,
-    /// Concurrent provider queries (the reconciler) and settlements of interrupted creates.
+    /// Concurrent status queries (the reconciler) and settlements of interrupted creates.
+    /// Each provider's own call slots are set when it is registered.
     pub dispatch_concurrency: usize,
     pub ingest_concurrency: usize,
     pub max_attempts: u32,
