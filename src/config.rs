@@ -50,11 +50,14 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The provider a generation request gets when it names none: `kie` or `gemini`.
+    pub default_provider: String,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub kie: KieConfig,
     pub simulator: SimulatorConfig,
+    pub gemini: GeminiConfig,
     pub limits: LimitsConfig,
     pub engine: EngineConfig,
     pub fetch: FetchConfig,
@@ -197,6 +200,38 @@ pub struct SimulatorConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct GeminiConfig {
+    /// Setting it switches Gemini from the built-in simulator to Google's API.
+    pub api_key: Option<Secret>,
+    pub base_url: Url,
+    /// The model every Gemini task uses.
+    pub model: String,
+    /// One `generateContent` call, seconds: generation can take a minute.
+    pub request_timeout_secs: u64,
+    /// Gemini calls at once; other providers' tasks never wait for these slots.
+    pub concurrency: usize,
+    /// Gemini's inline request limit: the prompt plus the base64 input images, bytes.
+    pub max_request_bytes: u64,
+    pub simulator: GeminiSimulatorConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeminiSimulatorConfig {
+    /// Generation time of the built-in Gemini simulator, `MIN-MAX` milliseconds.
+    pub latency_ms: String,
+    /// Share of prompts blocked (`promptFeedback.blockReason`).
+    pub block_rate: f64,
+    /// Share of answers stopped by `finishReason: IMAGE_SAFETY`.
+    pub image_safety_rate: f64,
+    /// Share of text-only answers.
+    pub text_only_rate: f64,
+    /// HTTP errors answered at these rates, `STATUS=RATE,…` (400 403 404 429 500 503 504).
+    pub errors: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_upload_bytes: u64,
     pub max_upload_files: usize,
@@ -252,11 +287,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            default_provider: crate::providers::kie::NAME.to_owned(),
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
             kie: KieConfig::default(),
             simulator: SimulatorConfig::default(),
+            gemini: GeminiConfig::default(),
             limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
             fetch: FetchConfig::default(),
@@ -326,6 +363,32 @@ impl Default for SimulatorConfig {
             drop_rate: 0.0,
             early_callback_rate: 0.0,
             rate_limit: 20,
+        }
+    }
+}
+
+impl Default for GeminiConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: Url::parse(crate::providers::gemini::DEFAULT_BASE_URL).expect("static URL"),
+            model: crate::providers::gemini::DEFAULT_MODEL.to_owned(),
+            request_timeout_secs: 120,
+            concurrency: 4,
+            max_request_bytes: 20 * 1024 * 1024,
+            simulator: GeminiSimulatorConfig::default(),
+        }
+    }
+}
+
+impl Default for GeminiSimulatorConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: "2000-6000".to_owned(),
+            block_rate: 0.0,
+            image_safety_rate: 0.0,
+            text_only_rate: 0.0,
+            errors: String::new(),
         }
     }
 }
@@ -412,6 +475,16 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_SIM_DROP_RATE",
     "DARKROOM_SIM_DUPLICATE_COUNT",
     "DARKROOM_SIM_EARLY_CALLBACK_RATE",
+    "DARKROOM_DEFAULT_PROVIDER",
+    "DARKROOM_GEMINI_MODEL",
+    "DARKROOM_GEMINI_TIMEOUT_SECS",
+    "DARKROOM_GEMINI_CONCURRENCY",
+    "DARKROOM_GEMINI_MAX_REQUEST_BYTES",
+    "DARKROOM_GEMINI_SIM_LATENCY_MS",
+    "DARKROOM_GEMINI_SIM_BLOCK_RATE",
+    "DARKROOM_GEMINI_SIM_IMAGE_SAFETY_RATE",
+    "DARKROOM_GEMINI_SIM_TEXT_ONLY_RATE",
+    "DARKROOM_GEMINI_SIM_ERRORS",
     "DARKROOM_MAX_UPLOAD_BYTES",
     "DARKROOM_MAX_UPLOAD_FILES",
     "DARKROOM_MAX_RESULT_BYTES",
@@ -660,6 +733,7 @@ impl Config {
             "DARKROOM_SIM_EARLY_CALLBACK_RATE",
             &mut self.simulator.early_callback_rate,
         )?;
+        self.apply_gemini_env(&r)?;
 
         let l = &mut self.limits;
         r.number("DARKROOM_MAX_UPLOAD_BYTES", &mut l.max_upload_bytes)?;
@@ -710,6 +784,123 @@ impl Config {
             Ok(v.to_owned())
         })?;
         Ok(())
+    }
+
+    /// Provider choice and the Gemini client and simulator.
+    fn apply_gemini_env(&mut self, r: &EnvReader<'_>) -> Result<(), ConfigError> {
+        r.set(
+            "DARKROOM_DEFAULT_PROVIDER",
+            &mut self.default_provider,
+            |v| Ok(v.to_ascii_lowercase()),
+        )?;
+        let g = &mut self.gemini;
+        r.set("GEMINI_API_KEY", &mut g.api_key, |v| {
+            Ok(Some(Secret::new(v)))
+        })?;
+        r.url("GEMINI_BASE_URL", &mut g.base_url)?;
+        r.set("DARKROOM_GEMINI_MODEL", &mut g.model, |v| Ok(v.to_owned()))?;
+        r.number("DARKROOM_GEMINI_TIMEOUT_SECS", &mut g.request_timeout_secs)?;
+        r.number("DARKROOM_GEMINI_CONCURRENCY", &mut g.concurrency)?;
+        r.number(
+            "DARKROOM_GEMINI_MAX_REQUEST_BYTES",
+            &mut g.max_request_bytes,
+        )?;
+        let s = &mut g.simulator;
+        r.set("DARKROOM_GEMINI_SIM_LATENCY_MS", &mut s.latency_ms, |v| {
+            parse_latency_ms(v).map(|_| v.to_owned())
+        })?;
+        r.number("DARKROOM_GEMINI_SIM_BLOCK_RATE", &mut s.block_rate)?;
+        r.number(
+            "DARKROOM_GEMINI_SIM_IMAGE_SAFETY_RATE",
+            &mut s.image_safety_rate,
+        )?;
+        r.number("DARKROOM_GEMINI_SIM_TEXT_ONLY_RATE", &mut s.text_only_rate)?;
+        r.set("DARKROOM_GEMINI_SIM_ERRORS", &mut s.errors, |v| {
+            crate::providers::sim::gemini::parse_error_rates(v).map(|_| v.to_owned())
+        })?;
+        Ok(())
+    }
+
+    /// Checks the provider and Gemini keys (the model name goes into a URL path).
+    fn validate_gemini(&self) -> Result<(), ConfigError> {
+        let providers = [crate::providers::kie::NAME, crate::providers::gemini::NAME];
+        if !providers.contains(&self.default_provider.as_str()) {
+            return Err(invalid(
+                "default_provider (DARKROOM_DEFAULT_PROVIDER)",
+                format!(
+                    "= {:?} must be one of {}",
+                    self.default_provider,
+                    providers.join(", ")
+                ),
+            ));
+        }
+        let model = &self.gemini.model;
+        let model_ok = !model.is_empty()
+            && model.len() <= 100
+            && model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !model_ok {
+            return Err(invalid(
+                "gemini.model (DARKROOM_GEMINI_MODEL)",
+                format!("= {model:?} must be a model name like gemini-2.5-flash-image"),
+            ));
+        }
+        let sim = &self.gemini.simulator;
+        parse_latency_ms(&sim.latency_ms).map_err(|p| {
+            invalid(
+                "gemini.simulator.latency_ms (DARKROOM_GEMINI_SIM_LATENCY_MS)",
+                p,
+            )
+        })?;
+        crate::providers::sim::gemini::parse_error_rates(&sim.errors).map_err(|p| {
+            invalid(
+                "gemini.simulator.errors (DARKROOM_GEMINI_SIM_ERRORS)",
+                format!("= {:?}: {p}", sim.errors),
+            )
+        })?;
+        for (key, rate) in [
+            (
+                "gemini.simulator.block_rate (DARKROOM_GEMINI_SIM_BLOCK_RATE)",
+                sim.block_rate,
+            ),
+            (
+                "gemini.simulator.image_safety_rate (DARKROOM_GEMINI_SIM_IMAGE_SAFETY_RATE)",
+                sim.image_safety_rate,
+            ),
+            (
+                "gemini.simulator.text_only_rate (DARKROOM_GEMINI_SIM_TEXT_ONLY_RATE)",
+                sim.text_only_rate,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid(key, format!("= {rate} must be between 0 and 1")));
+            }
+        }
+        for (key, value) in [
+            (
+                "gemini.request_timeout_secs (DARKROOM_GEMINI_TIMEOUT_SECS)",
+                self.gemini.request_timeout_secs,
+            ),
+            (
+                "gemini.concurrency (DARKROOM_GEMINI_CONCURRENCY)",
+                self.gemini.concurrency as u64,
+            ),
+            (
+                "gemini.max_request_bytes (DARKROOM_GEMINI_MAX_REQUEST_BYTES)",
+                self.gemini.max_request_bytes,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether Gemini is served by the built-in simulator (no `GEMINI_API_KEY`).
+    pub fn gemini_simulated(&self) -> bool {
+        self.gemini.api_key.is_none()
     }
 
     /// The original service's R2 variables: an account id gives Cloudflare's endpoint;
@@ -763,6 +954,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_gemini()?;
         parse_latency_ms(&self.simulator.latency_ms)
             .map_err(|p| invalid("simulator.latency_ms (DARKROOM_SIM_LATENCY_MS)", p))?;
         for (key, rate) in [
@@ -1016,6 +1208,37 @@ mod tests {
         }
         let err = Config::from_env(&env(&[("R2_BUCKET_NAME", "b")])).unwrap_err();
         assert!(err.to_string().contains("R2_ACCOUNT_ID"), "{err}");
+    }
+
+    #[test]
+    fn gemini_is_simulated_until_a_key_is_set() {
+        let config = Config::from_env(&env(&[])).unwrap();
+        assert!(config.gemini_simulated());
+        assert_eq!(config.default_provider, "kie");
+        assert_eq!(config.gemini.model, "gemini-2.5-flash-image");
+        let config = Config::from_env(&env(&[
+            ("GEMINI_API_KEY", "g-secret"),
+            ("GEMINI_BASE_URL", "http://127.0.0.1:9091"),
+            ("DARKROOM_DEFAULT_PROVIDER", "Gemini"),
+            ("DARKROOM_GEMINI_SIM_ERRORS", "429=0.5,503=0.1"),
+        ]))
+        .unwrap();
+        assert!(!config.gemini_simulated());
+        assert_eq!(config.default_provider, "gemini");
+        assert!(!format!("{config:?}").contains("g-secret"));
+        for (key, value) in [
+            ("DARKROOM_DEFAULT_PROVIDER", "openai"),
+            ("DARKROOM_GEMINI_MODEL", "../x"),
+            ("DARKROOM_GEMINI_SIM_ERRORS", "418=1"),
+            ("DARKROOM_GEMINI_SIM_BLOCK_RATE", "1.5"),
+            ("DARKROOM_GEMINI_CONCURRENCY", "0"),
+            ("GEMINI_BASE_URL", "nowhere"),
+        ] {
+            let err = Config::from_env(&env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::{Event, TaskState};
-use crate::providers::RemoteStatus;
+use crate::providers::{Delivery, RemoteStatus};
 use crate::storage::{RepoError, Task, TaskUpdate};
 
 /// KIE's guidance: every few seconds at first, backing off to 15–30 s after two minutes.
@@ -51,7 +51,18 @@ impl Engine {
                 .await
                 .map(|_| ());
         }
-        match self.provider.query(&provider_task_id).await {
+        // Only providers that report later can be asked; a task of any other is left to
+        // its deadline (the dispatcher never leaves one in this state).
+        let Some(provider) = self
+            .providers
+            .get(&task.provider)
+            .map(|p| p.provider().clone())
+            .filter(|p| p.delivery() == Delivery::Later)
+        else {
+            tracing::warn!(task_id = %task.id, provider = %task.provider, "no provider to ask about this task; waiting for its deadline");
+            return self.touch(&task, later).await.map(|_| ());
+        };
+        match provider.query(&provider_task_id).await {
             Ok(status) => self.apply_remote(&task, status, true).await,
             Err(error) => {
                 tracing::warn!(task_id = %task.id, error = %error, "provider query failed");
@@ -158,7 +169,7 @@ impl Engine {
                         "provider_failed".to_owned(),
                         format!(
                             "{} task failed (failCode {code}): {message}",
-                            self.provider.name().to_uppercase()
+                            task.provider.to_uppercase()
                         ),
                     ))),
                     ..TaskUpdate::default()

@@ -30,8 +30,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .map_err(|e| e.to_string());
     let ready = database.is_ok() && bucket.is_ok();
     // A paused provider (429 storm, no credits) does not make the instance unready: it
-    // still queues work, which runs when the pause ends. It is reported, not hidden.
-    let provider = match state.engine.provider_pause() {
+    // still queues work, which runs when the pause ends. It is reported, not hidden: the
+    // default provider as `provider`, every provider in `providers`.
+    let pause_status = |name: &str| match state.engine.provider_pause(name) {
         Some(pause) => json!({
             "status": "paused",
             "code": pause.code,
@@ -40,6 +41,13 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         }),
         None => json!({"status": "ok"}),
     };
+    let provider = pause_status(state.info.provider);
+    let providers: serde_json::Map<String, Value> = state
+        .engine
+        .provider_names()
+        .into_iter()
+        .map(|name| (name.to_owned(), pause_status(name)))
+        .collect();
     let check = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => {
@@ -52,6 +60,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "database": check(&database),
         "bucket": check(&bucket.map(|_| ())),
         "provider": provider,
+        "providers": providers,
     });
     let status = if ready {
         StatusCode::OK
@@ -61,12 +70,22 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
+/// `provider` and `simulator` describe the default provider (what the page shows);
+/// `providers` lists every provider a request may name, simulated or not.
 async fn info(State(state): State<AppState>) -> Json<Value> {
+    let providers: Vec<Value> = state
+        .info
+        .providers
+        .iter()
+        .map(|p| json!({"name": p.name, "model": p.model, "simulator": p.simulator}))
+        .collect();
     Json(json!({
         "name": "darkroom",
         "version": env!("CARGO_PKG_VERSION"),
         "provider": state.info.provider,
         "simulator": state.info.simulator,
+        "defaultProvider": state.info.provider,
+        "providers": providers,
         "storage": state.info.storage,
         "apiKeysRequired": false,
     }))

@@ -126,10 +126,12 @@ pub trait TaskRepo: Send + Sync + 'static {
         provider_task_id: &str,
     ) -> Result<Option<Task>, RepoError>;
 
-    /// Moves up to `limit` due `queued` tasks to `submitting` under a lease held by
-    /// `worker`, highest priority first, oldest first within a priority.
+    /// Moves up to `limit` due `queued` tasks of `provider` to `submitting` under a lease held
+    /// by `worker`, highest priority first, oldest first within a priority. Claims are per
+    /// provider so each provider's own concurrency bound decides how many it takes.
     async fn claim_queued(
         &self,
+        provider: &str,
         now: i64,
         limit: usize,
         worker: &str,

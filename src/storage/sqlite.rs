@@ -176,6 +176,7 @@ impl TaskRepo for SqliteRepo {
 
     async fn claim_queued(
         &self,
+        provider: &str,
         now: i64,
         limit: usize,
         worker: &str,
@@ -188,7 +189,7 @@ impl TaskRepo for SqliteRepo {
                      SELECT id, priority, created_at,
                             ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
                                                ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
-                     FROM tasks WHERE state = 'queued' AND run_at <= ?)
+                     FROM tasks WHERE state = 'queued' AND provider = ? AND run_at <= ?)
                  ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC LIMIT ?)
                AND state = 'queued'
              RETURNING *",
@@ -196,6 +197,7 @@ impl TaskRepo for SqliteRepo {
         .bind(worker)
         .bind(lease_until)
         .bind(now)
+        .bind(provider)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.writer)
@@ -419,7 +421,7 @@ impl TaskRepo for SqliteRepo {
 
     async fn queue_position(&self, id: &TaskId) -> Result<Option<u64>, RepoError> {
         // The claim order of `claim_queued`, ignoring `run_at` (a task waiting out a
-        // backoff keeps its place).
+        // backoff keeps its place). Each provider's queue is claimed on its own.
         let position: Option<i64> = sqlx::query_scalar(
             "SELECT position FROM (
                  SELECT id, ROW_NUMBER() OVER (ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC) AS position
@@ -427,9 +429,11 @@ impl TaskRepo for SqliteRepo {
                      SELECT id, priority, created_at,
                             ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
                                                ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
-                     FROM tasks WHERE state = 'queued'))
+                     FROM tasks WHERE state = 'queued'
+                       AND provider = (SELECT provider FROM tasks WHERE id = ?)))
              WHERE id = ?",
         )
+        .bind(id.as_str())
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;

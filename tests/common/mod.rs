@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use darkroom::App;
 use darkroom::config::Config;
-use darkroom::providers::sim::KieSim;
+use darkroom::providers::sim::{GeminiSim, KieSim};
 use darkroom::storage::BlobStore;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub blobs: BlobStore,
     pub sim: Option<Arc<KieSim>>,
+    pub gemini_sim: Option<Arc<GeminiSim>>,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
@@ -35,6 +36,7 @@ impl Drop for TestApp {
 /// Settings that keep tests fast: a quick simulator and quick polling.
 const FAST: &[(&str, &str)] = &[
     ("DARKROOM_SIM_LATENCY_MS", "20-60"),
+    ("DARKROOM_GEMINI_SIM_LATENCY_MS", "20-60"),
     ("DARKROOM_TICK_MS", "50"),
     ("DARKROOM_FIRST_POLL_MS", "3000"),
     ("DARKROOM_LOG", "warn"),
@@ -63,6 +65,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let sim = app.simulator.clone();
     let events = app.state.engine.events().clone();
     let repo = app.state.repo.clone();
+    let gemini_sim = app.gemini_simulator.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.serve(listener, shutdown.clone()));
     TestApp {
@@ -72,6 +75,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         blobs,
         sim,
+        gemini_sim,
         dir,
         shutdown,
     }
