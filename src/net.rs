@@ -195,24 +195,20 @@ impl Fetcher {
         Ok(body.freeze())
     }
 
-    /// Downloads `url` into `file`, at most `max_bytes`, without holding it in memory.
-    /// Returns the size.
-    pub async fn download_to(
+    /// Downloads `url`, at most `max_bytes`, into memory while small and a temporary file
+    /// once large (see `SpoolWriter`).
+    pub async fn download_spooled(
         &self,
         url: &str,
         max_bytes: u64,
-        file: &std::path::Path,
-    ) -> Result<u64, FetchError> {
-        use std::io::Write;
+    ) -> Result<crate::storage::blob::Spooled, FetchError> {
         let (response, shown) = self.open(url).await?;
-        let io_error = |e: std::io::Error| FetchError::Transport {
+        let mut spool = crate::storage::blob::SpoolWriter::new();
+        stream_capped(response, max_bytes, &shown, |chunk| spool.write(chunk)).await?;
+        spool.finish().map_err(|e| FetchError::Transport {
             url: shown.clone(),
-            message: format!("writing the download to disk failed: {e}"),
-        };
-        let mut out = std::io::BufWriter::new(std::fs::File::create(file).map_err(io_error)?);
-        let size = stream_capped(response, max_bytes, &shown, |chunk| out.write_all(chunk)).await?;
-        out.flush().map_err(io_error)?;
-        Ok(size)
+            message: format!("spooling the download failed: {e}"),
+        })
     }
 }
 

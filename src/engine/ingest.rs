@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
-use crate::domain::image::inspect_reader;
 use crate::net::FetchError;
+use crate::storage::blob::Spooled;
 use crate::storage::keys;
 use crate::storage::{RepoError, Task, TaskUpdate};
 
@@ -103,17 +103,16 @@ impl Engine {
         url: &str,
     ) -> Result<(String, String), IngestFailure> {
         let started = std::time::Instant::now();
-        // Removed when dropped, whatever happens below.
-        let spool = tempfile::NamedTempFile::new().map_err(local_failure)?;
-        let size = self
+        // A temporary file, if any, is removed when dropped, whatever happens below.
+        let spooled = self
             .fetcher
-            .download_to(url, self.settings.max_result_bytes, spool.path())
+            .download_spooled(url, self.settings.max_result_bytes)
             .await?;
-        self.store_spooled(task, index, &spool, size, started).await
+        self.store_spooled(task, index, &spooled, started).await
     }
 
     /// A result a synchronous provider handed over inline takes the same path as a
-    /// download from the moment it is in a spool file: the same checks, key and write.
+    /// download from the moment it is spooled: the same checks, key and write.
     pub(super) async fn store_inline_result(
         &self,
         task: &Task,
@@ -121,8 +120,7 @@ impl Engine {
         bytes: &Bytes,
     ) -> Result<(String, String), IngestFailure> {
         let started = std::time::Instant::now();
-        let size = bytes.len() as u64;
-        if size > self.settings.max_result_bytes {
+        if bytes.len() as u64 > self.settings.max_result_bytes {
             return Err(IngestFailure {
                 code: "result_too_large",
                 message: format!(
@@ -132,11 +130,8 @@ impl Engine {
                 retryable: false,
             });
         }
-        let spool = tempfile::NamedTempFile::new().map_err(local_failure)?;
-        tokio::fs::write(spool.path(), bytes)
+        self.store_spooled(task, index, &Spooled::Memory(bytes.clone()), started)
             .await
-            .map_err(local_failure)?;
-        self.store_spooled(task, index, &spool, size, started).await
     }
 
     /// Checks a spooled result is an image and writes it create-only under its
@@ -145,21 +140,22 @@ impl Engine {
         &self,
         task: &Task,
         index: usize,
-        spool: &tempfile::NamedTempFile,
-        size: u64,
+        spooled: &Spooled,
         started: std::time::Instant,
     ) -> Result<(String, String), IngestFailure> {
-        let reader = std::io::BufReader::new(spool.reopen().map_err(local_failure)?);
-        let info =
-            inspect_reader(reader, self.settings.image_limits).map_err(|e| IngestFailure {
-                code: "result_not_an_image",
-                message: format!("result {index} is not a usable image: {e}"),
-                retryable: false,
-            })?;
+        let size = spooled.len().map_err(local_failure)?;
+        let checked = spooled
+            .inspect(self.settings.image_limits)
+            .map_err(local_failure)?;
+        let info = checked.map_err(|e| IngestFailure {
+            code: "result_not_an_image",
+            message: format!("result {index} is not a usable image: {e}"),
+            retryable: false,
+        })?;
         let spec = keys::generated(&task.provider, &task.id, index, info.kind);
         let created = self
             .blobs
-            .put_file(&spec, spool.path(), true)
+            .put_spooled(&spec, spooled, true)
             .await
             .map_err(|e| IngestFailure {
                 code: "storage_failed",

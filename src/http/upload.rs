@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::Config;
-use crate::domain::image::{ImageLimits, inspect_reader};
+use crate::domain::image::ImageLimits;
+use crate::storage::blob::{SpoolWriter, Spooled};
 use crate::storage::keys;
 
 const FIELD: &str = "files";
@@ -76,15 +77,10 @@ fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     }
 }
 
-/// Spools one file field to a temporary file, up to `max` bytes. Past the cap the rest is
+/// Spools one file field (in memory while small, else a temporary file), up to `max` bytes. Past the cap the rest is
 /// drained (so the next field can be read) and `None` is returned.
-async fn spool_capped(
-    field: &mut Field<'_>,
-    max: u64,
-) -> Result<Option<tempfile::NamedTempFile>, ApiError> {
-    use std::io::Write;
-    let spool = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
-    let mut out = std::io::BufWriter::new(spool.reopen().map_err(ApiError::internal)?);
+async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Option<Spooled>, ApiError> {
+    let mut spool = SpoolWriter::new();
     let mut size = 0u64;
     while let Some(chunk) = field
         .chunk()
@@ -93,11 +89,13 @@ async fn spool_capped(
     {
         size += chunk.len() as u64;
         if size <= max {
-            out.write_all(&chunk).map_err(ApiError::internal)?;
+            spool.write(&chunk).map_err(ApiError::internal)?;
         }
     }
-    out.flush().map_err(ApiError::internal)?;
-    Ok((size <= max).then_some(spool))
+    if size > max {
+        return Ok(None);
+    }
+    spool.finish().map(Some).map_err(ApiError::internal)
 }
 
 /// Reads and discards the rest of a field.
@@ -173,8 +171,7 @@ async fn upload(
             });
             continue;
         };
-        let reader = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
-        let info = match inspect_reader(reader, image_limits) {
+        let info = match spool.inspect(image_limits).map_err(ApiError::internal)? {
             Ok(info) => info,
             Err(e) => {
                 errors.push(FileError {
@@ -186,12 +183,8 @@ async fn upload(
             }
         };
         let spec = keys::upload(info.kind);
-        let size = spool
-            .as_file()
-            .metadata()
-            .map_err(ApiError::internal)?
-            .len();
-        state.blobs.put_file(&spec, spool.path(), false).await?;
+        let size = spool.len().map_err(ApiError::internal)?;
+        state.blobs.put_spooled(&spec, &spool, false).await?;
         tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
         uploaded.push(Uploaded {
             url: state.blobs.url(&spec.key),
