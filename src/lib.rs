@@ -29,7 +29,10 @@ use providers::kie::KieClient;
 use providers::sim::{KieSim, KieSimConfig};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
-use storage::{BlobStore, TaskRepo};
+use storage::{AccessRepo, BlobStore, TaskRepo};
+
+/// The server secret that signs `/files` URLs when API keys are on.
+const FILE_URL_SECRET: &str = "file_url_signing";
 
 /// How many ready status answers are kept in memory.
 const STATUS_BOARD_CAPACITY: usize = 100_000;
@@ -51,6 +54,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub board: Arc<StatusBoard>,
     pub info: Arc<ServiceInfo>,
+    /// API keys, uploads' owners, server secrets.
+    pub access: Arc<dyn AccessRepo>,
+    /// Key lookup, per-key limits and the callback rate limit.
+    pub auth: Arc<http::auth::Auth>,
 }
 
 /// A built darkroom: state, engine and (in the embedded default) its simulator.
@@ -90,14 +97,33 @@ impl App {
             })?;
         }
         let database_url = config.database_url();
-        let repo: Arc<dyn TaskRepo> = Arc::new(
+        let sqlite = Arc::new(
             SqliteRepo::connect(&database_url, config.database.max_connections)
                 .await
                 .with_context(|| format!("cannot open the database {database_url}"))?,
         );
+        let repo: Arc<dyn TaskRepo> = sqlite.clone();
+        let access: Arc<dyn AccessRepo> = sqlite;
         tracing::info!(database = %database_url, "database ready (migrations applied)");
+        let auth = Arc::new(http::auth::Auth::new(&config, access.clone()).await?);
 
-        let blobs = BlobStore::from_config(&config, public_url.clone())?;
+        let mut blobs = BlobStore::from_config(&config, public_url.clone())?;
+        if auth.required() {
+            // Shared by every instance on this database, so a URL signed by one opens on all.
+            let fresh = hex::encode(rand::random::<[u8; 32]>());
+            let secret = access
+                .server_secret(FILE_URL_SECRET, &fresh, engine::now_ms())
+                .await?;
+            blobs.sign_file_urls(secret.as_bytes());
+            tracing::info!(
+                public_bucket = blobs.has_public_base(),
+                "API keys required on client routes; /files URLs are signed"
+            );
+        } else {
+            tracing::warn!(
+                "no API keys configured: every client route is open (set DARKROOM_API_KEYS or run `darkroom keys create NAME`)"
+            );
+        }
         blobs.probe().await.with_context(|| {
             format!(
                 "the bucket ({}) is not reachable or not writable",
@@ -197,6 +223,8 @@ impl App {
                 engine,
                 board,
                 info: Arc::new(info),
+                access,
+                auth,
             },
             public_url,
             simulator,
@@ -220,15 +248,72 @@ impl App {
             tokio::spawn(engine.run(shutdown.clone()))
         });
         let router = self.router();
+        let header_timeout = Duration::from_secs(self.state.config.server.header_timeout_secs);
         tracing::info!(url = %self.public_url, "darkroom is listening");
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        serve_http(listener, router, header_timeout, shutdown.clone()).await;
         if let Some(engine) = engine {
             let _ = engine.await;
         }
         self.sim_shutdown.cancel();
-        result.context("the HTTP server failed")
+        Ok(())
+    }
+}
+
+/// How long open connections get to finish their requests after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/1.1 server. Unlike `axum::serve` it bounds the time a client may take to send
+/// a request's headers, on a fresh connection and on an idle keep-alive one alike, so
+/// slow or silent clients cannot hold connections open (request bodies have their own
+/// deadline, [`http::limits`]). On `shutdown` it stops accepting and drains open
+/// connections, bounded by [`DRAIN_TIMEOUT`].
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Timeouts and resets by clients are routine; not worth more than debug.
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: some connections were still open after the drain timeout");
     }
 }
 

@@ -4,6 +4,8 @@ pub mod ids;
 pub mod image;
 pub mod request;
 pub mod task;
+pub mod webhook;
+pub mod api_key;
 
 pub use ids::TaskId;
 pub use task::{Event, TaskState, TransitionError};

@@ -56,6 +56,6 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
         "provider": state.info.provider,
         "simulator": state.info.simulator,
         "storage": state.info.storage,
-        "apiKeysRequired": false,
+        "apiKeysRequired": state.auth.required(),
     }))
 }

@@ -8,6 +8,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::Config;
@@ -113,6 +114,7 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
 
 async fn upload(
     State(state): State<AppState>,
+    caller: Caller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let mut multipart = multipart.map_err(|e| {
@@ -192,6 +194,12 @@ async fn upload(
             .map_err(ApiError::internal)?
             .len();
         state.blobs.put_file(&spec, spool.path(), false).await?;
+        // The owner is recorded after the object is written: a row never names a missing
+        // object, and an object without a row is usable by no key.
+        state
+            .access
+            .record_upload(&spec.key, caller.owner(), crate::engine::now_ms())
+            .await?;
         tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
         uploaded.push(Uploaded {
             url: state.blobs.url(&spec.key),

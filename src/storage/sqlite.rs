@@ -13,7 +13,7 @@ use super::repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
 
 pub struct SqliteRepo {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteRepo {
