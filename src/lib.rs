@@ -168,7 +168,8 @@ impl App {
                 }
             };
         let (connect_timeout, fetch_timeout) = config.fetch_timeouts();
-        let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?;
+        let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?
+            .with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
 
         let callback_base = match &config.kie.callback_url {
             Some(url) => url.clone(),
@@ -346,6 +347,12 @@ async fn start_simulator(
         duplicate_count: config.simulator.duplicate_count,
         drop_rate: config.simulator.drop_rate,
         early_callback_rate: config.simulator.early_callback_rate,
+        // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
+        hmac_key: config
+            .kie
+            .webhook_hmac_key
+            .as_ref()
+            .map(|key| key.expose().to_owned()),
         ..KieSimConfig::default()
     };
     let sim = KieSim::new(sim_config, format!("http://{addr}"));

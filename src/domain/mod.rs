@@ -3,6 +3,7 @@
 pub mod ids;
 pub mod image;
 pub mod request;
+pub mod sanitize;
 pub mod task;
 pub mod webhook;
 pub mod api_key;

@@ -1,4 +1,9 @@
 //! `POST /api/upload`: reference images into `uploads/`, in the original's answer shape.
+//!
+//! Each file is spooled to disk (bounded by the per-file cap), identified by its bytes,
+//! checked header-first against the dimension and pixel caps, walked whole for truncation
+//! and polyglots, and, by default, stored without its metadata (EXIF/GPS, XMP, comments;
+//! see [`crate::domain::sanitize`]). Memory stays bounded whatever a file declares.
 
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
@@ -12,7 +17,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::Config;
-use crate::domain::image::{ImageLimits, inspect_reader};
+use crate::domain::image::{ImageError, ImageInfo, ImageLimits, inspect_reader};
 use crate::storage::keys;
 
 const FIELD: &str = "files";
@@ -101,6 +106,45 @@ async fn spool_capped(
     Ok((size <= max).then_some(spool))
 }
 
+/// Inspects a spooled file and, when `strip`, makes its metadata-free copy. The outer error
+/// is ours (500), the inner one the client's file (listed in `errors`).
+fn check_file(
+    spool: tempfile::NamedTempFile,
+    limits: ImageLimits,
+    strip: bool,
+) -> Result<Result<(ImageInfo, tempfile::NamedTempFile), ImageError>, ApiError> {
+    let reader = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
+    let info = match inspect_reader(reader, limits) {
+        Ok(info) => info,
+        Err(e) => return Ok(Err(e)),
+    };
+    let stored = if strip {
+        strip_metadata(&spool, info.kind)?
+    } else {
+        spool
+    };
+    Ok(Ok((info, stored)))
+}
+
+/// A copy of `spool` without metadata. The file was already walked whole by
+/// `inspect_reader`, so a failure here is ours, not the client's.
+fn strip_metadata(
+    spool: &tempfile::NamedTempFile,
+    kind: crate::domain::image::ImageKind,
+) -> Result<tempfile::NamedTempFile, ApiError> {
+    use std::io::Write;
+    let stripped = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
+    let mut input = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
+    let mut output = std::io::BufWriter::new(stripped.reopen().map_err(ApiError::internal)?);
+    let report = crate::domain::sanitize::strip_metadata(kind, &mut input, &mut output)
+        .map_err(ApiError::internal)?;
+    output.flush().map_err(ApiError::internal)?;
+    if report.removed_bytes > 0 {
+        tracing::debug!(removed_bytes = report.removed_bytes, "upload metadata removed");
+    }
+    Ok(stripped)
+}
+
 /// Reads and discards the rest of a field.
 async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
     while field
@@ -175,9 +219,13 @@ async fn upload(
             });
             continue;
         };
-        let reader = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
-        let info = match inspect_reader(reader, image_limits) {
-            Ok(info) => info,
+        // Reading the whole file is blocking work: off the async workers.
+        let strip = limits.strip_upload_metadata;
+        let checked = tokio::task::spawn_blocking(move || check_file(spool, image_limits, strip))
+            .await
+            .map_err(ApiError::internal)??;
+        let (info, stored) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 errors.push(FileError {
                     filename,
@@ -188,12 +236,12 @@ async fn upload(
             }
         };
         let spec = keys::upload(info.kind);
-        let size = spool
+        let size = stored
             .as_file()
             .metadata()
             .map_err(ApiError::internal)?
             .len();
-        state.blobs.put_file(&spec, spool.path(), false).await?;
+        state.blobs.put_file(&spec, stored.path(), false).await?;
         // The owner is recorded after the object is written: a row never names a missing
         // object, and an object without a row is usable by no key.
         state
