@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use darkroom::App;
 use darkroom::config::Config;
 use darkroom::providers::sim::KieSim;
-use darkroom::storage::BlobStore;
+use darkroom::storage::{BlobStore, TaskRepo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub blobs: BlobStore,
+    pub repo: Arc<dyn TaskRepo>,
     pub sim: Option<Arc<KieSim>>,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
@@ -51,6 +52,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let addr = listener.local_addr().unwrap();
     let app = App::build(config, addr).await.expect("app builds");
     let blobs = app.state.blobs.clone();
+    let repo = app.state.repo.clone();
     let sim = app.simulator.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.serve(listener, shutdown.clone()));
@@ -58,6 +60,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         base: format!("http://{addr}"),
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         blobs,
+        repo,
         sim,
         dir,
         shutdown,
