@@ -692,9 +692,11 @@ impl Config {
             "DARKROOM_KIE_TIMEOUT_SECS",
             &mut self.kie.request_timeout_secs,
         )?;
-        r.set("KIE_WEBHOOK_HMAC_KEY", &mut self.kie.webhook_hmac_key, |v| {
-            Ok(Some(Secret::new(v)))
-        })?;
+        r.set(
+            "KIE_WEBHOOK_HMAC_KEY",
+            &mut self.kie.webhook_hmac_key,
+            |v| Ok(Some(Secret::new(v))),
+        )?;
 
         r.set(
             "DARKROOM_SIM_LATENCY_MS",
@@ -727,7 +729,10 @@ impl Config {
             "DARKROOM_MAX_CALLBACK_BODY_BYTES",
             &mut l.max_callback_body_bytes,
         )?;
-        r.number("DARKROOM_CALLBACK_RATE_PER_SEC", &mut l.callback_rate_per_sec)?;
+        r.number(
+            "DARKROOM_CALLBACK_RATE_PER_SEC",
+            &mut l.callback_rate_per_sec,
+        )?;
         r.number("DARKROOM_CALLBACK_RATE_BURST", &mut l.callback_rate_burst)?;
         r.flag(
             "DARKROOM_STRIP_UPLOAD_METADATA",
@@ -744,7 +749,10 @@ impl Config {
         r.number("DARKROOM_TICK_MS", &mut e.tick_ms)?;
         r.number("DARKROOM_FIRST_POLL_MS", &mut e.first_poll_ms)?;
 
-        r.list("DARKROOM_TRUSTED_FETCH_HOSTS", &mut self.fetch.trusted_hosts)?;
+        r.list(
+            "DARKROOM_TRUSTED_FETCH_HOSTS",
+            &mut self.fetch.trusted_hosts,
+        )?;
         r.list("DARKROOM_RESULT_HOSTS", &mut self.fetch.result_hosts)?;
         r.set("DARKROOM_API_KEYS", &mut self.auth.api_keys, |v| {
             Ok(split_list(v).into_iter().map(Secret::new).collect())
@@ -945,7 +953,10 @@ impl Config {
             .as_ref()
             .is_some_and(|k| k.expose().trim().is_empty())
         {
-            return Err(invalid("kie.webhook_hmac_key (KIE_WEBHOOK_HMAC_KEY)", "is empty"));
+            return Err(invalid(
+                "kie.webhook_hmac_key (KIE_WEBHOOK_HMAC_KEY)",
+                "is empty",
+            ));
         }
         let s3 = self.storage.s3.is_some();
         if self.storage.url_mode == UrlMode::Presigned && !s3 {
@@ -1042,10 +1053,7 @@ impl Config {
         for (i, entry) in self.auth.api_keys.iter().enumerate() {
             // The key itself must not reach the error message.
             let Some((name, key)) = entry.expose().split_once(':') else {
-                return Err(invalid(
-                    KEY,
-                    format!("entry {} must be name:key", i + 1),
-                ));
+                return Err(invalid(KEY, format!("entry {} must be name:key", i + 1)));
             };
             let name = name.trim();
             if !is_key_name(name) {

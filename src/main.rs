@@ -196,7 +196,9 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 "the name must be 1-64 letters, digits, '-', '_' or '.'"
             );
             let key = darkroom::domain::api_key::generate();
-            let created = repo.create_api_key(&name, &key.hash, &key.hint, now).await?;
+            let created = repo
+                .create_api_key(&name, &key.hash, &key.hint, now)
+                .await?;
             anyhow::ensure!(
                 created,
                 "a key named {name:?} already exists; revoke it first (darkroom keys revoke {name})"
@@ -214,9 +216,10 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             }
             for key in keys {
                 let created = darkroom::status::iso_time(key.created_at);
-                let state = key
-                    .revoked_at
-                    .map_or_else(|| "live".to_owned(), |at| format!("revoked {}", darkroom::status::iso_time(at)));
+                let state = key.revoked_at.map_or_else(
+                    || "live".to_owned(),
+                    |at| format!("revoked {}", darkroom::status::iso_time(at)),
+                );
                 println!("{}\t{}…\tcreated {created}\t{state}", key.name, key.hint);
             }
         }

@@ -122,12 +122,14 @@ impl Fetcher {
             return false;
         };
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.allowed_hosts.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(domain) => host
-                .strip_suffix(domain)
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-            None => host == *pattern,
-        })
+        self.allowed_hosts
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == *pattern,
+            })
     }
 
     fn is_trusted(&self, url: &Url) -> bool {
@@ -456,7 +458,11 @@ mod tests {
             ("https://aiquickdraw.com/a.png", false),
             ("https://1.1.1.1/a.png", false),
         ] {
-            assert_eq!(fetcher.host_allowed(&Url::parse(url).unwrap()), allowed, "{url}");
+            assert_eq!(
+                fetcher.host_allowed(&Url::parse(url).unwrap()),
+                allowed,
+                "{url}"
+            );
         }
     }
 

@@ -268,7 +268,10 @@ async fn no_bad_input_produces_a_5xx() {
             "/api/callback/tsk_0123456789abcdef0123456789abcdef?token=x".to_owned(),
         ),
         ("GET", "/api/task-status?taskId=%00%ff".to_owned()),
-        ("GET", "/api/task-status?taskId=tsk_0123456789abcdef0123456789abcdef&x=%zz".to_owned()),
+        (
+            "GET",
+            "/api/task-status?taskId=tsk_0123456789abcdef0123456789abcdef&x=%zz".to_owned(),
+        ),
         ("GET", "/files/%2e%2e/%2e%2e/etc/passwd".to_owned()),
         ("GET", "/files/uploads/a.png?sig=%ff%00".to_owned()),
         ("POST", "/api/task-status".to_owned()),
@@ -290,7 +293,14 @@ async fn no_bad_input_produces_a_5xx() {
                 1 => Some(format!("Bearer {KEY}")),
                 2 => Some("Bearer dk_wrong".to_owned()),
                 3 => Some(format!("Bearer {}", "x".repeat(rng.random_range(0..2000)))),
-                _ => Some(String::from_utf8_lossy(&(0..16).map(|_| rng.random_range(32..127u8)).collect::<Vec<u8>>()).into_owned()),
+                _ => Some(
+                    String::from_utf8_lossy(
+                        &(0..16)
+                            .map(|_| rng.random_range(32..127u8))
+                            .collect::<Vec<u8>>(),
+                    )
+                    .into_owned(),
+                ),
             };
             let app = if round % 2 == 0 { &open } else { &keyed };
             requests.push((app, *method, path.clone(), content_type, body, auth));
@@ -303,7 +313,9 @@ async fn no_bad_input_produces_a_5xx() {
                 "POST" => app.http.post(app.url(&path)),
                 _ => app.http.get(app.url(&path)),
             };
-            request = request.header("content-type", content_type).body(body.clone());
+            request = request
+                .header("content-type", content_type)
+                .body(body.clone());
             if let Some(auth) = auth {
                 request = request.header("authorization", auth);
             }

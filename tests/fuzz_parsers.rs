@@ -16,10 +16,35 @@ use serde_json::{Map, Value};
 
 /// Field names the parsers look for, so generated objects reach deep paths.
 const NAMES: &[&str] = &[
-    "prompt", "uploads", "imageUrls", "referenceUrls", "referenceUploads", "key", "url",
-    "aspectRatio", "outputFormat", "model", "provider", "priority", "batchId", "webhookUrl",
-    "code", "msg", "message", "data", "taskId", "task_id", "state", "status", "resultJson",
-    "resultUrls", "failCode", "failMsg", "consumeCredits", "creditsConsumed", "costTime",
+    "prompt",
+    "uploads",
+    "imageUrls",
+    "referenceUrls",
+    "referenceUploads",
+    "key",
+    "url",
+    "aspectRatio",
+    "outputFormat",
+    "model",
+    "provider",
+    "priority",
+    "batchId",
+    "webhookUrl",
+    "code",
+    "msg",
+    "message",
+    "data",
+    "taskId",
+    "task_id",
+    "state",
+    "status",
+    "resultJson",
+    "resultUrls",
+    "failCode",
+    "failMsg",
+    "consumeCredits",
+    "creditsConsumed",
+    "costTime",
     "param",
 ];
 
@@ -28,12 +53,25 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,40}".prop_map(Value::String),
         prop::sample::select(vec![
-            "success", "fail", "failed", "waiting", "9:16", "png", "jpeg", "uploads/a.png",
-            "https://example.com/a.png", "{\"resultUrls\":[\"https://x/a.png\"]}", "{bad",
-            "google/nano-banana-edit", "kie", "../../etc/passwd", "javascript:alert(1)",
+            "success",
+            "fail",
+            "failed",
+            "waiting",
+            "9:16",
+            "png",
+            "jpeg",
+            "uploads/a.png",
+            "https://example.com/a.png",
+            "{\"resultUrls\":[\"https://x/a.png\"]}",
+            "{bad",
+            "google/nano-banana-edit",
+            "kie",
+            "../../etc/passwd",
+            "javascript:alert(1)",
         ])
         .prop_map(|s| Value::String(s.to_owned())),
     ];
@@ -42,7 +80,10 @@ fn json_value() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
             prop::collection::vec(
                 (
-                    prop_oneof![prop::sample::select(NAMES.to_vec()).prop_map(str::to_owned), ".{0,8}"],
+                    prop_oneof![
+                        prop::sample::select(NAMES.to_vec()).prop_map(str::to_owned),
+                        ".{0,8}"
+                    ],
                     inner
                 ),
                 0..8
@@ -53,7 +94,9 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn sample_images() -> Vec<(ImageKind, Vec<u8>)> {
-    let img = image::RgbImage::from_fn(24, 16, |x, y| image::Rgb([(x * 10) as u8, (y * 15) as u8, 99]));
+    let img = image::RgbImage::from_fn(24, 16, |x, y| {
+        image::Rgb([(x * 10) as u8, (y * 15) as u8, 99])
+    });
     [
         (ImageKind::Png, image::ImageFormat::Png),
         (ImageKind::Jpeg, image::ImageFormat::Jpeg),

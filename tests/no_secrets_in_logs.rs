@@ -93,7 +93,11 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
     let token = callback.split("token=").nth(1).unwrap().to_owned();
     // A forged callback with a wrong token and one with the right token but no signature.
     for url in [
-        format!("{}?token={}", callback.split('?').next().unwrap(), "f".repeat(64)),
+        format!(
+            "{}?token={}",
+            callback.split('?').next().unwrap(),
+            "f".repeat(64)
+        ),
         callback.clone(),
     ] {
         let response = app
@@ -123,9 +127,16 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
         "secrets: {lines} log lines at TRACE and the task record checked for the callback token, the API key (and the logs for file signatures): 0 found"
     );
     assert!(lines > 20, "the logs were captured: {lines} lines");
-    assert!(logs.contains("path=/api/callback/"), "request spans are logged");
+    assert!(
+        logs.contains("path=/api/callback/"),
+        "request spans are logged"
+    );
     assert!(logs.contains(&id), "the task is logged by id");
-    for (what, secret) in [("callback token", token.as_str()), ("API key", KEY), ("file signature", signature.as_str())] {
+    for (what, secret) in [
+        ("callback token", token.as_str()),
+        ("API key", KEY),
+        ("file signature", signature.as_str()),
+    ] {
         assert!(!logs.contains(secret), "the {what} is in the log");
     }
     // The record keeps the task's own (signed) URLs, as the status answer does; never the

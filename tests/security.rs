@@ -62,7 +62,14 @@ async fn task_of(app: &TestApp, key: Option<&str>) -> (String, Value) {
     assert_eq!(code, 200, "{up}");
     let upload = up["uploaded"][0].clone();
     let body = json!({"prompt": "p", "uploads": [{"key": upload["key"], "url": upload["url"]}]});
-    let (code, answer) = send(app, reqwest::Method::POST, "/api/generate", key, Some(&body)).await;
+    let (code, answer) = send(
+        app,
+        reqwest::Method::POST,
+        "/api/generate",
+        key,
+        Some(&body),
+    )
+    .await;
     assert_eq!(code, 200, "{answer}");
     (answer["taskIds"][0].as_str().unwrap().to_owned(), upload)
 }
@@ -75,7 +82,10 @@ async fn wait_submitted(app: &TestApp, id: &str) -> darkroom::storage::Task {
         if task.provider_task_id.is_some() && task.state.as_str() == "submitted" {
             return task;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "not submitted: {task:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not submitted: {task:?}"
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }
@@ -138,30 +148,112 @@ async fn forged_callbacks_are_refused_and_change_nothing() {
     let now = chrono::Utc::now().timestamp();
     let good_sig = sign(HMAC_KEY.as_bytes(), &pid, now);
     let ts = now.to_string();
-    let signed = |ts: &str, sig: &str| vec![("x-webhook-timestamp", ts.to_owned()), ("x-webhook-signature", sig.to_owned())];
+    let signed = |ts: &str, sig: &str| {
+        vec![
+            ("x-webhook-timestamp", ts.to_owned()),
+            ("x-webhook-signature", sig.to_owned()),
+        ]
+    };
     let body = success_body(&pid);
     let wrong_token = "0".repeat(64);
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let cases: Vec<(&str, String, Headers)> = vec![
         ("no token", per_task(None), signed(&ts, &good_sig)),
-        ("wrong token", per_task(Some(&wrong_token)), signed(&ts, &good_sig)),
-        ("another task's token", per_task(Some(&other_token)), signed(&ts, &good_sig)),
+        (
+            "wrong token",
+            per_task(Some(&wrong_token)),
+            signed(&ts, &good_sig),
+        ),
+        (
+            "another task's token",
+            per_task(Some(&other_token)),
+            signed(&ts, &good_sig),
+        ),
         ("empty token", per_task(Some("")), signed(&ts, &good_sig)),
         ("no HMAC headers", per_task(Some(&good_token)), vec![]),
-        ("missing timestamp", per_task(Some(&good_token)), vec![("x-webhook-signature", good_sig.clone())]),
-        ("old timestamp", per_task(Some(&good_token)), signed(&(now - 310).to_string(), &sign(HMAC_KEY.as_bytes(), &pid, now - 310))),
-        ("future timestamp", per_task(Some(&good_token)), signed(&(now + 310).to_string(), &sign(HMAC_KEY.as_bytes(), &pid, now + 310))),
-        ("timestamp in ms", per_task(Some(&good_token)), signed(&(now * 1000).to_string(), &sign(HMAC_KEY.as_bytes(), &pid, now * 1000))),
-        ("bad timestamp", per_task(Some(&good_token)), signed("yesterday", &good_sig)),
-        ("empty signature", per_task(Some(&good_token)), signed(&ts, "")),
-        ("v1, signature", per_task(Some(&good_token)), signed(&ts, "v1,")),
-        ("v1,-prefixed signature", per_task(Some(&good_token)), signed(&ts, &format!("v1,{good_sig}"))),
-        ("truncated signature", per_task(Some(&good_token)), signed(&ts, &good_sig[..good_sig.len() - 4])),
-        ("one-byte signature", per_task(Some(&good_token)), signed(&ts, "AA==")),
-        ("wrong key", per_task(Some(&good_token)), signed(&ts, &sign(b"not-the-key", &pid, now))),
-        ("other task id signed", per_task(Some(&good_token)), signed(&ts, &sign(HMAC_KEY.as_bytes(), "another", now))),
+        (
+            "missing timestamp",
+            per_task(Some(&good_token)),
+            vec![("x-webhook-signature", good_sig.clone())],
+        ),
+        (
+            "old timestamp",
+            per_task(Some(&good_token)),
+            signed(
+                &(now - 310).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now - 310),
+            ),
+        ),
+        (
+            "future timestamp",
+            per_task(Some(&good_token)),
+            signed(
+                &(now + 310).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now + 310),
+            ),
+        ),
+        (
+            "timestamp in ms",
+            per_task(Some(&good_token)),
+            signed(
+                &(now * 1000).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now * 1000),
+            ),
+        ),
+        (
+            "bad timestamp",
+            per_task(Some(&good_token)),
+            signed("yesterday", &good_sig),
+        ),
+        (
+            "empty signature",
+            per_task(Some(&good_token)),
+            signed(&ts, ""),
+        ),
+        (
+            "v1, signature",
+            per_task(Some(&good_token)),
+            signed(&ts, "v1,"),
+        ),
+        (
+            "v1,-prefixed signature",
+            per_task(Some(&good_token)),
+            signed(&ts, &format!("v1,{good_sig}")),
+        ),
+        (
+            "truncated signature",
+            per_task(Some(&good_token)),
+            signed(&ts, &good_sig[..good_sig.len() - 4]),
+        ),
+        (
+            "one-byte signature",
+            per_task(Some(&good_token)),
+            signed(&ts, "AA=="),
+        ),
+        (
+            "wrong key",
+            per_task(Some(&good_token)),
+            signed(&ts, &sign(b"not-the-key", &pid, now)),
+        ),
+        (
+            "other task id signed",
+            per_task(Some(&good_token)),
+            signed(&ts, &sign(HMAC_KEY.as_bytes(), "another", now)),
+        ),
         ("original path, no HMAC", app.url("/api/callback"), vec![]),
-        ("original path, truncated", app.url("/api/callback"), signed(&ts, &good_sig[..10])),
-        ("original path, old", app.url("/api/callback"), signed(&(now - 400).to_string(), &sign(HMAC_KEY.as_bytes(), &pid, now - 400))),
+        (
+            "original path, truncated",
+            app.url("/api/callback"),
+            signed(&ts, &good_sig[..10]),
+        ),
+        (
+            "original path, old",
+            app.url("/api/callback"),
+            signed(
+                &(now - 400).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now - 400),
+            ),
+        ),
     ];
     let mut refused = 0;
     for (name, url, headers) in &cases {
@@ -172,10 +264,7 @@ async fn forged_callbacks_are_refused_and_change_nothing() {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(
-            status == 401,
-            "{name}: expected 401, got {status} {answer}"
-        );
+        assert!(status == 401, "{name}: expected 401, got {status} {answer}");
         refused += 1;
     }
     let after = app.repo.get(&before.id).await.unwrap().unwrap();
@@ -269,9 +358,19 @@ async fn owners_are_isolated() {
         json!({"prompt": "p", "imageUrls": [result_url]}),
         json!({"prompt": "p", "imageUrls": ["https://example.com/a.png"], "referenceUploads": [{"key": upload["key"]}]}),
     ] {
-        let (code, answer) =
-            send(&app, reqwest::Method::POST, "/api/generate", Some(BOB), Some(&body)).await;
-        assert_eq!((code, answer["code"].as_str()), (400, Some("upload_not_found")), "{body}: {answer}");
+        let (code, answer) = send(
+            &app,
+            reqwest::Method::POST,
+            "/api/generate",
+            Some(BOB),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(
+            (code, answer["code"].as_str()),
+            (400, Some("upload_not_found")),
+            "{body}: {answer}"
+        );
         count(code, 400);
     }
     // Files: only the exact signed URL opens, with no header at all (an <img>).
@@ -279,14 +378,13 @@ async fn owners_are_isolated() {
     let tampered = format!("{}x", &upload_url[..upload_url.len() - 1]);
     let resigned = upload_url.replace(
         upload["key"].as_str().unwrap(),
-        &result_url
+        result_url
             .split("/files/")
             .nth(1)
             .unwrap()
             .split('?')
             .next()
-            .unwrap()
-            .to_owned(),
+            .unwrap(),
     );
     for url in [
         unsigned_upload.clone(),
@@ -322,10 +420,12 @@ async fn owners_are_isolated() {
         let response = app.http.get(url).send().await.unwrap();
         assert_eq!(response.status(), 200, "{url}");
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
-        assert!(response.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("sandbox"));
+        assert!(
+            response.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("sandbox")
+        );
     }
 }
 
@@ -355,7 +455,10 @@ async fn keys_are_required_on_client_routes_only() {
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
             let body: Value = response.json().await.unwrap();
             assert!(
-                matches!(body["code"].as_str(), Some("api_key_required" | "invalid_api_key")),
+                matches!(
+                    body["code"].as_str(),
+                    Some("api_key_required" | "invalid_api_key")
+                ),
                 "{body}"
             );
         }
@@ -363,8 +466,18 @@ async fn keys_are_required_on_client_routes_only() {
     // Keys off (the embedded default): the same routes answer without one.
     let open = spawn_app(&[]).await;
     let (code, info) = send(&open, reqwest::Method::GET, "/api/info", None, None).await;
-    assert_eq!((code, info["apiKeysRequired"].as_bool()), (200, Some(false)));
-    let (code, _) = send(&open, reqwest::Method::GET, "/api/task-status?taskId=x", None, None).await;
+    assert_eq!(
+        (code, info["apiKeysRequired"].as_bool()),
+        (200, Some(false))
+    );
+    let (code, _) = send(
+        &open,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(code, 404);
 }
 
@@ -385,9 +498,19 @@ async fn per_key_rate_limit_and_pending_task_cap() {
     let (code, up) = upload_as(&app, Some(ALICE), png(8, 8)).await;
     assert_eq!(code, 200, "{up}");
     let body = json!({"prompt": "p", "uploads": [{"key": up["uploaded"][0]["key"]}]});
-    let (code, answer) =
-        send(&app, reqwest::Method::POST, "/api/generate", Some(ALICE), Some(&body)).await;
-    assert_eq!((code, answer["code"].as_str()), (429, Some("too_many_pending_tasks")), "{answer}");
+    let (code, answer) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/generate",
+        Some(ALICE),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["code"].as_str()),
+        (429, Some("too_many_pending_tasks")),
+        "{answer}"
+    );
     // Alice has used 6 of her 8-request burst; a few more and she is limited, Bob is not.
     let mut limited = 0;
     for _ in 0..6 {
@@ -404,9 +527,18 @@ async fn per_key_rate_limit_and_pending_task_cap() {
         }
     }
     assert!(limited >= 3, "{limited}");
-    let (code, _) = send(&app, reqwest::Method::GET, "/api/task-status?taskId=x", Some(BOB), None).await;
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        Some(BOB),
+        None,
+    )
+    .await;
     assert_eq!(code, 404);
-    println!("per-key limits: 3rd task over a cap of 2 -> 429; {limited} of 6 rapid requests -> 429; other key unaffected");
+    println!(
+        "per-key limits: 3rd task over a cap of 2 -> 429; {limited} of 6 rapid requests -> 429; other key unaffected"
+    );
 }
 
 #[tokio::test]
@@ -433,13 +565,19 @@ async fn callback_routes_have_their_own_rate_limit() {
 #[tokio::test]
 async fn cors_only_for_listed_origins_and_page_headers() {
     let app = spawn_app(&[("DARKROOM_CORS_ORIGINS", "https://app.example.com")]).await;
-    for (origin, allowed) in [("https://app.example.com", true), ("https://evil.example", false)] {
+    for (origin, allowed) in [
+        ("https://app.example.com", true),
+        ("https://evil.example", false),
+    ] {
         let response = app
             .http
             .request(reqwest::Method::OPTIONS, app.url("/api/generate"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
             .send()
             .await
             .unwrap();
@@ -447,7 +585,11 @@ async fn cors_only_for_listed_origins_and_page_headers() {
             .headers()
             .get("access-control-allow-origin")
             .map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(allow.as_deref() == Some(origin), allowed, "{origin}: {allow:?}");
+        assert_eq!(
+            allow.as_deref() == Some(origin),
+            allowed,
+            "{origin}: {allow:?}"
+        );
     }
     let plain = spawn_app(&[]).await;
     let response = plain
@@ -457,12 +599,19 @@ async fn cors_only_for_listed_origins_and_page_headers() {
         .send()
         .await
         .unwrap();
-    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
 
     let page = app.http.get(app.url("/")).send().await.unwrap();
     let headers = page.headers();
     let csp = headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert_eq!(headers["x-frame-options"], "DENY");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["referrer-policy"], "no-referrer");
@@ -494,16 +643,33 @@ async fn keys_made_with_the_cli_authenticate() {
     let again = run(&["keys", "create", "carol"]);
     assert!(!again.status.success());
     let listed = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
-    assert!(listed.contains("carol") && !listed.contains(&key), "{listed}");
+    assert!(
+        listed.contains("carol") && !listed.contains(&key),
+        "{listed}"
+    );
     let database = std::fs::read(dir.path().join("keys.db")).unwrap();
     assert!(!database.windows(key.len()).any(|w| w == key.as_bytes()));
 
     let app = spawn_app(&[("DARKROOM_DATABASE_URL", &db)]).await;
     let (code, info) = send(&app, reqwest::Method::GET, "/api/info", None, None).await;
     assert_eq!((code, info["apiKeysRequired"].as_bool()), (200, Some(true)));
-    let (code, _) = send(&app, reqwest::Method::GET, "/api/task-status?taskId=x", None, None).await;
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(code, 401);
-    let (code, _) = send(&app, reqwest::Method::GET, "/api/task-status?taskId=x", Some(&key), None).await;
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        Some(&key),
+        None,
+    )
+    .await;
     assert_eq!(code, 404);
     let revoked = run(&["keys", "revoke", "carol"]);
     assert!(revoked.status.success(), "{revoked:?}");

@@ -121,9 +121,15 @@ async fn trickling_clients_are_cut_off_and_others_are_served() {
     let (answer, body_cut_after) = slow_body.await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
-    assert!(body_cut_after < Duration::from_secs(8), "{body_cut_after:?}");
+    assert!(
+        body_cut_after < Duration::from_secs(8),
+        "{body_cut_after:?}"
+    );
     let headers_cut_after = slow_headers.await.unwrap();
-    assert!(headers_cut_after < Duration::from_secs(8), "{headers_cut_after:?}");
+    assert!(
+        headers_cut_after < Duration::from_secs(8),
+        "{headers_cut_after:?}"
+    );
 
     let mut closed = 0;
     for mut stream in idle {

@@ -147,7 +147,9 @@ async fn every_probe_is_refused_directly_and_through_redirects_with_zero_connect
                     refused += 1;
                     println!("{how:8} {probe:50} refused: {reason}");
                 }
-                other => panic!("{how} {probe}: expected a refusal before connecting, got {other:?}"),
+                other => {
+                    panic!("{how} {probe}: expected a refusal before connecting, got {other:?}")
+                }
             }
             stored_bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         }

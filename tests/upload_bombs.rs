@@ -95,7 +95,8 @@ async fn bombs_and_fakes_are_refused_with_bounded_memory() {
     truncated_jpeg.truncate(truncated_jpeg.len() * 6 / 10);
     let mut png_zip = png(32, 32);
     png_zip.extend_from_slice(b"PK\x03\x04\x14\x00 a zip archive appended to the image");
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let cases: Vec<(&str, Vec<u8>, &str)> =
+        vec![
         ("bomb-20000x20000.png", png_bomb(20_000, 20_000), "image_too_large"),
         ("bomb-9000x9000.png", png_bomb(9_000, 9_000), "image_too_large"),
         ("truncated.jpg", truncated_jpeg, "corrupt_image"),
@@ -139,7 +140,13 @@ async fn bombs_and_fakes_are_refused_with_bounded_memory() {
     }
     // Eight bombs at once.
     let uploads: Vec<_> = (0..8)
-        .map(|_| upload_one(&app, "bomb.png", reqwest::multipart::Part::bytes(png_bomb(20_000, 20_000))))
+        .map(|_| {
+            upload_one(
+                &app,
+                "bomb.png",
+                reqwest::multipart::Part::bytes(png_bomb(20_000, 20_000)),
+            )
+        })
         .collect();
     for (code, body) in futures::future::join_all(uploads).await {
         assert_eq!(code, 400, "{body}");

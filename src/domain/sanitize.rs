@@ -174,7 +174,9 @@ impl<R: BufRead, W: Write + Seek> Walk<'_, R, W> {
         while len > 0 {
             let n = buf.len().min(usize::try_from(len).unwrap_or(buf.len()));
             let piece = &mut buf[..n];
-            self.reader.read_exact(piece).map_err(|_| ImageError::Truncated(self.kind))?;
+            self.reader
+                .read_exact(piece)
+                .map_err(|_| ImageError::Truncated(self.kind))?;
             each(piece);
             if keep {
                 self.write(&buf[..n])?;
@@ -248,7 +250,10 @@ impl<R: BufRead, W: Write + Seek> Walk<'_, R, W> {
     fn entropy_data(&mut self) -> Result<u8, ImageError> {
         let mut after_ff = false;
         loop {
-            let buf = self.reader.fill_buf().map_err(|_| ImageError::Truncated(self.kind))?;
+            let buf = self
+                .reader
+                .fill_buf()
+                .map_err(|_| ImageError::Truncated(self.kind))?;
             if buf.is_empty() {
                 return Err(self.truncated());
             }
@@ -311,9 +316,9 @@ impl<R: BufRead, W: Write + Seek> Walk<'_, R, W> {
             return Err(self.polyglot("markup in the image's metadata"));
         }
         let keep = match marker {
-            0xE0 => true,                                   // JFIF / JFXX
+            0xE0 => true,                                  // JFIF / JFXX
             0xE2 => payload.starts_with(b"ICC_PROFILE\0"), // colour profile; MPF goes
-            0xEE => true,                                   // Adobe: colour transform
+            0xEE => true,                                  // Adobe: colour transform
             0xE1 => {
                 if payload.starts_with(b"Exif\0\0") {
                     self.report.orientation = exif_orientation(&payload[6..]);
@@ -470,7 +475,9 @@ impl<R: BufRead, W: Write + Seek> Walk<'_, R, W> {
         if let (Some(out), Some(start)) = (self.out.as_mut(), start) {
             // Patch the RIFF size now that the kept chunks are known.
             let size = u32::try_from(written).map_err(|_| ImageError::Corrupt(ImageKind::Webp))?;
-            let end = out.stream_position().map_err(|_| ImageError::Corrupt(ImageKind::Webp))?;
+            let end = out
+                .stream_position()
+                .map_err(|_| ImageError::Corrupt(ImageKind::Webp))?;
             out.seek(SeekFrom::Start(start + 4))
                 .and_then(|_| out.write_all(&size.to_le_bytes()))
                 .and_then(|()| out.seek(SeekFrom::Start(end)).map(|_| ()))
@@ -498,7 +505,9 @@ const PNG_KEEP: [&[u8; 4]; 19] = [
 ];
 
 /// WebP chunks that are the image or its colour; `EXIF`, `XMP ` and unknown chunks go.
-const WEBP_KEEP: [&[u8; 4]; 7] = [b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF", b"ICCP"];
+const WEBP_KEEP: [&[u8; 4]; 7] = [
+    b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ANIM", b"ANMF", b"ICCP",
+];
 
 /// The orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block.
 fn exif_orientation(tiff: &[u8]) -> Option<u16> {
@@ -509,11 +518,19 @@ fn exif_orientation(tiff: &[u8]) -> Option<u16> {
     };
     let u16_at = |at: usize| -> Option<u16> {
         let b: [u8; 2] = tiff.get(at..at + 2)?.try_into().ok()?;
-        Some(if big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+        Some(if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
     };
     let u32_at = |at: usize| -> Option<u32> {
         let b: [u8; 4] = tiff.get(at..at + 4)?.try_into().ok()?;
-        Some(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        Some(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     };
     let ifd = usize::try_from(u32_at(4)?).ok()?;
     let count = usize::from(u16_at(ifd)?);
@@ -552,7 +569,8 @@ mod tests {
     use crate::domain::image::{ImageLimits, inspect};
 
     fn encode(format: image::ImageFormat, w: u32, h: u32) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 7) as u8, 77]));
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 7) as u8, 77]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
         out.into_inner()

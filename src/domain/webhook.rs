@@ -43,11 +43,15 @@ pub fn verify(
 ) -> Result<(), SignatureError> {
     let timestamp = timestamp.ok_or(SignatureError::MissingTimestamp)?.trim();
     // Digits only: no sign, no exponent, no fraction, bounded length.
-    if timestamp.is_empty() || timestamp.len() > 12 || !timestamp.bytes().all(|b| b.is_ascii_digit())
+    if timestamp.is_empty()
+        || timestamp.len() > 12
+        || !timestamp.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(SignatureError::BadTimestamp);
     }
-    let at: i64 = timestamp.parse().map_err(|_| SignatureError::BadTimestamp)?;
+    let at: i64 = timestamp
+        .parse()
+        .map_err(|_| SignatureError::BadTimestamp)?;
     if (now_secs - at).abs() > MAX_SKEW_SECS {
         return Err(SignatureError::StaleTimestamp);
     }
@@ -58,7 +62,8 @@ pub fn verify(
     let presented = base64::engine::general_purpose::STANDARD
         .decode(signature)
         .map_err(|_| SignatureError::Mismatch)?;
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).map_err(|_| SignatureError::Mismatch)?;
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(key).map_err(|_| SignatureError::Mismatch)?;
     mac.update(task_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.as_bytes());
@@ -97,22 +102,74 @@ mod tests {
         let truncated = &good[..good.len() - 4];
         let cases: Vec<(Option<String>, Option<String>, SignatureError)> = vec![
             (None, Some(good.clone()), SignatureError::MissingTimestamp),
-            (Some(String::new()), Some(good.clone()), SignatureError::BadTimestamp),
-            (Some("-5".into()), Some(good.clone()), SignatureError::BadTimestamp),
-            (Some("1e9".into()), Some(good.clone()), SignatureError::BadTimestamp),
-            (Some((NOW - 301).to_string()), Some(sign(KEY, "e989621f", NOW - 301)), SignatureError::StaleTimestamp),
-            (Some((NOW + 301).to_string()), Some(sign(KEY, "e989621f", NOW + 301)), SignatureError::StaleTimestamp),
+            (
+                Some(String::new()),
+                Some(good.clone()),
+                SignatureError::BadTimestamp,
+            ),
+            (
+                Some("-5".into()),
+                Some(good.clone()),
+                SignatureError::BadTimestamp,
+            ),
+            (
+                Some("1e9".into()),
+                Some(good.clone()),
+                SignatureError::BadTimestamp,
+            ),
+            (
+                Some((NOW - 301).to_string()),
+                Some(sign(KEY, "e989621f", NOW - 301)),
+                SignatureError::StaleTimestamp,
+            ),
+            (
+                Some((NOW + 301).to_string()),
+                Some(sign(KEY, "e989621f", NOW + 301)),
+                SignatureError::StaleTimestamp,
+            ),
             (Some(ts.clone()), None, SignatureError::MissingSignature),
-            (Some(ts.clone()), Some(String::new()), SignatureError::Mismatch),
-            (Some(ts.clone()), Some("v1,".into()), SignatureError::Mismatch),
-            (Some(ts.clone()), Some(format!("v1,{good}")), SignatureError::Mismatch),
-            (Some(ts.clone()), Some(truncated.to_owned()), SignatureError::Mismatch),
-            (Some(ts.clone()), Some(sign(b"other", "e989621f", NOW)), SignatureError::Mismatch),
-            (Some(ts.clone()), Some(sign(KEY, "another", NOW)), SignatureError::Mismatch),
-            (Some((NOW - 1).to_string()), Some(good.clone()), SignatureError::Mismatch),
+            (
+                Some(ts.clone()),
+                Some(String::new()),
+                SignatureError::Mismatch,
+            ),
+            (
+                Some(ts.clone()),
+                Some("v1,".into()),
+                SignatureError::Mismatch,
+            ),
+            (
+                Some(ts.clone()),
+                Some(format!("v1,{good}")),
+                SignatureError::Mismatch,
+            ),
+            (
+                Some(ts.clone()),
+                Some(truncated.to_owned()),
+                SignatureError::Mismatch,
+            ),
+            (
+                Some(ts.clone()),
+                Some(sign(b"other", "e989621f", NOW)),
+                SignatureError::Mismatch,
+            ),
+            (
+                Some(ts.clone()),
+                Some(sign(KEY, "another", NOW)),
+                SignatureError::Mismatch,
+            ),
+            (
+                Some((NOW - 1).to_string()),
+                Some(good.clone()),
+                SignatureError::Mismatch,
+            ),
         ];
         for (ts, sig, expected) in cases {
-            assert_eq!(check(ts.as_deref(), sig.as_deref()), Err(expected.clone()), "{ts:?} {sig:?}");
+            assert_eq!(
+                check(ts.as_deref(), sig.as_deref()),
+                Err(expected.clone()),
+                "{ts:?} {sig:?}"
+            );
         }
         assert_eq!(
             verify(KEY, None, Some(&ts), Some(&good), NOW),

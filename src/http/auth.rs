@@ -230,7 +230,11 @@ impl Auth {
 }
 
 /// The authentication middleware (on every route; see [`is_public_path`]).
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let auth = &state.auth;
     if !auth.required() {
         request.extensions_mut().insert(Caller(None));
@@ -242,7 +246,11 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let Some(header_value) = request.headers().get(header::AUTHORIZATION) else {
         return with_challenge(missing_key().into_response());
     };
-    let Some(key) = header_value.to_str().ok().and_then(api_key::from_authorization) else {
+    let Some(key) = header_value
+        .to_str()
+        .ok()
+        .and_then(api_key::from_authorization)
+    else {
         return with_challenge(missing_key().into_response());
     };
     let name = match auth.identify(key).await {
@@ -272,7 +280,11 @@ fn with_challenge(mut response: Response) -> Response {
 /// The callback routes' own limit, for all senders together: a flood of forged callbacks
 /// cannot take the database down, and a real callback refused here is not lost (the
 /// reconciler polls the provider for every task whose answer is overdue).
-pub async fn limit_callbacks(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn limit_callbacks(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Err(not_until) = state.auth.callbacks.check() {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         tracing::warn!("callback refused: callback rate limit");

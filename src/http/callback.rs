@@ -19,8 +19,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, parse_json};
 use super::auth::limit_callbacks;
+use super::error::{ApiError, parse_json};
 use crate::AppState;
 use crate::domain::TaskId;
 use crate::domain::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -60,7 +60,11 @@ fn check_signature(state: &AppState, headers: &HeaderMap, body: &Value) -> Resul
     )
     .map_err(|e| {
         tracing::warn!(reason = %e, "callback refused: webhook signature");
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_webhook_signature", e.to_string())
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_webhook_signature",
+            e.to_string(),
+        )
     })
 }
 

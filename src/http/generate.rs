@@ -112,7 +112,11 @@ async fn generate(
     let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;
     state.engine.enqueue(&tasks).await?;
     drop(reservation);
-    tracing::info!(count = tasks.len(), owner = caller.owner().unwrap_or("-"), "tasks queued");
+    tracing::info!(
+        count = tasks.len(),
+        owner = caller.owner().unwrap_or("-"),
+        "tasks queued"
+    );
 
     let listed: Vec<Value> = tasks
         .iter()

@@ -140,7 +140,10 @@ fn strip_metadata(
         .map_err(ApiError::internal)?;
     output.flush().map_err(ApiError::internal)?;
     if report.removed_bytes > 0 {
-        tracing::debug!(removed_bytes = report.removed_bytes, "upload metadata removed");
+        tracing::debug!(
+            removed_bytes = report.removed_bytes,
+            "upload metadata removed"
+        );
     }
     Ok(stripped)
 }

@@ -39,8 +39,12 @@ pub trait AccessRepo: Send + Sync + 'static {
     async fn has_api_keys(&self) -> Result<bool, RepoError>;
 
     /// Records who uploaded `key` (`None` when authentication is off).
-    async fn record_upload(&self, key: &str, owner: Option<&str>, now: i64)
-    -> Result<(), RepoError>;
+    async fn record_upload(
+        &self,
+        key: &str,
+        owner: Option<&str>,
+        now: i64,
+    ) -> Result<(), RepoError>;
 
     /// Who uploaded `key`: `None` when unknown, `Some(None)` when uploaded without a key.
     async fn upload_owner(&self, key: &str) -> Result<Option<Option<String>>, RepoError>;

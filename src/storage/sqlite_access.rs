@@ -39,17 +39,19 @@ impl AccessRepo for SqliteRepo {
     }
 
     async fn api_key_name(&self, key_hash: &str) -> Result<Option<String>, RepoError> {
-        let row = sqlx::query("SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| r.try_get("name")).transpose()?)
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, RepoError> {
-        let rows = sqlx::query("SELECT name, hint, created_at, revoked_at FROM api_keys ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, hint, created_at, revoked_at FROM api_keys ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(ApiKeyRecord {
@@ -63,20 +65,20 @@ impl AccessRepo for SqliteRepo {
     }
 
     async fn revoke_api_key(&self, name: &str, now: i64) -> Result<bool, RepoError> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(name)
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn has_api_keys(&self) -> Result<bool, RepoError> {
-        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL) AS any")
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL) AS any")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(row.try_get::<bool, _>("any")?)
     }
 
@@ -154,26 +156,47 @@ mod tests {
     async fn keys_uploads_and_secrets() {
         let repo = SqliteRepo::in_memory().await.unwrap();
         assert!(!repo.has_api_keys().await.unwrap());
-        assert!(repo.create_api_key("alice", "h1", "dk_abc", 1).await.unwrap());
-        assert!(!repo.create_api_key("alice", "h2", "dk_def", 2).await.unwrap());
+        assert!(
+            repo.create_api_key("alice", "h1", "dk_abc", 1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !repo
+                .create_api_key("alice", "h2", "dk_def", 2)
+                .await
+                .unwrap()
+        );
         assert!(repo.has_api_keys().await.unwrap());
-        assert_eq!(repo.api_key_name("h1").await.unwrap().as_deref(), Some("alice"));
+        assert_eq!(
+            repo.api_key_name("h1").await.unwrap().as_deref(),
+            Some("alice")
+        );
         assert_eq!(repo.api_key_name("h2").await.unwrap(), None);
         assert!(repo.revoke_api_key("alice", 3).await.unwrap());
         assert!(!repo.revoke_api_key("alice", 4).await.unwrap());
         assert_eq!(repo.api_key_name("h1").await.unwrap(), None);
         assert!(!repo.has_api_keys().await.unwrap());
         // A revoked name can be used again.
-        assert!(repo.create_api_key("alice", "h3", "dk_ghi", 5).await.unwrap());
+        assert!(
+            repo.create_api_key("alice", "h3", "dk_ghi", 5)
+                .await
+                .unwrap()
+        );
         assert_eq!(repo.list_api_keys().await.unwrap().len(), 1);
 
-        repo.record_upload("uploads/a.png", Some("alice"), 1).await.unwrap();
+        repo.record_upload("uploads/a.png", Some("alice"), 1)
+            .await
+            .unwrap();
         repo.record_upload("uploads/b.png", None, 1).await.unwrap();
         assert_eq!(
             repo.upload_owner("uploads/a.png").await.unwrap(),
             Some(Some("alice".to_owned()))
         );
-        assert_eq!(repo.upload_owner("uploads/b.png").await.unwrap(), Some(None));
+        assert_eq!(
+            repo.upload_owner("uploads/b.png").await.unwrap(),
+            Some(None)
+        );
         assert_eq!(repo.upload_owner("uploads/c.png").await.unwrap(), None);
         assert_eq!(repo.count_unfinished_tasks("alice").await.unwrap(), 0);
 
