@@ -1210,6 +1210,58 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_are_checked_without_echoing_keys() {
+        let config = Config::from_env(&env(&[
+            (
+                "DARKROOM_API_KEYS",
+                "alice:alice-key-0123456789, bob:bob-key-0123456789",
+            ),
+            (
+                "DARKROOM_CORS_ORIGINS",
+                "https://app.example.com,http://localhost:5173",
+            ),
+            ("DARKROOM_RESULT_HOSTS", "tempfile.example.com,*.kie.ai"),
+            ("KIE_WEBHOOK_HMAC_KEY", "whk-secret"),
+        ]))
+        .unwrap();
+        let keys = config.configured_api_keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].0, "bob");
+        let dump = format!("{config:?}");
+        assert!(
+            !dump.contains("alice-key") && !dump.contains("whk-secret"),
+            "{dump}"
+        );
+        for bad in [
+            "alice",
+            "alice:short",
+            "a b:0123456789abcdef",
+            "alice:0123456789abcdef,alice:fedcba9876543210",
+        ] {
+            let err = Config::from_env(&env(&[("DARKROOM_API_KEYS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("DARKROOM_API_KEYS"), "{err}");
+            assert!(!err.contains("0123456789abcdef"), "the key leaked: {err}");
+        }
+        for (key, value) in [
+            ("DARKROOM_CORS_ORIGINS", "*"),
+            ("DARKROOM_CORS_ORIGINS", "https://app.example.com/path"),
+            ("DARKROOM_RESULT_HOSTS", "http://x.com"),
+            ("DARKROOM_HEADER_TIMEOUT_SECS", "0"),
+        ] {
+            let err = Config::from_env(&env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            let short = key.trim_start_matches("DARKROOM_").to_ascii_lowercase();
+            assert!(
+                err.contains(key) || err.to_ascii_lowercase().contains(&short),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_darkroom_variables_are_reported() {
         let unknown = Config::unknown_darkroom_vars(&env(&[
             ("DARKROOM_LISTN", "x"),
