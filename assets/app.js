@@ -302,8 +302,28 @@ function renderInfo() {
     els.serverVersion.hidden = false;
   }
   els.simulatorNotice.hidden = info.simulator !== true;
+  renderProviders(info);
   if (info.apiKeysRequired === true) showApiKeySection(false);
   renderForm();
+}
+
+/** Fills the provider choice from /api/info; the server's default is preselected. */
+function renderProviders(info) {
+  const providers = Array.isArray(info.providers) ? info.providers : [];
+  if (providers.length === 0) return;
+  const fallback = str(info.defaultProvider) || str(info.provider);
+  const chosen = els.providerSelect.value || fallback;
+  els.providerSelect.replaceChildren();
+  for (const p of providers) {
+    const name = str(p && p.name);
+    if (!name) continue;
+    const option = document.createElement('option');
+    option.value = name;
+    const model = str(p.model);
+    option.textContent = `${name}${model ? ` (${model})` : ''}${p.simulator === true ? ' · simulator' : ''}`;
+    option.selected = name === chosen;
+    els.providerSelect.append(option);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -576,6 +596,7 @@ async function handleSubmit(event) {
   const prompt = promptText().trim();
   const aspectRatio = els.aspectRatio.value;
   const outputFormat = els.outputFormat.value;
+  const provider = els.providerSelect.value;
 
   setSubmitting(true, 'Uploading…');
   setFormStatus(`Uploading ${batch.length} image${batch.length === 1 ? '' : 's'}…`);
@@ -600,6 +621,7 @@ async function handleSubmit(event) {
         uploads: uploaded.map((u) => ({ key: u.key, url: u.url })),
         aspectRatio,
         outputFormat,
+        ...(provider ? { provider } : {}),
       },
     });
 
@@ -960,6 +982,7 @@ function cacheElements() {
     promptCounter: byId('prompt-counter'),
     aspectRatio: byId('aspect-ratio'),
     outputFormat: byId('output-format'),
+    providerSelect: byId('provider-select'),
     generateButton: byId('generate-button'),
     generateHint: byId('generate-hint'),
     formStatus: byId('form-status'),

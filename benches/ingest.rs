@@ -206,6 +206,7 @@ async fn darkroom(
             owner: None,
             callback_token_hash: String::new(),
             created_at: now,
+            retry_of: None,
         })
         .collect();
     repo.insert(&tasks).await.unwrap();

@@ -50,11 +50,14 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The provider a generation request gets when it names none: `kie` or `gemini`.
+    pub default_provider: String,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub kie: KieConfig,
     pub simulator: SimulatorConfig,
+    pub gemini: GeminiConfig,
     pub limits: LimitsConfig,
     pub engine: EngineConfig,
     pub fetch: FetchConfig,
@@ -178,6 +181,15 @@ pub struct KieConfig {
     pub verify_callbacks: bool,
     /// KIE's file upload API (a different host from the jobs API).
     pub upload_base_url: Url,
+    /// Creates allowed per window (KIE: 20 per 10 s per account); 0 means no limit.
+    pub creates_per_window: usize,
+    pub create_window_secs: u64,
+    /// `recordInfo` queries per second (KIE allows 10); 0 means no limit.
+    pub queries_per_second: usize,
+    /// Tasks being created or waiting at KIE at once; 0 means no cap.
+    pub max_in_flight: usize,
+    /// How long a 402 (insufficient credits) pauses submission, seconds.
+    pub credits_pause_secs: u64,
     pub request_timeout_secs: u64,
     /// KIE's webhook HMAC key (set in KIE's console). When set, callbacks must carry a valid
     /// `X-Webhook-Timestamp` / `X-Webhook-Signature`.
@@ -196,6 +208,40 @@ pub struct SimulatorConfig {
     pub drop_rate: f64,
     /// Share of tasks whose callback arrives before the create answer.
     pub early_callback_rate: f64,
+    /// Creates the simulator accepts per 10 s, as KIE; 0 turns its limit off.
+    pub rate_limit: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeminiConfig {
+    /// Setting it switches Gemini from the built-in simulator to Google's API.
+    pub api_key: Option<Secret>,
+    pub base_url: Url,
+    /// The model every Gemini task uses.
+    pub model: String,
+    /// One `generateContent` call, seconds: generation can take a minute.
+    pub request_timeout_secs: u64,
+    /// Gemini calls at once; other providers' tasks never wait for these slots.
+    pub concurrency: usize,
+    /// Gemini's inline request limit: the prompt plus the base64 input images, bytes.
+    pub max_request_bytes: u64,
+    pub simulator: GeminiSimulatorConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeminiSimulatorConfig {
+    /// Generation time of the built-in Gemini simulator, `MIN-MAX` milliseconds.
+    pub latency_ms: String,
+    /// Share of prompts blocked (`promptFeedback.blockReason`).
+    pub block_rate: f64,
+    /// Share of answers stopped by `finishReason: IMAGE_SAFETY`.
+    pub image_safety_rate: f64,
+    /// Share of text-only answers.
+    pub text_only_rate: f64,
+    /// HTTP errors answered at these rates, `STATUS=RATE,…` (400 403 404 429 500 503 504).
+    pub errors: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -230,6 +276,12 @@ pub struct EngineConfig {
     pub tick_ms: u64,
     /// When a submitted task is first asked about if no callback has come, milliseconds.
     pub first_poll_ms: u64,
+    /// How long a create that got no answer waits for a callback, seconds.
+    pub unconfirmed_window_secs: u64,
+    /// After that window, submit again (the provider may bill twice) instead of failing.
+    pub resubmit_unconfirmed: bool,
+    /// How long in-flight work may take to finish at shutdown, seconds.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -271,11 +323,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            default_provider: crate::providers::kie::NAME.to_owned(),
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
             kie: KieConfig::default(),
             simulator: SimulatorConfig::default(),
+            gemini: GeminiConfig::default(),
             limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
             fetch: FetchConfig::default(),
@@ -330,6 +384,11 @@ impl Default for KieConfig {
             callback_url: None,
             verify_callbacks: true,
             upload_base_url: Url::parse("https://kieai.redpandaai.co").expect("static URL"),
+            creates_per_window: 20,
+            create_window_secs: 10,
+            queries_per_second: 9,
+            max_in_flight: 200,
+            credits_pause_secs: 300,
             request_timeout_secs: 30,
             webhook_hmac_key: None,
         }
@@ -345,6 +404,33 @@ impl Default for SimulatorConfig {
             duplicate_count: 2,
             drop_rate: 0.0,
             early_callback_rate: 0.0,
+            rate_limit: 20,
+        }
+    }
+}
+
+impl Default for GeminiConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: Url::parse(crate::providers::gemini::DEFAULT_BASE_URL).expect("static URL"),
+            model: crate::providers::gemini::DEFAULT_MODEL.to_owned(),
+            request_timeout_secs: 120,
+            concurrency: 4,
+            max_request_bytes: 20 * 1024 * 1024,
+            simulator: GeminiSimulatorConfig::default(),
+        }
+    }
+}
+
+impl Default for GeminiSimulatorConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: "2000-6000".to_owned(),
+            block_rate: 0.0,
+            image_safety_rate: 0.0,
+            text_only_rate: 0.0,
+            errors: String::new(),
         }
     }
 }
@@ -377,6 +463,9 @@ impl Default for EngineConfig {
             lease_secs: 120,
             tick_ms: 500,
             first_poll_ms: 10_000,
+            unconfirmed_window_secs: 600,
+            resubmit_unconfirmed: false,
+            shutdown_grace_secs: 20,
         }
     }
 }
@@ -447,6 +536,16 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_SIM_DROP_RATE",
     "DARKROOM_SIM_DUPLICATE_COUNT",
     "DARKROOM_SIM_EARLY_CALLBACK_RATE",
+    "DARKROOM_DEFAULT_PROVIDER",
+    "DARKROOM_GEMINI_MODEL",
+    "DARKROOM_GEMINI_TIMEOUT_SECS",
+    "DARKROOM_GEMINI_CONCURRENCY",
+    "DARKROOM_GEMINI_MAX_REQUEST_BYTES",
+    "DARKROOM_GEMINI_SIM_LATENCY_MS",
+    "DARKROOM_GEMINI_SIM_BLOCK_RATE",
+    "DARKROOM_GEMINI_SIM_IMAGE_SAFETY_RATE",
+    "DARKROOM_GEMINI_SIM_TEXT_ONLY_RATE",
+    "DARKROOM_GEMINI_SIM_ERRORS",
     "DARKROOM_MAX_UPLOAD_BYTES",
     "DARKROOM_MAX_UPLOAD_FILES",
     "DARKROOM_MAX_RESULT_BYTES",
@@ -465,6 +564,15 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_LEASE_SECS",
     "DARKROOM_TICK_MS",
     "DARKROOM_FIRST_POLL_MS",
+    "DARKROOM_UNCONFIRMED_WINDOW_SECS",
+    "DARKROOM_RESUBMIT_UNCONFIRMED",
+    "DARKROOM_SHUTDOWN_GRACE_SECS",
+    "DARKROOM_KIE_CREATES_PER_WINDOW",
+    "DARKROOM_KIE_CREATE_WINDOW_SECS",
+    "DARKROOM_KIE_QUERIES_PER_SECOND",
+    "DARKROOM_KIE_MAX_IN_FLIGHT",
+    "DARKROOM_KIE_CREDITS_PAUSE_SECS",
+    "DARKROOM_SIM_RATE_LIMIT",
     "DARKROOM_TRUSTED_FETCH_HOSTS",
     "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
     "DARKROOM_FETCH_TIMEOUT_SECS",
@@ -697,6 +805,13 @@ impl Config {
             &mut self.kie.webhook_hmac_key,
             |v| Ok(Some(Secret::new(v))),
         )?;
+        let k = &mut self.kie;
+        r.number("DARKROOM_KIE_CREATES_PER_WINDOW", &mut k.creates_per_window)?;
+        r.number("DARKROOM_KIE_CREATE_WINDOW_SECS", &mut k.create_window_secs)?;
+        r.number("DARKROOM_KIE_QUERIES_PER_SECOND", &mut k.queries_per_second)?;
+        r.number("DARKROOM_KIE_MAX_IN_FLIGHT", &mut k.max_in_flight)?;
+        r.number("DARKROOM_KIE_CREDITS_PAUSE_SECS", &mut k.credits_pause_secs)?;
+        r.number("DARKROOM_SIM_RATE_LIMIT", &mut self.simulator.rate_limit)?;
 
         r.set(
             "DARKROOM_SIM_LATENCY_MS",
@@ -717,6 +832,7 @@ impl Config {
             "DARKROOM_SIM_EARLY_CALLBACK_RATE",
             &mut self.simulator.early_callback_rate,
         )?;
+        self.apply_gemini_env(&r)?;
 
         let l = &mut self.limits;
         r.number("DARKROOM_MAX_UPLOAD_BYTES", &mut l.max_upload_bytes)?;
@@ -748,6 +864,12 @@ impl Config {
         r.number("DARKROOM_LEASE_SECS", &mut e.lease_secs)?;
         r.number("DARKROOM_TICK_MS", &mut e.tick_ms)?;
         r.number("DARKROOM_FIRST_POLL_MS", &mut e.first_poll_ms)?;
+        r.number(
+            "DARKROOM_UNCONFIRMED_WINDOW_SECS",
+            &mut e.unconfirmed_window_secs,
+        )?;
+        r.flag("DARKROOM_RESUBMIT_UNCONFIRMED", &mut e.resubmit_unconfirmed)?;
+        r.number("DARKROOM_SHUTDOWN_GRACE_SECS", &mut e.shutdown_grace_secs)?;
 
         r.list(
             "DARKROOM_TRUSTED_FETCH_HOSTS",
@@ -774,6 +896,123 @@ impl Config {
             Ok(v.to_owned())
         })?;
         Ok(())
+    }
+
+    /// Provider choice and the Gemini client and simulator.
+    fn apply_gemini_env(&mut self, r: &EnvReader<'_>) -> Result<(), ConfigError> {
+        r.set(
+            "DARKROOM_DEFAULT_PROVIDER",
+            &mut self.default_provider,
+            |v| Ok(v.to_ascii_lowercase()),
+        )?;
+        let g = &mut self.gemini;
+        r.set("GEMINI_API_KEY", &mut g.api_key, |v| {
+            Ok(Some(Secret::new(v)))
+        })?;
+        r.url("GEMINI_BASE_URL", &mut g.base_url)?;
+        r.set("DARKROOM_GEMINI_MODEL", &mut g.model, |v| Ok(v.to_owned()))?;
+        r.number("DARKROOM_GEMINI_TIMEOUT_SECS", &mut g.request_timeout_secs)?;
+        r.number("DARKROOM_GEMINI_CONCURRENCY", &mut g.concurrency)?;
+        r.number(
+            "DARKROOM_GEMINI_MAX_REQUEST_BYTES",
+            &mut g.max_request_bytes,
+        )?;
+        let s = &mut g.simulator;
+        r.set("DARKROOM_GEMINI_SIM_LATENCY_MS", &mut s.latency_ms, |v| {
+            parse_latency_ms(v).map(|_| v.to_owned())
+        })?;
+        r.number("DARKROOM_GEMINI_SIM_BLOCK_RATE", &mut s.block_rate)?;
+        r.number(
+            "DARKROOM_GEMINI_SIM_IMAGE_SAFETY_RATE",
+            &mut s.image_safety_rate,
+        )?;
+        r.number("DARKROOM_GEMINI_SIM_TEXT_ONLY_RATE", &mut s.text_only_rate)?;
+        r.set("DARKROOM_GEMINI_SIM_ERRORS", &mut s.errors, |v| {
+            crate::providers::sim::gemini::parse_error_rates(v).map(|_| v.to_owned())
+        })?;
+        Ok(())
+    }
+
+    /// Checks the provider and Gemini keys (the model name goes into a URL path).
+    fn validate_gemini(&self) -> Result<(), ConfigError> {
+        let providers = [crate::providers::kie::NAME, crate::providers::gemini::NAME];
+        if !providers.contains(&self.default_provider.as_str()) {
+            return Err(invalid(
+                "default_provider (DARKROOM_DEFAULT_PROVIDER)",
+                format!(
+                    "= {:?} must be one of {}",
+                    self.default_provider,
+                    providers.join(", ")
+                ),
+            ));
+        }
+        let model = &self.gemini.model;
+        let model_ok = !model.is_empty()
+            && model.len() <= 100
+            && model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !model_ok {
+            return Err(invalid(
+                "gemini.model (DARKROOM_GEMINI_MODEL)",
+                format!("= {model:?} must be a model name like gemini-2.5-flash-image"),
+            ));
+        }
+        let sim = &self.gemini.simulator;
+        parse_latency_ms(&sim.latency_ms).map_err(|p| {
+            invalid(
+                "gemini.simulator.latency_ms (DARKROOM_GEMINI_SIM_LATENCY_MS)",
+                p,
+            )
+        })?;
+        crate::providers::sim::gemini::parse_error_rates(&sim.errors).map_err(|p| {
+            invalid(
+                "gemini.simulator.errors (DARKROOM_GEMINI_SIM_ERRORS)",
+                format!("= {:?}: {p}", sim.errors),
+            )
+        })?;
+        for (key, rate) in [
+            (
+                "gemini.simulator.block_rate (DARKROOM_GEMINI_SIM_BLOCK_RATE)",
+                sim.block_rate,
+            ),
+            (
+                "gemini.simulator.image_safety_rate (DARKROOM_GEMINI_SIM_IMAGE_SAFETY_RATE)",
+                sim.image_safety_rate,
+            ),
+            (
+                "gemini.simulator.text_only_rate (DARKROOM_GEMINI_SIM_TEXT_ONLY_RATE)",
+                sim.text_only_rate,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid(key, format!("= {rate} must be between 0 and 1")));
+            }
+        }
+        for (key, value) in [
+            (
+                "gemini.request_timeout_secs (DARKROOM_GEMINI_TIMEOUT_SECS)",
+                self.gemini.request_timeout_secs,
+            ),
+            (
+                "gemini.concurrency (DARKROOM_GEMINI_CONCURRENCY)",
+                self.gemini.concurrency as u64,
+            ),
+            (
+                "gemini.max_request_bytes (DARKROOM_GEMINI_MAX_REQUEST_BYTES)",
+                self.gemini.max_request_bytes,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether Gemini is served by the built-in simulator (no `GEMINI_API_KEY`).
+    pub fn gemini_simulated(&self) -> bool {
+        self.gemini.api_key.is_none()
     }
 
     /// The original service's R2 variables: an account id gives Cloudflare's endpoint;
@@ -827,6 +1066,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_gemini()?;
         parse_latency_ms(&self.simulator.latency_ms)
             .map_err(|p| invalid("simulator.latency_ms (DARKROOM_SIM_LATENCY_MS)", p))?;
         for (key, rate) in [
@@ -1262,12 +1502,72 @@ mod tests {
     }
 
     #[test]
+    fn gemini_is_simulated_until_a_key_is_set() {
+        let config = Config::from_env(&env(&[])).unwrap();
+        assert!(config.gemini_simulated());
+        assert_eq!(config.default_provider, "kie");
+        assert_eq!(config.gemini.model, "gemini-2.5-flash-image");
+        let config = Config::from_env(&env(&[
+            ("GEMINI_API_KEY", "g-secret"),
+            ("GEMINI_BASE_URL", "http://127.0.0.1:9091"),
+            ("DARKROOM_DEFAULT_PROVIDER", "Gemini"),
+            ("DARKROOM_GEMINI_SIM_ERRORS", "429=0.5,503=0.1"),
+        ]))
+        .unwrap();
+        assert!(!config.gemini_simulated());
+        assert_eq!(config.default_provider, "gemini");
+        assert!(!format!("{config:?}").contains("g-secret"));
+        for (key, value) in [
+            ("DARKROOM_DEFAULT_PROVIDER", "openai"),
+            ("DARKROOM_GEMINI_MODEL", "../x"),
+            ("DARKROOM_GEMINI_SIM_ERRORS", "418=1"),
+            ("DARKROOM_GEMINI_SIM_BLOCK_RATE", "1.5"),
+            ("DARKROOM_GEMINI_CONCURRENCY", "0"),
+            ("GEMINI_BASE_URL", "nowhere"),
+        ] {
+            let err = Config::from_env(&env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_darkroom_variables_are_reported() {
         let unknown = Config::unknown_darkroom_vars(&env(&[
             ("DARKROOM_LISTN", "x"),
             ("DARKROOM_LISTEN", "y"),
         ]));
         assert_eq!(unknown, vec!["DARKROOM_LISTN".to_owned()]);
+    }
+
+    #[test]
+    fn every_documented_variable_is_read() {
+        // Each variable set to a value no parser accepts must stop the start, naming it:
+        // a documented variable that is never read fails here. Free-text ones are skipped.
+        for var in KNOWN_DARKROOM_VARS {
+            if matches!(
+                *var,
+                "DARKROOM_CONFIG"
+                    | "DARKROOM_LOG"
+                    | "DARKROOM_DATA_DIR"
+                    | "DARKROOM_BUCKET_DIR"
+                    | "DARKROOM_DATABASE_URL"
+            ) {
+                continue;
+            }
+            let env: HashMap<String, String> =
+                [(var.to_string(), "\u{1}not valid\u{1}".to_owned())].into();
+            let result = Config::from_env(&env);
+            assert!(
+                result.is_err(),
+                "{var} is documented but not read (or accepts anything)"
+            );
+            assert!(
+                result.unwrap_err().to_string().contains(var),
+                "{var}: the error names another key"
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! darkroom: an asynchronous image-generation gateway. Clients upload reference images and
-//! ask for generations; darkroom queues tasks, submits them to the provider, receives its
-//! callbacks, copies results into the operator's bucket and reports progress.
+//! ask for generations; darkroom queues tasks, submits each to its provider (KIE, answering
+//! later by callback; Gemini, answering inline), copies results into the operator's bucket
+//! and reports progress.
 
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod net;
 pub mod providers;
@@ -22,11 +24,15 @@ use url::Url;
 
 use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
 use domain::image::ImageLimits;
-use engine::{Engine, EngineSettings, InputRoute};
+use engine::limits::{ProviderGate, WindowLimiter};
+use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
+use events::EventBus;
 use net::Fetcher;
 use providers::Provider;
+use providers::gemini::{GeminiClient, GeminiSettings};
+use providers::inputs::InputLoader;
 use providers::kie::KieClient;
-use providers::sim::{KieSim, KieSimConfig};
+use providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
 use storage::{AccessRepo, BlobStore, TaskRepo};
@@ -40,9 +46,20 @@ const STATUS_BOARD_CAPACITY: usize = 100_000;
 /// What this instance runs with, for `/api/info` and the page.
 #[derive(Clone, Debug)]
 pub struct ServiceInfo {
+    /// The default provider (what a request without `provider` gets).
     pub provider: &'static str,
+    /// Whether the default provider is a built-in simulator.
     pub simulator: bool,
     pub storage: &'static str,
+    pub providers: Vec<ProviderInfo>,
+}
+
+/// One provider this instance dispatches to.
+#[derive(Clone, Debug)]
+pub struct ProviderInfo {
+    pub name: &'static str,
+    pub model: String,
+    pub simulator: bool,
 }
 
 /// Cheap handles shared by every request handler.
@@ -66,6 +83,8 @@ pub struct App {
     pub public_url: Url,
     /// The in-process KIE simulator, when no `KIE_API_TOKEN` is configured.
     pub simulator: Option<Arc<KieSim>>,
+    /// The in-process Gemini simulator, when no `GEMINI_API_KEY` is configured.
+    pub gemini_simulator: Option<Arc<GeminiSim>>,
     /// Stops the in-process simulator when the app stops.
     sim_shutdown: CancellationToken,
 }
@@ -168,8 +187,51 @@ impl App {
                 }
             };
         let (connect_timeout, fetch_timeout) = config.fetch_timeouts();
-        let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?
-            .with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
+        let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?;
+        let image_limits = ImageLimits {
+            max_dimension: config.limits.max_image_dimension,
+            max_pixels: config.limits.max_image_pixels,
+        };
+        let (gemini, gemini_simulator) = build_gemini(
+            &config,
+            &blobs,
+            &fetcher,
+            image_limits,
+            sim_shutdown.clone(),
+        )
+        .await?;
+        let kie_model = domain::request::Model::default().as_str().to_owned();
+        let provider_info = vec![
+            ProviderInfo {
+                name: provider.name(),
+                model: kie_model,
+                simulator: simulator.is_some(),
+            },
+            ProviderInfo {
+                name: gemini.name(),
+                model: config.gemini.model.clone(),
+                simulator: gemini_simulator.is_some(),
+            },
+        ];
+        // A margin on the window: the provider counts at arrival, we count at sending.
+        let kie_gate = ProviderGate::new(
+            WindowLimiter::new(
+                config.kie.creates_per_window,
+                Duration::from_secs(config.kie.create_window_secs) + Duration::from_millis(500),
+            ),
+            WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
+            config.kie.max_in_flight,
+        );
+        // Gemini has no documented request window here: its concurrency slots bound it, and
+        // a 429 pauses it like KIE (for Gemini's RetryInfo delay).
+        let gemini_gate = ProviderGate::new(
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            0,
+        );
+        let mut registry = ProviderRegistry::new();
+        registry.register(provider, config.engine.dispatch_concurrency, kie_gate);
+        registry.register(gemini, config.gemini.concurrency, gemini_gate);
 
         let callback_base = match &config.kie.callback_url {
             Some(url) => url.clone(),
@@ -190,31 +252,46 @@ impl App {
             task_deadline: Duration::from_secs(config.engine.task_deadline_secs),
             tick: Duration::from_millis(config.engine.tick_ms),
             max_result_bytes: config.limits.max_result_bytes,
-            image_limits: ImageLimits {
-                max_dimension: config.limits.max_image_dimension,
-                max_pixels: config.limits.max_image_pixels,
-            },
+            image_limits,
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
             first_poll: Duration::from_millis(config.engine.first_poll_ms),
             input_route,
+            unconfirmed_window: Duration::from_secs(config.engine.unconfirmed_window_secs),
+            resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
+            credits_pause: Duration::from_secs(config.kie.credits_pause_secs),
+            shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
         };
+        let events = Arc::new(EventBus::new());
+        // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
+        // provider's fetches of client input URLs are not results and keep the plain rules.
+        let result_fetcher = fetcher.with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
-            provider,
-            fetcher,
+            registry,
+            result_fetcher,
             board.clone(),
+            events.clone(),
             settings,
         ));
+        let default = provider_info
+            .iter()
+            .find(|p| p.name == config.default_provider)
+            .unwrap_or(&provider_info[0]);
+        tracing::info!(
+            default_provider = default.name,
+            "requests and sources that name no provider use the default provider"
+        );
         let info = ServiceInfo {
-            provider: "kie",
-            simulator: simulator.is_some(),
+            provider: default.name,
+            simulator: default.simulator,
             storage: if config.storage.s3.is_some() {
                 "s3"
             } else {
                 "local"
             },
+            providers: provider_info.clone(),
         };
         Ok(Self {
             state: AppState {
@@ -229,6 +306,7 @@ impl App {
             },
             public_url,
             simulator,
+            gemini_simulator,
             sim_shutdown,
         })
     }
@@ -330,6 +408,72 @@ async fn serve_http(
     }
 }
 
+/// The Gemini provider: Google's API when `GEMINI_API_KEY` is set, otherwise the built-in
+/// simulator on a loopback port of its own, reached through the same client (with a key the
+/// simulator demands, so the whole path is exercised).
+async fn build_gemini(
+    config: &Config,
+    blobs: &storage::BlobStore,
+    fetcher: &Fetcher,
+    image_limits: ImageLimits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<dyn Provider>, Option<Arc<GeminiSim>>)> {
+    let (base_url, api_key, simulator) = match &config.gemini.api_key {
+        Some(key) => {
+            tracing::info!(base_url = %config.gemini.base_url, model = %config.gemini.model, "provider: Gemini");
+            (config.gemini.base_url.clone(), key.clone(), None)
+        }
+        None => {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let addr = listener.local_addr()?;
+            let key = hex::encode(rand::random::<[u8; 16]>());
+            let knobs = &config.gemini.simulator;
+            let sim = GeminiSim::new(GeminiSimConfig {
+                api_key: Some(key.clone()),
+                models: vec![config.gemini.model.clone()],
+                latency_ms: parse_latency_ms(&knobs.latency_ms).map_err(anyhow::Error::msg)?,
+                block_rate: knobs.block_rate,
+                image_safety_rate: knobs.image_safety_rate,
+                text_only_rate: knobs.text_only_rate,
+                error_rates: providers::sim::gemini::parse_error_rates(&knobs.errors)
+                    .map_err(anyhow::Error::msg)?,
+                ..GeminiSimConfig::default()
+            });
+            tokio::spawn(sim.clone().serve(listener, shutdown));
+            tracing::warn!(
+                address = %addr,
+                model = %config.gemini.model,
+                "provider: the built-in Gemini simulator (no GEMINI_API_KEY set); provider \"gemini\" works, images are generated locally and nothing is billed"
+            );
+            (
+                Url::parse(&format!("http://{addr}"))?,
+                config::Secret::new(key),
+                Some(sim),
+            )
+        }
+    };
+    let (_, fetch_timeout) = config.fetch_timeouts();
+    let settings = GeminiSettings {
+        base_url,
+        api_key,
+        request_timeout: Duration::from_secs(config.gemini.request_timeout_secs),
+        inputs_timeout: fetch_timeout,
+        max_request_bytes: config.gemini.max_request_bytes,
+        // Base64 makes an image 4/3 its size; twice the result cap leaves room for the JSON
+        // and a second image of ordinary size.
+        max_answer_bytes: config.limits.max_result_bytes.saturating_mul(2),
+        image_limits,
+    };
+    let inputs = InputLoader::new(
+        blobs.clone(),
+        fetcher.clone(),
+        config.limits.max_upload_bytes,
+        image_limits,
+    );
+    let client = GeminiClient::new(settings, inputs)?;
+    Ok((Arc::new(client), simulator))
+}
+
 /// Decides how inputs reach the provider; `auto` prefers what needs nothing extra.
 fn input_route(config: &Config, blobs: &BlobStore) -> InputRoute {
     let presigned =
@@ -365,6 +509,7 @@ async fn start_simulator(
             .webhook_hmac_key
             .as_ref()
             .map(|key| key.expose().to_owned()),
+        rate_limit: config.simulator.rate_limit,
         ..KieSimConfig::default()
     };
     let sim = KieSim::new(sim_config, format!("http://{addr}"));

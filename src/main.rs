@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use darkroom::config::{Config, LogConfig};
-use darkroom::providers::sim::{KieSim, KieSimConfig};
+use darkroom::providers::sim::gemini::parse_error_rates;
+use darkroom::providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,9 @@ enum Command {
     /// under ./data and the built-in KIE simulator, on 127.0.0.1:3000.
     Serve,
     /// Run the KIE-compatible simulator on its own.
-    KieSim(KieSimArgs),
+    KieSim(Box<KieSimArgs>),
+    /// Run the Gemini-compatible simulator (generateContent) on its own.
+    GeminiSim(Box<GeminiSimArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage API keys (stored in the database as hashes only).
@@ -91,6 +94,63 @@ struct KieSimArgs {
     /// Base URL for result links (default: http://HOST:PORT).
     #[arg(long)]
     public_url: Option<String>,
+    /// Deliveries of a duplicated callback are random in DUPLICATE_COUNT..=this.
+    #[arg(long, default_value_t = 0)]
+    duplicate_count_max: u32,
+    /// Deliver a duplicated callback's copies all at once.
+    #[arg(long)]
+    concurrent_duplicates: bool,
+    /// Share of creates refused with 429 and Retry-After: 1 (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    http_429_rate: f64,
+    /// Share of creates refused with 500 or 455 (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    server_error_rate: f64,
+    /// Share of creates that make the task but answer only after --timeout-hang-ms (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    timeout_rate: f64,
+    #[arg(long, default_value_t = 60_000)]
+    timeout_hang_ms: u64,
+    /// Extra delay before callbacks, MIN-MAX milliseconds.
+    #[arg(long, default_value = "0")]
+    late_callback_ms: String,
+    /// Delay before serving a result file, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    download_delay_ms: u64,
+    /// The account's starting credit balance; creates get 402 when it runs out.
+    #[arg(long, default_value_t = 100_000)]
+    credits: u64,
+}
+
+#[derive(clap::Args)]
+struct GeminiSimArgs {
+    /// Port to listen on (127.0.0.1 unless --host says otherwise).
+    #[arg(long, default_value_t = 9091)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Generation time in milliseconds, MIN-MAX.
+    #[arg(long, default_value = "2000-6000")]
+    latency_ms: String,
+    /// Share of prompts blocked with promptFeedback.blockReason (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    block_rate: f64,
+    /// Share of answers stopped by finishReason IMAGE_SAFETY, without an image (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    image_safety_rate: f64,
+    /// Share of text-only answers (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    text_only_rate: f64,
+    /// HTTP errors at a rate, STATUS=RATE; repeatable or comma-separated
+    /// (400, 403, 404, 429, 500, 503, 504), e.g. --error 429=0.2 --error 503=0.05.
+    #[arg(long = "error", value_name = "STATUS=RATE")]
+    errors: Vec<String>,
+    /// Require this key in x-goog-api-key (or ?key=): 403 without one, 400 for another.
+    #[arg(long, env = "GEMINI_SIM_API_KEY")]
+    api_key: Option<String>,
+    /// Models served (repeatable); others answer 404.
+    #[arg(long = "model", default_value = "gemini-2.5-flash-image")]
+    models: Vec<String>,
 }
 
 fn init_tracing(log: &LogConfig) {
@@ -135,7 +195,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
-        Command::KieSim(args) => kie_sim(args).await,
+        Command::KieSim(args) => kie_sim(*args).await,
+        Command::GeminiSim(args) => gemini_sim(*args).await,
         Command::Migrate => migrate().await,
         Command::Keys { command } => keys(command).await,
     }
@@ -243,6 +304,9 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         ("--duplicate-rate", args.duplicate_rate),
         ("--drop-rate", args.drop_rate),
         ("--early-callback-rate", args.early_callback_rate),
+        ("--http-429-rate", args.http_429_rate),
+        ("--server-error-rate", args.server_error_rate),
+        ("--timeout-rate", args.timeout_rate),
     ] {
         anyhow::ensure!(
             (0.0..=1.0).contains(&rate),
@@ -262,6 +326,16 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         rate_window: Duration::from_secs(10),
         errors_in_body: args.errors_in_body,
         public_url: args.public_url,
+        duplicate_count_max: args.duplicate_count_max,
+        concurrent_duplicates: args.concurrent_duplicates,
+        http_429_rate: args.http_429_rate,
+        server_error_rate: args.server_error_rate,
+        timeout_rate: args.timeout_rate,
+        timeout_hang: Duration::from_millis(args.timeout_hang_ms),
+        late_callback_ms: KieSimConfig::parse_latency(&args.late_callback_ms)
+            .map_err(|e| anyhow::anyhow!("--late-callback-ms: {e}"))?,
+        download_delay_ms: args.download_delay_ms,
+        credits: args.credits,
         ..KieSimConfig::default()
     };
     let addr = SocketAddr::new(args.host, args.port);
@@ -272,5 +346,43 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
     let sim = KieSim::new(config, format!("http://{bound}"));
     tracing::info!(address = %bound, "KIE simulator listening");
     sim.serve(listener, shutdown_on_signal()).await?;
+    Ok(())
+}
+
+async fn gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
+    init_tracing(&LogConfig::default());
+    let latency_ms = KieSimConfig::parse_latency(&args.latency_ms)
+        .map_err(|e| anyhow::anyhow!("--latency-ms: {e}"))?;
+    for (flag, rate) in [
+        ("--block-rate", args.block_rate),
+        ("--image-safety-rate", args.image_safety_rate),
+        ("--text-only-rate", args.text_only_rate),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&rate),
+            "{flag} must be between 0 and 1 (got {rate})"
+        );
+    }
+    let error_rates =
+        parse_error_rates(&args.errors.join(",")).map_err(|e| anyhow::anyhow!("--error: {e}"))?;
+    let config = GeminiSimConfig {
+        api_key: args.api_key,
+        models: args.models,
+        latency_ms,
+        block_rate: args.block_rate,
+        image_safety_rate: args.image_safety_rate,
+        text_only_rate: args.text_only_rate,
+        error_rates,
+        ..GeminiSimConfig::default()
+    };
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "Gemini simulator listening");
+    GeminiSim::new(config)
+        .serve(listener, shutdown_on_signal())
+        .await?;
     Ok(())
 }

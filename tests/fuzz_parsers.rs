@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use darkroom::domain::api_key;
 use darkroom::domain::image::{ImageKind, ImageLimits, inspect};
-use darkroom::domain::request::GenerateRequest;
+use darkroom::domain::request::{GenerateRequest, ProviderName, RequestPolicy};
 use darkroom::domain::sanitize;
 use darkroom::domain::webhook;
 use darkroom::providers::kie::{CostUnit, Record};
@@ -46,6 +46,7 @@ const NAMES: &[&str] = &[
     "creditsConsumed",
     "costTime",
     "param",
+    "sources",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -116,8 +117,14 @@ proptest! {
 
     #[test]
     fn generate_parser_never_panics(body in json_value()) {
-        if let Err(e) = GenerateRequest::from_json(&body) {
-            prop_assert!(!e.code.is_empty() && !e.message.is_empty());
+        for default_provider in [ProviderName::Kie, ProviderName::Gemini] {
+            let policy = RequestPolicy {
+                default_provider,
+                gemini_model: "gemini-2.5-flash-image".to_owned(),
+            };
+            if let Err(e) = GenerateRequest::from_json(&body, &policy) {
+                prop_assert!(!e.code.is_empty() && !e.message.is_empty());
+            }
         }
     }
 

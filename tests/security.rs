@@ -349,6 +349,31 @@ async fn owners_are_isolated() {
         assert_eq!(body["code"], missing_answer["code"]);
         count(code, 404);
     }
+    // The task API: read, cancel, retry by id; listings (also asking for A by name).
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/tasks/{id}")),
+        (reqwest::Method::POST, format!("/api/tasks/{id}/cancel")),
+        (reqwest::Method::POST, format!("/api/tasks/{id}/retry")),
+    ] {
+        let (code, body) = send(&app, method.clone(), &path, Some(BOB), None).await;
+        assert_eq!(code, 404, "{method} {path}: {body}");
+        assert_eq!(body["code"], "task_not_found");
+        count(code, 404);
+    }
+    for path in [
+        "/api/tasks",
+        "/api/tasks?owner=alice",
+        "/api/tasks?state=succeeded",
+    ] {
+        let (code, body) = send(&app, reqwest::Method::GET, path, Some(BOB), None).await;
+        assert_eq!(code, 200, "{body}");
+        let listed = body["tasks"].as_array().unwrap();
+        assert!(
+            listed.iter().all(|t| t["taskId"] != id.as_str()),
+            "{path}: {body}"
+        );
+        count(u16::from(listed.is_empty()) * 404, 404);
+    }
     // A's upload as B's input, by key and by URL (signed and unsigned), and A's result.
     let unsigned_upload = upload_url.split('?').next().unwrap().to_owned();
     for body in [
@@ -411,9 +436,33 @@ async fn owners_are_isolated() {
     assert_eq!(code, 404);
     count(code, 404);
     println!(
-        "R12: {attempts} attempts across owners (status by id and provider id, inputs by key and URL, files unsigned/tampered/re-signed) -> {not_found} answered as missing"
+        "R12: {attempts} attempts across owners (status by id and provider id; task read, cancel, retry and 3 listings; inputs by key and URL; files unsigned/tampered/re-signed) -> {not_found} answered as missing"
     );
     assert_eq!(attempts, not_found);
+
+    // The owner sees its own task in the task API.
+    let (code, body) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{id}"),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, body["taskId"].as_str()),
+        (200, Some(id.as_str())),
+        "{body}"
+    );
+    let (code, body) = send(&app, reqwest::Method::GET, "/api/tasks", Some(ALICE), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["taskId"] == id.as_str())
+    );
 
     // The owner's own URLs open without any header.
     for url in [&upload_url, &result_url] {

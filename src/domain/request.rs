@@ -150,6 +150,54 @@ impl Model {
     }
 }
 
+/// The providers a task can name. KIE answers later (callback, polling); Gemini answers
+/// inside the call. Both run behind the same task model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProviderName {
+    Kie,
+    Gemini,
+}
+
+impl ProviderName {
+    pub const ALL: [Self; 2] = [Self::Kie, Self::Gemini];
+
+    pub fn parse(s: &str) -> Result<Self, InputError> {
+        match s {
+            "kie" => Ok(Self::Kie),
+            "gemini" => Ok(Self::Gemini),
+            _ => Err(InputError::new(
+                "unsupported_provider",
+                format!("provider {s:?} is not available; use \"kie\" or \"gemini\""),
+            )),
+        }
+    }
+
+    /// The name stored with tasks and used in result keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kie => "kie",
+            Self::Gemini => "gemini",
+        }
+    }
+
+    /// How people write it, for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Kie => "KIE",
+            Self::Gemini => "Gemini",
+        }
+    }
+}
+
+/// Choices the operator made that shape how a request is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestPolicy {
+    /// What a request (or source) that names no provider gets.
+    pub default_provider: ProviderName,
+    /// The model every Gemini task uses.
+    pub gemini_model: String,
+}
+
 /// Where an input image comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
@@ -206,14 +254,26 @@ pub fn parse_image_url(raw: &str) -> Result<String, InputError> {
     Ok(url.to_string())
 }
 
+/// One source image and the provider its task goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSource {
+    pub source: Source,
+    pub provider: ProviderName,
+}
+
 /// A generation request after validation: one task will be made per source.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerateRequest {
     pub prompt: Prompt,
-    pub sources: Vec<Source>,
+    /// Each source with its provider: the source's own `provider`, else the request's, else
+    /// the operator's default.
+    pub sources: Vec<TaskSource>,
     /// Extra images sent with every task after its source.
     pub references: Vec<Source>,
+    /// The model of KIE tasks.
     pub model: Model,
+    /// The model of Gemini tasks (the operator's choice).
+    pub gemini_model: String,
     pub aspect_ratio: AspectRatio,
     pub output_format: OutputFormat,
     pub priority: i32,
@@ -222,21 +282,14 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     /// Parses the JSON body of `POST /api/generate`. Type errors name the field.
-    pub fn from_json(body: &Value) -> Result<Self, InputError> {
+    pub fn from_json(body: &Value, policy: &RequestPolicy) -> Result<Self, InputError> {
         let obj = body.as_object().ok_or_else(|| {
             InputError::new("invalid_body", "the request body must be a JSON object")
         })?;
 
         let prompt = Prompt::parse(required_str(obj, "prompt", "prompt_required")?)?;
-        let model = optional_str(obj, "model")?.map_or(Ok(Model::default()), Model::parse)?;
-        if let Some(provider) = optional_str(obj, "provider")?
-            && provider != "kie"
-        {
-            return Err(InputError::new(
-                "unsupported_provider",
-                format!("provider {provider:?} is not available; use \"kie\""),
-            ));
-        }
+        let provider = optional_str(obj, "provider")?
+            .map_or(Ok(policy.default_provider), ProviderName::parse)?;
         let aspect_ratio = optional_str(obj, "aspectRatio")?
             .map_or(Ok(AspectRatio::default()), AspectRatio::parse)?;
         let output_format = optional_str(obj, "outputFormat")?
@@ -250,8 +303,8 @@ impl GenerateRequest {
             ));
         }
 
-        let mut sources = parse_uploads(obj, "uploads")?;
-        sources.extend(parse_urls(obj, "imageUrls")?);
+        let mut sources = parse_uploads(obj, "uploads", provider)?;
+        sources.extend(parse_urls(obj, "imageUrls", provider)?);
         if sources.is_empty() {
             return Err(InputError::new(
                 "images_required",
@@ -267,8 +320,27 @@ impl GenerateRequest {
                 ),
             ));
         }
-        let mut references = parse_uploads(obj, "referenceUploads")?;
-        references.extend(parse_urls(obj, "referenceUrls")?);
+        let model = parse_model(optional_str(obj, "model")?, &sources, policy)?;
+        for field in ["referenceUploads", "referenceUrls"] {
+            // References go with every task, whatever its provider: a provider there would
+            // be ignored, so it is refused instead.
+            if let Some(i) = optional_array(obj, field)?
+                .iter()
+                .position(|r| r.get("provider").is_some())
+            {
+                return Err(InputError::new(
+                    "invalid_field",
+                    format!(
+                        "{field}[{i}].provider: references go with every task; name providers on uploads or imageUrls"
+                    ),
+                ));
+            }
+        }
+        let references: Vec<Source> = parse_uploads(obj, "referenceUploads", provider)?
+            .into_iter()
+            .chain(parse_urls(obj, "referenceUrls", provider)?)
+            .map(|r| r.source)
+            .collect();
         if 1 + references.len() > MAX_IMAGES_PER_TASK {
             return Err(InputError::new(
                 "too_many_images",
@@ -284,12 +356,62 @@ impl GenerateRequest {
             sources,
             references,
             model,
+            gemini_model: policy.gemini_model.clone(),
             aspect_ratio,
             output_format,
             priority,
             batch_id,
         })
     }
+}
+
+impl GenerateRequest {
+    /// The model a task for `provider` uses.
+    pub fn model_for(&self, provider: ProviderName) -> &str {
+        match provider {
+            ProviderName::Kie => self.model.as_str(),
+            ProviderName::Gemini => &self.gemini_model,
+        }
+    }
+}
+
+/// `model` names one provider's model, so it must fit every provider the request uses;
+/// without it each provider uses its own default.
+fn parse_model(
+    raw: Option<&str>,
+    sources: &[TaskSource],
+    policy: &RequestPolicy,
+) -> Result<Model, InputError> {
+    let Some(raw) = raw else {
+        return Ok(Model::default());
+    };
+    let kie = Model::parse(raw).ok();
+    let gemini = raw == policy.gemini_model;
+    let owner = match (kie, gemini) {
+        (Some(_), _) => ProviderName::Kie,
+        (None, true) => ProviderName::Gemini,
+        (None, false) => {
+            return Err(InputError::new(
+                "unsupported_model",
+                format!(
+                    "model {raw:?} is not supported; use one of {}, {}",
+                    Model::NAMES.join(", "),
+                    policy.gemini_model
+                ),
+            ));
+        }
+    };
+    if let Some(other) = sources.iter().map(|s| s.provider).find(|p| *p != owner) {
+        return Err(InputError::new(
+            "unsupported_model",
+            format!(
+                "model {raw:?} is a {} model, but this request has {} tasks; leave model out to let each provider use its own",
+                owner.label(),
+                other.label()
+            ),
+        ));
+    }
+    Ok(kie.unwrap_or_default())
 }
 
 fn wrong_type(field: &str, expected: &str) -> InputError {
@@ -337,32 +459,75 @@ fn optional_array<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a [V
     }
 }
 
-fn parse_uploads(obj: &Map<String, Value>, field: &str) -> Result<Vec<Source>, InputError> {
+/// A source's own `provider`, overriding the request's.
+fn item_provider(
+    item: &Value,
+    name: &str,
+    fallback: ProviderName,
+) -> Result<ProviderName, InputError> {
+    match item.get("provider") {
+        None | Some(Value::Null) => Ok(fallback),
+        Some(Value::String(s)) => ProviderName::parse(s).map_err(|e| InputError {
+            message: format!("{name}.provider: {}", e.message),
+            ..e
+        }),
+        Some(_) => Err(wrong_type(&format!("{name}.provider"), "a string")),
+    }
+}
+
+/// `[{key, url?, provider?}]`.
+fn parse_uploads(
+    obj: &Map<String, Value>,
+    field: &str,
+    provider: ProviderName,
+) -> Result<Vec<TaskSource>, InputError> {
     optional_array(obj, field)?
         .iter()
         .enumerate()
         .map(|(i, item)| {
+            let name = format!("{field}[{i}]");
             let key = item
                 .get("key")
                 .and_then(Value::as_str)
-                .ok_or_else(|| wrong_type(&format!("{field}[{i}].key"), "a string"))?;
-            Ok(Source::Upload {
-                key: parse_upload_key(key)?,
+                .ok_or_else(|| wrong_type(&format!("{name}.key"), "a string"))?;
+            Ok(TaskSource {
+                source: Source::Upload {
+                    key: parse_upload_key(key)?,
+                },
+                provider: item_provider(item, &name, provider)?,
             })
         })
         .collect()
 }
 
-fn parse_urls(obj: &Map<String, Value>, field: &str) -> Result<Vec<Source>, InputError> {
+/// `["https://…", {url, provider?}, …]`: a plain URL string, or an object when the source
+/// names its own provider.
+fn parse_urls(
+    obj: &Map<String, Value>,
+    field: &str,
+    provider: ProviderName,
+) -> Result<Vec<TaskSource>, InputError> {
     optional_array(obj, field)?
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let raw = item
-                .as_str()
-                .ok_or_else(|| wrong_type(&format!("{field}[{i}]"), "a URL string"))?;
-            Ok(Source::Url {
-                url: parse_image_url(raw)?,
+            let name = format!("{field}[{i}]");
+            let (raw, provider) = match item {
+                Value::String(raw) => (raw.as_str(), provider),
+                Value::Object(entry) => (
+                    entry
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| wrong_type(&format!("{name}.url"), "a URL string"))?,
+                    item_provider(item, &name, provider)?,
+                ),
+                _ => return Err(wrong_type(&name, "a URL string")),
+            };
+            Ok(TaskSource {
+                source: Source::Url {
+                    url: parse_image_url(raw)?,
+                },
+                provider,
             })
         })
         .collect()
@@ -414,18 +579,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn policy() -> RequestPolicy {
+        RequestPolicy {
+            default_provider: ProviderName::Kie,
+            gemini_model: "gemini-2.5-flash-image".to_owned(),
+        }
+    }
+
+    fn parse(body: Value) -> Result<GenerateRequest, InputError> {
+        GenerateRequest::from_json(&body, &policy())
+    }
+
     fn code(body: Value) -> &'static str {
-        GenerateRequest::from_json(&body).unwrap_err().code
+        parse(body).unwrap_err().code
     }
 
     #[test]
     fn a_minimal_request_gets_kie_defaults() {
-        let req = GenerateRequest::from_json(&json!({
+        let req = parse(json!({
             "prompt": "a red dress",
             "uploads": [{"key": "uploads/abc.png", "url": "http://x/abc.png"}]
         }))
         .unwrap();
         assert_eq!(req.sources.len(), 1);
+        assert_eq!(req.sources[0].provider, ProviderName::Kie);
         assert_eq!(req.aspect_ratio.as_str(), "1:1");
         assert_eq!(req.output_format, OutputFormat::Png);
         assert_eq!(req.model, Model::NanoBananaEdit);
@@ -488,8 +665,80 @@ mod tests {
             "invalid_batch_id"
         );
         assert_eq!(
-            code(json!({"prompt": "p", "uploads": up, "provider": "gemini"})),
+            code(json!({"prompt": "p", "uploads": up, "provider": "openai"})),
             "unsupported_provider"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": [{"key": "uploads/a.png", "provider": 3}]})),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(
+                json!({"prompt": "p", "imageUrls": [{"url": "https://e.com/a.png", "provider": "x"}]})
+            ),
+            "unsupported_provider"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "imageUrls": [{"provider": "gemini"}]})),
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn providers_come_from_the_source_then_the_request_then_the_default() {
+        let req = parse(json!({
+            "prompt": "p",
+            "provider": "gemini",
+            "uploads": [{"key": "uploads/a.png"}, {"key": "uploads/b.png", "provider": "kie"}],
+            "imageUrls": ["https://e.com/c.png", {"url": "https://e.com/d.png", "provider": "kie"}]
+        }))
+        .unwrap();
+        let providers: Vec<_> = req.sources.iter().map(|s| s.provider).collect();
+        assert_eq!(
+            providers,
+            [
+                ProviderName::Gemini,
+                ProviderName::Kie,
+                ProviderName::Gemini,
+                ProviderName::Kie
+            ]
+        );
+        assert_eq!(req.model_for(ProviderName::Kie), "google/nano-banana-edit");
+        assert_eq!(
+            req.model_for(ProviderName::Gemini),
+            "gemini-2.5-flash-image"
+        );
+        let gemini_default = RequestPolicy {
+            default_provider: ProviderName::Gemini,
+            ..policy()
+        };
+        let req = GenerateRequest::from_json(
+            &json!({"prompt": "p", "imageUrls": ["https://e.com/c.png"]}),
+            &gemini_default,
+        )
+        .unwrap();
+        assert_eq!(req.sources[0].provider, ProviderName::Gemini);
+    }
+
+    #[test]
+    fn a_model_must_fit_every_provider_of_the_request() {
+        let up = json!([{"key": "uploads/a.png"}]);
+        assert!(parse(json!({"prompt": "p", "uploads": up, "provider": "gemini", "model": "gemini-2.5-flash-image"})).is_ok());
+        assert_eq!(
+            code(
+                json!({"prompt": "p", "uploads": up, "provider": "gemini", "model": "google/nano-banana-edit"})
+            ),
+            "unsupported_model"
+        );
+        assert_eq!(
+            code(json!({"prompt": "p", "uploads": up, "model": "gemini-2.5-flash-image"})),
+            "unsupported_model"
+        );
+        assert_eq!(
+            code(
+                json!({"prompt": "p", "uploads": up, "provider": "gemini", "model": "gemini-1.0-pro"})
+            ),
+            "unsupported_model"
         );
     }
 

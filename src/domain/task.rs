@@ -139,6 +139,9 @@ pub enum Event {
     Cancel,
     /// The deadline passed without an answer from the provider.
     Expire,
+    /// An unconfirmed create is submitted again, because the operator opted in to the risk
+    /// of paying twice.
+    Resubmit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +169,7 @@ pub fn transition(from: TaskState, event: Event) -> Result<TaskState, Transition
         (S::Ingesting, E::Ingested) => S::Succeeded,
         (S::Ingesting, E::IngestFailed) => S::Failed,
         (S::Submitted | S::Running, E::Expire) => S::Expired,
+        (S::Submitted, E::Resubmit) => S::Queued,
         (state, E::Cancel) if !state.is_terminal() => S::Canceled,
         _ => return Err(TransitionError { from, event }),
     };
@@ -177,7 +181,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [Event; 12] = [
+    const EVENTS: [Event; 13] = [
         Event::Claimed,
         Event::Accepted,
         Event::RetryLater,
@@ -190,6 +194,7 @@ mod tests {
         Event::IngestFailed,
         Event::Cancel,
         Event::Expire,
+        Event::Resubmit,
     ];
 
     fn any_state() -> impl Strategy<Value = TaskState> {

@@ -2,6 +2,8 @@
 //! never `succeeded` without every one of its images stored. Each download is spooled to a
 //! temporary file, so memory does not grow with result size.
 
+use bytes::Bytes;
+
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
 use crate::domain::image::inspect_reader;
@@ -10,10 +12,10 @@ use crate::storage::keys;
 use crate::storage::{RepoError, Task, TaskUpdate};
 
 /// Why one result could not be stored, and whether trying again may help.
-struct IngestFailure {
-    code: &'static str,
-    message: String,
-    retryable: bool,
+pub(super) struct IngestFailure {
+    pub(super) code: &'static str,
+    pub(super) message: String,
+    pub(super) retryable: bool,
 }
 
 impl From<FetchError> for IngestFailure {
@@ -107,6 +109,46 @@ impl Engine {
             .fetcher
             .download_to(url, self.settings.max_result_bytes, spool.path())
             .await?;
+        self.store_spooled(task, index, &spool, size, started).await
+    }
+
+    /// A result a synchronous provider handed over inline takes the same path as a
+    /// download from the moment it is in a spool file: the same checks, key and write.
+    pub(super) async fn store_inline_result(
+        &self,
+        task: &Task,
+        index: usize,
+        bytes: &Bytes,
+    ) -> Result<(String, String), IngestFailure> {
+        let started = std::time::Instant::now();
+        let size = bytes.len() as u64;
+        if size > self.settings.max_result_bytes {
+            return Err(IngestFailure {
+                code: "result_too_large",
+                message: format!(
+                    "result {index} is larger than the {}-byte limit",
+                    self.settings.max_result_bytes
+                ),
+                retryable: false,
+            });
+        }
+        let spool = tempfile::NamedTempFile::new().map_err(local_failure)?;
+        tokio::fs::write(spool.path(), bytes)
+            .await
+            .map_err(local_failure)?;
+        self.store_spooled(task, index, &spool, size, started).await
+    }
+
+    /// Checks a spooled result is an image and writes it create-only under its
+    /// deterministic key; returns `(key, url)`.
+    async fn store_spooled(
+        &self,
+        task: &Task,
+        index: usize,
+        spool: &tempfile::NamedTempFile,
+        size: u64,
+        started: std::time::Instant,
+    ) -> Result<(String, String), IngestFailure> {
         let reader = std::io::BufReader::new(spool.reopen().map_err(local_failure)?);
         let info =
             inspect_reader(reader, self.settings.image_limits).map_err(|e| IngestFailure {
@@ -114,7 +156,7 @@ impl Engine {
                 message: format!("result {index} is not a usable image: {e}"),
                 retryable: false,
             })?;
-        let spec = keys::generated(self.provider.name(), &task.id, index, info.kind);
+        let spec = keys::generated(&task.provider, &task.id, index, info.kind);
         let created = self
             .blobs
             .put_file(&spec, spool.path(), true)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::Engine;
-use crate::providers::ProviderError;
+use crate::providers::{Provider, ProviderError};
 use crate::storage::Task;
 use crate::storage::keys::serving_metadata;
 
@@ -44,7 +44,11 @@ fn retryable(code: &str, message: String) -> ProviderError {
 impl Engine {
     /// The URLs to hand the provider for `task`'s inputs, in order. URLs a client gave are
     /// passed as they are; our own objects go by the configured route.
-    pub(super) async fn provider_inputs(&self, task: &Task) -> Result<Vec<String>, ProviderError> {
+    pub(super) async fn provider_inputs(
+        &self,
+        task: &Task,
+        provider: &dyn Provider,
+    ) -> Result<Vec<String>, ProviderError> {
         let mut urls = Vec::with_capacity(task.input_urls.len());
         for url in &task.input_urls {
             let Some(key) = self.blobs.key_for_url(url) else {
@@ -61,14 +65,18 @@ impl Engine {
                         retryable("presign_failed", format!("presigning {key} failed: {e}"))
                     })?
                     .to_string(),
-                InputRoute::ProviderUpload => self.upload_input(&key).await?,
+                InputRoute::ProviderUpload => self.upload_input(provider, &key).await?,
             };
             urls.push(resolved);
         }
         Ok(urls)
     }
 
-    async fn upload_input(&self, key: &str) -> Result<String, ProviderError> {
+    async fn upload_input(
+        &self,
+        provider: &dyn Provider,
+        key: &str,
+    ) -> Result<String, ProviderError> {
         let spool = tempfile::NamedTempFile::new()
             .map_err(|e| retryable("local_io", format!("no temporary file for {key}: {e}")))?;
         self.blobs
@@ -77,8 +85,7 @@ impl Engine {
             .map_err(|e| retryable("storage_failed", format!("reading {key} failed: {e}")))?;
         let (content_type, _) = serving_metadata(key).unwrap_or(("application/octet-stream", ""));
         let file_name = key.rsplit('/').next().unwrap_or(key);
-        let url = self
-            .provider
+        let url = provider
             .upload_input(spool.path(), file_name, content_type)
             .await?;
         tracing::info!(key, "input pushed through the provider's file upload API");

@@ -1,12 +1,18 @@
-//! The background engine: the dispatcher submits queued tasks, the reconciler asks the
-//! provider about tasks whose answer is due (a callback arrived, or it is overdue), and
-//! ingest copies results into the bucket. All three claim work from the database under a
-//! lease and change state only through guarded updates.
+//! The background engine: the dispatcher submits queued tasks to the provider each task
+//! names, the reconciler asks asynchronous providers about tasks whose answer is due (a
+//! callback arrived, or it is overdue), and ingest copies results into the bucket, whether
+//! downloaded or handed over inline by a synchronous provider. All of them claim work from
+//! the database under a lease and change state only through guarded updates.
 
 mod dispatch;
 mod ingest;
+mod inline;
 mod inputs;
+pub mod limits;
 mod reconcile;
+mod registry;
+
+pub use registry::{ProviderRegistry, Registered};
 
 pub use inputs::InputRoute;
 
@@ -16,7 +22,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -24,18 +30,24 @@ use url::Url;
 use crate::domain::image::ImageLimits;
 use crate::domain::task::transition;
 use crate::domain::{Event, TaskId, TaskState};
+use crate::events::EventBus;
 use crate::net::Fetcher;
-use crate::providers::Provider;
+use crate::providers::Delivery;
 use crate::providers::kie::{CostUnit, Record};
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use limits::Pause;
+use registry::Pool;
 
 /// Knobs the engine runs with, derived from configuration.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
     pub worker_id: String,
+    /// How long a claim lasts without a heartbeat; a running job renews it every third.
     pub lease: Duration,
+    /// Concurrent status queries (the reconciler) and settlements of interrupted creates.
+    /// Each provider's own call slots are set when it is registered.
     pub dispatch_concurrency: usize,
     pub ingest_concurrency: usize,
     pub max_attempts: u32,
@@ -51,6 +63,15 @@ pub struct EngineSettings {
     pub first_poll: Duration,
     /// How input images reach the provider.
     pub input_route: InputRoute,
+    /// How long a create with no answer (timeout after sending) waits for a callback
+    /// before it is settled.
+    pub unconfirmed_window: Duration,
+    /// Settle an unconfirmed create by submitting again (may bill twice) instead of failing.
+    pub resubmit_unconfirmed: bool,
+    /// How long a 402 (no credits) pauses submission.
+    pub credits_pause: Duration,
+    /// How long in-flight jobs may take to finish at shutdown.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +82,14 @@ pub enum EngineError {
     ProviderIdMismatch { given: String, known: String },
     #[error("the callback body has no data object")]
     MalformedCallback,
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {id} is {state}; {action} is not possible")]
+    Conflict {
+        id: TaskId,
+        state: TaskState,
+        action: &'static str,
+    },
 }
 
 /// What a claimed task needs.
@@ -83,13 +112,14 @@ enum Work {
 pub struct Engine {
     repo: Arc<dyn TaskRepo>,
     blobs: BlobStore,
-    provider: Arc<dyn Provider>,
+    /// Providers by the name tasks store; each has its own call slots.
+    providers: ProviderRegistry,
     fetcher: Fetcher,
     board: Arc<StatusBoard>,
+    events: Arc<EventBus>,
     settings: EngineSettings,
-    dispatch_slots: Arc<Semaphore>,
-    reconcile_slots: Arc<Semaphore>,
-    ingest_slots: Arc<Semaphore>,
+    reconcile_slots: Pool,
+    ingest_slots: Pool,
     dispatch_wake: Notify,
     reconcile_wake: Notify,
     ingest_wake: Notify,
@@ -139,18 +169,19 @@ impl Engine {
     pub fn new(
         repo: Arc<dyn TaskRepo>,
         blobs: BlobStore,
-        provider: Arc<dyn Provider>,
+        providers: ProviderRegistry,
         fetcher: Fetcher,
         board: Arc<StatusBoard>,
+        events: Arc<EventBus>,
         settings: EngineSettings,
     ) -> Self {
         Self {
-            dispatch_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
-            reconcile_slots: Arc::new(Semaphore::new(settings.dispatch_concurrency)),
-            ingest_slots: Arc::new(Semaphore::new(settings.ingest_concurrency)),
+            events,
+            reconcile_slots: Pool::new(settings.dispatch_concurrency),
+            ingest_slots: Pool::new(settings.ingest_concurrency),
             repo,
             blobs,
-            provider,
+            providers,
             fetcher,
             board,
             settings,
@@ -160,8 +191,109 @@ impl Engine {
         }
     }
 
-    pub fn provider_name(&self) -> &'static str {
-        self.provider.name()
+    /// Names of the providers tasks may name, in registration order.
+    pub fn provider_names(&self) -> Vec<&'static str> {
+        self.providers.names()
+    }
+
+    pub fn has_provider(&self, name: &str) -> bool {
+        self.providers.get(name).is_some()
+    }
+
+    /// How results of `task` come back, from its provider (`Later` for an unknown one: the
+    /// cautious reading, since it never resubmits).
+    fn delivery_of(&self, task: &Task) -> Delivery {
+        self.providers
+            .get(&task.provider)
+            .map_or(Delivery::Later, |p| p.provider().delivery())
+    }
+
+    /// Why submission to `provider` is paused right now, if it is.
+    pub fn provider_pause(&self, provider: &str) -> Option<Pause> {
+        self.providers.get(provider).and_then(|p| p.gate().paused())
+    }
+
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// Cancels a task that has not finished. Queued tasks are never submitted; for tasks
+    /// already at the provider, a late result is discarded (ingest refuses a canceled task).
+    pub async fn cancel(&self, id: &TaskId) -> Result<Task, EngineError> {
+        // A claim may move the task between our read and our write: try a few times.
+        for _ in 0..5 {
+            let task = self
+                .repo
+                .get(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+            if task.state.is_terminal() {
+                return Err(EngineError::Conflict {
+                    id: id.clone(),
+                    state: task.state,
+                    action: "cancel",
+                });
+            }
+            let update = TaskUpdate {
+                error: Some(Some((
+                    "canceled".to_owned(),
+                    "canceled by the client".to_owned(),
+                ))),
+                ..TaskUpdate::default()
+            };
+            if let Some(canceled) = self.apply(&task, Event::Cancel, false, update).await? {
+                return Ok(canceled);
+            }
+        }
+        let task = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        Err(EngineError::Conflict {
+            id: id.clone(),
+            state: task.state,
+            action: "cancel",
+        })
+    }
+
+    /// Tries a failed or expired task again as a new task with the same inputs (a
+    /// finished task never changes state again); returns the new task.
+    pub async fn retry(&self, id: &TaskId) -> Result<Task, EngineError> {
+        let task = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        if !matches!(task.state, TaskState::Failed | TaskState::Expired) {
+            return Err(EngineError::Conflict {
+                id: id.clone(),
+                state: task.state,
+                action: "retry",
+            });
+        }
+        let new = NewTask {
+            id: TaskId::new(),
+            provider: task.provider.clone(),
+            model: task.model.clone(),
+            prompt: task.prompt.clone(),
+            source: task.source.clone(),
+            image_url: task.image_url.clone(),
+            input_urls: task.input_urls.clone(),
+            aspect_ratio: task.aspect_ratio.clone(),
+            output_format: task.output_format.clone(),
+            priority: task.priority,
+            batch_id: task.batch_id.clone(),
+            owner: task.owner.clone(),
+            callback_token_hash: String::new(),
+            created_at: now_ms(),
+            retry_of: Some(task.id.clone()),
+        };
+        let mut stored = self.enqueue(std::slice::from_ref(&new)).await?;
+        tracing::info!(task_id = %new.id, retry_of = %task.id, "task retried as a new task");
+        stored
+            .pop()
+            .ok_or_else(|| EngineError::NotFound(new.id.clone()))
     }
 
     /// Queues new tasks (one transaction) and wakes the dispatcher.
@@ -171,6 +303,7 @@ impl Engine {
         for new in tasks {
             if let Some(task) = self.repo.get(&new.id).await? {
                 self.board.update(&task);
+                self.events.publish(&task);
                 stored.push(task);
             }
         }
@@ -254,6 +387,7 @@ impl Engine {
     /// Every state change refreshes the status answer and rewrites the bucket record.
     async fn published(&self, task: &Task) {
         self.board.update(task);
+        self.events.publish(task);
         write_record(&self.blobs, task).await;
     }
 
@@ -305,22 +439,29 @@ impl Engine {
         }
         while loops.join_next().await.is_some() {}
         let drain = async {
-            for slots in [
-                &self.dispatch_slots,
-                &self.reconcile_slots,
-                &self.ingest_slots,
-            ] {
-                let n = u32::try_from(slots_total(&self, slots)).unwrap_or(u32::MAX);
-                let _ = slots.acquire_many(n).await;
+            for provider in self.providers.iter() {
+                provider.pool().drain().await;
             }
+            self.reconcile_slots.drain().await;
+            self.ingest_slots.drain().await;
         };
-        if tokio::time::timeout(Duration::from_secs(20), drain)
+        if tokio::time::timeout(self.settings.shutdown_grace, drain)
             .await
             .is_err()
         {
-            tracing::warn!(
-                "shutdown: in-flight jobs still running; their leases will expire and another worker will pick them up"
-            );
+            // Hand the work back now rather than when the leases run out. A create that is
+            // still in flight keeps its lease: whether it reached the provider is unknown.
+            match self.repo.release_leases(&self.settings.worker_id).await {
+                Ok(released) => tracing::warn!(
+                    released,
+                    "shutdown: jobs still running after the grace period; their tasks were released for another worker"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "shutdown: releasing leases failed; they will expire");
+                }
+            }
+        } else {
+            tracing::info!("shutdown: in-flight work finished");
         }
     }
 
@@ -357,85 +498,197 @@ impl Engine {
     }
 
     /// Claims as much due work of one kind as there are free slots and starts a job for each.
+    /// Queued tasks are claimed per provider, up to that provider's free call slots.
     async fn step(self: Arc<Self>, work: Work) -> Result<JoinSet<()>, RepoError> {
-        let slots = match work {
-            Work::Dispatch => self.dispatch_slots.clone(),
-            Work::Reconcile => self.reconcile_slots.clone(),
-            Work::Ingest => self.ingest_slots.clone(),
-        };
-        let free = slots.available_permits();
         let mut jobs = JoinSet::new();
-        if free == 0 {
-            return Ok(jobs);
-        }
         let now = now_ms();
-        let lease_until = after(now, self.settings.lease);
         let worker = self.settings.worker_id.clone();
-        let with = |tasks: Vec<Task>, job: Job| tasks.into_iter().map(move |t| (t, job));
-        let mut tasks: Vec<(Task, Job)> = Vec::new();
+        let lease_until = after(now, self.settings.lease);
         match work {
             Work::Dispatch => {
-                let queued = self
-                    .repo
-                    .claim_queued(now, free, &worker, lease_until)
-                    .await?;
-                tasks.extend(with(queued, Job::Submit));
-                // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
-                let room = free.saturating_sub(tasks.len());
-                if room > 0 {
-                    let stale = self
+                for provider in self.providers.iter() {
+                    let mut permits = provider.pool().take_free();
+                    // Create slots are reserved here; what the queue does not use goes back.
+                    let room = self.dispatch_room(provider, permits.len()).await?;
+                    if room == 0 {
+                        continue;
+                    }
+                    permits.truncate(room);
+                    let queued = self
                         .repo
-                        .claim_due(TaskState::Submitting, now, room, &worker, lease_until)
+                        .claim_queued(provider.name(), now, room, &worker, lease_until)
                         .await?;
-                    tasks.extend(with(stale, Job::SettleInterrupted));
+                    provider.gate().creates.release(room - queued.len());
+                    // Unused permits go back when the rest of the vector drops.
+                    for (task, permit) in queued.into_iter().zip(permits) {
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Submit, Some(permit));
+                    }
+                }
+                // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
+                // Settling it is a database update, not a provider call: no call slot needed.
+                let stale = self
+                    .repo
+                    .claim_due(
+                        TaskState::Submitting,
+                        now,
+                        self.settings.dispatch_concurrency,
+                        &worker,
+                        lease_until,
+                    )
+                    .await?;
+                for task in stale {
+                    self.clone()
+                        .start(&mut jobs, work, task, Job::SettleInterrupted, None);
                 }
             }
             Work::Reconcile => {
+                let mut permits = self.reconcile_slots.take_free();
+                // Queries are reserved from every provider that is ever asked (those that
+                // report later); each gives back what its tasks did not use.
+                let askable: Vec<&Registered> = self
+                    .providers
+                    .iter()
+                    .filter(|p| p.provider().delivery() == Delivery::Later)
+                    .collect();
+                let room = askable
+                    .iter()
+                    .map(|p| p.gate().queries.reserve(permits.len()))
+                    .min()
+                    .unwrap_or(0);
+                permits.truncate(room);
+                let mut claimed: Vec<Task> = Vec::new();
                 for state in [TaskState::Submitted, TaskState::Running] {
-                    let room = free.saturating_sub(tasks.len());
-                    if room > 0 {
-                        let due = self
-                            .repo
-                            .claim_due(state, now, room, &worker, lease_until)
-                            .await?;
-                        tasks.extend(with(due, Job::Reconcile));
+                    let left = room - claimed.len();
+                    if left == 0 {
+                        break;
                     }
+                    claimed.extend(
+                        self.repo
+                            .claim_due(state, now, left, &worker, lease_until)
+                            .await?,
+                    );
+                }
+                for provider in &askable {
+                    let used = claimed
+                        .iter()
+                        .filter(|t| t.provider == provider.name())
+                        .count();
+                    provider.gate().queries.release(room.saturating_sub(used));
+                }
+                for task in claimed {
+                    let permit = permits.pop();
+                    self.clone()
+                        .start(&mut jobs, work, task, Job::Reconcile, permit);
                 }
             }
             Work::Ingest => {
-                let due = self
-                    .repo
-                    .claim_due(TaskState::Ingesting, now, free, &worker, lease_until)
-                    .await?;
-                tasks.extend(with(due, Job::Ingest));
+                let mut permits = self.ingest_slots.take_free();
+                if !permits.is_empty() {
+                    let due = self
+                        .repo
+                        .claim_due(
+                            TaskState::Ingesting,
+                            now,
+                            permits.len(),
+                            &worker,
+                            lease_until,
+                        )
+                        .await?;
+                    for task in due {
+                        let permit = permits.pop();
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Ingest, permit);
+                    }
+                }
             }
         }
-        for (task, job) in tasks {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                break;
-            };
-            let engine = self.clone();
-            jobs.spawn(async move {
-                let id = task.id.clone();
-                let result = match job {
-                    Job::Submit => engine.submit(task).await,
-                    Job::SettleInterrupted => engine.settle_interrupted(&task).await,
-                    Job::Reconcile => engine.reconcile(task).await,
-                    Job::Ingest => engine.ingest(task).await,
-                };
-                if let Err(e) = result {
-                    tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
-                }
-                drop(permit);
-                let wake = match work {
-                    Work::Dispatch => &engine.dispatch_wake,
-                    Work::Reconcile => &engine.reconcile_wake,
-                    Work::Ingest => &engine.ingest_wake,
-                };
-                wake.notify_one();
-            });
-        }
         Ok(jobs)
+    }
+
+    /// Runs one job in its own task (a panic stays there), holding `permit` until it ends.
+    fn start(
+        self: Arc<Self>,
+        jobs: &mut JoinSet<()>,
+        work: Work,
+        task: Task,
+        job: Job,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        jobs.spawn(async move {
+            let id = task.id.clone();
+            let job_future = async {
+                match job {
+                    Job::Submit => self.submit(task).await,
+                    Job::SettleInterrupted => self.settle_interrupted(&task).await,
+                    Job::Reconcile => self.reconcile(task).await,
+                    // Inline results live only in the memory of the dispatcher that received
+                    // them; a task found here without one has lost them.
+                    Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
+                        self.inline_results_lost(&task).await
+                    }
+                    Job::Ingest => self.ingest(task).await,
+                }
+            };
+            // The heartbeat keeps the lease alive while the job runs (a slow provider, a
+            // minute-long generation, a large download), so no other worker takes the task.
+            let result = tokio::select! {
+                result = job_future => result,
+                () = self.heartbeat(&id) => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
+            }
+            drop(permit);
+            let wake = match work {
+                Work::Dispatch => &self.dispatch_wake,
+                Work::Reconcile => &self.reconcile_wake,
+                Work::Ingest => &self.ingest_wake,
+            };
+            wake.notify_one();
+        });
+    }
+
+    /// How many queued tasks of `provider` may be claimed now: free call slots, within the
+    /// provider's limits. Create slots are reserved here.
+    async fn dispatch_room(
+        &self,
+        provider: &Registered,
+        free_slots: usize,
+    ) -> Result<usize, RepoError> {
+        if free_slots == 0 {
+            return Ok(0);
+        }
+        let gate = provider.gate();
+        if gate.paused().is_some() {
+            return Ok(0);
+        }
+        let mut room = free_slots;
+        if gate.max_in_flight > 0 {
+            let in_flight = self.repo.count_in_flight(provider.name()).await?;
+            room = room.min(gate.max_in_flight.saturating_sub(in_flight));
+        }
+        Ok(gate.creates.reserve(room))
+    }
+
+    /// Extends this worker's lease on `id` every third of the lease; never returns.
+    async fn heartbeat(&self, id: &TaskId) {
+        let period = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let until = after(now_ms(), self.settings.lease);
+            match self
+                .repo
+                .extend_lease(id, &self.settings.worker_id, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(task_id = %id, "lease lost while working; the result of this job will be refused");
+                }
+                Err(e) => tracing::warn!(task_id = %id, error = %e, "extending the lease failed"),
+            }
+        }
     }
 
     /// Runs every kind of due work until none is left, waiting for each job. For tests and
@@ -461,14 +714,6 @@ impl Engine {
             "{}/{id}?token={token}",
             self.settings.callback_base.as_str().trim_end_matches('/')
         )
-    }
-}
-
-fn slots_total(engine: &Engine, slots: &Arc<Semaphore>) -> usize {
-    if Arc::ptr_eq(slots, &engine.ingest_slots) {
-        engine.settings.ingest_concurrency
-    } else {
-        engine.settings.dispatch_concurrency
     }
 }
 

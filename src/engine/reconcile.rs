@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::{Event, TaskState};
-use crate::providers::RemoteStatus;
+use crate::providers::{Delivery, RemoteStatus};
 use crate::storage::{RepoError, Task, TaskUpdate};
 
 /// KIE's guidance: every few seconds at first, backing off to 15–30 s after two minutes.
@@ -25,6 +25,18 @@ impl Engine {
         let now = now_ms();
         let since = task.submitted_at.unwrap_or(task.created_at);
         let age = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+        let later = TaskUpdate {
+            run_at: Some(after(now, next_poll_delay(age))),
+            release_lease: true,
+            ..TaskUpdate::default()
+        };
+        // After an unconfirmed create there is no id to ask about: only a callback can tell.
+        let Some(provider_task_id) = task.provider_task_id.clone() else {
+            if age >= self.settings.unconfirmed_window {
+                return self.settle_unconfirmed(&task).await;
+            }
+            return self.touch(&task, later).await.map(|_| ());
+        };
         if age >= self.settings.task_deadline {
             let minutes = self.settings.task_deadline.as_secs() / 60;
             let update = TaskUpdate {
@@ -39,16 +51,18 @@ impl Engine {
                 .await
                 .map(|_| ());
         }
-        let later = TaskUpdate {
-            run_at: Some(after(now, next_poll_delay(age))),
-            release_lease: true,
-            ..TaskUpdate::default()
-        };
-        // After an ambiguous create there is no id to ask about: only a callback can tell.
-        let Some(provider_task_id) = task.provider_task_id.clone() else {
+        // Only providers that report later can be asked; a task of any other is left to
+        // its deadline (the dispatcher never leaves one in this state).
+        let Some(provider) = self
+            .providers
+            .get(&task.provider)
+            .map(|p| p.provider().clone())
+            .filter(|p| p.delivery() == Delivery::Later)
+        else {
+            tracing::warn!(task_id = %task.id, provider = %task.provider, "no provider to ask about this task; waiting for its deadline");
             return self.touch(&task, later).await.map(|_| ());
         };
-        match self.provider.query(&provider_task_id).await {
+        match provider.query(&provider_task_id).await {
             Ok(status) => self.apply_remote(&task, status, true).await,
             Err(error) => {
                 tracing::warn!(task_id = %task.id, error = %error, "provider query failed");
@@ -64,6 +78,44 @@ impl Engine {
                 self.touch(&task, update).await.map(|_| ())
             }
         }
+    }
+
+    /// The window for a create with no answer has passed and no callback named the task.
+    async fn settle_unconfirmed(&self, task: &Task) -> Result<(), RepoError> {
+        // Opting in to resubmission still spends attempts: a provider that never answers
+        // must not be paid again and again.
+        if self.settings.resubmit_unconfirmed && task.attempts < self.settings.max_attempts {
+            tracing::warn!(task_id = %task.id, "unconfirmed create: submitting again as configured (the provider may bill twice)");
+            let update = TaskUpdate {
+                run_at: Some(now_ms()),
+                release_lease: true,
+                error: Some(Some((
+                    "resubmitted_unconfirmed".to_owned(),
+                    "the first create got no answer and no callback came; submitted again"
+                        .to_owned(),
+                ))),
+                ..TaskUpdate::default()
+            };
+            let moved = self.apply(task, Event::Resubmit, true, update).await?;
+            if moved.is_some() {
+                self.dispatch_wake.notify_one();
+            }
+            return Ok(());
+        }
+        let minutes = self.settings.unconfirmed_window.as_secs().div_ceil(60);
+        let update = TaskUpdate {
+            error: Some(Some((
+                "submit_unconfirmed".to_owned(),
+                format!(
+                    "the create request got no answer and the provider never called back within {minutes} min; \
+                     it was not resubmitted, to avoid paying twice (DARKROOM_RESUBMIT_UNCONFIRMED)"
+                ),
+            ))),
+            ..TaskUpdate::default()
+        };
+        self.apply(task, Event::ProviderFailed, true, update)
+            .await
+            .map(|_| ())
     }
 
     /// Moves a task according to the provider's word, from a query or a trusted callback.
@@ -117,7 +169,7 @@ impl Engine {
                         "provider_failed".to_owned(),
                         format!(
                             "{} task failed (failCode {code}): {message}",
-                            self.provider.name().to_uppercase()
+                            task.provider.to_uppercase()
                         ),
                     ))),
                     ..TaskUpdate::default()

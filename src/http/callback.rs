@@ -24,7 +24,7 @@ use super::error::{ApiError, parse_json};
 use crate::AppState;
 use crate::domain::TaskId;
 use crate::domain::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::engine::{EngineError, token_matches};
+use crate::engine::token_matches;
 use crate::storage::Task;
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -116,7 +116,8 @@ async fn original_callback(
         })?;
     let task = state
         .repo
-        .get_by_provider_id(state.engine.provider_name(), provider_task_id)
+        // KIE's callback format: only KIE tasks are looked up by its id.
+        .get_by_provider_id(crate::providers::kie::NAME, provider_task_id)
         .await?
         .ok_or_else(unknown_task)?;
     // No token on this path: the body is only a hint to look the task up at the provider.
@@ -129,21 +130,9 @@ async fn accept(
     body: &Value,
     authenticated: bool,
 ) -> Result<Json<Value>, ApiError> {
-    match state
+    state
         .engine
         .accept_callback(task, body, authenticated)
-        .await
-    {
-        Ok(()) => Ok(Json(json!({"success": true, "taskId": task.id}))),
-        Err(EngineError::MalformedCallback) => Err(ApiError::bad_request(
-            "invalid_callback",
-            "the callback body must be KIE's envelope with a data object",
-        )),
-        Err(e @ EngineError::ProviderIdMismatch { .. }) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "task_mismatch",
-            e.to_string(),
-        )),
-        Err(EngineError::Repo(e)) => Err(e.into()),
-    }
+        .await?;
+    Ok(Json(json!({"success": true, "taskId": task.id})))
 }

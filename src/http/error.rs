@@ -69,6 +69,26 @@ impl From<crate::storage::BlobError> for ApiError {
     }
 }
 
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        match e {
+            E::NotFound(_) => Self::not_found("task_not_found", "no such task"),
+            E::Conflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "task_state_conflict", e.to_string())
+            }
+            E::MalformedCallback => Self::bad_request(
+                "invalid_callback",
+                "the callback body must be KIE's envelope with a data object",
+            ),
+            E::ProviderIdMismatch { .. } => {
+                Self::new(StatusCode::CONFLICT, "task_mismatch", e.to_string())
+            }
+            E::Repo(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The original service's error shape, with a stable code added.

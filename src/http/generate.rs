@@ -1,5 +1,7 @@
 //! `POST /api/generate`: validates, queues one task per source image in one transaction,
-//! and answers at once. The provider is never called inside the request.
+//! and answers at once. Each task carries its provider (the source's `provider`, else the
+//! request's, else the operator's default); no provider is called inside the request, not
+//! even the synchronous one.
 //!
 //! Every task records its owner (the API key's name; none when keys are off). A caller may
 //! use only its own uploads and results as inputs: anyone else's is refused exactly like a
@@ -16,7 +18,9 @@ use super::auth::Caller;
 use super::error::{ApiError, parse_json};
 use crate::AppState;
 use crate::domain::TaskId;
-use crate::domain::request::{GenerateRequest, Source, parse_upload_key};
+use crate::domain::request::{
+    GenerateRequest, ProviderName, RequestPolicy, Source, parse_upload_key,
+};
 use crate::engine::now_ms;
 use crate::storage::NewTask;
 use crate::storage::keys;
@@ -79,21 +83,36 @@ async fn generate(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = GenerateRequest::from_json(&parse_json(body)?)?;
+    let policy = RequestPolicy {
+        default_provider: ProviderName::parse(&state.config.default_provider)
+            .unwrap_or(ProviderName::Kie),
+        gemini_model: state.config.gemini.model.clone(),
+    };
+    let request = GenerateRequest::from_json(&parse_json(body)?, &policy)?;
     let mut references = Vec::with_capacity(request.references.len());
     for reference in &request.references {
         references.push(input_url(&state, &caller, reference).await?);
     }
     let now = now_ms();
     let mut tasks = Vec::with_capacity(request.sources.len());
-    for source in &request.sources {
+    for task_source in &request.sources {
+        let (source, provider) = (&task_source.source, task_source.provider);
+        if !state.engine.has_provider(provider.as_str()) {
+            return Err(ApiError::bad_request(
+                "unsupported_provider",
+                format!(
+                    "provider {:?} is not configured on this server",
+                    provider.as_str()
+                ),
+            ));
+        }
         let image_url = input_url(&state, &caller, source).await?;
         let mut input_urls = vec![image_url.clone()];
         input_urls.extend(references.iter().cloned());
         tasks.push(NewTask {
             id: TaskId::new(),
-            provider: state.engine.provider_name().to_owned(),
-            model: request.model.as_str().to_owned(),
+            provider: provider.as_str().to_owned(),
+            model: request.model_for(provider).to_owned(),
             prompt: request.prompt.as_str().to_owned(),
             source: source.label().to_owned(),
             image_url,
@@ -106,6 +125,7 @@ async fn generate(
             // No token exists until the dispatcher issues one with the create call.
             callback_token_hash: String::new(),
             created_at: now,
+            retry_of: None,
         });
     }
     // Held until the rows are written: the per-key cap cannot be passed by racing requests.
@@ -120,14 +140,38 @@ async fn generate(
 
     let listed: Vec<Value> = tasks
         .iter()
-        .map(|t| json!({"taskId": t.id, "sourceKey": t.source}))
+        .map(|t| json!({"taskId": t.id, "sourceKey": t.source, "provider": t.provider}))
         .collect();
     let ids: Vec<&TaskId> = tasks.iter().map(|t| &t.id).collect();
     Ok(Json(json!({
         "success": true,
-        "message": format!("Created {} KIE task(s)", tasks.len()),
+        "message": created_message(&request),
         "tasks": listed,
         "taskIds": ids,
         "failures": [],
     })))
+}
+
+/// The original said "Created N KIE task(s)"; that wording stays for one-provider requests.
+fn created_message(request: &GenerateRequest) -> String {
+    let count = |p: ProviderName| request.sources.iter().filter(|s| s.provider == p).count();
+    let counts: Vec<(ProviderName, usize)> = ProviderName::ALL
+        .into_iter()
+        .map(|p| (p, count(p)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    match counts.as_slice() {
+        [(provider, n)] => format!("Created {n} {} task(s)", provider.label()),
+        _ => {
+            let parts: Vec<String> = counts
+                .iter()
+                .map(|(p, n)| format!("{n} {}", p.label()))
+                .collect();
+            format!(
+                "Created {} task(s): {}",
+                request.sources.len(),
+                parts.join(", ")
+            )
+        }
+    }
 }

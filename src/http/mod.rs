@@ -11,6 +11,7 @@ mod generate;
 mod health;
 pub mod limits;
 mod status;
+mod tasks;
 mod ui;
 mod upload;
 
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(generate::router())
         .merge(callback::router(&state))
         .merge(status::router())
+        .merge(tasks::router())
         .merge(health::router())
         .merge(files::router())
         .merge(ui::router())

@@ -37,10 +37,13 @@ async fn task_status(
     if task_id.len() > 200 {
         return Err(not_found());
     }
-    let provider = state.engine.provider_name();
+    // A provider's id may belong to any provider (KIE's task id, Gemini's response id).
+    let providers = state.engine.provider_names();
     let id = match TaskId::parse(&task_id) {
         Some(id) => Some(id),
-        None => state.board.id_for_provider_id(provider, &task_id),
+        None => providers
+            .iter()
+            .find_map(|p| state.board.id_for_provider_id(p, &task_id)),
     };
     // Another owner's task is answered exactly like a missing one, cached or not.
     if let Some(entry) = id.as_ref().and_then(|id| state.board.get(id)) {
@@ -51,7 +54,16 @@ async fn task_status(
     }
     let task = match &id {
         Some(id) => state.repo.get(id).await?,
-        None => state.repo.get_by_provider_id(provider, &task_id).await?,
+        None => {
+            let mut found = None;
+            for provider in &providers {
+                found = state.repo.get_by_provider_id(provider, &task_id).await?;
+                if found.is_some() {
+                    break;
+                }
+            }
+            found
+        }
     };
     let task = caller.visible(task).ok_or_else(not_found)?;
     state.board.update(&task);

@@ -7,8 +7,12 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{Provider, ProviderError, RemoteStatus, SubmitRequest};
+use super::{Delivery, Provider, ProviderError, RemoteStatus, Submission, SubmitRequest};
 use crate::config::Secret;
+
+/// The provider name stored with KIE tasks; callbacks and status lookups by KIE's task id
+/// resolve against it.
+pub const NAME: &str = "kie";
 
 const CREATE_PATH: &str = "api/v1/jobs/createTask";
 const RECORD_PATH: &str = "api/v1/jobs/recordInfo";
@@ -188,10 +192,14 @@ fn model_input(request: &SubmitRequest) -> Value {
 #[async_trait]
 impl Provider for KieClient {
     fn name(&self) -> &'static str {
-        "kie"
+        NAME
     }
 
-    async fn submit(&self, request: &SubmitRequest) -> Result<String, ProviderError> {
+    fn delivery(&self) -> Delivery {
+        Delivery::Later
+    }
+
+    async fn submit(&self, request: &SubmitRequest) -> Result<Submission, ProviderError> {
         let body = json!({
             "model": request.model,
             "callBackUrl": request.callback_url,
@@ -200,11 +208,14 @@ impl Provider for KieClient {
         let data = self
             .call(self.http.post(self.endpoint(CREATE_PATH)).json(&body), true)
             .await?;
-        string_field(&data, &["taskId", "task_id"]).ok_or_else(|| ProviderError::Retryable {
-            code: "bad_answer".to_owned(),
-            message: "createTask answered without a taskId".to_owned(),
-            retry_after: None,
-        })
+        let provider_task_id = string_field(&data, &["taskId", "task_id"]).ok_or_else(|| {
+            ProviderError::Retryable {
+                code: "bad_answer".to_owned(),
+                message: "createTask answered without a taskId".to_owned(),
+                retry_after: None,
+            }
+        })?;
+        Ok(Submission::Accepted { provider_task_id })
     }
 
     async fn query(&self, provider_task_id: &str) -> Result<RemoteStatus, ProviderError> {

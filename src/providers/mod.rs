@@ -1,22 +1,68 @@
 //! Image-generation providers behind one trait, and their simulators.
+//!
+//! Two shapes fit the same trait. KIE is asynchronous: `submit` returns the provider's task
+//! id and the outcome arrives later by callback or by `query`. Gemini is synchronous: the
+//! images come back in the answer to `submit`. The engine tells them apart only by the
+//! [`Submission`] a call returns and the [`Delivery`] a provider declares, never by name.
 
+pub mod gemini;
+pub mod inputs;
 pub mod kie;
 pub mod sim;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::domain::TaskId;
 
 /// What the dispatcher hands a provider.
 #[derive(Clone, Debug)]
 pub struct SubmitRequest {
+    /// darkroom's id, for the provider's logs; never sent upstream.
+    pub task_id: TaskId,
     pub model: String,
     pub prompt: String,
+    /// The source image first, then shared references. Uploads appear as their bucket URL.
     pub image_urls: Vec<String>,
     pub aspect_ratio: String,
     pub output_format: String,
-    /// Where the provider should report back; carries the task's secret token.
-    pub callback_url: String,
+    /// Where the provider should report back; carries the task's secret token. `None` for
+    /// providers that answer inline, which never call back.
+    pub callback_url: Option<String>,
+}
+
+/// How a provider's results reach darkroom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Later: a callback, or a `query` when the callback is overdue (KIE).
+    Later,
+    /// Inside the answer to `submit` (Gemini). Nothing arrives afterwards.
+    Inline,
+}
+
+/// Images a synchronous provider generated inside the call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// The provider's id for the answer, when it gives one (Gemini's `responseId`).
+    pub provider_task_id: Option<String>,
+    /// Encoded images, in the provider's order. Checked and stored by ingest like downloads.
+    pub images: Vec<Bytes>,
+    pub credits: Option<i64>,
+    pub cost_time_ms: Option<i64>,
+}
+
+/// What the provider said to a submission.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Submission {
+    /// Taken; the outcome comes later (callback or query).
+    Accepted { provider_task_id: String },
+    /// Generated at once.
+    Completed(Generated),
+    /// The provider answered, and the answer is that this task produces no image (a blocked
+    /// prompt, a safety stop, a text-only reply). Retrying the same input will not help.
+    Failed { code: String, message: String },
 }
 
 /// The provider's own view of a task.
@@ -65,13 +111,24 @@ impl ProviderError {
 
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
-    /// Short name used in keys and ids (`kie`).
+    /// Short name stored with each task and used in keys and ids (`kie`, `gemini`).
     fn name(&self) -> &'static str;
 
-    /// Creates the task at the provider; returns the provider's task id.
-    async fn submit(&self, request: &SubmitRequest) -> Result<String, ProviderError>;
+    /// Whether results come later or inline.
+    fn delivery(&self) -> Delivery;
 
-    /// Asks the provider where a task stands.
+    /// Whether the provider sends input images inline, reading them itself from the URLs in
+    /// the request (darkroom's own bucket URLs are read from the bucket). Otherwise it is
+    /// handed URLs it can fetch, by the configured input route.
+    fn takes_inline_inputs(&self) -> bool {
+        false
+    }
+
+    /// Hands the task to the provider.
+    async fn submit(&self, request: &SubmitRequest) -> Result<Submission, ProviderError>;
+
+    /// Asks the provider where a task stands. Only providers with [`Delivery::Later`] are
+    /// ever asked.
     async fn query(&self, provider_task_id: &str) -> Result<RemoteStatus, ProviderError>;
 
     /// Hands an input file to the provider's own file storage and returns the URL it can

@@ -10,4 +10,4 @@ mod sqlite_access;
 
 pub use access::{AccessRepo, ApiKeyRecord};
 pub use blob::{BlobError, BlobStore};
-pub use repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};

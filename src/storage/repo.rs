@@ -55,6 +55,8 @@ pub struct Task {
     pub updated_at: i64,
     pub submitted_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// The failed or expired task this one retries.
+    pub retry_of: Option<TaskId>,
 }
 
 /// A task about to be queued.
@@ -74,6 +76,19 @@ pub struct NewTask {
     pub owner: Option<String>,
     pub callback_token_hash: String,
     pub created_at: i64,
+    pub retry_of: Option<TaskId>,
+}
+
+/// Which tasks a listing returns, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub states: Vec<TaskState>,
+    pub batch_id: Option<String>,
+    /// `Some(None)` lists tasks without an owner.
+    pub owner: Option<Option<String>>,
+    /// Only tasks older than this id (the cursor).
+    pub before: Option<TaskId>,
+    pub limit: usize,
 }
 
 /// The columns a guarded update sets; `None` leaves a column as it is.
@@ -111,10 +126,12 @@ pub trait TaskRepo: Send + Sync + 'static {
         provider_task_id: &str,
     ) -> Result<Option<Task>, RepoError>;
 
-    /// Moves up to `limit` due `queued` tasks to `submitting` under a lease held by
-    /// `worker`, highest priority first, oldest first within a priority.
+    /// Moves up to `limit` due `queued` tasks of `provider` to `submitting` under a lease held
+    /// by `worker`, highest priority first, oldest first within a priority. Claims are per
+    /// provider so each provider's own concurrency bound decides how many it takes.
     async fn claim_queued(
         &self,
+        provider: &str,
         now: i64,
         limit: usize,
         worker: &str,
@@ -156,4 +173,19 @@ pub trait TaskRepo: Send + Sync + 'static {
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), RepoError>;
+
+    /// Tasks of `provider` being created or waiting at the provider.
+    async fn count_in_flight(&self, provider: &str) -> Result<usize, RepoError>;
+
+    /// Pushes out this worker's lease; false when the lease is no longer this worker's.
+    async fn extend_lease(&self, id: &TaskId, worker: &str, until: i64) -> Result<bool, RepoError>;
+
+    /// Drops every lease `worker` holds, except on tasks mid-create (whether those reached
+    /// the provider is unknown; their lease runs out and they are settled as unconfirmed).
+    async fn release_leases(&self, worker: &str) -> Result<u64, RepoError>;
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, RepoError>;
+
+    /// 1-based place in the queue of a queued task, in claim order.
+    async fn queue_position(&self, id: &TaskId) -> Result<Option<u64>, RepoError>;
 }

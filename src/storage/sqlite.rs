@@ -9,11 +9,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::repo::{NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
 
+/// Reads go through a pool; every write goes through one connection. SQLite takes one
+/// writer at a time anyway, and concurrent writers otherwise contend in SQLite's busy
+/// handler (which sleeps) instead of queueing in the pool (which does not).
 pub struct SqliteRepo {
     pub(super) pool: SqlitePool,
+    pub(super) writer: SqlitePool,
 }
 
 impl SqliteRepo {
@@ -25,12 +29,21 @@ impl SqliteRepo {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .connect_with(options)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let pool = if url.contains(":memory:") {
+            // Every in-memory connection is its own database: share the one.
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(options)
+                .await?
+        };
+        Ok(Self { pool, writer })
     }
 
     /// A private in-memory database, for tests.
@@ -91,6 +104,9 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, RepoError> {
         updated_at: row.try_get("updated_at")?,
         submitted_at: row.try_get("submitted_at")?,
         completed_at: row.try_get("completed_at")?,
+        retry_of: row
+            .try_get::<Option<String>, _>("retry_of")?
+            .and_then(|id| TaskId::parse(&id)),
     })
 }
 
@@ -105,13 +121,13 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl TaskRepo for SqliteRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for t in tasks {
             sqlx::query(
                 "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
                     aspect_ratio, output_format, priority, batch_id, owner, run_at,
-                    callback_token_hash, created_at, updated_at)
-                 VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    callback_token_hash, created_at, updated_at, retry_of)
+                 VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(t.id.as_str())
             .bind(&t.provider)
@@ -129,6 +145,7 @@ impl TaskRepo for SqliteRepo {
             .bind(&t.callback_token_hash)
             .bind(t.created_at)
             .bind(t.created_at)
+            .bind(t.retry_of.as_ref().map(TaskId::as_str))
             .execute(&mut *tx)
             .await?;
         }
@@ -159,6 +176,7 @@ impl TaskRepo for SqliteRepo {
 
     async fn claim_queued(
         &self,
+        provider: &str,
         now: i64,
         limit: usize,
         worker: &str,
@@ -167,17 +185,22 @@ impl TaskRepo for SqliteRepo {
         let rows = sqlx::query(
             "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?
              WHERE id IN (
-                 SELECT id FROM tasks WHERE state = 'queued' AND run_at <= ?
-                 ORDER BY priority DESC, created_at ASC, id ASC LIMIT ?)
+                 SELECT id FROM (
+                     SELECT id, priority, created_at,
+                            ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
+                                               ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
+                     FROM tasks WHERE state = 'queued' AND provider = ? AND run_at <= ?)
+                 ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC LIMIT ?)
                AND state = 'queued'
              RETURNING *",
         )
         .bind(worker)
         .bind(lease_until)
         .bind(now)
+        .bind(provider)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let mut tasks = tasks_from_rows(&rows)?;
         // RETURNING gives no order guarantee; callers submit in queue order.
@@ -214,7 +237,7 @@ impl TaskRepo for SqliteRepo {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(state.as_str())
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         tasks_from_rows(&rows)
     }
@@ -280,7 +303,7 @@ impl TaskRepo for SqliteRepo {
             q.push(" AND lease_owner = ").push_bind(worker.to_owned());
         }
         q.push(" RETURNING *");
-        match q.build().fetch_optional(&self.pool).await {
+        match q.build().fetch_optional(&self.writer).await {
             Ok(row) => row.as_ref().map(task_from_row).transpose(),
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
                 update.provider_task_id.clone().unwrap_or_default(),
@@ -302,7 +325,7 @@ impl TaskRepo for SqliteRepo {
         .bind(provider_task_id)
         .bind(now)
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
@@ -323,7 +346,7 @@ impl TaskRepo for SqliteRepo {
         .bind(now)
         .bind(now)
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         row.as_ref().map(task_from_row).transpose()
     }
@@ -331,5 +354,89 @@ impl TaskRepo for SqliteRepo {
     async fn ping(&self) -> Result<(), RepoError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn count_in_flight(&self, provider: &str) -> Result<usize, RepoError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks
+             WHERE provider = ? AND state IN ('submitting', 'submitted', 'running')",
+        )
+        .bind(provider)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn extend_lease(&self, id: &TaskId, worker: &str, until: i64) -> Result<bool, RepoError> {
+        let done = sqlx::query("UPDATE tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?")
+            .bind(until)
+            .bind(id.as_str())
+            .bind(worker)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_leases(&self, worker: &str) -> Result<u64, RepoError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_owner = NULL, lease_until = NULL
+             WHERE lease_owner = ? AND state <> 'submitting'",
+        )
+        .bind(worker)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, RepoError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM tasks WHERE 1 = 1");
+        if !filter.states.is_empty() {
+            q.push(" AND state IN (");
+            let mut states = q.separated(", ");
+            for state in &filter.states {
+                states.push_bind(state.as_str());
+            }
+            q.push(")");
+        }
+        if let Some(batch) = &filter.batch_id {
+            q.push(" AND batch_id = ").push_bind(batch.clone());
+        }
+        match &filter.owner {
+            Some(Some(owner)) => {
+                q.push(" AND owner = ").push_bind(owner.clone());
+            }
+            Some(None) => {
+                q.push(" AND owner IS NULL");
+            }
+            None => {}
+        }
+        if let Some(before) = &filter.before {
+            q.push(" AND id < ").push_bind(before.as_str().to_owned());
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(filter.limit).unwrap_or(i64::MAX));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        tasks_from_rows(&rows)
+    }
+
+    async fn queue_position(&self, id: &TaskId) -> Result<Option<u64>, RepoError> {
+        // The claim order of `claim_queued`, ignoring `run_at` (a task waiting out a
+        // backoff keeps its place). Each provider's queue is claimed on its own.
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM (
+                 SELECT id, ROW_NUMBER() OVER (ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC) AS position
+                 FROM (
+                     SELECT id, priority, created_at,
+                            ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
+                                               ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
+                     FROM tasks WHERE state = 'queued'
+                       AND provider = (SELECT provider FROM tasks WHERE id = ?)))
+             WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(position.and_then(|p| u64::try_from(p).ok()))
     }
 }

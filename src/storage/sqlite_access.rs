@@ -17,7 +17,7 @@ impl AccessRepo for SqliteRepo {
         hint: &str,
         now: i64,
     ) -> Result<bool, RepoError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // A revoked key's name may be reused; its row goes.
         sqlx::query("DELETE FROM api_keys WHERE name = ? AND revoked_at IS NOT NULL")
             .bind(name)
@@ -69,7 +69,7 @@ impl AccessRepo for SqliteRepo {
             sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
                 .bind(now)
                 .bind(name)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -92,7 +92,7 @@ impl AccessRepo for SqliteRepo {
             .bind(key)
             .bind(owner)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -138,7 +138,7 @@ impl AccessRepo for SqliteRepo {
         .bind(name)
         .bind(fresh)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let row = sqlx::query("SELECT value FROM server_secrets WHERE name = ?")
             .bind(name)

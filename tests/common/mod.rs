@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 
 use darkroom::App;
 use darkroom::config::Config;
-use darkroom::providers::sim::KieSim;
-use darkroom::storage::{BlobStore, TaskRepo};
+use darkroom::providers::sim::{GeminiSim, KieSim};
+use darkroom::storage::BlobStore;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
     pub base: String,
+    pub events: Arc<darkroom::events::EventBus>,
+    pub repo: Arc<dyn darkroom::storage::TaskRepo>,
     pub http: reqwest::Client,
     pub blobs: BlobStore,
-    pub repo: Arc<dyn TaskRepo>,
     pub sim: Option<Arc<KieSim>>,
+    pub gemini_sim: Option<Arc<GeminiSim>>,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
@@ -34,12 +36,20 @@ impl Drop for TestApp {
 /// Settings that keep tests fast: a quick simulator and quick polling.
 const FAST: &[(&str, &str)] = &[
     ("DARKROOM_SIM_LATENCY_MS", "20-60"),
+    ("DARKROOM_GEMINI_SIM_LATENCY_MS", "20-60"),
     ("DARKROOM_TICK_MS", "50"),
     ("DARKROOM_FIRST_POLL_MS", "3000"),
     ("DARKROOM_LOG", "warn"),
 ];
 
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    // TEST_LOG=darkroom=debug shows the server's log while debugging a test.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let mut env: HashMap<String, String> = FAST
         .iter()
@@ -52,19 +62,68 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let addr = listener.local_addr().unwrap();
     let app = App::build(config, addr).await.expect("app builds");
     let blobs = app.state.blobs.clone();
-    let repo = app.state.repo.clone();
     let sim = app.simulator.clone();
+    let events = app.state.engine.events().clone();
+    let repo = app.state.repo.clone();
+    let gemini_sim = app.gemini_simulator.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.serve(listener, shutdown.clone()));
     TestApp {
         base: format!("http://{addr}"),
+        events,
+        repo,
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         blobs,
-        repo,
         sim,
+        gemini_sim,
         dir,
         shutdown,
     }
+}
+
+/// A KIE simulator of the test's own making, on a loopback port, for darkroom to use as
+/// if it were KIE (`kie_env`).
+pub struct TestSim {
+    pub sim: Arc<KieSim>,
+    pub addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestSim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_sim(config: darkroom::providers::sim::KieSimConfig) -> TestSim {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = KieSim::new(config, format!("http://{addr}"));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(sim.clone().serve(listener, shutdown.clone()));
+    TestSim {
+        sim,
+        addr,
+        shutdown,
+    }
+}
+
+impl TestSim {
+    /// Environment that makes darkroom use this simulator as KIE.
+    pub fn kie_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KIE_API_TOKEN", "test-token".to_owned()),
+            ("KIE_BASE_URL", format!("http://{}", self.addr)),
+            ("KIE_UPLOAD_BASE_URL", format!("http://{}", self.addr)),
+            ("DARKROOM_TRUSTED_FETCH_HOSTS", self.addr.to_string()),
+        ]
+    }
+}
+
+/// `spawn_app` with owned values, for environments built at run time.
+pub async fn spawn_app_env(env: &[(&str, String)]) -> TestApp {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    spawn_app(&env).await
 }
 
 /// The S3 server the test command started (moto). Missing means the suite was not run
@@ -199,6 +258,51 @@ impl TestApp {
             .await;
         assert_eq!(code, 200, "{body}");
         body
+    }
+
+    /// Queues `count` tasks from one uploaded image, up to ten per request.
+    pub async fn generate_many(&self, count: usize, extra: Value) -> Vec<String> {
+        let (status, up) = self.upload(&[("source.png", png(48, 32))]).await;
+        assert_eq!(status, 200, "{up}");
+        let url = up["uploaded"][0]["url"].as_str().unwrap().to_owned();
+        let mut ids = Vec::with_capacity(count);
+        while ids.len() < count {
+            let n = (count - ids.len()).min(10);
+            let mut body = json!({"prompt": "p", "imageUrls": vec![url.clone(); n]});
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            let (code, answer) = self.post_json("/api/generate", &body).await;
+            assert_eq!(code, 200, "{answer}");
+            ids.extend(
+                answer["taskIds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned()),
+            );
+        }
+        ids
+    }
+
+    /// Waits until every task is final; returns how many ended in each compatible status.
+    pub async fn wait_all_final(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> HashMap<String, usize> {
+        let start = Instant::now();
+        let mut counts = HashMap::new();
+        for id in ids {
+            let left = timeout.saturating_sub(start.elapsed());
+            let status = self
+                .wait_final(id, left.max(Duration::from_millis(1)))
+                .await;
+            *counts
+                .entry(status["status"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Waits until the task reaches a final compatible status.

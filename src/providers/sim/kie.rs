@@ -97,6 +97,26 @@ pub struct KieSimConfig {
     pub public_url: Option<String>,
     /// Long side of generated images in pixels (clamped to 16..=4096).
     pub image_long_side: u32,
+    /// Upper bound of deliveries of a duplicated callback: each duplicated callback is
+    /// delivered a random number of times in `duplicate_count..=duplicate_count_max`.
+    pub duplicate_count_max: u32,
+    /// Deliver a duplicated callback's copies all at once instead of one after another.
+    pub concurrent_duplicates: bool,
+    /// Share of creates refused with 429 (and `Retry-After: 1`) whatever the window says.
+    pub http_429_rate: f64,
+    /// Share of creates refused with a 500 or a 455 (maintenance), alternately.
+    pub server_error_rate: f64,
+    /// Share of creates that make the task but answer only after `timeout_hang`, so the
+    /// client times out not knowing the task exists.
+    pub timeout_rate: f64,
+    pub timeout_hang: Duration,
+    /// Extra delay before a callback is delivered, uniform in `[min, max]` ms.
+    pub late_callback_ms: (u64, u64),
+    /// Delay before a result file is served, ms.
+    pub download_delay_ms: u64,
+    /// The account's credit balance at start. Creates are refused with 402 when the
+    /// balance, less what tasks in progress will cost, cannot pay for one more.
+    pub credits: u64,
 }
 
 impl Default for KieSimConfig {
@@ -115,6 +135,15 @@ impl Default for KieSimConfig {
             errors_in_body: false,
             public_url: None,
             image_long_side: 512,
+            duplicate_count_max: 0,
+            concurrent_duplicates: false,
+            http_429_rate: 0.0,
+            server_error_rate: 0.0,
+            timeout_rate: 0.0,
+            timeout_hang: Duration::from_secs(60),
+            late_callback_ms: (0, 0),
+            download_delay_ms: 0,
+            credits: INITIAL_CREDITS,
         }
     }
 }
@@ -165,6 +194,14 @@ pub struct SimStats {
     pub files_served: u64,
     /// Files received through the file upload API.
     pub uploads: u64,
+    /// Creates refused by fault injection (429 bursts, 500, 455).
+    pub injected_errors: u64,
+    /// Creates that made the task but answered too late.
+    pub timeouts: u64,
+    /// Accepted creates for a callback URL (a client task) already seen: double billing.
+    pub duplicate_creates: u64,
+    /// The most creates accepted within any one rate window.
+    pub max_creates_in_window: u64,
 }
 
 /// Lock-free twin of [`SimStats`], bumped from handlers and background tasks.
@@ -182,6 +219,10 @@ struct Counters {
     queries: AtomicU64,
     files_served: AtomicU64,
     uploads: AtomicU64,
+    injected_errors: AtomicU64,
+    timeouts: AtomicU64,
+    duplicate_creates: AtomicU64,
+    max_creates_in_window: AtomicU64,
 }
 
 impl Counters {
@@ -204,6 +245,10 @@ impl Counters {
             queries: read(&self.queries),
             files_served: read(&self.files_served),
             uploads: read(&self.uploads),
+            injected_errors: read(&self.injected_errors),
+            timeouts: read(&self.timeouts),
+            duplicate_creates: read(&self.duplicate_creates),
+            max_creates_in_window: read(&self.max_creates_in_window),
         }
     }
 }
@@ -226,6 +271,11 @@ pub struct KieSim {
 /// Everything mutable, behind one lock that is only ever held briefly.
 #[derive(Default)]
 struct Ledger {
+    /// Accepted creates in the last rate window, for `max_creates_in_window` (kept even
+    /// when the limit is off).
+    accepted_window: VecDeque<Instant>,
+    /// Accepted creates per callback URL (without its query), to spot double creates.
+    creates_per_callback: HashMap<String, u32>,
     tasks: HashMap<String, Task>,
     order: Vec<String>,
     recent_creates: VecDeque<Instant>,
@@ -233,6 +283,9 @@ struct Ledger {
     file_order: VecDeque<String>,
     file_bytes: usize,
     credits_used: u64,
+    /// Tasks accepted and not finished, whose credits are spoken for.
+    credits_reserved: u64,
+    initial_credits: u64,
 }
 
 struct StoredFile {
@@ -318,10 +371,15 @@ struct Faults {
     drop_callback: bool,
     deliveries: u32,
     early: bool,
+    /// Extra wait before the callback.
+    late: Duration,
+    /// The create answer is held back past the client's timeout.
+    hang: bool,
 }
 
 enum Admission {
     RateLimited,
+    NoCredits,
     Rejected(String),
     Accepted {
         task_id: String,
@@ -359,6 +417,7 @@ impl KieSim {
     /// Binds nothing: builds the state. `base_url` is where it is reachable (used for
     /// result URLs when `config.public_url` is `None`).
     pub fn new(config: KieSimConfig, base_url: String) -> Arc<KieSim> {
+        let initial_credits = config.credits;
         let base = config.public_url.as_deref().unwrap_or(&base_url);
         let files_base = format!("{}/files/", base.trim_end_matches('/'));
         // Inputs and callback receivers in tests live on loopback; a proxy taken from
@@ -374,7 +433,10 @@ impl KieSim {
             config,
             files_base,
             http,
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Mutex::new(Ledger {
+                initial_credits,
+                ..Ledger::default()
+            }),
             counters: Counters::default(),
             background: CancellationToken::new(),
         })
@@ -490,7 +552,16 @@ impl KieSim {
                 return Admission::Rejected(msg);
             }
         };
+        if ledger
+            .remaining_credits()
+            .saturating_sub(ledger.credits_reserved)
+            < CREDITS_PER_IMAGE
+        {
+            return Admission::NoCredits;
+        }
+        ledger.credits_reserved += CREDITS_PER_IMAGE;
         ledger.recent_creates.push_back(now);
+        self.count_accepted(&mut ledger, now, request.callback_url.as_deref());
         let task_id = uuid::Uuid::now_v7().simple().to_string();
         ledger
             .tasks
@@ -503,6 +574,55 @@ impl KieSim {
             request,
             faults: self.roll_faults(),
         }
+    }
+
+    /// Statistics every accepted create feeds: the busiest window, and double creates.
+    fn count_accepted(&self, ledger: &mut Ledger, now: Instant, callback_url: Option<&str>) {
+        let window = self.config.rate_window;
+        ledger.accepted_window.push_back(now);
+        while ledger
+            .accepted_window
+            .front()
+            .is_some_and(|&at| now.duration_since(at) >= window)
+        {
+            ledger.accepted_window.pop_front();
+        }
+        self.counters
+            .max_creates_in_window
+            .fetch_max(ledger.accepted_window.len() as u64, Ordering::Relaxed);
+        if let Some(url) = callback_url {
+            let key = url.split('?').next().unwrap_or(url).to_owned();
+            let seen = ledger.creates_per_callback.entry(key).or_insert(0);
+            *seen += 1;
+            if *seen > 1 {
+                Counters::bump(&self.counters.duplicate_creates);
+            }
+        }
+    }
+
+    /// A refusal injected before the create is looked at (429 burst, 500, 455).
+    fn injected_refusal(&self) -> Option<Response> {
+        let mut rng = rand::rng();
+        if chance(&mut rng, self.config.http_429_rate) {
+            Counters::bump(&self.counters.injected_errors);
+            let mut response = self.error(429, &self.rate_limit_message());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Some(response);
+        }
+        if chance(&mut rng, self.config.server_error_rate) {
+            let n = self
+                .counters
+                .injected_errors
+                .fetch_add(1, Ordering::Relaxed);
+            return Some(if n.is_multiple_of(2) {
+                self.error(500, "Internal server error")
+            } else {
+                self.error(455, "Service under maintenance")
+            });
+        }
+        None
     }
 
     /// Drops creates older than the window, then reports whether it is full.
@@ -538,16 +658,18 @@ impl KieSim {
         let (low, high) = config.latency_ms;
         let latency_ms = rng.random_range(low.min(high)..=high.max(low));
         let duplicated = chance(&mut rng, config.duplicate_rate);
+        let min_copies = config.duplicate_count.max(1);
+        let copies = rng.random_range(min_copies..=config.duplicate_count_max.max(min_copies));
+        let (late_low, late_high) = config.late_callback_ms;
+        let late_ms = rng.random_range(late_low.min(late_high)..=late_high.max(late_low));
         Faults {
             latency: Duration::from_millis(latency_ms),
             fail: chance(&mut rng, config.fail_rate),
             drop_callback: chance(&mut rng, config.drop_rate),
-            deliveries: if duplicated {
-                config.duplicate_count.max(1)
-            } else {
-                1
-            },
+            deliveries: if duplicated { copies } else { 1 },
             early: chance(&mut rng, config.early_callback_rate),
+            late: Duration::from_millis(late_ms),
+            hang: chance(&mut rng, config.timeout_rate),
         }
     }
 
@@ -663,6 +785,7 @@ impl KieSim {
     fn finish(&self, task_id: &str, outcome: Result<Rendered, Failure>) -> Option<Value> {
         let now = now_ms();
         let mut ledger = self.ledger();
+        ledger.credits_reserved = ledger.credits_reserved.saturating_sub(CREDITS_PER_IMAGE);
         let (state, result_urls, failure, credits) = match outcome {
             Ok(rendered) => {
                 let name = format!("{task_id}-0.{}", rendered.extension);
@@ -720,14 +843,26 @@ impl KieSim {
                 return;
             }
         };
-        // Sequential on purpose: a duplicate racing its original is a different fault.
-        for delivery in 1..=faults.deliveries {
-            if delivery > 1 {
-                Counters::bump(&self.counters.duplicates_sent);
+        if !faults.late.is_zero() {
+            tokio::time::sleep(faults.late).await;
+        }
+        let duplicates = u64::from(faults.deliveries.saturating_sub(1));
+        self.counters
+            .duplicates_sent
+            .fetch_add(duplicates, Ordering::Relaxed);
+        self.counters
+            .callbacks_sent
+            .fetch_add(u64::from(faults.deliveries), Ordering::Relaxed);
+        if self.config.concurrent_duplicates {
+            let deliveries = (1..=faults.deliveries)
+                .map(|delivery| self.post_callback(task_id, url, body.clone(), delivery));
+            futures::future::join_all(deliveries).await;
+        } else {
+            // One after another: a duplicate racing its original is the other mode.
+            for delivery in 1..=faults.deliveries {
+                self.post_callback(task_id, url, body.clone(), delivery)
+                    .await;
             }
-            Counters::bump(&self.counters.callbacks_sent);
-            self.post_callback(task_id, url, body.clone(), delivery)
-                .await;
         }
     }
 
@@ -796,7 +931,7 @@ impl KieSim {
 
 impl Ledger {
     fn remaining_credits(&self) -> u64 {
-        INITIAL_CREDITS.saturating_sub(self.credits_used)
+        self.initial_credits.saturating_sub(self.credits_used)
     }
 
     fn store_file(&mut self, name: String, file: StoredFile) {
@@ -851,6 +986,10 @@ async fn create_task(
     State(sim): State<Arc<KieSim>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Some(refusal) = sim.injected_refusal() {
+        tracing::info!("kie-sim refused a create (fault injection)");
+        return refusal;
+    }
     let request = body
         .map_err(|err| format!("Request body could not be read: {err}"))
         .and_then(|body| parse_create_request(&body));
@@ -858,6 +997,10 @@ async fn create_task(
         Admission::RateLimited => {
             tracing::info!("kie-sim rate limited a create");
             sim.error(429, &sim.rate_limit_message())
+        }
+        Admission::NoCredits => {
+            tracing::info!("kie-sim refused a create: insufficient credits");
+            sim.error(402, "Insufficient credits")
         }
         Admission::Rejected(msg) => {
             tracing::info!(reason = %msg, "kie-sim rejected a create");
@@ -884,6 +1027,14 @@ async fn create_task(
                 Arc::clone(&sim).run_task(task_id, request, faults).await;
             } else {
                 sim.spawn_task(task_id, request, faults);
+            }
+            if faults.hang {
+                // The task exists and runs; the client just never hears so in time.
+                Counters::bump(&sim.counters.timeouts);
+                tokio::select! {
+                    () = tokio::time::sleep(sim.config.timeout_hang) => {}
+                    () = sim.background.cancelled() => {}
+                }
             }
             answer
         }
@@ -934,6 +1085,9 @@ async fn credit(State(sim): State<Arc<KieSim>>) -> Response {
 }
 
 async fn serve_file(State(sim): State<Arc<KieSim>>, Path(name): Path<String>) -> Response {
+    if sim.config.download_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(sim.config.download_delay_ms)).await;
+    }
     let Some((bytes, content_type)) = sim.file(&name) else {
         return (StatusCode::NOT_FOUND, "Not found").into_response();
     };

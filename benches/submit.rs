@@ -1,0 +1,186 @@
+//! Submit throughput against the simulator's own createTask throughput, and memory with
+//! 10,000 queued tasks. One side per process:
+//!   cargo bench --bench submit -- <direct|darkroom|queued> [count]
+//! `bench/submit.sh` alternates the sides and prints the ratios.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use darkroom::config::Config;
+use darkroom::domain::{TaskId, TaskState};
+use darkroom::providers::sim::{KieSim, KieSimConfig};
+use darkroom::storage::{NewTask, TaskFilter};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const CONCURRENCY: usize = 16;
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A simulator with no limit whose tasks never finish during the run (no callbacks).
+async fn start_sim(shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = KieSimConfig {
+        latency_ms: (600_000, 600_000),
+        rate_limit: 0,
+        ..KieSimConfig::default()
+    };
+    let sim = KieSim::new(config, format!("http://{addr}"));
+    tokio::spawn(sim.serve(listener, shutdown.clone()));
+    format!("http://{addr}")
+}
+
+fn new_task() -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        provider: "kie".into(),
+        model: "google/nano-banana-edit".into(),
+        prompt: "bench".into(),
+        source: "https://example.com/source.png".into(),
+        image_url: "https://example.com/source.png".into(),
+        input_urls: vec!["https://example.com/source.png".into()],
+        aspect_ratio: "1:1".into(),
+        output_format: "png".into(),
+        priority: 0,
+        batch_id: None,
+        owner: None,
+        callback_token_hash: String::new(),
+        created_at: chrono::Utc::now().timestamp_millis(),
+        retry_of: None,
+    }
+}
+
+/// The baseline: createTask hit directly with the same concurrency.
+async fn direct(sim: &str, count: usize) -> Duration {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body = json!({"model": "google/nano-banana-edit", "callBackUrl": "http://127.0.0.1:9/cb",
+        "input": {"prompt": "bench", "image_urls": ["https://example.com/source.png"]}});
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut jobs = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        let (http, body, url) = (
+            http.clone(),
+            body.clone(),
+            format!("{sim}/api/v1/jobs/createTask"),
+        );
+        jobs.spawn(async move {
+            let answer: serde_json::Value = http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["code"], 200);
+            drop(permit);
+        });
+    }
+    while jobs.join_next().await.is_some() {}
+    started.elapsed()
+}
+
+async fn build_app(sim: Option<&str>, dir: &std::path::Path) -> darkroom::App {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("DARKROOM_DATA_DIR", dir.display().to_string()),
+        ("DARKROOM_WORKERS", "false".to_owned()),
+        ("DARKROOM_DISPATCH_CONCURRENCY", CONCURRENCY.to_string()),
+        ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
+        ("DARKROOM_KIE_MAX_IN_FLIGHT", "0".to_owned()),
+        ("DARKROOM_FIRST_POLL_MS", "600000".to_owned()),
+        ("DARKROOM_LOG", "warn".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(sim) = sim {
+        env.insert("KIE_API_TOKEN".into(), "bench".into());
+        env.insert("KIE_BASE_URL".into(), sim.to_owned());
+    }
+    let config = Config::from_env(&env).unwrap();
+    darkroom::App::build(config, "127.0.0.1:3999".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// darkroom: `count` queued tasks dispatched by the engine until all are submitted.
+async fn through_darkroom(sim: &str, count: usize, dir: &std::path::Path) -> Duration {
+    let app = build_app(Some(sim), dir).await;
+    let tasks: Vec<NewTask> = (0..count).map(|_| new_task()).collect();
+    for chunk in tasks.chunks(500) {
+        app.state.repo.insert(chunk).await.unwrap();
+    }
+    let started = Instant::now();
+    app.state.engine.run_pending().await.unwrap();
+    let took = started.elapsed();
+    let filter = TaskFilter {
+        states: vec![TaskState::Submitted],
+        limit: count + 1,
+        ..TaskFilter::default()
+    };
+    assert_eq!(
+        app.state.repo.list(&filter).await.unwrap().len(),
+        count,
+        "every task submitted"
+    );
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let mode = args.first().map_or("darkroom", String::as_str).to_owned();
+    let count: usize = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(2000);
+    let shutdown = CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    match mode.as_str() {
+        "queued" => {
+            let app = build_app(None, dir.path()).await;
+            let idle_kib = status_kib("VmRSS:");
+            let tasks: Vec<NewTask> = (0..count).map(|_| new_task()).collect();
+            for chunk in tasks.chunks(500) {
+                app.state.repo.insert(chunk).await.unwrap();
+            }
+            // The queue as a polling client sees it: one status answer per task.
+            for task in tasks.iter().step_by(10) {
+                app.state.repo.queue_position(&task.id).await.unwrap();
+            }
+            println!(
+                "RESULT mode=queued count={count} idle_rss_kib={idle_kib} rss_kib={} peak_rss_kib={}",
+                status_kib("VmRSS:"),
+                status_kib("VmHWM:")
+            );
+        }
+        _ => {
+            let sim = start_sim(&shutdown).await;
+            let took = match mode.as_str() {
+                "direct" => direct(&sim, count).await,
+                _ => through_darkroom(&sim, count, dir.path()).await,
+            };
+            println!(
+                "RESULT mode={mode} count={count} seconds={:.3} per_second={:.1} peak_rss_kib={}",
+                took.as_secs_f64(),
+                count as f64 / took.as_secs_f64(),
+                status_kib("VmHWM:")
+            );
+        }
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,371 @@
+//! RELIABILITY.md R1, R2, R4 and R5, and the cost-safety rules, against a simulator with
+//! its faults turned on. Each test prints its figures.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{TestApp, spawn_app_env, spawn_sim};
+use darkroom::providers::sim::KieSimConfig;
+use serde_json::json;
+
+/// A fast simulator with no limit of its own.
+fn quick_sim() -> KieSimConfig {
+    KieSimConfig {
+        latency_ms: (0, 20),
+        rate_limit: 0,
+        image_long_side: 48,
+        ..KieSimConfig::default()
+    }
+}
+
+/// Darkroom with its own limits off and fast polling, pointed at `sim`.
+fn unthrottled(
+    sim: &common::TestSim,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = sim.kie_env();
+    env.extend([
+        ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
+        ("DARKROOM_KIE_QUERIES_PER_SECOND", "0".to_owned()),
+        ("DARKROOM_KIE_MAX_IN_FLIGHT", "0".to_owned()),
+        ("DARKROOM_DISPATCH_CONCURRENCY", "16".to_owned()),
+        ("DARKROOM_INGEST_CONCURRENCY", "16".to_owned()),
+    ]);
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+/// Counts completion events per task from the moment of the call.
+fn count_completions(app: &TestApp) -> tokio::task::JoinHandle<HashMap<String, usize>> {
+    let mut events = app.events.subscribe();
+    tokio::spawn(async move {
+        let mut done: HashMap<String, usize> = HashMap::new();
+        while let Ok(event) = events.recv().await {
+            if event.state == "succeeded" {
+                *done.entry(event.task_id.to_string()).or_insert(0) += 1;
+            }
+        }
+        done
+    })
+}
+
+async fn r1(concurrent: bool) {
+    let sim = spawn_sim(KieSimConfig {
+        duplicate_rate: 1.0,
+        duplicate_count: 2,
+        duplicate_count_max: 10,
+        concurrent_duplicates: concurrent,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(&sim, &[])).await;
+    let completions = count_completions(&app);
+    let started = Instant::now();
+    let ids = app.generate_many(1000, json!({})).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(240)).await;
+    let took = started.elapsed();
+    assert_eq!(counts.get("completed"), Some(&1000), "{counts:?}");
+
+    let stored = app.blobs.list("generated").await.unwrap();
+    let mut per_task: HashMap<&str, usize> = HashMap::new();
+    for key in &stored {
+        let id = key
+            .trim_start_matches("generated/kie-")
+            .split('-')
+            .next()
+            .unwrap();
+        *per_task.entry(id).or_insert(0) += 1;
+    }
+    let duplicate_objects = per_task.values().filter(|n| **n > 1).count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(app.events.clone());
+    let stats = sim.sim.stats();
+    let completions_handle = completions;
+    completions_handle.abort();
+    let mode = if concurrent {
+        "10 at once"
+    } else {
+        "sequentially"
+    };
+    println!(
+        "R1 ({mode}): 1000 tasks, {} callbacks delivered ({} duplicates), {} objects stored, {} tasks with duplicate objects, {:.1} s",
+        stats.callbacks_sent,
+        stats.duplicates_sent,
+        stored.len(),
+        duplicate_objects,
+        took.as_secs_f64()
+    );
+    assert_eq!(stored.len(), 1000);
+    assert_eq!(duplicate_objects, 0);
+    assert!(
+        stats.duplicates_sent >= 1000,
+        "every callback was delivered at least twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r1_duplicate_callbacks_sequentially_store_one_result_each() {
+    r1(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r1_duplicate_callbacks_at_once_store_one_result_each() {
+    r1(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r1_one_completion_event_per_task() {
+    let sim = spawn_sim(KieSimConfig {
+        duplicate_rate: 1.0,
+        duplicate_count: 5,
+        duplicate_count_max: 10,
+        concurrent_duplicates: true,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(&sim, &[])).await;
+    let mut events = app.events.subscribe();
+    let ids = app.generate_many(200, json!({})).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(120)).await;
+    assert_eq!(counts.get("completed"), Some(&200), "{counts:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut completions: HashMap<String, usize> = HashMap::new();
+    while let Ok(event) = events.try_recv() {
+        if event.state == "succeeded" {
+            *completions.entry(event.task_id.to_string()).or_insert(0) += 1;
+        }
+    }
+    let repeated = completions.values().filter(|n| **n > 1).count();
+    println!(
+        "R1 events: 200 tasks, {} completion events, {repeated} tasks completed twice",
+        completions.values().sum::<usize>()
+    );
+    assert_eq!(completions.len(), 200);
+    assert_eq!(repeated, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r2_callbacks_before_the_create_answer() {
+    let sim = spawn_sim(KieSimConfig {
+        early_callback_rate: 1.0,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(&sim, &[("DARKROOM_FIRST_POLL_MS", "600000")])).await;
+    let ids = app.generate_many(200, json!({})).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(120)).await;
+    println!("R2: 200 tasks called back before createTask answered: {counts:?}");
+    assert_eq!(counts.get("completed"), Some(&200), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r4_dropped_callbacks_heal_through_the_reconciler() {
+    let sim = spawn_sim(KieSimConfig {
+        drop_rate: 0.3,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(&sim, &[("DARKROOM_FIRST_POLL_MS", "300")])).await;
+    let ids = app.generate_many(300, json!({})).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(120)).await;
+    let stats = sim.sim.stats();
+    println!(
+        "R4: 300 tasks, {} callbacks dropped, {} recordInfo queries, {counts:?}",
+        stats.dropped, stats.queries
+    );
+    assert_eq!(counts.get("completed"), Some(&300), "{counts:?}");
+    assert!(
+        stats.dropped >= 30,
+        "the fault was really injected: {}",
+        stats.dropped
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r5_bursts_of_429_500_455_and_timeouts_within_the_limit_without_double_creates() {
+    // The simulator enforces KIE's 20 per 10 s; darkroom keeps its own limit (default 20
+    // per 10 s) and must never trip the simulator's.
+    let sim = spawn_sim(KieSimConfig {
+        latency_ms: (0, 50),
+        image_long_side: 48,
+        http_429_rate: 0.15,
+        server_error_rate: 0.15,
+        timeout_rate: 0.1,
+        timeout_hang: Duration::from_secs(3),
+        ..KieSimConfig::default()
+    })
+    .await;
+    let mut env = sim.kie_env();
+    env.extend([
+        ("DARKROOM_KIE_TIMEOUT_SECS", "1".to_owned()),
+        ("DARKROOM_FIRST_POLL_MS", "500".to_owned()),
+        ("DARKROOM_MAX_ATTEMPTS", "20".to_owned()),
+    ]);
+    let app = spawn_app_env(&env).await;
+    let started = Instant::now();
+    let ids = app.generate_many(50, json!({})).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(180)).await;
+    let took = started.elapsed();
+    let stats = sim.sim.stats();
+    let mut attempts = Vec::new();
+    for id in &ids {
+        let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+        attempts.push(task["attempts"].as_u64().unwrap());
+    }
+    println!(
+        "R5: 50 tasks in {:.1} s: {counts:?}; creates accepted {}, injected refusals {}, create timeouts {}, \
+         429s from the window {}, duplicate creates {}, most creates in one 10 s window {}, attempts max {}",
+        took.as_secs_f64(),
+        stats.created,
+        stats.injected_errors,
+        stats.timeouts,
+        stats.rate_limited,
+        stats.duplicate_creates,
+        stats.max_creates_in_window,
+        attempts.iter().max().unwrap()
+    );
+    assert_eq!(counts.values().sum::<usize>(), 50);
+    assert_eq!(
+        counts.get("completed"),
+        Some(&50),
+        "unconfirmed creates are resolved by their callbacks"
+    );
+    assert_eq!(stats.duplicate_creates, 0, "no task was created twice");
+    assert_eq!(
+        stats.rate_limited, 0,
+        "darkroom never exceeded the provider's window"
+    );
+    assert!(stats.max_creates_in_window <= 20);
+    assert!(
+        stats.injected_errors > 0 && stats.timeouts > 0,
+        "the faults were really injected"
+    );
+}
+
+#[tokio::test]
+async fn an_unconfirmed_create_is_failed_after_its_window_not_resubmitted() {
+    let sim = spawn_sim(KieSimConfig {
+        timeout_rate: 1.0,
+        timeout_hang: Duration::from_secs(5),
+        drop_rate: 1.0,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(
+        &sim,
+        &[
+            ("DARKROOM_KIE_TIMEOUT_SECS", "1"),
+            ("DARKROOM_UNCONFIRMED_WINDOW_SECS", "2"),
+            ("DARKROOM_FIRST_POLL_MS", "200"),
+        ],
+    ))
+    .await;
+    let ids = app.generate_many(2, json!({})).await;
+    // While it waits, the task says what it is waiting for.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, task) = app.get_json(&format!("/api/tasks/{}", ids[0])).await;
+    assert_eq!(task["unconfirmed"], true, "{task}");
+    assert_eq!(task["error"]["code"], "submit_ambiguous", "{task}");
+    for id in &ids {
+        let status = app.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(status["status"], "failed");
+        assert_eq!(status["errorCode"], "submit_unconfirmed", "{status}");
+    }
+    let stats = sim.sim.stats();
+    println!(
+        "unconfirmed: 2 tasks, {} creates at the simulator, {} duplicates",
+        stats.created, stats.duplicate_creates
+    );
+    assert_eq!(stats.created, 2);
+    assert_eq!(stats.duplicate_creates, 0);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_create_is_resubmitted_when_the_operator_opted_in() {
+    // Every create hangs past darkroom's timeout and no callback ever comes.
+    let sim = spawn_sim(KieSimConfig {
+        timeout_rate: 1.0,
+        timeout_hang: Duration::from_secs(5),
+        drop_rate: 1.0,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(
+        &sim,
+        &[
+            ("DARKROOM_KIE_TIMEOUT_SECS", "1"),
+            ("DARKROOM_UNCONFIRMED_WINDOW_SECS", "1"),
+            ("DARKROOM_FIRST_POLL_MS", "200"),
+            ("DARKROOM_RESUBMIT_UNCONFIRMED", "true"),
+            ("DARKROOM_MAX_ATTEMPTS", "2"),
+        ],
+    ))
+    .await;
+    let ids = app.generate_many(1, json!({})).await;
+    let status = app.wait_final(&ids[0], Duration::from_secs(40)).await;
+    let stats = sim.sim.stats();
+    println!(
+        "resubmit opted in: {} creates for 1 task ({} counted as double creates), then: {}",
+        stats.created, stats.duplicate_creates, status["error"]
+    );
+    assert_eq!(
+        stats.created, 2,
+        "submitted again once, then the attempts ran out"
+    );
+    assert_eq!(
+        stats.duplicate_creates, 1,
+        "the double create the option accepts"
+    );
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["errorCode"], "submit_unconfirmed");
+}
+
+#[tokio::test]
+async fn no_credits_pause_the_provider_and_show_in_readyz() {
+    let sim = spawn_sim(KieSimConfig {
+        credits: 8, // two tasks' worth
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled(
+        &sim,
+        &[("DARKROOM_DISPATCH_CONCURRENCY", "1")],
+    ))
+    .await;
+    let ids = app.generate_many(3, json!({})).await;
+    // Two complete; the third meets the 402 and waits in the queue.
+    let start = Instant::now();
+    loop {
+        let (_, ready) = app.get_json("/readyz").await;
+        if ready["provider"]["status"] == "paused" {
+            assert_eq!(ready["provider"]["code"], "402", "{ready}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut waiting = 0;
+    for id in &ids {
+        let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+        if task["state"] == "queued" {
+            waiting += 1;
+            assert_eq!(task["error"]["code"], "provider_paused", "{task}");
+            assert!(
+                task["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("insufficient credits"),
+                "{task}"
+            );
+        }
+    }
+    let stats = sim.sim.stats();
+    println!(
+        "402: {} tasks created, {waiting} waiting in the queue while submission is paused",
+        stats.created
+    );
+    assert_eq!(waiting, 1);
+    assert_eq!(stats.created, 2);
+}
