@@ -169,3 +169,63 @@ async fn a_wrong_kie_token_fails_tasks_with_the_providers_reason() {
     assert_eq!(status["status"], "failed", "{status}");
     assert_eq!(status["errorCode"], "provider_401", "{status}");
 }
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_and_exits_zero() {
+    let (_sim, sim_port) = start_sim(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("DARKROOM_DATA_DIR", dir.path())
+        .env("DARKROOM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KIE_API_TOKEN", "sim-token")
+        .env("KIE_BASE_URL", format!("http://127.0.0.1:{sim_port}"))
+        .env(
+            "DARKROOM_TRUSTED_FETCH_HOSTS",
+            format!("127.0.0.1:{sim_port}"),
+        )
+        .env("DARKROOM_SHUTDOWN_GRACE_SECS", "5")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"prompt": "p", "imageUrls": ["https://example.com/a.png", "https://example.com/b.png"]});
+    let answer = http
+        .post(format!("{base}/api/generate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "darkroom did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "SIGTERM: exited with {exit} after {} ms",
+        start.elapsed().as_millis()
+    );
+    assert!(exit.success(), "exit status {exit}");
+}

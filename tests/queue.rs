@@ -85,8 +85,8 @@ async fn queue_positions_follow_the_claim_order() {
         }
         out
     };
-    // a@9 first; then a@1 and b@3 alternate before a@2.
-    assert_eq!(positions, [2, 4, 3, 1]);
+    // a@9 first. Owner a has then had its turn, so at priority 0 b goes next, then a's two.
+    assert_eq!(positions, [3, 4, 2, 1]);
     repo.claim_queued("kie", 100, 1, "w", 1000).await.unwrap();
     assert_eq!(
         repo.queue_position(&tasks[3].id).await.unwrap(),

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, spawn_app_env, spawn_sim};
+use common::{spawn_app_env, spawn_sim};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::json;
 
@@ -37,20 +37,6 @@ fn unthrottled(
     env
 }
 
-/// Counts completion events per task from the moment of the call.
-fn count_completions(app: &TestApp) -> tokio::task::JoinHandle<HashMap<String, usize>> {
-    let mut events = app.events.subscribe();
-    tokio::spawn(async move {
-        let mut done: HashMap<String, usize> = HashMap::new();
-        while let Ok(event) = events.recv().await {
-            if event.state == "succeeded" {
-                *done.entry(event.task_id.to_string()).or_insert(0) += 1;
-            }
-        }
-        done
-    })
-}
-
 async fn r1(concurrent: bool) {
     let sim = spawn_sim(KieSimConfig {
         duplicate_rate: 1.0,
@@ -61,7 +47,6 @@ async fn r1(concurrent: bool) {
     })
     .await;
     let app = spawn_app_env(&unthrottled(&sim, &[])).await;
-    let completions = count_completions(&app);
     let started = Instant::now();
     let ids = app.generate_many(1000, json!({})).await;
     let counts = app.wait_all_final(&ids, Duration::from_secs(240)).await;
@@ -79,11 +64,7 @@ async fn r1(concurrent: bool) {
         *per_task.entry(id).or_insert(0) += 1;
     }
     let duplicate_objects = per_task.values().filter(|n| **n > 1).count();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(app.events.clone());
     let stats = sim.sim.stats();
-    let completions_handle = completions;
-    completions_handle.abort();
     let mode = if concurrent {
         "10 at once"
     } else {

@@ -106,16 +106,21 @@ async fn a_canceled_queued_task_is_never_submitted() {
         "failed",
         "canceled reads as failed on the original endpoint"
     );
-    // Now let the engine run: only the other task reaches the provider.
-    let engine_app = app;
-    let repo = engine_app.repo.clone();
-    let task = repo
+    let task = app
+        .repo
         .get(&darkroom::domain::TaskId::parse(&ids[0]).unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(task.state, darkroom::domain::TaskState::Canceled);
-    assert!(task.provider_task_id.is_none());
+    // Now the dispatcher runs: only the other task reaches the provider.
+    app.engine.run_pending().await.unwrap();
+    assert_eq!(app.sim.clone().unwrap().stats().created, 1);
+    let (_, other) = app.get_json(&format!("/api/tasks/{}", ids[1])).await;
+    assert_ne!(other["state"], "queued", "{other}");
+    let (_, canceled) = app.get_json(&format!("/api/tasks/{}", ids[0])).await;
+    assert_eq!(canceled["state"], "canceled");
+    assert!(canceled["providerTaskId"].is_null());
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub struct TestApp {
     pub base: String,
     pub events: Arc<darkroom::events::EventBus>,
+    pub engine: Arc<darkroom::engine::Engine>,
     pub repo: Arc<dyn darkroom::storage::TaskRepo>,
     pub http: reqwest::Client,
     pub blobs: BlobStore,
@@ -64,6 +65,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let blobs = app.state.blobs.clone();
     let sim = app.simulator.clone();
     let events = app.state.engine.events().clone();
+    let engine = app.state.engine.clone();
     let repo = app.state.repo.clone();
     let gemini_sim = app.gemini_simulator.clone();
     let shutdown = CancellationToken::new();
@@ -71,6 +73,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     TestApp {
         base: format!("http://{addr}"),
         events,
+        engine,
         repo,
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         blobs,
