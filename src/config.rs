@@ -61,6 +61,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub engine: EngineConfig,
     pub fetch: FetchConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -71,6 +72,16 @@ pub struct ServerConfig {
     /// How clients and the provider reach this server; default `http://{listen}`.
     pub public_url: Option<Url>,
     pub request_timeout_secs: u64,
+    /// A client must finish sending a request's headers within this many seconds (idle
+    /// keep-alive connections are closed after it too).
+    pub header_timeout_secs: u64,
+    /// A request body gets this many seconds, plus one second per `body_min_rate_bytes`
+    /// received: a client trickling its body is cut off with 408.
+    pub body_timeout_secs: u64,
+    pub body_min_rate_bytes: u64,
+    /// Origins (`scheme://host[:port]`) allowed to call the API from a browser. Empty: no
+    /// CORS headers, so only same-origin pages can read answers.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -180,6 +191,9 @@ pub struct KieConfig {
     /// How long a 402 (insufficient credits) pauses submission, seconds.
     pub credits_pause_secs: u64,
     pub request_timeout_secs: u64,
+    /// KIE's webhook HMAC key (set in KIE's console). When set, callbacks must carry a valid
+    /// `X-Webhook-Timestamp` / `X-Webhook-Signature`.
+    pub webhook_hmac_key: Option<Secret>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -240,6 +254,12 @@ pub struct LimitsConfig {
     pub max_image_pixels: u64,
     pub max_json_body_bytes: usize,
     pub max_callback_body_bytes: usize,
+    /// Requests per second the callback routes take, all senders together.
+    pub callback_rate_per_sec: u32,
+    pub callback_rate_burst: u32,
+    /// Remove EXIF, XMP, IPTC, comments and text chunks from stored uploads (the EXIF
+    /// orientation is kept).
+    pub strip_upload_metadata: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -272,6 +292,22 @@ pub struct FetchConfig {
     pub trusted_hosts: Vec<String>,
     pub connect_timeout_secs: u64,
     pub timeout_secs: u64,
+    /// When not empty, results are downloaded only from these hosts (`example.com`, or
+    /// `*.example.com` for its subdomains), on every redirect hop too.
+    pub result_hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `name:key` entries. Any key (here or made with `darkroom keys create`) turns
+    /// authentication on for every client route.
+    pub api_keys: Vec<Secret>,
+    /// Requests per second per key, and the burst above it.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// Unfinished tasks (queued or in flight) one key may have; more is a 429.
+    pub max_pending_tasks: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -297,6 +333,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
             fetch: FetchConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -308,6 +345,10 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             public_url: None,
             request_timeout_secs: 60,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
+            body_min_rate_bytes: 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -349,6 +390,7 @@ impl Default for KieConfig {
             max_in_flight: 200,
             credits_pause_secs: 300,
             request_timeout_secs: 30,
+            webhook_hmac_key: None,
         }
     }
 }
@@ -403,6 +445,9 @@ impl Default for LimitsConfig {
             max_image_pixels: 40_000_000,
             max_json_body_bytes: 256 * 1024,
             max_callback_body_bytes: 64 * 1024,
+            callback_rate_per_sec: 50,
+            callback_rate_burst: 200,
+            strip_upload_metadata: true,
         }
     }
 }
@@ -431,6 +476,18 @@ impl Default for FetchConfig {
             trusted_hosts: Vec::new(),
             connect_timeout_secs: 10,
             timeout_secs: 60,
+            result_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            rate_per_sec: 20,
+            rate_burst: 100,
+            max_pending_tasks: 1000,
         }
     }
 }
@@ -460,6 +517,10 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_LISTEN",
     "DARKROOM_PUBLIC_URL",
     "DARKROOM_REQUEST_TIMEOUT_SECS",
+    "DARKROOM_HEADER_TIMEOUT_SECS",
+    "DARKROOM_BODY_TIMEOUT_SECS",
+    "DARKROOM_BODY_MIN_RATE_BYTES",
+    "DARKROOM_CORS_ORIGINS",
     "DARKROOM_DATABASE_URL",
     "DARKROOM_DATABASE_MAX_CONNECTIONS",
     "DARKROOM_BUCKET_DIR",
@@ -492,6 +553,9 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_MAX_IMAGE_PIXELS",
     "DARKROOM_MAX_JSON_BODY_BYTES",
     "DARKROOM_MAX_CALLBACK_BODY_BYTES",
+    "DARKROOM_CALLBACK_RATE_PER_SEC",
+    "DARKROOM_CALLBACK_RATE_BURST",
+    "DARKROOM_STRIP_UPLOAD_METADATA",
     "DARKROOM_WORKERS",
     "DARKROOM_DISPATCH_CONCURRENCY",
     "DARKROOM_INGEST_CONCURRENCY",
@@ -512,6 +576,11 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_TRUSTED_FETCH_HOSTS",
     "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
     "DARKROOM_FETCH_TIMEOUT_SECS",
+    "DARKROOM_RESULT_HOSTS",
+    "DARKROOM_API_KEYS",
+    "DARKROOM_KEY_RATE_PER_SEC",
+    "DARKROOM_KEY_RATE_BURST",
+    "DARKROOM_KEY_MAX_PENDING_TASKS",
     "DARKROOM_LOG",
     "DARKROOM_LOG_FORMAT",
 ];
@@ -556,6 +625,11 @@ impl EnvReader<'_> {
         })
     }
 
+    /// A comma-separated list; empty entries are dropped.
+    fn list(&self, key: &str, target: &mut Vec<String>) -> Result<(), ConfigError> {
+        self.set(key, target, |v| Ok(split_list(v)))
+    }
+
     fn url(&self, key: &str, target: &mut Url) -> Result<(), ConfigError> {
         self.set(key, target, parse_http_url)
     }
@@ -563,6 +637,13 @@ impl EnvReader<'_> {
     fn opt_url(&self, key: &str, target: &mut Option<Url>) -> Result<(), ConfigError> {
         self.set(key, target, |raw| parse_http_url(raw).map(Some))
     }
+}
+
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
 }
 
 fn parse_http_url(raw: &str) -> Result<Url, String> {
@@ -659,6 +740,19 @@ impl Config {
             "DARKROOM_REQUEST_TIMEOUT_SECS",
             &mut self.server.request_timeout_secs,
         )?;
+        r.number(
+            "DARKROOM_HEADER_TIMEOUT_SECS",
+            &mut self.server.header_timeout_secs,
+        )?;
+        r.number(
+            "DARKROOM_BODY_TIMEOUT_SECS",
+            &mut self.server.body_timeout_secs,
+        )?;
+        r.number(
+            "DARKROOM_BODY_MIN_RATE_BYTES",
+            &mut self.server.body_min_rate_bytes,
+        )?;
+        r.list("DARKROOM_CORS_ORIGINS", &mut self.server.cors_origins)?;
 
         r.set("DARKROOM_DATABASE_URL", &mut self.database.url, |v| {
             Ok(Some(v.to_owned()))
@@ -706,6 +800,11 @@ impl Config {
             "DARKROOM_KIE_TIMEOUT_SECS",
             &mut self.kie.request_timeout_secs,
         )?;
+        r.set(
+            "KIE_WEBHOOK_HMAC_KEY",
+            &mut self.kie.webhook_hmac_key,
+            |v| Ok(Some(Secret::new(v))),
+        )?;
         let k = &mut self.kie;
         r.number("DARKROOM_KIE_CREATES_PER_WINDOW", &mut k.creates_per_window)?;
         r.number("DARKROOM_KIE_CREATE_WINDOW_SECS", &mut k.create_window_secs)?;
@@ -746,6 +845,15 @@ impl Config {
             "DARKROOM_MAX_CALLBACK_BODY_BYTES",
             &mut l.max_callback_body_bytes,
         )?;
+        r.number(
+            "DARKROOM_CALLBACK_RATE_PER_SEC",
+            &mut l.callback_rate_per_sec,
+        )?;
+        r.number("DARKROOM_CALLBACK_RATE_BURST", &mut l.callback_rate_burst)?;
+        r.flag(
+            "DARKROOM_STRIP_UPLOAD_METADATA",
+            &mut l.strip_upload_metadata,
+        )?;
 
         let e = &mut self.engine;
         r.flag("DARKROOM_WORKERS", &mut e.workers)?;
@@ -763,15 +871,19 @@ impl Config {
         r.flag("DARKROOM_RESUBMIT_UNCONFIRMED", &mut e.resubmit_unconfirmed)?;
         r.number("DARKROOM_SHUTDOWN_GRACE_SECS", &mut e.shutdown_grace_secs)?;
 
-        r.set(
+        r.list(
             "DARKROOM_TRUSTED_FETCH_HOSTS",
             &mut self.fetch.trusted_hosts,
-            |v| {
-                Ok(v.split(',')
-                    .map(|h| h.trim().to_owned())
-                    .filter(|h| !h.is_empty())
-                    .collect())
-            },
+        )?;
+        r.list("DARKROOM_RESULT_HOSTS", &mut self.fetch.result_hosts)?;
+        r.set("DARKROOM_API_KEYS", &mut self.auth.api_keys, |v| {
+            Ok(split_list(v).into_iter().map(Secret::new).collect())
+        })?;
+        r.number("DARKROOM_KEY_RATE_PER_SEC", &mut self.auth.rate_per_sec)?;
+        r.number("DARKROOM_KEY_RATE_BURST", &mut self.auth.rate_burst)?;
+        r.number(
+            "DARKROOM_KEY_MAX_PENDING_TASKS",
+            &mut self.auth.max_pending_tasks,
         )?;
         r.number(
             "DARKROOM_FETCH_CONNECT_TIMEOUT_SECS",
@@ -1025,6 +1137,38 @@ impl Config {
                 "database.max_connections (DARKROOM_DATABASE_MAX_CONNECTIONS)",
                 u64::from(self.database.max_connections),
             ),
+            (
+                "server.header_timeout_secs (DARKROOM_HEADER_TIMEOUT_SECS)",
+                self.server.header_timeout_secs,
+            ),
+            (
+                "server.body_timeout_secs (DARKROOM_BODY_TIMEOUT_SECS)",
+                self.server.body_timeout_secs,
+            ),
+            (
+                "server.body_min_rate_bytes (DARKROOM_BODY_MIN_RATE_BYTES)",
+                self.server.body_min_rate_bytes,
+            ),
+            (
+                "limits.callback_rate_per_sec (DARKROOM_CALLBACK_RATE_PER_SEC)",
+                u64::from(self.limits.callback_rate_per_sec),
+            ),
+            (
+                "limits.callback_rate_burst (DARKROOM_CALLBACK_RATE_BURST)",
+                u64::from(self.limits.callback_rate_burst),
+            ),
+            (
+                "auth.rate_per_sec (DARKROOM_KEY_RATE_PER_SEC)",
+                u64::from(self.auth.rate_per_sec),
+            ),
+            (
+                "auth.rate_burst (DARKROOM_KEY_RATE_BURST)",
+                u64::from(self.auth.rate_burst),
+            ),
+            (
+                "auth.max_pending_tasks (DARKROOM_KEY_MAX_PENDING_TASKS)",
+                self.auth.max_pending_tasks,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -1033,6 +1177,26 @@ impl Config {
         for host in &self.fetch.trusted_hosts {
             parse_host_port(host)
                 .map_err(|p| invalid("fetch.trusted_hosts (DARKROOM_TRUSTED_FETCH_HOSTS)", p))?;
+        }
+        for origin in &self.server.cors_origins {
+            parse_origin(origin)
+                .map_err(|p| invalid("server.cors_origins (DARKROOM_CORS_ORIGINS)", p))?;
+        }
+        for host in &self.fetch.result_hosts {
+            parse_host_pattern(host)
+                .map_err(|p| invalid("fetch.result_hosts (DARKROOM_RESULT_HOSTS)", p))?;
+        }
+        self.configured_api_keys()?;
+        if self
+            .kie
+            .webhook_hmac_key
+            .as_ref()
+            .is_some_and(|k| k.expose().trim().is_empty())
+        {
+            return Err(invalid(
+                "kie.webhook_hmac_key (KIE_WEBHOOK_HMAC_KEY)",
+                "is empty",
+            ));
         }
         let s3 = self.storage.s3.is_some();
         if self.storage.url_mode == UrlMode::Presigned && !s3 {
@@ -1121,11 +1285,86 @@ impl Config {
         unknown
     }
 
+    /// The `name:key` pairs of `auth.api_keys`, checked: names are 1–64 letters, digits,
+    /// `-`, `_` or `.`, unique; keys are at least 16 characters.
+    pub fn configured_api_keys(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
+        const KEY: &str = "auth.api_keys (DARKROOM_API_KEYS)";
+        let mut pairs: Vec<(String, Secret)> = Vec::with_capacity(self.auth.api_keys.len());
+        for (i, entry) in self.auth.api_keys.iter().enumerate() {
+            // The key itself must not reach the error message.
+            let Some((name, key)) = entry.expose().split_once(':') else {
+                return Err(invalid(KEY, format!("entry {} must be name:key", i + 1)));
+            };
+            let name = name.trim();
+            if !is_key_name(name) {
+                return Err(invalid(
+                    KEY,
+                    format!(
+                        "entry {}: the name must be 1-64 letters, digits, '-', '_' or '.'",
+                        i + 1
+                    ),
+                ));
+            }
+            if key.trim().len() < 16 {
+                return Err(invalid(
+                    KEY,
+                    format!("the key of {name:?} is shorter than 16 characters"),
+                ));
+            }
+            if pairs.iter().any(|(n, _)| n == name) {
+                return Err(invalid(KEY, format!("the name {name:?} appears twice")));
+            }
+            pairs.push((name.to_owned(), Secret::new(key.trim())));
+        }
+        Ok(pairs)
+    }
+
     pub fn fetch_timeouts(&self) -> (Duration, Duration) {
         (
             Duration::from_secs(self.fetch.connect_timeout_secs),
             Duration::from_secs(self.fetch.timeout_secs),
         )
+    }
+}
+
+/// An API key's name: what tasks record as their owner.
+pub fn is_key_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A browser origin, `scheme://host[:port]` with nothing after it. `*` is refused: the
+/// allowlist is explicit.
+pub fn parse_origin(raw: &str) -> Result<String, String> {
+    let bad = || format!("{raw:?} must be an origin like https://app.example.com");
+    let url = Url::parse(raw).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.path() != "/"
+        || url.query().is_some()
+        || raw.trim_end_matches('/').len() < raw.len().saturating_sub(1)
+    {
+        return Err(bad());
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// A result host pattern: `example.com` (that host) or `*.example.com` (its subdomains).
+pub fn parse_host_pattern(raw: &str) -> Result<String, String> {
+    let host = raw.strip_prefix("*.").unwrap_or(raw);
+    let ok = !host.is_empty()
+        && host.contains('.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    if ok {
+        Ok(raw.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{raw:?} must be a host name like tempfile.example.com or *.example.com"
+        ))
     }
 }
 
@@ -1208,6 +1447,58 @@ mod tests {
         }
         let err = Config::from_env(&env(&[("R2_BUCKET_NAME", "b")])).unwrap_err();
         assert!(err.to_string().contains("R2_ACCOUNT_ID"), "{err}");
+    }
+
+    #[test]
+    fn security_settings_are_checked_without_echoing_keys() {
+        let config = Config::from_env(&env(&[
+            (
+                "DARKROOM_API_KEYS",
+                "alice:alice-key-0123456789, bob:bob-key-0123456789",
+            ),
+            (
+                "DARKROOM_CORS_ORIGINS",
+                "https://app.example.com,http://localhost:5173",
+            ),
+            ("DARKROOM_RESULT_HOSTS", "tempfile.example.com,*.kie.ai"),
+            ("KIE_WEBHOOK_HMAC_KEY", "whk-secret"),
+        ]))
+        .unwrap();
+        let keys = config.configured_api_keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].0, "bob");
+        let dump = format!("{config:?}");
+        assert!(
+            !dump.contains("alice-key") && !dump.contains("whk-secret"),
+            "{dump}"
+        );
+        for bad in [
+            "alice",
+            "alice:short",
+            "a b:0123456789abcdef",
+            "alice:0123456789abcdef,alice:fedcba9876543210",
+        ] {
+            let err = Config::from_env(&env(&[("DARKROOM_API_KEYS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("DARKROOM_API_KEYS"), "{err}");
+            assert!(!err.contains("0123456789abcdef"), "the key leaked: {err}");
+        }
+        for (key, value) in [
+            ("DARKROOM_CORS_ORIGINS", "*"),
+            ("DARKROOM_CORS_ORIGINS", "https://app.example.com/path"),
+            ("DARKROOM_RESULT_HOSTS", "http://x.com"),
+            ("DARKROOM_HEADER_TIMEOUT_SECS", "0"),
+        ] {
+            let err = Config::from_env(&env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            let short = key.trim_start_matches("DARKROOM_").to_ascii_lowercase();
+            assert!(
+                err.contains(key) || err.to_ascii_lowercase().contains(&short),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -35,7 +35,10 @@ use providers::kie::KieClient;
 use providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
-use storage::{BlobStore, TaskRepo};
+use storage::{AccessRepo, BlobStore, TaskRepo};
+
+/// The server secret that signs `/files` URLs when API keys are on.
+const FILE_URL_SECRET: &str = "file_url_signing";
 
 /// How many ready status answers are kept in memory.
 const STATUS_BOARD_CAPACITY: usize = 100_000;
@@ -68,6 +71,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub board: Arc<StatusBoard>,
     pub info: Arc<ServiceInfo>,
+    /// API keys, uploads' owners, server secrets.
+    pub access: Arc<dyn AccessRepo>,
+    /// Key lookup, per-key limits and the callback rate limit.
+    pub auth: Arc<http::auth::Auth>,
 }
 
 /// A built darkroom: state, engine and (in the embedded default) its simulator.
@@ -109,14 +116,33 @@ impl App {
             })?;
         }
         let database_url = config.database_url();
-        let repo: Arc<dyn TaskRepo> = Arc::new(
+        let sqlite = Arc::new(
             SqliteRepo::connect(&database_url, config.database.max_connections)
                 .await
                 .with_context(|| format!("cannot open the database {database_url}"))?,
         );
+        let repo: Arc<dyn TaskRepo> = sqlite.clone();
+        let access: Arc<dyn AccessRepo> = sqlite;
         tracing::info!(database = %database_url, "database ready (migrations applied)");
+        let auth = Arc::new(http::auth::Auth::new(&config, access.clone()).await?);
 
-        let blobs = BlobStore::from_config(&config, public_url.clone())?;
+        let mut blobs = BlobStore::from_config(&config, public_url.clone())?;
+        if auth.required() {
+            // Shared by every instance on this database, so a URL signed by one opens on all.
+            let fresh = hex::encode(rand::random::<[u8; 32]>());
+            let secret = access
+                .server_secret(FILE_URL_SECRET, &fresh, engine::now_ms())
+                .await?;
+            blobs.sign_file_urls(secret.as_bytes());
+            tracing::info!(
+                public_bucket = blobs.has_public_base(),
+                "API keys required on client routes; /files URLs are signed"
+            );
+        } else {
+            tracing::warn!(
+                "no API keys configured: every client route is open (set DARKROOM_API_KEYS or run `darkroom keys create NAME`)"
+            );
+        }
         blobs.probe().await.with_context(|| {
             format!(
                 "the bucket ({}) is not reachable or not writable",
@@ -237,11 +263,14 @@ impl App {
             shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
         };
         let events = Arc::new(EventBus::new());
+        // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
+        // provider's fetches of client input URLs are not results and keep the plain rules.
+        let result_fetcher = fetcher.with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
             registry,
-            fetcher,
+            result_fetcher,
             board.clone(),
             events.clone(),
             settings,
@@ -272,6 +301,8 @@ impl App {
                 engine,
                 board,
                 info: Arc::new(info),
+                access,
+                auth,
             },
             public_url,
             simulator,
@@ -296,15 +327,84 @@ impl App {
             tokio::spawn(engine.run(shutdown.clone()))
         });
         let router = self.router();
+        let header_timeout = Duration::from_secs(self.state.config.server.header_timeout_secs);
         tracing::info!(url = %self.public_url, "darkroom is listening");
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        serve_http(listener, router, header_timeout, shutdown.clone()).await;
         if let Some(engine) = engine {
             let _ = engine.await;
         }
         self.sim_shutdown.cancel();
-        result.context("the HTTP server failed")
+        Ok(())
+    }
+}
+
+/// How long open connections get to finish their requests after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/1.1 server. Unlike `axum::serve` it bounds the time a client may take to send
+/// a request's headers, on a fresh connection and on an idle keep-alive one alike, so
+/// slow or silent clients cannot hold connections open (request bodies have their own
+/// deadline, [`http::limits`]). On `shutdown` it stops accepting and drains open
+/// connections, bounded by [`DRAIN_TIMEOUT`].
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    // hyper's HTTP/1 connection directly (not hyper-util's auto builder, which waits for
+    // the first bytes to pick a protocol with no timeout at all): the header timer runs
+    // from the moment a connection is ready for a request.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        // Upgrades stay possible (WebSocket).
+        let connection = http1
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                // Timeouts and resets by clients are routine; not worth more than debug.
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: some connections were still open after the drain timeout");
     }
 }
 
@@ -403,6 +503,12 @@ async fn start_simulator(
         duplicate_count: config.simulator.duplicate_count,
         drop_rate: config.simulator.drop_rate,
         early_callback_rate: config.simulator.early_callback_rate,
+        // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
+        hmac_key: config
+            .kie
+            .webhook_hmac_key
+            .as_ref()
+            .map(|key| key.expose().to_owned()),
         rate_limit: config.simulator.rate_limit,
         ..KieSimConfig::default()
     };

@@ -34,6 +34,24 @@ enum Command {
     GeminiSim(Box<GeminiSimArgs>),
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage API keys (stored in the database as hashes only).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new random key for NAME, print it once, store only its hash.
+    Create {
+        /// The key's name: the owner of everything made with it (letters, digits, - _ .).
+        name: String,
+    },
+    /// List keys: name, the key's first characters, when made, whether revoked.
+    List,
+    /// Revoke NAME's key: it stops working within 30 seconds on running servers.
+    Revoke { name: String },
 }
 
 #[derive(clap::Args)]
@@ -180,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
         Command::KieSim(args) => kie_sim(*args).await,
         Command::GeminiSim(args) => gemini_sim(*args).await,
         Command::Migrate => migrate().await,
+        Command::Keys { command } => keys(command).await,
     }
 }
 
@@ -217,6 +236,62 @@ async fn migrate() -> anyhow::Result<()> {
     let url = config.database_url();
     darkroom::storage::sqlite::SqliteRepo::connect(&url, 1).await?;
     tracing::info!(database = %url, "migrations applied");
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    use darkroom::storage::AccessRepo;
+    let config = load_config()?;
+    if config.database.url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let url = config.database_url();
+    let repo = darkroom::storage::sqlite::SqliteRepo::connect(&url, 1)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    match command {
+        KeysCommand::Create { name } => {
+            anyhow::ensure!(
+                darkroom::config::is_key_name(&name),
+                "the name must be 1-64 letters, digits, '-', '_' or '.'"
+            );
+            let key = darkroom::domain::api_key::generate();
+            let created = repo
+                .create_api_key(&name, &key.hash, &key.hint, now)
+                .await?;
+            anyhow::ensure!(
+                created,
+                "a key named {name:?} already exists; revoke it first (darkroom keys revoke {name})"
+            );
+            println!("API key {name:?} created. It is shown only this once; store it now:");
+            println!("{}", key.key);
+            println!(
+                "Clients send it as: Authorization: Bearer <key>. A server that started without any key must be restarted to require keys."
+            );
+        }
+        KeysCommand::List => {
+            let keys = repo.list_api_keys().await?;
+            if keys.is_empty() {
+                println!("no API keys stored (DARKROOM_API_KEYS may still name some)");
+            }
+            for key in keys {
+                let created = darkroom::status::iso_time(key.created_at);
+                let state = key.revoked_at.map_or_else(
+                    || "live".to_owned(),
+                    |at| format!("revoked {}", darkroom::status::iso_time(at)),
+                );
+                println!("{}\t{}…\tcreated {created}\t{state}", key.name, key.hint);
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            anyhow::ensure!(
+                repo.revoke_api_key(&name, now).await?,
+                "no live key named {name:?}"
+            );
+            println!("API key {name:?} revoked.");
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,15 @@
 //! The one outbound HTTP client for URLs that came from outside (provider results, client
 //! image URLs): https to public addresses only, redirects re-checked hop by hop, no proxy,
 //! byte and time caps. Loopback and plain http are reachable only for `host:port` pairs the
-//! operator named (`DARKROOM_TRUSTED_FETCH_HOSTS`) or the in-process simulator.
+//! operator named (`DARKROOM_TRUSTED_FETCH_HOSTS`) or the in-process simulator. When the
+//! operator lists result hosts (`DARKROOM_RESULT_HOSTS`), no other host is fetched.
+//!
+//! Every hop is checked before a connection is made: scheme, credentials, the allowlist,
+//! then the address — IP literals in every spelling the URL parser accepts (`127.1`,
+//! `2130706433`, `0x7f000001`, `0177.0.0.1`, `[::ffff:127.0.0.1]`) are normalised by it and
+//! checked here, because a custom resolver never sees literals; names are resolved here
+//! and again by the client's resolver, which drops non-public addresses, so a name that
+//! changes its answer between the two (DNS rebinding) still cannot reach a private address.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,6 +58,8 @@ struct Trusted {
 pub struct Fetcher {
     client: reqwest::Client,
     trusted: Arc<Trusted>,
+    /// `DARKROOM_RESULT_HOSTS`: `host` or `*.domain` patterns; empty allows every public host.
+    allowed_hosts: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -83,7 +93,43 @@ impl Fetcher {
             }))
             .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, trusted })
+        Ok(Self {
+            client,
+            trusted,
+            allowed_hosts: Arc::new(Vec::new()),
+        })
+    }
+
+    /// Fetches only from hosts matching `patterns` (`host`, or `*.domain` for any
+    /// subdomain of it); trusted hosts stay reachable. Empty: any public host.
+    #[must_use]
+    pub fn with_allowed_hosts(mut self, patterns: impl IntoIterator<Item = String>) -> Self {
+        self.allowed_hosts = Arc::new(
+            patterns
+                .into_iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    fn host_allowed(&self, url: &Url) -> bool {
+        if self.allowed_hosts.is_empty() {
+            return true;
+        }
+        // IP literals never match a host pattern.
+        let Some(Host::Domain(host)) = url.host() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed_hosts
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == *pattern,
+            })
     }
 
     fn is_trusted(&self, url: &Url) -> bool {
@@ -114,6 +160,9 @@ impl Fetcher {
                 "only https is fetched from hosts not named in DARKROOM_TRUSTED_FETCH_HOSTS"
                     .to_owned(),
             );
+        }
+        if !self.host_allowed(url) {
+            return Err("the host is not in DARKROOM_RESULT_HOSTS".to_owned());
         }
         let port = url.port_or_known_default().unwrap_or(443);
         match url.host() {
@@ -386,6 +435,30 @@ mod tests {
         ] {
             let err = fetcher.get_bytes(url, 1024).await.unwrap_err();
             assert!(matches!(err, FetchError::Forbidden { .. }), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn result_host_patterns() {
+        let fetcher = Fetcher::new([], Duration::from_secs(1), Duration::from_secs(1))
+            .unwrap()
+            .with_allowed_hosts(["tempfile.aiquickdraw.com".to_owned(), "*.kie.ai".to_owned()]);
+        for (url, allowed) in [
+            ("https://tempfile.aiquickdraw.com/a.png", true),
+            ("https://TEMPFILE.aiquickdraw.com./a.png", true),
+            ("https://cdn.kie.ai/a.png", true),
+            ("https://a.b.kie.ai/a.png", true),
+            ("https://kie.ai/a.png", false),
+            ("https://evilkie.ai/a.png", false),
+            ("https://kie.ai.evil.com/a.png", false),
+            ("https://aiquickdraw.com/a.png", false),
+            ("https://1.1.1.1/a.png", false),
+        ] {
+            assert_eq!(
+                fetcher.host_allowed(&Url::parse(url).unwrap()),
+                allowed,
+                "{url}"
+            );
         }
     }
 

@@ -10,10 +10,18 @@ use serde_json::{Map, Value, json};
 use crate::domain::TaskId;
 use crate::storage::Task;
 
+/// A ready status answer and the owner it may be shown to. The owner travels with the
+/// answer so a cached answer is never handed out without the owner check.
+#[derive(Clone, Debug)]
+pub struct StatusEntry {
+    pub owner: Option<String>,
+    pub body: Bytes,
+}
+
 /// Ready-made status answers by darkroom id, and darkroom ids by provider id. Updated on
 /// every transition this process makes; a miss is filled from the database.
 pub struct StatusBoard {
-    by_id: Cache<TaskId, Bytes>,
+    by_id: Cache<TaskId, StatusEntry>,
     by_provider_id: Cache<(String, String), TaskId>,
 }
 
@@ -26,14 +34,19 @@ impl StatusBoard {
     }
 
     pub fn update(&self, task: &Task) {
-        self.by_id.insert(task.id.clone(), compat_status(task));
+        let entry = StatusEntry {
+            owner: task.owner.clone(),
+            body: compat_status(task),
+        };
+        self.by_id.insert(task.id.clone(), entry);
         if let Some(pid) = &task.provider_task_id {
             self.by_provider_id
                 .insert((task.provider.clone(), pid.clone()), task.id.clone());
         }
     }
 
-    pub fn get(&self, id: &TaskId) -> Option<Bytes> {
+    /// The cached answer with its owner; callers check the owner before answering.
+    pub fn get(&self, id: &TaskId) -> Option<StatusEntry> {
         self.by_id.get(id)
     }
 

@@ -96,6 +96,10 @@ pub enum ImageError {
     TooLarge { width: u32, height: u32, max: u32 },
     #[error("the image has {pixels} pixels; at most {max} are accepted")]
     TooManyPixels { pixels: u64, max: u64 },
+    #[error("the {0:?} image is truncated or damaged: it ends before the image does")]
+    Truncated(ImageKind),
+    #[error("the file is not only an image ({0}); such files are refused")]
+    Polyglot(&'static str),
 }
 
 impl ImageError {
@@ -103,7 +107,8 @@ impl ImageError {
         match self {
             Self::Empty => "empty_file",
             Self::UnsupportedType => "unsupported_image_type",
-            Self::Corrupt(_) => "corrupt_image",
+            Self::Corrupt(_) | Self::Truncated(_) => "corrupt_image",
+            Self::Polyglot(_) => "polyglot_image",
             Self::TooLarge { .. } | Self::TooManyPixels { .. } => "image_too_large",
         }
     }
@@ -115,7 +120,10 @@ pub fn inspect(bytes: &[u8], limits: ImageLimits) -> Result<ImageInfo, ImageErro
     inspect_reader(Cursor::new(bytes), limits)
 }
 
-/// `inspect` over a reader (a spooled file): only the first bytes and the header are read.
+/// `inspect` over a reader (a spooled file): the magic bytes and the header first (so a
+/// decompression bomb is refused by its declared size before anything else), then a
+/// structural walk over the whole file in constant memory ([`super::sanitize`]) that
+/// refuses truncated files and polyglots. No pixel is decoded.
 pub fn inspect_reader<R: BufRead + Seek>(
     mut reader: R,
     limits: ImageLimits,
@@ -136,7 +144,7 @@ pub fn inspect_reader<R: BufRead + Seek>(
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|_| ImageError::Corrupt(kind))?;
-    let (width, height) = image::ImageReader::with_format(reader, kind.format())
+    let (width, height) = image::ImageReader::with_format(&mut reader, kind.format())
         .into_dimensions()
         .map_err(|_| ImageError::Corrupt(kind))?;
     if width == 0 || height == 0 {
@@ -156,6 +164,10 @@ pub fn inspect_reader<R: BufRead + Seek>(
             max: limits.max_pixels,
         });
     }
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|_| ImageError::Corrupt(kind))?;
+    super::sanitize::check(kind, &mut reader)?;
     Ok(ImageInfo {
         kind,
         width,

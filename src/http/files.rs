@@ -2,10 +2,16 @@
 //! their content type, so results and uploads open in a browser and the provider (or the
 //! simulator) can fetch inputs when the bucket has no public URL. With presigned URLs
 //! configured it redirects to a fresh one instead of streaming.
+//!
+//! With API keys on, the URLs darkroom hands out are signed (`?sig=…`, see
+//! [`crate::storage::BlobStore::url`]) and only they are served: another owner's object,
+//! an unsigned or a tampered URL are all the same 404 as a missing object. Browsers open
+//! these URLs from `<img>` without headers, which is why a signature and not the bearer key
+//! guards them.
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,16 +22,30 @@ use crate::config::UrlMode;
 use crate::storage::BlobError;
 use crate::storage::keys::{is_servable, serving_metadata};
 
+/// Served objects are never documents: even a file a browser might sniff as HTML runs no
+/// script and loads nothing.
+const FILE_CSP: &str = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox";
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/files/{*key}", get(serve_file))
+}
+
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    sig: Option<String>,
 }
 
 async fn serve_file(
     State(state): State<AppState>,
     Path(key): Path<String>,
+    query: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("file_not_found", "no such file");
     if !is_servable(&key) {
+        return Err(not_found());
+    }
+    let sig = query.ok().and_then(|Query(q)| q.sig);
+    if !state.blobs.file_access_ok(&key, sig.as_deref()) {
         return Err(not_found());
     }
     let (content_type, cache_control) = serving_metadata(&key).ok_or_else(not_found)?;
@@ -56,6 +76,7 @@ async fn serve_file(
             (header::CONTENT_TYPE, content_type.to_owned()),
             (header::CACHE_CONTROL, cache_control.to_owned()),
             (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_SECURITY_POLICY, FILE_CSP.to_owned()),
         ],
         body,
     )

@@ -2,6 +2,10 @@
 //! and answers at once. Each task carries its provider (the source's `provider`, else the
 //! request's, else the operator's default); no provider is called inside the request, not
 //! even the synchronous one.
+//!
+//! Every task records its owner (the API key's name; none when keys are off). A caller may
+//! use only its own uploads and results as inputs: anyone else's is refused exactly like a
+//! missing one.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,35 +14,73 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::error::{ApiError, parse_json};
 use crate::AppState;
 use crate::domain::TaskId;
-use crate::domain::request::{GenerateRequest, ProviderName, RequestPolicy, Source};
+use crate::domain::request::{
+    GenerateRequest, ProviderName, RequestPolicy, Source, parse_upload_key,
+};
 use crate::engine::now_ms;
 use crate::storage::NewTask;
+use crate::storage::keys;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/generate", post(generate))
 }
 
-/// The URL the provider fetches an input from; uploads must exist in the bucket.
-async fn input_url(state: &AppState, source: &Source) -> Result<String, ApiError> {
+/// The URL the provider fetches an input from. Uploads must exist and belong to the
+/// caller; a URL of one of our own objects is treated as that object (so an unsigned or
+/// someone else's URL cannot smuggle another owner's image into a task).
+async fn input_url(state: &AppState, caller: &Caller, source: &Source) -> Result<String, ApiError> {
     match source {
-        Source::Url { url } => Ok(url.clone()),
-        Source::Upload { key } => {
-            if !state.blobs.exists(key).await? {
-                return Err(ApiError::bad_request(
-                    "upload_not_found",
-                    format!("{key} is not in the bucket; upload it with /api/upload first"),
-                ));
-            }
-            Ok(state.blobs.url(key))
-        }
+        Source::Url { url } => match state.blobs.key_for_url(url) {
+            Some(key) => own_object_url(state, caller, &key, url).await,
+            None => Ok(url.clone()),
+        },
+        Source::Upload { key } => own_object_url(state, caller, key, key).await,
     }
+}
+
+/// The stable (signed, when keys are on) URL of our own object `key`, if the caller may use
+/// it as an input: its own upload, or a result of its own task.
+async fn own_object_url(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    named: &str,
+) -> Result<String, ApiError> {
+    let missing = || {
+        ApiError::bad_request(
+            "upload_not_found",
+            format!("{named} is not in the bucket; upload it with /api/upload first"),
+        )
+    };
+    let owner_ok = if let Ok(key) = parse_upload_key(key) {
+        match caller.owner() {
+            // Keys off: every upload is everyone's, including those made before the
+            // uploads table existed; the bucket is the truth.
+            None => true,
+            Some(_) => match state.access.upload_owner(&key).await? {
+                Some(owner) => caller.may_see(owner.as_deref()),
+                None => false,
+            },
+        }
+    } else if let Some(task_id) = keys::task_of_generated(key) {
+        let task = state.repo.get(&task_id).await?;
+        caller.visible(task).is_some()
+    } else {
+        false
+    };
+    if !owner_ok || !state.blobs.exists(key).await? {
+        return Err(missing());
+    }
+    Ok(state.blobs.url(key))
 }
 
 async fn generate(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let policy = RequestPolicy {
@@ -49,7 +91,7 @@ async fn generate(
     let request = GenerateRequest::from_json(&parse_json(body)?, &policy)?;
     let mut references = Vec::with_capacity(request.references.len());
     for reference in &request.references {
-        references.push(input_url(&state, reference).await?);
+        references.push(input_url(&state, &caller, reference).await?);
     }
     let now = now_ms();
     let mut tasks = Vec::with_capacity(request.sources.len());
@@ -64,7 +106,7 @@ async fn generate(
                 ),
             ));
         }
-        let image_url = input_url(&state, source).await?;
+        let image_url = input_url(&state, &caller, source).await?;
         let mut input_urls = vec![image_url.clone()];
         input_urls.extend(references.iter().cloned());
         tasks.push(NewTask {
@@ -79,15 +121,22 @@ async fn generate(
             output_format: request.output_format.as_str().to_owned(),
             priority: request.priority,
             batch_id: request.batch_id.clone(),
-            owner: None,
+            owner: caller.owner().map(str::to_owned),
             // No token exists until the dispatcher issues one with the create call.
             callback_token_hash: String::new(),
             created_at: now,
             retry_of: None,
         });
     }
+    // Held until the rows are written: the per-key cap cannot be passed by racing requests.
+    let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;
     state.engine.enqueue(&tasks).await?;
-    tracing::info!(count = tasks.len(), "tasks queued");
+    drop(reservation);
+    tracing::info!(
+        count = tasks.len(),
+        owner = caller.owner().unwrap_or("-"),
+        "tasks queued"
+    );
 
     let listed: Vec<Value> = tasks
         .iter()

@@ -87,6 +87,6 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
         "defaultProvider": state.info.provider,
         "providers": providers,
         "storage": state.info.storage,
-        "apiKeysRequired": false,
+        "apiKeysRequired": state.auth.required(),
     }))
 }

@@ -1,10 +1,15 @@
-//! The HTTP API: one module per resource, merged here with the shared layers.
+//! The HTTP API: one module per resource, merged here with the shared layers: request
+//! logging (path only: query strings carry callback tokens and file signatures), security
+//! headers, CORS from an explicit allowlist, the body deadline, the request timeout, panic
+//! containment, and authentication (default-deny; see [`auth`]).
 
+pub mod auth;
 mod callback;
 pub mod error;
 mod files;
 mod generate;
 mod health;
+pub mod limits;
 mod status;
 mod tasks;
 mod ui;
@@ -14,9 +19,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::middleware;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -26,10 +32,14 @@ use error::ApiError;
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
+    let deadline = limits::BodyDeadline {
+        base: Duration::from_secs(config.server.body_timeout_secs),
+        min_rate_bytes_per_sec: config.server.body_min_rate_bytes,
+    };
     let api = Router::new()
         .merge(upload::router(&config))
         .merge(generate::router())
-        .merge(callback::router(&config))
+        .merge(callback::router(&state))
         .merge(status::router())
         .merge(tasks::router())
         .merge(health::router())
@@ -37,18 +47,58 @@ pub fn router(state: AppState) -> Router {
         .merge(ui::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.limits.max_json_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state);
-    api.layer(middleware::from_fn(error::log_internal_errors))
+    let api = api
+        .layer(middleware::from_fn(error::log_internal_errors))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.server.request_timeout_secs),
         ))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("x-content-type-options"),
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(
+            deadline,
+            limits::body_deadline,
+        ));
+    // CORS outside authentication: a preflight carries no key, and a browser must be able
+    // to read a 401 to tell its user why.
+    let api = match cors(&config.server.cors_origins) {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
+    api.layer(SetResponseHeaderLayer::overriding(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    ))
+    .layer(
+        TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            // The path only: query strings carry callback tokens and file signatures.
+            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+        }),
+    )
+}
+
+/// Browsers on the listed origins may call the API (with a bearer key). No list, no CORS
+/// headers: only same-origin pages can read answers.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| crate::config::parse_origin(o).ok())
+        .filter_map(|o| HeaderValue::from_str(&o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::AppState;
 use crate::domain::TaskId;
@@ -24,6 +25,7 @@ struct StatusQuery {
 
 async fn task_status(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let task_id = query
@@ -43,8 +45,12 @@ async fn task_status(
             .iter()
             .find_map(|p| state.board.id_for_provider_id(p, &task_id)),
     };
-    if let Some(body) = id.as_ref().and_then(|id| state.board.get(id)) {
-        return Ok(json_response(body));
+    // Another owner's task is answered exactly like a missing one, cached or not.
+    if let Some(entry) = id.as_ref().and_then(|id| state.board.get(id)) {
+        if !caller.may_see(entry.owner.as_deref()) {
+            return Err(not_found());
+        }
+        return Ok(json_response(entry.body));
     }
     let task = match &id {
         Some(id) => state.repo.get(id).await?,
@@ -59,13 +65,9 @@ async fn task_status(
             found
         }
     };
-    let task = task.ok_or_else(not_found)?;
+    let task = caller.visible(task).ok_or_else(not_found)?;
     state.board.update(&task);
-    let body = state
-        .board
-        .get(&task.id)
-        .unwrap_or_else(|| crate::status::compat_status(&task));
-    Ok(json_response(body))
+    Ok(json_response(crate::status::compat_status(&task)))
 }
 
 fn json_response(body: bytes::Bytes) -> Response {

@@ -1,4 +1,7 @@
 //! The task API: list, detail (with queue position), cancel and retry.
+//!
+//! With API keys on, a caller sees and acts on its own tasks only ([`Caller`]): another
+//! owner's task is the same 404 as a missing one, and listings are filtered by owner.
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -6,6 +9,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::AppState;
 use crate::domain::{TaskId, TaskState};
@@ -73,6 +77,7 @@ fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
 
 async fn list_tasks(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -106,10 +111,18 @@ async fn list_tasks(
         })?),
         None => None,
     };
+    // A keyed caller lists its own tasks; asking for another owner's finds none.
+    let owner = match (caller.owner(), query.owner.clone()) {
+        (Some(me), Some(asked)) if asked != me => {
+            return Ok(Json(json!({"tasks": [], "nextCursor": null})));
+        }
+        (Some(me), _) => Some(me.to_owned()),
+        (None, asked) => asked,
+    };
     let filter = TaskFilter {
         states,
         batch_id: query.batch_id.clone(),
-        owner: query.owner.clone().map(Some),
+        owner: owner.map(Some),
         before,
         limit: limit + 1,
     };
@@ -121,16 +134,20 @@ async fn list_tasks(
     Ok(Json(json!({"tasks": views, "nextCursor": next_cursor})))
 }
 
+/// The task if `caller` may see it; another owner's is the same 404 as a missing one.
+async fn visible_task(state: &AppState, caller: &Caller, id: &TaskId) -> Result<Task, ApiError> {
+    caller
+        .visible(state.repo.get(id).await?)
+        .ok_or_else(|| ApiError::not_found("task_not_found", "no such task"))
+}
+
 async fn get_task(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let task = state
-        .repo
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("task_not_found", "no such task"))?;
+    let task = visible_task(&state, &caller, &id).await?;
     let position = if task.state == TaskState::Queued {
         state.repo.queue_position(&id).await?
     } else {
@@ -141,18 +158,25 @@ async fn get_task(
 
 async fn cancel_task(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
+    visible_task(&state, &caller, &id).await?;
     let task = state.engine.cancel(&id).await?;
     Ok(Json(task_view(&task, None)))
 }
 
 async fn retry_task(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
+    visible_task(&state, &caller, &id).await?;
+    // A retry is a new task: it counts against the key's cap like any other.
+    let reservation = state.auth.reserve_tasks(&caller, 1).await?;
     let task = state.engine.retry(&id).await?;
+    drop(reservation);
     Ok(Json(task_view(&task, None)))
 }

@@ -1,4 +1,9 @@
 //! `POST /api/upload`: reference images into `uploads/`, in the original's answer shape.
+//!
+//! Each file is spooled to disk (bounded by the per-file cap), identified by its bytes,
+//! checked header-first against the dimension and pixel caps, walked whole for truncation
+//! and polyglots, and, by default, stored without its metadata (EXIF/GPS, XMP, comments;
+//! see [`crate::domain::sanitize`]). Memory stays bounded whatever a file declares.
 
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
@@ -8,11 +13,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::Config;
-use crate::domain::image::ImageLimits;
-use crate::storage::blob::{SpoolWriter, Spooled};
+use crate::domain::image::{ImageError, ImageInfo, ImageLimits, inspect_reader};
 use crate::storage::keys;
 
 const FIELD: &str = "files";
@@ -77,10 +82,15 @@ fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     }
 }
 
-/// Spools one file field (in memory while small, else a temporary file), up to `max` bytes. Past the cap the rest is
+/// Spools one file field to a temporary file, up to `max` bytes. Past the cap the rest is
 /// drained (so the next field can be read) and `None` is returned.
-async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Option<Spooled>, ApiError> {
-    let mut spool = SpoolWriter::new();
+async fn spool_capped(
+    field: &mut Field<'_>,
+    max: u64,
+) -> Result<Option<tempfile::NamedTempFile>, ApiError> {
+    use std::io::Write;
+    let spool = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
+    let mut out = std::io::BufWriter::new(spool.reopen().map_err(ApiError::internal)?);
     let mut size = 0u64;
     while let Some(chunk) = field
         .chunk()
@@ -89,13 +99,53 @@ async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Option<Spooled>
     {
         size += chunk.len() as u64;
         if size <= max {
-            spool.write(&chunk).map_err(ApiError::internal)?;
+            out.write_all(&chunk).map_err(ApiError::internal)?;
         }
     }
-    if size > max {
-        return Ok(None);
+    out.flush().map_err(ApiError::internal)?;
+    Ok((size <= max).then_some(spool))
+}
+
+/// Inspects a spooled file and, when `strip`, makes its metadata-free copy. The outer error
+/// is ours (500), the inner one the client's file (listed in `errors`).
+fn check_file(
+    spool: tempfile::NamedTempFile,
+    limits: ImageLimits,
+    strip: bool,
+) -> Result<Result<(ImageInfo, tempfile::NamedTempFile), ImageError>, ApiError> {
+    let reader = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
+    let info = match inspect_reader(reader, limits) {
+        Ok(info) => info,
+        Err(e) => return Ok(Err(e)),
+    };
+    let stored = if strip {
+        strip_metadata(&spool, info.kind)?
+    } else {
+        spool
+    };
+    Ok(Ok((info, stored)))
+}
+
+/// A copy of `spool` without metadata. The file was already walked whole by
+/// `inspect_reader`, so a failure here is ours, not the client's.
+fn strip_metadata(
+    spool: &tempfile::NamedTempFile,
+    kind: crate::domain::image::ImageKind,
+) -> Result<tempfile::NamedTempFile, ApiError> {
+    use std::io::Write;
+    let stripped = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
+    let mut input = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
+    let mut output = std::io::BufWriter::new(stripped.reopen().map_err(ApiError::internal)?);
+    let report = crate::domain::sanitize::strip_metadata(kind, &mut input, &mut output)
+        .map_err(ApiError::internal)?;
+    output.flush().map_err(ApiError::internal)?;
+    if report.removed_bytes > 0 {
+        tracing::debug!(
+            removed_bytes = report.removed_bytes,
+            "upload metadata removed"
+        );
     }
-    spool.finish().map(Some).map_err(ApiError::internal)
+    Ok(stripped)
 }
 
 /// Reads and discards the rest of a field.
@@ -111,6 +161,7 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
 
 async fn upload(
     State(state): State<AppState>,
+    caller: Caller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let mut multipart = multipart.map_err(|e| {
@@ -171,8 +222,13 @@ async fn upload(
             });
             continue;
         };
-        let info = match spool.inspect(image_limits).map_err(ApiError::internal)? {
-            Ok(info) => info,
+        // Reading the whole file is blocking work: off the async workers.
+        let strip = limits.strip_upload_metadata;
+        let checked = tokio::task::spawn_blocking(move || check_file(spool, image_limits, strip))
+            .await
+            .map_err(ApiError::internal)??;
+        let (info, stored) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 errors.push(FileError {
                     filename,
@@ -183,8 +239,18 @@ async fn upload(
             }
         };
         let spec = keys::upload(info.kind);
-        let size = spool.len().map_err(ApiError::internal)?;
-        state.blobs.put_spooled(&spec, &spool, false).await?;
+        let size = stored
+            .as_file()
+            .metadata()
+            .map_err(ApiError::internal)?
+            .len();
+        state.blobs.put_file(&spec, stored.path(), false).await?;
+        // The owner is recorded after the object is written: a row never names a missing
+        // object, and an object without a row is usable by no key.
+        state
+            .access
+            .record_upload(&spec.key, caller.owner(), crate::engine::now_ms())
+            .await?;
         tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
         uploaded.push(Uploaded {
             url: state.blobs.url(&spec.key),

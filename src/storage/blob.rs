@@ -163,7 +163,12 @@ pub struct BlobStore {
     url_mode: UrlMode,
     presign_ttl: Duration,
     description: String,
+    /// When API keys are on: the key that signs `/files/{key}` URLs (see [`Self::url`]).
+    url_signing_key: Option<Arc<[u8]>>,
 }
+
+/// The query parameter that carries a `/files` URL's signature.
+const SIGNATURE_PARAM: &str = "sig";
 
 impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,6 +220,7 @@ impl BlobStore {
             url_mode: UrlMode::Proxy,
             presign_ttl: Duration::from_secs(3600),
             description,
+            url_signing_key: None,
         }
     }
 
@@ -300,22 +306,84 @@ impl BlobStore {
         self.url_mode
     }
 
-    /// The stable URL at which a browser opens `key`.
+    /// Signs every `/files/{key}` URL from now on with `secret`, and makes `/files` serve
+    /// only correctly signed URLs (see [`Self::file_access_ok`]). Used when API keys are on:
+    /// a browser's `<img>` sends no `Authorization` header, so the URL itself is the proof
+    /// that its holder was given it, and it is only ever given to the owner of the object.
+    /// A bucket with a public base URL is public by definition and is not affected.
+    pub fn sign_file_urls(&mut self, secret: &[u8]) {
+        self.url_signing_key = Some(Arc::from(secret));
+    }
+
+    /// Whether `/files` URLs carry signatures.
+    pub fn signs_file_urls(&self) -> bool {
+        self.url_signing_key.is_some() && matches!(self.urls, Urls::Server(_))
+    }
+
+    /// HMAC-SHA256 of the key, 128 bits, base64url: unforgeable without the secret, and
+    /// stable, so a URL once given keeps working (until the secret is rotated).
+    fn file_signature(&self, key: &str) -> Option<String> {
+        use base64::Engine as _;
+        use hmac::{Hmac, KeyInit, Mac};
+        let secret = self.url_signing_key.as_ref()?;
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).ok()?;
+        mac.update(b"files:");
+        mac.update(key.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..16]))
+    }
+
+    /// Whether a request for `/files/{key}` with signature `presented` may be served:
+    /// always when URLs are not signed; otherwise only with the exact signature, compared
+    /// in constant time over its full length.
+    pub fn file_access_ok(&self, key: &str, presented: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(expected) = self.file_signature(key) else {
+            return true;
+        };
+        let Some(presented) = presented else {
+            return false;
+        };
+        presented.len() == expected.len()
+            && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    }
+
+    /// The stable URL at which a browser opens `key` (signed when [`Self::sign_file_urls`]
+    /// is on).
     pub fn url(&self, key: &str) -> String {
         match &self.urls {
             Urls::Public(base) => format!("{}/{key}", base.as_str().trim_end_matches('/')),
-            Urls::Server(base) => format!("{}/files/{key}", base.as_str().trim_end_matches('/')),
+            Urls::Server(base) => {
+                let base = base.as_str().trim_end_matches('/');
+                match self.file_signature(key) {
+                    Some(sig) => format!("{base}/files/{key}?{SIGNATURE_PARAM}={sig}"),
+                    None => format!("{base}/files/{key}"),
+                }
+            }
         }
     }
 
-    /// The key behind one of our own object URLs, if `url` is one.
+    /// The key behind one of our own object URLs, if `url` is one (signed or not: whether
+    /// the caller may use that object is the caller's check).
     pub fn key_for_url(&self, url: &str) -> Option<String> {
         let prefix = match &self.urls {
             Urls::Public(base) => format!("{}/", base.as_str().trim_end_matches('/')),
             Urls::Server(base) => format!("{}/files/", base.as_str().trim_end_matches('/')),
         };
-        let key = url.strip_prefix(&prefix)?;
-        (!key.is_empty() && !key.contains(['?', '#'])).then(|| key.to_owned())
+        let rest = url.strip_prefix(&prefix)?;
+        let key = match rest.split_once('?') {
+            Some((key, query))
+                if matches!(self.urls, Urls::Server(_))
+                    && query
+                        .strip_prefix(SIGNATURE_PARAM)
+                        .is_some_and(|q| q.starts_with('=') && !q.contains(['&', '#'])) =>
+            {
+                key
+            }
+            Some(_) => return None,
+            None => rest,
+        };
+        (!key.is_empty() && !key.contains('#')).then(|| key.to_owned())
     }
 
     /// A URL that opens `key` for `ttl` without credentials (S3-compatible buckets only).

@@ -42,6 +42,15 @@ pub fn generated(provider: &str, task: &TaskId, index: usize, kind: ImageKind) -
     }
 }
 
+/// The task a `generated/{provider}-{taskId}-{n}.{ext}` key belongs to.
+pub fn task_of_generated(key: &str) -> Option<TaskId> {
+    let name = key.strip_prefix("generated/")?;
+    let start = name.find("tsk_")?;
+    let rest = &name[start..];
+    let end = rest.rfind('-')?;
+    TaskId::parse(&rest[..end])
+}
+
 /// `kie-tasks/{taskId}.json` (the prefix keeps the original's name for every provider).
 pub fn task_record(task: &TaskId) -> ObjectSpec {
     ObjectSpec {
@@ -98,6 +107,15 @@ mod tests {
             serving_metadata(&a.key),
             Some(("image/jpeg", GENERATED_CACHE))
         );
+    }
+
+    #[test]
+    fn generated_keys_name_their_task() {
+        let id = TaskId::new();
+        let spec = generated("kie", &id, 3, ImageKind::Png);
+        assert_eq!(task_of_generated(&spec.key), Some(id));
+        assert_eq!(task_of_generated("generated/kie-nope-0.png"), None);
+        assert_eq!(task_of_generated("uploads/x.png"), None);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Persistence: the blob store (results, uploads, task records) with every key built in
 //! one place, and the task repository.
 
+pub mod access;
 pub mod blob;
 pub mod keys;
 pub mod repo;
 pub mod sqlite;
+mod sqlite_access;
 
+pub use access::{AccessRepo, ApiKeyRecord};
 pub use blob::{BlobError, BlobStore};
 pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};

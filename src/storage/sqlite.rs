@@ -16,8 +16,8 @@ use crate::domain::{TaskId, TaskState};
 /// writer at a time anyway, and concurrent writers otherwise contend in SQLite's busy
 /// handler (which sleeps) instead of queueing in the pool (which does not).
 pub struct SqliteRepo {
-    pool: SqlitePool,
-    writer: SqlitePool,
+    pub(super) pool: SqlitePool,
+    pub(super) writer: SqlitePool,
 }
 
 impl SqliteRepo {

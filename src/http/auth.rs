@@ -1,0 +1,338 @@
+//! API keys and owner isolation.
+//!
+//! Authentication is off in the embedded default and on as soon as a key exists: in
+//! `DARKROOM_API_KEYS` or made with `darkroom keys create` (decided at start). Then every
+//! route needs `Authorization: Bearer <key>` except the ones a browser or the provider
+//! opens without it ([`is_public_path`]): the page and its assets, `/api/info`,
+//! `/healthz`, `/readyz`, provider callbacks (their own per-task token and HMAC) and
+//! `/files/…` (signed URLs, see [`crate::storage::BlobStore::url`]). The check is
+//! default-deny: a new route is protected unless it is added to that list.
+//!
+//! A key's name is the owner recorded on everything it creates. Handlers take a
+//! [`Caller`] and show a caller only what [`Caller::may_see`] allows; anything else is
+//! answered exactly like something that does not exist (404).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use quick_cache::sync::Cache;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::error::ApiError;
+use crate::AppState;
+use crate::config::Config;
+use crate::domain::api_key;
+use crate::storage::{AccessRepo, RepoError, Task};
+
+/// How long a key looked up in the database is trusted before it is looked up again
+/// (so a revoked key stops working within this time without a query per request).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+const KEY_CACHE_CAPACITY: usize = 10_000;
+/// Stripes of the lock that makes "count unfinished tasks, then queue" atomic per key.
+const QUEUE_LOCK_STRIPES: usize = 64;
+
+/// Who is calling: the API key's name, or `None` when authentication is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(Option<Arc<str>>);
+
+impl Caller {
+    /// The owner to record on what this caller creates, and to filter listings by: `None`
+    /// (authentication off) means "no filter".
+    pub fn owner(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Whether this caller may see something owned by `owner`. With authentication off
+    /// everything is visible; with it on, only the caller's own things.
+    pub fn may_see(&self, owner: Option<&str>) -> bool {
+        match &self.0 {
+            None => true,
+            Some(me) => owner == Some(&**me),
+        }
+    }
+
+    /// `task` if this caller may see it; another owner's task is `None`, the same as a
+    /// missing one, so handlers answer both with the same 404.
+    pub fn visible(&self, task: Option<Task>) -> Option<Task> {
+        task.filter(|t| self.may_see(t.owner.as_deref()))
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    /// The caller the authentication middleware identified. On a route it lets through
+    /// without a key (or outside it) there is none: with authentication on that fails
+    /// closed, so a handler that asks for a `Caller` can never see everything by accident.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        if state.auth.required() {
+            Err(missing_key())
+        } else {
+            Ok(Self(None))
+        }
+    }
+}
+
+/// Routes opened without a key: by browsers (`<img>`, the page), load balancers and the
+/// provider. Everything else needs one when authentication is on.
+pub fn is_public_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/healthz" | "/readyz" | "/api/info" | "/api/callback" | "/favicon.ico"
+    ) || path.starts_with("/api/callback/")
+        || path.starts_with("/assets/")
+        || path.starts_with("/files/")
+}
+
+/// Key lookup, per-key limits and the per-key queue cap.
+pub struct Auth {
+    required: bool,
+    /// Hash of each `DARKROOM_API_KEYS` key → its name.
+    configured: HashMap<String, Arc<str>>,
+    access: Arc<dyn AccessRepo>,
+    /// Database lookups by hash, positive and negative, with the time they were made.
+    looked_up: Cache<String, (Option<Arc<str>>, Instant)>,
+    per_key: DefaultKeyedRateLimiter<Arc<str>>,
+    callbacks: DefaultDirectRateLimiter,
+    max_pending_tasks: u64,
+    queue_locks: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("required", &self.required)
+            .field("configured_keys", &self.configured.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn quota(per_sec: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.max(per_sec)).unwrap_or(rate);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// The answer to a request without a usable key.
+fn missing_key() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "api_key_required",
+        "this server requires an API key: send Authorization: Bearer <key>",
+    )
+}
+
+fn wrong_key() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+        "the API key is not valid (wrong, or revoked)",
+    )
+}
+
+fn rate_limited(retry_after: Duration, message: &str) -> Response {
+    let secs = retry_after.as_secs().max(1);
+    let mut response =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+impl Auth {
+    /// Builds the key table from configuration and decides whether keys are required: yes
+    /// when any key is configured or stored.
+    pub async fn new(config: &Config, access: Arc<dyn AccessRepo>) -> anyhow::Result<Self> {
+        let configured: HashMap<String, Arc<str>> = config
+            .configured_api_keys()?
+            .into_iter()
+            .map(|(name, key)| (api_key::hash(key.expose()), Arc::from(name)))
+            .collect();
+        let required = !configured.is_empty() || access.has_api_keys().await?;
+        let auth = &config.auth;
+        Ok(Self {
+            required,
+            configured,
+            access,
+            looked_up: Cache::new(KEY_CACHE_CAPACITY),
+            per_key: RateLimiter::keyed(quota(auth.rate_per_sec, auth.rate_burst)),
+            callbacks: RateLimiter::direct(quota(
+                config.limits.callback_rate_per_sec,
+                config.limits.callback_rate_burst,
+            )),
+            max_pending_tasks: auth.max_pending_tasks,
+            queue_locks: (0..QUEUE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    /// Whether client routes need a key.
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The name of the key presented, if it is a live key.
+    async fn identify(&self, key: &str) -> Result<Option<Arc<str>>, RepoError> {
+        let hash = api_key::hash(key);
+        if let Some(name) = self.configured.get(&hash) {
+            return Ok(Some(name.clone()));
+        }
+        if let Some((name, at)) = self.looked_up.get(&hash)
+            && at.elapsed() < KEY_CACHE_TTL
+        {
+            return Ok(name);
+        }
+        let name: Option<Arc<str>> = self.access.api_key_name(&hash).await?.map(Arc::from);
+        self.looked_up.insert(hash, (name.clone(), Instant::now()));
+        Ok(name)
+    }
+
+    /// Reserves room for `count` new tasks of `caller` under the per-key cap. Hold the
+    /// guard until the tasks are written, so two requests of one key cannot both pass.
+    pub async fn reserve_tasks(
+        &self,
+        caller: &Caller,
+        count: usize,
+    ) -> Result<Option<MutexGuard<'_, ()>>, ApiError> {
+        let Some(owner) = caller.owner() else {
+            return Ok(None);
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        owner.hash(&mut hasher);
+        let stripe = (hasher.finish() % QUEUE_LOCK_STRIPES as u64) as usize;
+        let guard = self.queue_locks[stripe].lock().await;
+        let pending = self.access.count_unfinished_tasks(owner).await?;
+        if pending.saturating_add(count as u64) > self.max_pending_tasks {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending_tasks",
+                format!(
+                    "this key has {pending} unfinished tasks; at most {} are allowed, so {count} more cannot be queued now",
+                    self.max_pending_tasks
+                ),
+            ));
+        }
+        Ok(Some(guard))
+    }
+}
+
+/// The authentication middleware (on every route; see [`is_public_path`]).
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let auth = &state.auth;
+    if !auth.required() {
+        request.extensions_mut().insert(Caller(None));
+        return next.run(request).await;
+    }
+    if is_public_path(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Some(header_value) = request.headers().get(header::AUTHORIZATION) else {
+        return with_challenge(missing_key().into_response());
+    };
+    let Some(key) = header_value
+        .to_str()
+        .ok()
+        .and_then(api_key::from_authorization)
+    else {
+        return with_challenge(missing_key().into_response());
+    };
+    let name = match auth.identify(key).await {
+        Ok(Some(name)) => name,
+        Ok(None) => {
+            tracing::warn!(path = %request.uri().path(), "request refused: unknown API key");
+            return with_challenge(wrong_key().into_response());
+        }
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    if let Err(not_until) = auth.per_key.check_key(&name) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        tracing::info!(key = %name, "request refused: per-key rate limit");
+        return rate_limited(wait, "too many requests for this API key; slow down");
+    }
+    request.extensions_mut().insert(Caller(Some(name)));
+    next.run(request).await
+}
+
+fn with_challenge(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The callback routes' own limit, for all senders together: a flood of forged callbacks
+/// cannot take the database down, and a real callback refused here is not lost (the
+/// reconciler polls the provider for every task whose answer is overdue).
+pub async fn limit_callbacks(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(not_until) = state.auth.callbacks.check() {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        tracing::warn!("callback refused: callback rate limit");
+        return rate_limited(wait, "too many callbacks; try again later");
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_paths_are_exactly_the_listed_ones() {
+        for path in [
+            "/",
+            "/healthz",
+            "/readyz",
+            "/api/info",
+            "/api/callback",
+            "/api/callback/tsk_1",
+            "/assets/app.js",
+            "/files/uploads/a.png",
+        ] {
+            assert!(is_public_path(path), "{path}");
+        }
+        for path in [
+            "/api/upload",
+            "/api/generate",
+            "/api/task-status",
+            "/api/tasks",
+            "/api/tasks/tsk_1/cancel",
+            "/api/callbacks",
+            "/api/infos",
+            "/metrics",
+            "/healthz/x",
+        ] {
+            assert!(!is_public_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn visibility_by_owner() {
+        let off = Caller(None);
+        let alice = Caller(Some(Arc::from("alice")));
+        assert!(off.may_see(None) && off.may_see(Some("alice")));
+        assert!(alice.may_see(Some("alice")));
+        assert!(!alice.may_see(Some("bob")));
+        assert!(!alice.may_see(None));
+    }
+}

@@ -1,0 +1,147 @@
+//! Secrets never reach a log line or the bucket: callback tokens (which KIE echoes back in
+//! `param`), API keys, and `/files` signatures, with every darkroom and request log at
+//! TRACE. A test binary of its own because it installs the global log subscriber.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{png, spawn_app};
+use serde_json::{Value, json};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const KEY: &str = "dk_logcheck_0123456789abcdef";
+
+#[tokio::test]
+async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("darkroom=trace,tower_http=trace,axum=trace")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let app = spawn_app(&[
+        ("DARKROOM_API_KEYS", &format!("logcheck:{KEY}")),
+        ("KIE_WEBHOOK_HMAC_KEY", "whk_logcheck"),
+    ])
+    .await;
+    let form = reqwest::multipart::Form::new().part(
+        "files",
+        reqwest::multipart::Part::bytes(png(20, 20)).file_name("a.png"),
+    );
+    let up: Value = app
+        .http
+        .post(app.url("/api/upload"))
+        .bearer_auth(KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload = &up["uploaded"][0];
+    let answer: Value = app
+        .http
+        .post(app.url("/api/generate"))
+        .bearer_auth(KEY)
+        .json(&json!({"prompt": "p", "uploads": [{"key": upload["key"], "url": upload["url"]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["taskIds"][0].as_str().unwrap().to_owned();
+    let status = loop {
+        let status: Value = app
+            .http
+            .get(app.url(&format!("/api/task-status?taskId={id}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "completed" {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pid = status["providerTaskId"].as_str().unwrap();
+    let callback = app.sim.as_ref().unwrap().callback_url(pid).unwrap();
+    let token = callback.split("token=").nth(1).unwrap().to_owned();
+    // A forged callback with a wrong token and one with the right token but no signature.
+    for url in [
+        format!(
+            "{}?token={}",
+            callback.split('?').next().unwrap(),
+            "f".repeat(64)
+        ),
+        callback.clone(),
+    ] {
+        let response = app
+            .http
+            .post(&url)
+            .json(&json!({"data": {"taskId": pid, "param": format!("{{\"callBackUrl\":\"{callback}\"}}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    // The files open, so their signatures went through the request log too.
+    let result_url = status["resultUrls"][0].as_str().unwrap();
+    assert_eq!(app.http.get(result_url).send().await.unwrap().status(), 200);
+    let signature = result_url.split("sig=").nth(1).unwrap().to_owned();
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let record = app
+        .blobs
+        .get_bytes(&format!("kie-tasks/{id}.json"))
+        .await
+        .unwrap();
+    let record = String::from_utf8(record.to_vec()).unwrap();
+    let lines = logs.lines().count();
+    println!(
+        "secrets: {lines} log lines at TRACE and the task record checked for the callback token, the API key (and the logs for file signatures): 0 found"
+    );
+    assert!(lines > 20, "the logs were captured: {lines} lines");
+    assert!(
+        logs.contains("path=/api/callback/"),
+        "request spans are logged"
+    );
+    assert!(logs.contains(&id), "the task is logged by id");
+    for (what, secret) in [
+        ("callback token", token.as_str()),
+        ("API key", KEY),
+        ("file signature", signature.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {what} is in the log");
+    }
+    // The record keeps the task's own (signed) URLs, as the status answer does; never the
+    // callback token or the key.
+    for (what, secret) in [("callback token", token.as_str()), ("API key", KEY)] {
+        assert!(!record.contains(secret), "the {what} is in the task record");
+    }
+}

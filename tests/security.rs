@@ -1,0 +1,725 @@
+//! R7 (forged callbacks change nothing), R12 (owner isolation), API keys, limits, CORS and
+//! the page's security headers, over real HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestApp, png, spawn_app};
+use darkroom::domain::TaskId;
+use darkroom::domain::webhook::sign;
+use serde_json::{Value, json};
+
+const HMAC_KEY: &str = "whk_test_0123456789";
+const ALICE: &str = "dk_alice_0123456789abcdef";
+const BOB: &str = "dk_bob_0123456789abcdefgh";
+
+fn keys_env() -> String {
+    format!("alice:{ALICE},bob:{BOB}")
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path_or_url: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let url = if path_or_url.starts_with("http") {
+        path_or_url.to_owned()
+    } else {
+        app.url(path_or_url)
+    };
+    let mut request = app.http.request(method, url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn upload_as(app: &TestApp, key: Option<&str>, bytes: Vec<u8>) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new().part(
+        "files",
+        reqwest::multipart::Part::bytes(bytes).file_name("a.png"),
+    );
+    let mut request = app.http.post(app.url("/api/upload")).multipart(form);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Uploads one image as `key` and queues one task from it; returns (task id, upload).
+async fn task_of(app: &TestApp, key: Option<&str>) -> (String, Value) {
+    let (code, up) = upload_as(app, key, png(24, 16)).await;
+    assert_eq!(code, 200, "{up}");
+    let upload = up["uploaded"][0].clone();
+    let body = json!({"prompt": "p", "uploads": [{"key": upload["key"], "url": upload["url"]}]});
+    let (code, answer) = send(
+        app,
+        reqwest::Method::POST,
+        "/api/generate",
+        key,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    (answer["taskIds"][0].as_str().unwrap().to_owned(), upload)
+}
+
+async fn wait_submitted(app: &TestApp, id: &str) -> darkroom::storage::Task {
+    let id = TaskId::parse(id).unwrap();
+    let start = Instant::now();
+    loop {
+        let task = app.repo.get(&id).await.unwrap().unwrap();
+        if task.provider_task_id.is_some() && task.state.as_str() == "submitted" {
+            return task;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not submitted: {task:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+async fn wait_status(app: &TestApp, id: &str, key: Option<&str>) -> Value {
+    let start = Instant::now();
+    loop {
+        let (code, body) = send(
+            app,
+            reqwest::Method::GET,
+            &format!("/api/task-status?taskId={id}"),
+            key,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        if matches!(body["status"].as_str(), Some("completed" | "failed")) {
+            return body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn success_body(provider_id: &str) -> Value {
+    json!({"code": 200, "msg": "Playground task completed successfully.", "data": {
+        "taskId": provider_id, "state": "success", "consumeCredits": 4, "costTime": 8,
+        "resultJson": "{\"resultUrls\":[\"https://example.com/forged.png\"]}"}})
+}
+
+/// R7: every forged callback is refused and the task row is exactly as before; then the
+/// real, signed callback is accepted and the task completes.
+#[tokio::test]
+async fn forged_callbacks_are_refused_and_change_nothing() {
+    let app = spawn_app(&[
+        ("KIE_WEBHOOK_HMAC_KEY", HMAC_KEY),
+        ("DARKROOM_SIM_DROP_RATE", "1"),
+        ("DARKROOM_FIRST_POLL_MS", "600000"),
+    ])
+    .await;
+    let sim = app.sim.clone().unwrap();
+    let (id, _) = task_of(&app, None).await;
+    let (other_id, _) = task_of(&app, None).await;
+    let before = wait_submitted(&app, &id).await;
+    let other = wait_submitted(&app, &other_id).await;
+    let pid = before.provider_task_id.clone().unwrap();
+    let good_url = sim.callback_url(&pid).unwrap();
+    let good_token = good_url.split("token=").nth(1).unwrap().to_owned();
+    let other_token = sim
+        .callback_url(other.provider_task_id.as_ref().unwrap())
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let per_task = |token: Option<&str>| match token {
+        Some(t) => app.url(&format!("/api/callback/{id}?token={t}")),
+        None => app.url(&format!("/api/callback/{id}")),
+    };
+    let now = chrono::Utc::now().timestamp();
+    let good_sig = sign(HMAC_KEY.as_bytes(), &pid, now);
+    let ts = now.to_string();
+    let signed = |ts: &str, sig: &str| {
+        vec![
+            ("x-webhook-timestamp", ts.to_owned()),
+            ("x-webhook-signature", sig.to_owned()),
+        ]
+    };
+    let body = success_body(&pid);
+    let wrong_token = "0".repeat(64);
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let cases: Vec<(&str, String, Headers)> = vec![
+        ("no token", per_task(None), signed(&ts, &good_sig)),
+        (
+            "wrong token",
+            per_task(Some(&wrong_token)),
+            signed(&ts, &good_sig),
+        ),
+        (
+            "another task's token",
+            per_task(Some(&other_token)),
+            signed(&ts, &good_sig),
+        ),
+        ("empty token", per_task(Some("")), signed(&ts, &good_sig)),
+        ("no HMAC headers", per_task(Some(&good_token)), vec![]),
+        (
+            "missing timestamp",
+            per_task(Some(&good_token)),
+            vec![("x-webhook-signature", good_sig.clone())],
+        ),
+        (
+            "old timestamp",
+            per_task(Some(&good_token)),
+            signed(
+                &(now - 310).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now - 310),
+            ),
+        ),
+        (
+            "future timestamp",
+            per_task(Some(&good_token)),
+            signed(
+                &(now + 310).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now + 310),
+            ),
+        ),
+        (
+            "timestamp in ms",
+            per_task(Some(&good_token)),
+            signed(
+                &(now * 1000).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now * 1000),
+            ),
+        ),
+        (
+            "bad timestamp",
+            per_task(Some(&good_token)),
+            signed("yesterday", &good_sig),
+        ),
+        (
+            "empty signature",
+            per_task(Some(&good_token)),
+            signed(&ts, ""),
+        ),
+        (
+            "v1, signature",
+            per_task(Some(&good_token)),
+            signed(&ts, "v1,"),
+        ),
+        (
+            "v1,-prefixed signature",
+            per_task(Some(&good_token)),
+            signed(&ts, &format!("v1,{good_sig}")),
+        ),
+        (
+            "truncated signature",
+            per_task(Some(&good_token)),
+            signed(&ts, &good_sig[..good_sig.len() - 4]),
+        ),
+        (
+            "one-byte signature",
+            per_task(Some(&good_token)),
+            signed(&ts, "AA=="),
+        ),
+        (
+            "wrong key",
+            per_task(Some(&good_token)),
+            signed(&ts, &sign(b"not-the-key", &pid, now)),
+        ),
+        (
+            "other task id signed",
+            per_task(Some(&good_token)),
+            signed(&ts, &sign(HMAC_KEY.as_bytes(), "another", now)),
+        ),
+        ("original path, no HMAC", app.url("/api/callback"), vec![]),
+        (
+            "original path, truncated",
+            app.url("/api/callback"),
+            signed(&ts, &good_sig[..10]),
+        ),
+        (
+            "original path, old",
+            app.url("/api/callback"),
+            signed(
+                &(now - 400).to_string(),
+                &sign(HMAC_KEY.as_bytes(), &pid, now - 400),
+            ),
+        ),
+    ];
+    let mut refused = 0;
+    for (name, url, headers) in &cases {
+        let mut request = app.http.post(url).json(&body);
+        for (header, value) in headers {
+            request = request.header(*header, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status == 401, "{name}: expected 401, got {status} {answer}");
+        refused += 1;
+    }
+    let after = app.repo.get(&before.id).await.unwrap().unwrap();
+    let changed = usize::from(after != before);
+    println!(
+        "R7: {} forged callbacks -> {refused} refused with 401; state changes: {changed}",
+        cases.len()
+    );
+    assert_eq!(after, before, "a refused callback changed the task");
+
+    // The genuine article: right token, fresh signature.
+    let response = app
+        .http
+        .post(&good_url)
+        .header("x-webhook-timestamp", &ts)
+        .header("x-webhook-signature", &good_sig)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let status = wait_status(&app, &id, None).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    // The result came from recordInfo, not the forged URL in the body.
+    assert!(!status.to_string().contains("forged.png"), "{status}");
+}
+
+/// With the key configured, the in-process simulator signs as KIE does, and the whole
+/// path works.
+#[tokio::test]
+async fn signed_callbacks_from_the_simulator_complete_tasks() {
+    let app = spawn_app(&[("KIE_WEBHOOK_HMAC_KEY", HMAC_KEY)]).await;
+    let ids = app.generate_from_upload(2, json!({})).await;
+    for id in ids {
+        let status = app.wait_final(&id, Duration::from_secs(30)).await;
+        assert_eq!(status["status"], "completed", "{status}");
+    }
+    assert_eq!(app.sim.as_ref().unwrap().stats().callback_failures, 0);
+}
+
+/// R12: key B cannot see, use or open anything of key A's; every attempt is the same
+/// answer as for something that does not exist.
+#[tokio::test]
+async fn owners_are_isolated() {
+    let app = spawn_app(&[("DARKROOM_API_KEYS", &keys_env())]).await;
+    let (id, upload) = task_of(&app, Some(ALICE)).await;
+    let done = wait_status(&app, &id, Some(ALICE)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let pid = done["providerTaskId"].as_str().unwrap().to_owned();
+    let result_url = done["resultUrls"][0].as_str().unwrap().to_owned();
+    let upload_url = upload["url"].as_str().unwrap().to_owned();
+    assert!(upload_url.contains("?sig="), "{upload_url}");
+
+    let missing = TaskId::new().to_string();
+    let (code, missing_answer) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/task-status?taskId={missing}"),
+        Some(BOB),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+
+    let mut attempts = 0;
+    let mut not_found = 0;
+    let mut count = |code: u16, expected: u16| {
+        attempts += 1;
+        not_found += usize::from(code == expected);
+    };
+    // Reads of A's task by id and by provider id (cached by A's poll just before).
+    for task_ref in [&id, &pid] {
+        let (code, body) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("/api/task-status?taskId={task_ref}"),
+            Some(BOB),
+            None,
+        )
+        .await;
+        assert_eq!(code, 404, "{body}");
+        assert_eq!(body["code"], missing_answer["code"]);
+        count(code, 404);
+    }
+    // The task API: read, cancel, retry by id; listings (also asking for A by name).
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/tasks/{id}")),
+        (reqwest::Method::POST, format!("/api/tasks/{id}/cancel")),
+        (reqwest::Method::POST, format!("/api/tasks/{id}/retry")),
+    ] {
+        let (code, body) = send(&app, method.clone(), &path, Some(BOB), None).await;
+        assert_eq!(code, 404, "{method} {path}: {body}");
+        assert_eq!(body["code"], "task_not_found");
+        count(code, 404);
+    }
+    for path in [
+        "/api/tasks",
+        "/api/tasks?owner=alice",
+        "/api/tasks?state=succeeded",
+    ] {
+        let (code, body) = send(&app, reqwest::Method::GET, path, Some(BOB), None).await;
+        assert_eq!(code, 200, "{body}");
+        let listed = body["tasks"].as_array().unwrap();
+        assert!(
+            listed.iter().all(|t| t["taskId"] != id.as_str()),
+            "{path}: {body}"
+        );
+        count(u16::from(listed.is_empty()) * 404, 404);
+    }
+    // A's upload as B's input, by key and by URL (signed and unsigned), and A's result.
+    let unsigned_upload = upload_url.split('?').next().unwrap().to_owned();
+    for body in [
+        json!({"prompt": "p", "uploads": [{"key": upload["key"]}]}),
+        json!({"prompt": "p", "imageUrls": [upload_url]}),
+        json!({"prompt": "p", "imageUrls": [unsigned_upload]}),
+        json!({"prompt": "p", "imageUrls": [result_url]}),
+        json!({"prompt": "p", "imageUrls": ["https://example.com/a.png"], "referenceUploads": [{"key": upload["key"]}]}),
+    ] {
+        let (code, answer) = send(
+            &app,
+            reqwest::Method::POST,
+            "/api/generate",
+            Some(BOB),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(
+            (code, answer["code"].as_str()),
+            (400, Some("upload_not_found")),
+            "{body}: {answer}"
+        );
+        count(code, 400);
+    }
+    // Files: only the exact signed URL opens, with no header at all (an <img>).
+    let record = format!("/files/kie-tasks/{id}.json");
+    let tampered = format!("{}x", &upload_url[..upload_url.len() - 1]);
+    let resigned = upload_url.replace(
+        upload["key"].as_str().unwrap(),
+        result_url
+            .split("/files/")
+            .nth(1)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap(),
+    );
+    for url in [
+        unsigned_upload.clone(),
+        tampered,
+        resigned,
+        result_url.split('?').next().unwrap().to_owned(),
+        app.url(&record),
+        format!("{}?sig=", unsigned_upload),
+    ] {
+        let response = app.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{url}");
+        count(404, 404);
+    }
+    // Nothing of B's own changes: B's task is B's.
+    let (bob_task, _) = task_of(&app, Some(BOB)).await;
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/task-status?taskId={bob_task}"),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    count(code, 404);
+    println!(
+        "R12: {attempts} attempts across owners (status by id and provider id; task read, cancel, retry and 3 listings; inputs by key and URL; files unsigned/tampered/re-signed) -> {not_found} answered as missing"
+    );
+    assert_eq!(attempts, not_found);
+
+    // The owner sees its own task in the task API.
+    let (code, body) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{id}"),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, body["taskId"].as_str()),
+        (200, Some(id.as_str())),
+        "{body}"
+    );
+    let (code, body) = send(&app, reqwest::Method::GET, "/api/tasks", Some(ALICE), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["taskId"] == id.as_str())
+    );
+
+    // The owner's own URLs open without any header.
+    for url in [&upload_url, &result_url] {
+        let response = app.http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert!(
+            response.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("sandbox")
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_are_required_on_client_routes_only() {
+    let app = spawn_app(&[("DARKROOM_API_KEYS", &keys_env())]).await;
+    let (code, info) = send(&app, reqwest::Method::GET, "/api/info", None, None).await;
+    assert_eq!((code, info["apiKeysRequired"].as_bool()), (200, Some(true)));
+    for path in ["/", "/healthz", "/readyz", "/assets/app.js"] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/generate"),
+        (reqwest::Method::GET, "/api/task-status?taskId=x"),
+        (reqwest::Method::POST, "/api/upload"),
+        (reqwest::Method::GET, "/api/tasks"),
+        (reqwest::Method::GET, "/no-such-route"),
+    ] {
+        for key in [None, Some("dk_wrong_0123456789abcdef"), Some("")] {
+            let mut request = app.http.request(method.clone(), app.url(path));
+            if let Some(key) = key {
+                request = request.header("authorization", format!("Bearer {key}"));
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} {key:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            let body: Value = response.json().await.unwrap();
+            assert!(
+                matches!(
+                    body["code"].as_str(),
+                    Some("api_key_required" | "invalid_api_key")
+                ),
+                "{body}"
+            );
+        }
+    }
+    // Keys off (the embedded default): the same routes answer without one.
+    let open = spawn_app(&[]).await;
+    let (code, info) = send(&open, reqwest::Method::GET, "/api/info", None, None).await;
+    assert_eq!(
+        (code, info["apiKeysRequired"].as_bool()),
+        (200, Some(false))
+    );
+    let (code, _) = send(
+        &open,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn per_key_rate_limit_and_pending_task_cap() {
+    let app = spawn_app(&[
+        ("DARKROOM_API_KEYS", &keys_env()),
+        ("DARKROOM_KEY_RATE_PER_SEC", "1"),
+        ("DARKROOM_KEY_RATE_BURST", "8"),
+        ("DARKROOM_KEY_MAX_PENDING_TASKS", "2"),
+        ("DARKROOM_SIM_DROP_RATE", "1"),
+        ("DARKROOM_FIRST_POLL_MS", "600000"),
+    ])
+    .await;
+    // Two tasks fit under the cap; the third is refused while they are unfinished.
+    task_of(&app, Some(ALICE)).await;
+    task_of(&app, Some(ALICE)).await;
+    let (code, up) = upload_as(&app, Some(ALICE), png(8, 8)).await;
+    assert_eq!(code, 200, "{up}");
+    let body = json!({"prompt": "p", "uploads": [{"key": up["uploaded"][0]["key"]}]});
+    let (code, answer) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/generate",
+        Some(ALICE),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["code"].as_str()),
+        (429, Some("too_many_pending_tasks")),
+        "{answer}"
+    );
+    // Alice has used 6 of her 8-request burst; a few more and she is limited, Bob is not.
+    let mut limited = 0;
+    for _ in 0..6 {
+        let response = app
+            .http
+            .get(app.url("/api/task-status?taskId=x"))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited}");
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        Some(BOB),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    println!(
+        "per-key limits: 3rd task over a cap of 2 -> 429; {limited} of 6 rapid requests -> 429; other key unaffected"
+    );
+}
+
+#[tokio::test]
+async fn callback_routes_have_their_own_rate_limit() {
+    let app = spawn_app(&[
+        ("DARKROOM_CALLBACK_RATE_PER_SEC", "1"),
+        ("DARKROOM_CALLBACK_RATE_BURST", "3"),
+    ])
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let (code, _) = app
+            .post_json("/api/callback", &json!({"data": {"taskId": "nope"}}))
+            .await;
+        codes.push(code);
+    }
+    assert_eq!(&codes[..3], &[404, 404, 404], "{codes:?}");
+    assert!(codes[3..].iter().all(|&c| c == 429), "{codes:?}");
+    // Client routes are not affected.
+    let (code, _) = app.get_json("/api/task-status?taskId=x").await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn cors_only_for_listed_origins_and_page_headers() {
+    let app = spawn_app(&[("DARKROOM_CORS_ORIGINS", "https://app.example.com")]).await;
+    for (origin, allowed) in [
+        ("https://app.example.com", true),
+        ("https://evil.example", false),
+    ] {
+        let response = app
+            .http
+            .request(reqwest::Method::OPTIONS, app.url("/api/generate"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        let allow = response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            allow.as_deref() == Some(origin),
+            allowed,
+            "{origin}: {allow:?}"
+        );
+    }
+    let plain = spawn_app(&[]).await;
+    let response = plain
+        .http
+        .get(plain.url("/api/info"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let page = app.http.get(app.url("/")).send().await.unwrap();
+    let headers = page.headers();
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+}
+
+/// `darkroom keys create` stores only a hash; the printed key works against a server on
+/// that database; `keys list` never shows it again.
+#[tokio::test]
+async fn keys_made_with_the_cli_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/keys.db", dir.path().display());
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
+            .args(args)
+            .env("DARKROOM_DATABASE_URL", &db)
+            .env("DARKROOM_DATA_DIR", dir.path())
+            .env("DARKROOM_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let created = run(&["keys", "create", "carol"]);
+    assert!(created.status.success(), "{created:?}");
+    let stdout = String::from_utf8(created.stdout).unwrap();
+    let key = stdout
+        .lines()
+        .find(|l| l.starts_with("dk_"))
+        .expect("the key is printed")
+        .to_owned();
+    let again = run(&["keys", "create", "carol"]);
+    assert!(!again.status.success());
+    let listed = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
+    assert!(
+        listed.contains("carol") && !listed.contains(&key),
+        "{listed}"
+    );
+    let database = std::fs::read(dir.path().join("keys.db")).unwrap();
+    assert!(!database.windows(key.len()).any(|w| w == key.as_bytes()));
+
+    let app = spawn_app(&[("DARKROOM_DATABASE_URL", &db)]).await;
+    let (code, info) = send(&app, reqwest::Method::GET, "/api/info", None, None).await;
+    assert_eq!((code, info["apiKeysRequired"].as_bool()), (200, Some(true)));
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 401);
+    let (code, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/api/task-status?taskId=x",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let revoked = run(&["keys", "revoke", "carol"]);
+    assert!(revoked.status.success(), "{revoked:?}");
+}
