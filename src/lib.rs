@@ -12,6 +12,7 @@ pub mod net;
 pub mod providers;
 pub mod status;
 pub mod storage;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,9 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub board: Arc<StatusBoard>,
     pub info: Arc<ServiceInfo>,
+    /// Cancelled when the server shuts down: open streams (SSE, WebSocket, long-polls)
+    /// end, so graceful shutdown is not held up by them.
+    pub streams_closing: CancellationToken,
 }
 
 /// A built darkroom: state, engine and (in the embedded default) its simulator.
@@ -80,6 +84,8 @@ pub struct App {
     pub gemini_simulator: Option<Arc<GeminiSim>>,
     /// Stops the in-process simulator when the app stops.
     sim_shutdown: CancellationToken,
+    /// Delivers outbound webhooks (run with the engine's workers).
+    webhooks: Arc<webhooks::Deliverer>,
 }
 
 /// The URL clients and the provider use to reach this server.
@@ -241,7 +247,7 @@ impl App {
             repo.clone(),
             blobs.clone(),
             registry,
-            fetcher,
+            fetcher.clone(),
             board.clone(),
             events.clone(),
             settings,
@@ -264,6 +270,16 @@ impl App {
             },
             providers: provider_info.clone(),
         };
+        let signer = webhooks::Signer::load(
+            config.webhook.secret.as_ref().map(config::Secret::expose),
+            &config.data_dir,
+        )?;
+        let webhooks = Arc::new(webhooks::Deliverer::new(
+            repo.clone(),
+            fetcher.clone(),
+            signer,
+            Duration::from_millis(config.webhook.first_retry_ms),
+        ));
         Ok(Self {
             state: AppState {
                 config: Arc::new(config),
@@ -272,11 +288,13 @@ impl App {
                 engine,
                 board,
                 info: Arc::new(info),
+                streams_closing: CancellationToken::new(),
             },
             public_url,
             simulator,
             gemini_simulator,
             sim_shutdown,
+            webhooks,
         })
     }
 
@@ -295,13 +313,26 @@ impl App {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))
         });
+        let webhooks = self.state.config.engine.workers.then(|| {
+            let events = self.state.engine.events().clone();
+            tokio::spawn(self.webhooks.clone().run(events, shutdown.clone()))
+        });
         let router = self.router();
+        let streams_closing = self.state.streams_closing.clone();
+        let stop_streams = shutdown.clone();
+        tokio::spawn(async move {
+            stop_streams.cancelled().await;
+            streams_closing.cancel();
+        });
         tracing::info!(url = %self.public_url, "darkroom is listening");
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         if let Some(engine) = engine {
             let _ = engine.await;
+        }
+        if let Some(webhooks) = webhooks {
+            let _ = webhooks.await;
         }
         self.sim_shutdown.cancel();
         result.context("the HTTP server failed")

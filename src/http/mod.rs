@@ -1,14 +1,18 @@
 //! The HTTP API: one module per resource, merged here with the shared layers.
 
+mod batches;
 mod callback;
 pub mod error;
 mod files;
 mod generate;
 mod health;
+mod live;
+mod openapi;
 mod status;
 mod tasks;
 mod ui;
 mod upload;
+mod zip;
 
 use std::time::Duration;
 
@@ -23,27 +27,36 @@ use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use error::ApiError;
+pub use tasks::task_view;
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
-    let api = Router::new()
+    // Streams and long-polls stay open by design: they are mounted outside the timeout.
+    let open = Router::new()
+        .merge(live::router())
+        .merge(batches::download_router());
+    let timed = Router::new()
         .merge(upload::router(&config))
         .merge(generate::router())
         .merge(callback::router(&config))
         .merge(status::router())
         .merge(tasks::router())
+        .merge(batches::router())
+        .merge(openapi::router())
         .merge(health::router())
         .merge(files::router())
         .merge(ui::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.server.request_timeout_secs),
+        ));
+    let api = timed
+        .merge(open)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.limits.max_json_body_bytes))
         .with_state(state);
     api.layer(middleware::from_fn(error::log_internal_errors))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.server.request_timeout_secs),
-        ))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),

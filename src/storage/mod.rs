@@ -7,4 +7,7 @@ pub mod repo;
 pub mod sqlite;
 
 pub use blob::{BlobError, BlobStore};
-pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+pub use repo::{
+    Batch, BatchCount, DeliveryOutcome, NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate,
+    WebhookDelivery,
+};
