@@ -110,17 +110,18 @@ async function main() {
   const errors = [];
   try {
     await waitForServer(url, server);
-    browser = await chromium.launch({
+    // A fresh profile directory per run (playwright passes it as --user-data-dir).
+    browser = await chromium.launchPersistentContext(profileDir, {
       executablePath: CHROMIUM,
       headless: true,
       args: [
         '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        `--user-data-dir=${profileDir}`,
       ],
+      // Phone width: the page must work there too.
+      viewport: { width: 390, height: 844 },
     });
-    // Phone width: the page must work there too.
-    const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+    const page = browser.pages()[0] || await browser.newPage();
     page.on('console', (message) => {
       if (message.type() === 'error') errors.push(`console: ${message.text()}`);
     });
