@@ -157,10 +157,35 @@ async function main() {
       ? img.naturalWidth > 0
       : new Promise((ok) => { img.onload = () => ok(true); img.onerror = () => ok(false); })))));
     if (!loaded.every(Boolean)) throw new Error('a result image did not load');
+    // A batch: two more images, submitted as one; its ZIP link appears and both finish.
+    await page.setInputFiles('#file-input', [
+      { name: 'green.png', mimeType: 'image/png', buffer: png(40, 40, [30, 200, 30]) },
+      { name: 'grey.png', mimeType: 'image/png', buffer: png(36, 52, [120, 120, 120]) },
+    ]);
+    await page.waitForSelector('#file-list li:nth-child(2)', { timeout: TIMEOUT_MS });
+    await page.check('#batch-toggle');
+    await page.click('#generate-button');
+    await page.waitForSelector('#form-status a.batch-zip', { timeout: TIMEOUT_MS });
+    await page.waitForFunction(
+      () => document.querySelectorAll('#task-list li.task-card img.result-image').length >= 4,
+      undefined,
+      { timeout: TIMEOUT_MS },
+    );
+    const zipHref = await page.getAttribute('#form-status a.batch-zip', 'href');
+    const zip = await fetch(new URL(zipHref, url));
+    const zipBytes = Buffer.from(await zip.arrayBuffer());
+    if (zip.status !== 200 || zipBytes.readUInt32LE(0) !== 0x04034b50) {
+      throw new Error(`the batch ZIP link did not give a ZIP (HTTP ${zip.status})`);
+    }
+    // The filter hides what does not match.
+    await page.selectOption('#task-filter', 'failed');
+    const shownWhenFailed = await page.$$eval('#task-list li.task-card', (cards) => cards.filter((c) => !c.hidden).length);
+    if (shownWhenFailed !== 0) throw new Error(`filter "failed" still shows ${shownWhenFailed} completed cards`);
+    await page.selectOption('#task-filter', 'all');
     const stats = await page.textContent('#task-stats');
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 uploads → 2 results shown live in ${Date.now() - started} ms at 390 px wide, 0 polls, 0 console errors; summary "${stats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${Date.now() - started} ms at 390 px wide, 0 polls, 0 console errors; summary "${stats}"`);
   } finally {
     if (browser) await browser.close();
     server.kill('SIGTERM');
