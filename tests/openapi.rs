@@ -11,7 +11,13 @@ async fn served_document_matches_the_committed_copy() {
     let (code, served) = app.get_json("/api/openapi.json").await;
     assert_eq!(code, 200);
     assert_eq!(served["openapi"], "3.1.0");
-    for path in ["/api/events", "/api/ws", "/api/tasks/{id}/wait", "/api/batches", "/api/batches/{id}/zip"] {
+    for path in [
+        "/api/events",
+        "/api/ws",
+        "/api/tasks/{id}/wait",
+        "/api/batches",
+        "/api/batches/{id}/zip",
+    ] {
         assert!(served["paths"][path].is_object(), "{path} is described");
     }
     let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
@@ -30,8 +36,16 @@ async fn served_document_matches_the_committed_copy() {
     let page = app.http.get(app.url("/api/docs")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external URL");
-    let script = app.http.get(app.url("/assets/docs.js")).send().await.unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external URL"
+    );
+    let script = app
+        .http
+        .get(app.url("/assets/docs.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(script.status(), 200);
     let script = script.text().await.unwrap();
     assert!(!script.contains("http://") && !script.contains("https://"));
