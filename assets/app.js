@@ -1,4 +1,5 @@
-// darkroom front-end (first version).
+// darkroom front-end. Live progress over Server-Sent Events (one EventSource for every
+// task still running), no polling.
 // Plain ES2020 module: no dependencies, no build step, no innerHTML with data.
 // Every string that comes from the server or the user reaches the DOM through
 // textContent / setAttribute only.
@@ -10,13 +11,12 @@
 const ACCEPTED_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
 const PROMPT_MAX = 5000;
 const PROMPT_WARN = 4500;
-const POLL_INTERVAL_MS = 2000;
-// The single timer ticks faster than the poll interval so that elapsed times
-// refresh every half second and each task is polled close to every 2 s.
+// Elapsed times refresh every half second while a task runs.
 const TICK_MS = 500;
-const POLL_LIMIT_MS = 15 * 60 * 1000;
 const REQUEST_TIMEOUT_MS = 30 * 1000;
-const POLL_TIMEOUT_MS = 15 * 1000;
+// An event id this server never issued: the stream then starts with the watched tasks'
+// current state (a resync) instead of only what happens next.
+const UNKNOWN_EVENT_ID = '0-0';
 // Uploads can be large; give them much longer than ordinary requests.
 const UPLOAD_TIMEOUT_MS = 5 * 60 * 1000;
 const API_KEY_STORAGE = 'darkroom.apiKey';
@@ -41,9 +41,13 @@ const state = {
   submitting: false,
   submitPhase: '', // button text while submitting
   tasks: new Map(), // taskId -> task (see createTask)
-  timer: null, // id of the single polling/elapsed timer, or null when idle
+  timer: null, // id of the elapsed-time timer, or null when idle
+  stream: null, // the EventSource, or null when no task is running
+  streamKey: '', // the task ids the open stream watches, comma-joined
+  lastEventId: '', // the last event id seen: a reopened stream resumes after it
+  filter: 'all', // which task cards are shown: all | active | completed | failed
   dragDepth: 0, // dragenter/dragleave counter for the drop-zone highlight
-  authErrorShown: false, // avoid repeating the 401 message for every poll
+  authErrorShown: false, // avoid repeating the 401 message
   announcements: [], // pending live-region messages (see announce)
 };
 
@@ -614,7 +618,9 @@ async function handleSubmit(event) {
 
     setSubmitting(true, 'Creating tasks…');
     setFormStatus(`Uploaded ${uploaded.length} of ${batch.length}. Creating tasks…`);
-    const data = await api('/api/generate', {
+    // A batch is followed and downloaded (ZIP) as one; single tasks stand alone.
+    const asBatch = els.batchToggle.checked;
+    const data = await api(asBatch ? '/api/batches' : '/api/generate', {
       method: 'POST',
       json: {
         prompt,
@@ -629,12 +635,21 @@ async function handleSubmit(event) {
     const failureLines = applyGenerateFailures(data.failures, uploaded);
     if (failureLines.length > 0) showError('Some tasks could not be created.', '', failureLines);
     setFormStatus(str(data.message) || `Created ${created} task${created === 1 ? '' : 's'}.`);
+    if (asBatch && str(data.batchId)) showBatchLink(str(data.batchId), created);
   } catch (err) {
     showApiError(err, carriedDetails.concat((err && err.details) || []));
     setFormStatus('Generation did not start.');
   } finally {
     setSubmitting(false);
   }
+}
+
+/** Says which batch was created, with its ZIP download (results so far). */
+function showBatchLink(batchId, count) {
+  const link = h('a', 'batch-zip', 'download its results as a ZIP');
+  link.href = `/api/batches/${encodeURIComponent(batchId)}/zip`;
+  link.download = `${batchId}.zip`;
+  els.formStatus.replaceChildren(`Batch ${batchId} created with ${count} task${count === 1 ? '' : 's'}; `, link, '.');
 }
 
 /** Creates task cards from the generate answer; files that got a task leave the selection. */
@@ -659,7 +674,7 @@ function addTasksFromResponse(data, uploaded, prompt, outputFormat) {
   });
   renderFiles();
   renderForm();
-  ensurePollLoop();
+  watchTasks();
   return created;
 }
 
@@ -690,25 +705,22 @@ function createTask({ taskId, source, fileEntry, prompt, outputFormat }) {
     prompt,
     outputFormat,
     status: 'pending',
+    state: 'queued', // darkroom's own state word (queued … succeeded, failed, canceled)
     startedAt: now,
-    endedAt: null, // when the elapsed clock stopped (finished, timed out, stopped)
-    pollStartedAt: now, // start of the current 15-minute polling window
-    nextPollAt: now,
-    inFlight: false,
-    done: false, // completed or failed
-    timedOut: false, // 15 minutes without a final status
-    stopped: false, // the server said the task cannot be checked (e.g. 404)
+    endedAt: null, // when the elapsed clock stopped
+    done: false, // completed or failed (canceled counts as failed)
     resultUrls: [],
     resultsRendered: false,
     error: '',
-    pollError: '',
+    actionError: '', // a cancel or retry the server refused
+    busy: false, // a cancel or retry request is in flight
     credits: null,
     el: null,
   };
 }
 
-function isPolling(task) {
-  return !task.done && !task.timedOut && !task.stopped;
+function isRunning(task) {
+  return !task.done;
 }
 
 function addTask(task) {
@@ -717,6 +729,7 @@ function addTask(task) {
   els.taskList.prepend(task.el.root);
   els.tasksEmpty.hidden = true;
   updateTaskCard(task, Date.now());
+  renderStats();
   announce(`Task ${task.taskId} created.`);
 }
 
@@ -751,31 +764,31 @@ function buildTaskCard(task) {
   const message = h('p', 'task-message');
   message.hidden = true;
 
-  const retry = h('button', 'button secondary task-retry', 'Check again');
+  const actions = h('div', 'task-actions');
+  const cancel = h('button', 'button ghost task-cancel', 'Cancel');
+  cancel.type = 'button';
+  cancel.setAttribute('aria-label', `Cancel task ${task.taskId}`);
+  cancel.addEventListener('click', () => cancelTask(task));
+  const retry = h('button', 'button secondary task-retry', 'Retry');
   retry.type = 'button';
   retry.hidden = true;
-  retry.setAttribute('aria-label', `Check task ${task.taskId} again`);
-  retry.addEventListener('click', () => resumeTask(task));
+  retry.setAttribute('aria-label', `Retry task ${task.taskId} as a new task`);
+  retry.addEventListener('click', () => retryTask(task));
+  actions.append(cancel, retry);
 
   const results = h('div', 'task-results');
-  body.append(idLine, meta, sourceLine, promptLine, message, retry, results);
+  body.append(idLine, meta, sourceLine, promptLine, message, actions, results);
   root.append(thumbWrap, body);
-  return { root, status, elapsed, credits, message, retry, results };
+  return { root, status, elapsed, credits, message, cancel, retry, results };
 }
 
 function taskMessage(task) {
+  if (task.actionError) return { kind: 'error', text: task.actionError };
+  if (task.state === 'canceled') return { kind: 'warning', text: 'Canceled.' };
   if (task.status === 'failed') return { kind: 'error', text: task.error };
-  if (task.stopped) return { kind: 'error', text: task.pollError };
-  if (task.timedOut) {
-    return {
-      kind: 'warning',
-      text: 'Stopped checking after 15 minutes without a final status. The task may still finish; use "Check again" to keep watching.',
-    };
-  }
   if (task.status === 'completed' && task.resultUrls.length === 0) {
     return { kind: 'warning', text: 'Completed, but the server returned no result images.' };
   }
-  if (task.pollError) return { kind: 'warning', text: task.pollError };
   return null;
 }
 
@@ -795,7 +808,11 @@ function updateTaskCard(task, now) {
   el.message.hidden = !message;
   el.message.textContent = message ? message.text : '';
   el.message.dataset.kind = message ? message.kind : '';
-  el.retry.hidden = !(task.timedOut || task.stopped);
+  el.cancel.hidden = task.done;
+  el.cancel.disabled = task.busy;
+  el.retry.hidden = !(task.done && task.status === 'failed');
+  el.retry.disabled = task.busy;
+  el.root.hidden = !matchesFilter(task);
 
   if (task.status === 'completed' && !task.resultsRendered) {
     renderResults(task);
@@ -840,78 +857,189 @@ function renderResults(task) {
   task.el.results.replaceChildren(...figures);
 }
 
-function resumeTask(task) {
+// ---------------------------------------------------------------------------
+// Cancel and retry
+// ---------------------------------------------------------------------------
+
+async function cancelTask(task) {
+  task.busy = true;
+  task.actionError = '';
+  updateTaskCard(task, Date.now());
+  try {
+    const data = await api(`/api/tasks/${encodeURIComponent(task.taskId)}/cancel`, { method: 'POST', json: {} });
+    applyTaskStatus(task, data);
+  } catch (err) {
+    if (!(err instanceof ApiError)) console.error(err);
+    task.actionError = `Could not cancel: ${err instanceof ApiError ? err.message : 'unexpected error'}`;
+  } finally {
+    task.busy = false;
+    updateTaskCard(task, Date.now());
+    renderStats();
+    if (task.done) watchTasks();
+  }
+}
+
+async function retryTask(task) {
+  task.busy = true;
+  task.actionError = '';
+  updateTaskCard(task, Date.now());
+  try {
+    const data = await api(`/api/tasks/${encodeURIComponent(task.taskId)}/retry`, { method: 'POST', json: {} });
+    const taskId = str(data.taskId);
+    if (taskId && !state.tasks.has(taskId)) {
+      const retried = createTask({ taskId, source: null, fileEntry: null, prompt: task.prompt, outputFormat: task.outputFormat });
+      retried.thumbUrl = task.thumbUrl;
+      retried.sourceName = task.sourceName;
+      addTask(retried);
+      watchTasks();
+    }
+  } catch (err) {
+    if (!(err instanceof ApiError)) console.error(err);
+    task.actionError = `Could not retry: ${err instanceof ApiError ? err.message : 'unexpected error'}`;
+  } finally {
+    task.busy = false;
+    updateTaskCard(task, Date.now());
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Task list: filter and summary
+// ---------------------------------------------------------------------------
+
+function matchesFilter(task) {
+  switch (state.filter) {
+    case 'active': return !task.done;
+    case 'completed': return task.status === 'completed';
+    case 'failed': return task.done && task.status === 'failed';
+    default: return true;
+  }
+}
+
+function renderStats() {
+  const tasks = Array.from(state.tasks.values());
+  const active = tasks.filter((t) => !t.done).length;
+  const completed = tasks.filter((t) => t.status === 'completed').length;
+  const failed = tasks.filter((t) => t.done && t.status === 'failed').length;
+  const credits = tasks.reduce((sum, t) => sum + (typeof t.credits === 'number' ? t.credits : 0), 0);
+  els.taskStats.textContent = tasks.length === 0
+    ? ''
+    : `${tasks.length} task${tasks.length === 1 ? '' : 's'} · ${active} running · ${completed} completed · ${failed} failed${credits ? ` · ${credits} credits` : ''}`;
+}
+
+function applyFilter() {
+  state.filter = els.taskFilter.value;
   const now = Date.now();
-  task.timedOut = false;
-  task.stopped = false;
-  task.pollError = '';
-  task.endedAt = null;
-  task.pollStartedAt = now;
-  task.nextPollAt = now;
-  updateTaskCard(task, now);
-  announce(`Checking task ${task.taskId} again.`);
-  ensurePollLoop();
+  for (const task of state.tasks.values()) updateTaskCard(task, now);
 }
 
 // ---------------------------------------------------------------------------
-// Polling: ONE timer for all tasks
+// Live progress: ONE EventSource for every running task, and one clock
 // ---------------------------------------------------------------------------
 
-function ensurePollLoop() {
+/**
+ * (Re)opens the event stream for the tasks still running. A reopened stream resumes
+ * after the last event seen, so nothing published in between is lost; the first one
+ * starts with the tasks' current state.
+ */
+function watchTasks() {
+  const ids = Array.from(state.tasks.values()).filter(isRunning).map((t) => t.taskId);
+  const key = ids.join(',');
+  if (state.stream && key === state.streamKey) return;
+  if (state.stream) {
+    state.stream.close();
+    state.stream = null;
+  }
+  state.streamKey = key;
+  if (ids.length === 0) return;
+  const params = new URLSearchParams({ taskIds: key, lastEventId: state.lastEventId || UNKNOWN_EVENT_ID });
+  // EventSource cannot send an Authorization header; the server takes the key here instead.
+  if (state.apiKey) params.set('access_token', state.apiKey);
+  const stream = new EventSource(`/api/events?${params}`);
+  stream.addEventListener('message', (event) => {
+    if (event.lastEventId) state.lastEventId = event.lastEventId;
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return; // not ours to show; the next event carries the state anyway
+    }
+    handleTaskEvent(data);
+  });
+  stream.addEventListener('open', () => setStreamNotice(''));
+  stream.addEventListener('error', () => {
+    // EventSource reconnects by itself (sending Last-Event-ID); just say so meanwhile.
+    if (stream.readyState === EventSource.CLOSED) {
+      setStreamNotice('Live updates stopped: the server refused the stream. Reload the page to try again.');
+    } else {
+      setStreamNotice('Live updates interrupted: reconnecting…');
+    }
+  });
+  state.stream = stream;
+  ensureClock();
+}
+
+function setStreamNotice(message) {
+  els.streamNotice.textContent = message;
+  els.streamNotice.hidden = !message;
+}
+
+function handleTaskEvent(data) {
+  const task = state.tasks.get(str(data && data.taskId));
+  if (!task || task.done) return;
+  applyTaskStatus(task, data);
+  updateTaskCard(task, Date.now());
+  renderStats();
+  if (task.done) {
+    fetchCredits(task);
+    // Stop watching finished tasks; the stream closes when none is left.
+    watchTasks();
+  }
+}
+
+/** Credits are not part of events: read them once when a task ends. */
+async function fetchCredits(task) {
+  try {
+    const data = await api(`/api/tasks/${encodeURIComponent(task.taskId)}`);
+    if (typeof data.consumeCredits === 'number') {
+      task.credits = data.consumeCredits;
+      updateTaskCard(task, Date.now());
+      renderStats();
+    }
+  } catch {
+    // Credits are a detail; the result is already shown.
+  }
+}
+
+function ensureClock() {
   if (state.timer !== null) return;
-  const anyActive = Array.from(state.tasks.values()).some(isPolling);
-  if (anyActive) state.timer = window.setTimeout(pollTick, TICK_MS);
+  if (Array.from(state.tasks.values()).some(isRunning)) state.timer = window.setTimeout(clockTick, TICK_MS);
 }
 
-function pollTick() {
+function clockTick() {
   state.timer = null;
   const now = Date.now();
   for (const task of state.tasks.values()) {
-    if (!isPolling(task)) continue;
-    if (now - task.pollStartedAt >= POLL_LIMIT_MS) {
-      task.timedOut = true;
-      task.endedAt = now;
-      announce(`Stopped checking task ${task.taskId} after 15 minutes.`);
-    } else if (!task.inFlight && now >= task.nextPollAt) {
-      pollTask(task); // not awaited: tasks are polled concurrently
-    }
-    updateTaskCard(task, now);
+    if (isRunning(task)) updateTaskCard(task, now);
   }
-  ensurePollLoop();
-}
-
-async function pollTask(task) {
-  task.inFlight = true;
-  // Schedule from the start of the request so the cadence stays ~2 s.
-  task.nextPollAt = Date.now() + POLL_INTERVAL_MS;
-  try {
-    const data = await api(`/api/task-status?taskId=${encodeURIComponent(task.taskId)}`, { timeoutMs: POLL_TIMEOUT_MS });
-    applyTaskStatus(task, data);
-  } catch (err) {
-    handlePollError(task, err);
-  } finally {
-    task.inFlight = false;
-    updateTaskCard(task, Date.now());
-    ensurePollLoop();
-  }
+  ensureClock();
 }
 
 function applyTaskStatus(task, data) {
-  task.pollError = '';
   const previous = task.status;
   const status = str(data.status) || task.status;
   task.status = status;
+  task.state = str(data.state) || task.state;
   if (typeof data.consumeCredits === 'number') task.credits = data.consumeCredits;
 
   if (status === 'completed' || status === 'failed') {
     task.done = true;
-    // A late answer can arrive after the 15-minute cut-off; a final status still wins.
-    task.timedOut = false;
     task.endedAt = Date.now();
     if (status === 'completed') {
       task.resultUrls = Array.isArray(data.resultUrls) ? data.resultUrls.filter((u) => typeof u === 'string') : [];
     } else {
-      task.error = str(data.error) || 'The task failed without an error message.';
+      const error = data.error;
+      task.error = (error && typeof error === 'object' ? str(error.message) : str(error))
+        || (task.state === 'canceled' ? 'Canceled.' : 'The task failed without an error message.');
     }
   }
   if (status !== previous) {
@@ -923,36 +1051,6 @@ function applyTaskStatus(task, data) {
     if (status === 'failed') text += ` ${task.error}`;
     announce(text);
   }
-}
-
-function handlePollError(task, err) {
-  const apiErr = err instanceof ApiError ? err : null;
-  const status = apiErr ? apiErr.status : 0;
-  const codeText = apiErr && apiErr.code ? ` (${apiErr.code})` : '';
-  const message = apiErr ? apiErr.message : 'Unexpected error while checking status.';
-  if (!apiErr) console.error(err);
-
-  // 4xx other than 401/408/429 will not fix itself by asking again
-  // (e.g. unknown task id after a server restart): stop and say so.
-  const permanent = status >= 400 && status < 500 && ![401, 408, 429].includes(status);
-  if (permanent) {
-    task.stopped = true;
-    task.endedAt = Date.now();
-    task.pollError = `Stopped checking: ${message}${codeText}`;
-    announce(`Stopped checking task ${task.taskId}: ${message}`);
-    return;
-  }
-  if (status === 401) {
-    showApiKeySection(false);
-    if (!state.authErrorShown) {
-      state.authErrorShown = true;
-      showError('API key missing or wrong', apiErr.code);
-    }
-  }
-  // Network trouble, 5xx, 401 (the key can be fixed meanwhile): keep trying.
-  task.pollError = apiErr && apiErr.network
-    ? 'Could not reach the server to check status. Retrying…'
-    : `Status check failed: ${message.replace(/[.!?]$/, '')}${codeText}. Retrying…`;
 }
 
 // ---------------------------------------------------------------------------
@@ -987,6 +1085,10 @@ function cacheElements() {
     generateHint: byId('generate-hint'),
     formStatus: byId('form-status'),
     tasksEmpty: byId('tasks-empty'),
+    taskFilter: byId('task-filter'),
+    taskStats: byId('task-stats'),
+    streamNotice: byId('stream-notice'),
+    batchToggle: byId('batch-toggle'),
     taskList: byId('task-list'),
     liveRegion: byId('live-region'),
   });
@@ -1009,6 +1111,7 @@ function bindEvents() {
     }
   });
   els.form.addEventListener('submit', handleSubmit);
+  els.taskFilter.addEventListener('change', applyFilter);
 
   els.apiKeyInput.addEventListener('input', () => {
     state.apiKey = els.apiKeyInput.value.trim();

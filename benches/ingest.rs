@@ -207,6 +207,7 @@ async fn darkroom(
             callback_token_hash: String::new(),
             created_at: now,
             retry_of: None,
+            webhook_url: None,
         })
         .collect();
     repo.insert(&tasks).await.unwrap();

@@ -58,6 +58,7 @@ fn new_task() -> NewTask {
         callback_token_hash: String::new(),
         created_at: chrono::Utc::now().timestamp_millis(),
         retry_of: None,
+        webhook_url: None,
     }
 }
 

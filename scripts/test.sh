@@ -4,7 +4,9 @@
 #     passed to the tests as DARKROOM_TEST_S3_URL;
 #   - PostgreSQL on 127.0.0.1:5432 (started if it is down), passed as
 #     DARKROOM_TEST_POSTGRES_URL;
-# then `cargo test`, and stops what it started. Extra arguments go to `cargo test`.
+# then `cargo test`, then the page's browser test (Debian's chromium, headless, driven by
+# playwright-core from tests/browser), and stops what it started. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,13 @@ wait_for_http() {
     return 1
 }
 
+# The browser test needs Debian's chromium; say so before a long cargo test, not after.
+CHROMIUM=/usr/bin/chromium
+if [ ! -x "$CHROMIUM" ]; then
+    log "$CHROMIUM is missing: the browser test needs Debian's chromium (apt-get install -y chromium; .ci/run installs it in CI)"
+    exit 1
+fi
+
 # --- S3: moto's server -------------------------------------------------------
 if [ ! -x "$VENV/bin/moto_server" ]; then
     log "creating $VENV with moto[server]==$MOTO_VERSION"
@@ -62,3 +71,8 @@ fi
 
 log "cargo test $*"
 cargo test --locked "$@"
+
+# --- The web page in a real browser -------------------------------------------
+log "browser test: chromium headless via playwright-core (tests/browser)"
+cargo build --locked --bin darkroom
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node page.test.mjs)

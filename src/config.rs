@@ -62,6 +62,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub fetch: FetchConfig,
     pub auth: AuthConfig,
+    pub webhook: WebhookConfig,
     pub log: LogConfig,
 }
 
@@ -310,6 +311,26 @@ pub struct AuthConfig {
     pub max_pending_tasks: u64,
 }
 
+/// Outbound webhooks (Standard Webhooks): the signing secret and the retry pace.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `whsec_<base64>`. Unset: generated once and kept in `<data_dir>/webhook_secret`.
+    pub secret: Option<Secret>,
+    /// The wait before the first retry, milliseconds; later retries follow the Standard
+    /// Webhooks schedule (5 min, 30 min, 2 h, 5 h, 10 h, 10 h).
+    pub first_retry_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            first_retry_ms: 5000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -334,6 +355,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             fetch: FetchConfig::default(),
             auth: AuthConfig::default(),
+            webhook: WebhookConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -581,6 +603,8 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_KEY_RATE_PER_SEC",
     "DARKROOM_KEY_RATE_BURST",
     "DARKROOM_KEY_MAX_PENDING_TASKS",
+    "DARKROOM_WEBHOOK_SECRET",
+    "DARKROOM_WEBHOOK_FIRST_RETRY_MS",
     "DARKROOM_LOG",
     "DARKROOM_LOG_FORMAT",
 ];
@@ -891,6 +915,15 @@ impl Config {
         )?;
         r.number("DARKROOM_FETCH_TIMEOUT_SECS", &mut self.fetch.timeout_secs)?;
 
+        r.set("DARKROOM_WEBHOOK_SECRET", &mut self.webhook.secret, |v| {
+            crate::webhooks::parse_secret(v)?;
+            Ok(Some(Secret::new(v)))
+        })?;
+        r.number(
+            "DARKROOM_WEBHOOK_FIRST_RETRY_MS",
+            &mut self.webhook.first_retry_ms,
+        )?;
+
         r.set("DARKROOM_LOG", &mut self.log.filter, |v| Ok(v.to_owned()))?;
         r.set("DARKROOM_LOG_FORMAT", &mut self.log.format, |v| {
             Ok(v.to_owned())
@@ -1067,6 +1100,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_gemini()?;
+        if let Some(secret) = &self.webhook.secret {
+            crate::webhooks::parse_secret(secret.expose())
+                .map_err(|p| invalid("webhook.secret (DARKROOM_WEBHOOK_SECRET)", p))?;
+        }
         parse_latency_ms(&self.simulator.latency_ms)
             .map_err(|p| invalid("simulator.latency_ms (DARKROOM_SIM_LATENCY_MS)", p))?;
         for (key, rate) in [

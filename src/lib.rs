@@ -12,6 +12,7 @@ pub mod net;
 pub mod providers;
 pub mod status;
 pub mod storage;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub struct AppState {
     pub access: Arc<dyn AccessRepo>,
     /// Key lookup, per-key limits and the callback rate limit.
     pub auth: Arc<http::auth::Auth>,
+    /// Cancelled when the server shuts down: open streams (SSE, WebSocket, long-polls)
+    /// end, so graceful shutdown is not held up by them.
+    pub streams_closing: CancellationToken,
 }
 
 /// A built darkroom: state, engine and (in the embedded default) its simulator.
@@ -87,6 +91,8 @@ pub struct App {
     pub gemini_simulator: Option<Arc<GeminiSim>>,
     /// Stops the in-process simulator when the app stops.
     sim_shutdown: CancellationToken,
+    /// Delivers outbound webhooks (run with the engine's workers).
+    webhooks: Arc<webhooks::Deliverer>,
 }
 
 /// The URL clients and the provider use to reach this server.
@@ -265,7 +271,9 @@ impl App {
         let events = Arc::new(EventBus::new());
         // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
         // provider's fetches of client input URLs are not results and keep the plain rules.
-        let result_fetcher = fetcher.with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
+        let result_fetcher = fetcher
+            .clone()
+            .with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
@@ -293,6 +301,16 @@ impl App {
             },
             providers: provider_info.clone(),
         };
+        let signer = webhooks::Signer::load(
+            config.webhook.secret.as_ref().map(config::Secret::expose),
+            &config.data_dir,
+        )?;
+        let webhooks = Arc::new(webhooks::Deliverer::new(
+            repo.clone(),
+            fetcher.clone(),
+            signer,
+            Duration::from_millis(config.webhook.first_retry_ms),
+        ));
         Ok(Self {
             state: AppState {
                 config: Arc::new(config),
@@ -303,11 +321,13 @@ impl App {
                 info: Arc::new(info),
                 access,
                 auth,
+                streams_closing: CancellationToken::new(),
             },
             public_url,
             simulator,
             gemini_simulator,
             sim_shutdown,
+            webhooks,
         })
     }
 
@@ -326,12 +346,25 @@ impl App {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))
         });
+        let webhooks = self.state.config.engine.workers.then(|| {
+            let events = self.state.engine.events().clone();
+            tokio::spawn(self.webhooks.clone().run(events, shutdown.clone()))
+        });
         let router = self.router();
         let header_timeout = Duration::from_secs(self.state.config.server.header_timeout_secs);
+        let streams_closing = self.state.streams_closing.clone();
+        let stop_streams = shutdown.clone();
+        tokio::spawn(async move {
+            stop_streams.cancelled().await;
+            streams_closing.cancel();
+        });
         tracing::info!(url = %self.public_url, "darkroom is listening");
         serve_http(listener, router, header_timeout, shutdown.clone()).await;
         if let Some(engine) = engine {
             let _ = engine.await;
+        }
+        if let Some(webhooks) = webhooks {
+            let _ = webhooks.await;
         }
         self.sim_shutdown.cancel();
         Ok(())

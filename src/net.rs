@@ -232,6 +232,46 @@ impl Fetcher {
         })
     }
 
+    /// POSTs `body` to `url` with `headers` (a webhook), under the same rules as every
+    /// fetch: the URL is checked before connecting and the resolver refuses private
+    /// addresses. Redirects are not followed (a POST must not be replayed elsewhere).
+    /// Returns the status of a 2xx answer; anything else is an error.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: Bytes,
+    ) -> Result<u16, FetchError> {
+        let parsed = Url::parse(url).map_err(|_| FetchError::Forbidden {
+            url: url.to_owned(),
+            reason: "not a valid URL".to_owned(),
+        })?;
+        let shown = redact(&parsed);
+        self.check(&parsed)
+            .await
+            .map_err(|reason| FetchError::Forbidden {
+                url: shown.clone(),
+                reason,
+            })?;
+        let response = self
+            .client
+            .post(parsed)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| FetchError::Transport {
+                url: shown.clone(),
+                message: e.without_url().to_string(),
+            })?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            Ok(status)
+        } else {
+            Err(FetchError::Status { url: shown, status })
+        }
+    }
+
     /// Downloads `url` into memory, at most `max_bytes`.
     pub async fn get_bytes(&self, url: &str, max_bytes: u64) -> Result<Bytes, FetchError> {
         let (response, shown) = self.open(url).await?;

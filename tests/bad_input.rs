@@ -144,8 +144,8 @@ async fn generate_refuses_bad_requests_with_stable_codes() {
             "invalid_priority",
         ),
         (
-            json!({"prompt": "p", "imageUrls": ["https://e.com/a.png"], "webhookUrl": "https://e.com/h"}),
-            "unsupported_field",
+            json!({"prompt": "p", "imageUrls": ["https://e.com/a.png"], "webhookUrl": "ftp://e.com/h"}),
+            "invalid_webhook_url",
         ),
         (json!(["prompt"]), "invalid_body"),
     ];

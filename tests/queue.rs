@@ -22,6 +22,7 @@ fn task(owner: Option<&str>, priority: i32, created_at: i64) -> NewTask {
         callback_token_hash: String::new(),
         created_at,
         retry_of: None,
+        webhook_url: None,
     }
 }
 

@@ -723,3 +723,81 @@ async fn keys_made_with_the_cli_authenticate() {
     let revoked = run(&["keys", "revoke", "carol"]);
     assert!(revoked.status.success(), "{revoked:?}");
 }
+
+/// R12 for what arrived with live progress: batches, the long-poll and the event stream.
+#[tokio::test]
+async fn owners_are_isolated_on_batches_waits_and_streams() {
+    let app = spawn_app(&[("DARKROOM_API_KEYS", &keys_env())]).await;
+    let (_, up) = upload_as(&app, Some(ALICE), png(12, 12)).await;
+    let body = json!({"prompt": "p", "uploads": [{"key": up["uploaded"][0]["key"]}]});
+    let (code, batch) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/batches",
+        Some(ALICE),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(code, 200, "{batch}");
+    let batch_id = batch["batchId"].as_str().unwrap().to_owned();
+    let task_id = batch["taskIds"][0].as_str().unwrap().to_owned();
+
+    let mut refused = 0;
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/batches/{batch_id}")),
+        (
+            reqwest::Method::POST,
+            format!("/api/batches/{batch_id}/cancel"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/batches/{batch_id}/retry"),
+        ),
+        (reqwest::Method::GET, format!("/api/batches/{batch_id}/zip")),
+        (
+            reqwest::Method::GET,
+            format!("/api/tasks/{task_id}/wait?timeout=0"),
+        ),
+    ] {
+        let (code, answer) = send(&app, method.clone(), &path, Some(BOB), None).await;
+        assert_eq!(code, 404, "{method} {path} as another key: {answer}");
+        refused += 1;
+    }
+    let (_, listed) = send(&app, reqwest::Method::GET, "/api/batches", Some(BOB), None).await;
+    assert!(
+        listed["batches"].as_array().is_none_or(Vec::is_empty),
+        "{listed}"
+    );
+
+    // Bob's stream, filtered on Alice's task, carries none of its events.
+    let url = app.url(&format!("/api/events?taskIds={task_id}&access_token={BOB}"));
+    let mut bob_stream = app.http.get(url).send().await.unwrap();
+    assert_eq!(bob_stream.status(), 200);
+    // The simulator finishes the task within this; its events go to Alice's streams only.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (_, task) = send(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{task_id}"),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let mut seen = String::new();
+    while let Ok(Ok(Some(chunk))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), bob_stream.chunk()).await
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !seen.contains(&task_id),
+        "another owner's events leaked: {seen}"
+    );
+    // And without a key the stream is refused.
+    let response = app.http.get(app.url("/api/events")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    println!(
+        "R12 (live): {refused} attempts by another key on a batch, its ZIP and a long-poll -> 404; its stream carried 0 of the other owner's events"
+    );
+}

@@ -278,6 +278,23 @@ pub struct GenerateRequest {
     pub output_format: OutputFormat,
     pub priority: i32,
     pub batch_id: Option<String>,
+    /// Where completion and failure events are POSTed (checked again at delivery time
+    /// by the guarded client).
+    pub webhook_url: Option<String>,
+}
+
+/// A webhook target: an absolute http(s) URL of sane length.
+pub fn parse_webhook_url(raw: &str) -> Result<String, InputError> {
+    let bad =
+        |why: &str| InputError::new("invalid_webhook_url", format!("webhookUrl {raw:?} {why}"));
+    if raw.len() > MAX_URL_LEN {
+        return Err(bad("is too long"));
+    }
+    let url = Url::parse(raw).map_err(|_| bad("is not a valid URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must use http or https"));
+    }
+    Ok(url.to_string())
 }
 
 impl GenerateRequest {
@@ -296,12 +313,9 @@ impl GenerateRequest {
             .map_or(Ok(OutputFormat::default()), OutputFormat::parse)?;
         let priority = parse_priority(obj)?;
         let batch_id = parse_batch_id(obj)?;
-        if obj.get("webhookUrl").is_some_and(|v| !v.is_null()) {
-            return Err(InputError::new(
-                "unsupported_field",
-                "webhookUrl is not supported yet; poll /api/task-status instead",
-            ));
-        }
+        let webhook_url = optional_str(obj, "webhookUrl")?
+            .map(parse_webhook_url)
+            .transpose()?;
 
         let mut sources = parse_uploads(obj, "uploads", provider)?;
         sources.extend(parse_urls(obj, "imageUrls", provider)?);
@@ -361,6 +375,7 @@ impl GenerateRequest {
             output_format,
             priority,
             batch_id,
+            webhook_url,
         })
     }
 }

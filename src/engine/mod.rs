@@ -288,6 +288,7 @@ impl Engine {
             callback_token_hash: String::new(),
             created_at: now_ms(),
             retry_of: Some(task.id.clone()),
+            webhook_url: task.webhook_url.clone(),
         };
         let mut stored = self.enqueue(std::slice::from_ref(&new)).await?;
         tracing::info!(task_id = %new.id, retry_of = %task.id, "task retried as a new task");
@@ -299,6 +300,21 @@ impl Engine {
     /// Queues new tasks (one transaction) and wakes the dispatcher.
     pub async fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
         self.repo.insert(tasks).await?;
+        self.queued(tasks).await
+    }
+
+    /// Queues a batch and its tasks in one transaction, like [`Engine::enqueue`].
+    pub async fn enqueue_batch(
+        &self,
+        batch: &crate::storage::Batch,
+        tasks: &[NewTask],
+    ) -> Result<Vec<Task>, RepoError> {
+        self.repo.insert_batch(batch, tasks).await?;
+        self.queued(tasks).await
+    }
+
+    /// After an insert: publish, wake the dispatcher, write the archive records.
+    async fn queued(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
         let mut stored = Vec::with_capacity(tasks.len());
         for new in tasks {
             if let Some(task) = self.repo.get(&new.id).await? {

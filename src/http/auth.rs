@@ -91,10 +91,28 @@ impl FromRequestParts<AppState> for Caller {
 pub fn is_public_path(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/healthz" | "/readyz" | "/api/info" | "/api/callback" | "/favicon.ico"
+        "/" | "/healthz"
+            | "/readyz"
+            | "/api/info"
+            | "/api/callback"
+            | "/favicon.ico"
+            | "/api/openapi.json"
+            | "/api/docs"
     ) || path.starts_with("/api/callback/")
         || path.starts_with("/assets/")
         || path.starts_with("/files/")
+}
+
+/// Streams a browser opens without being able to set headers.
+fn is_stream_path(path: &str) -> bool {
+    matches!(path, "/api/events" | "/api/ws")
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value.into_owned())
+        .filter(|key| !key.is_empty() && key.len() <= 512)
 }
 
 /// Key lookup, per-key limits and the per-key queue cap.
@@ -243,17 +261,21 @@ pub async fn authenticate(
     if is_public_path(request.uri().path()) {
         return next.run(request).await;
     }
-    let Some(header_value) = request.headers().get(header::AUTHORIZATION) else {
+    let presented: Option<String> = match request.headers().get(header::AUTHORIZATION) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(api_key::from_authorization)
+            .map(str::to_owned),
+        // Browsers cannot set headers on EventSource or WebSocket: those two take the key
+        // as `?access_token=` (request logs record paths only, never query strings).
+        None if is_stream_path(request.uri().path()) => query_token(request.uri().query()),
+        None => None,
+    };
+    let Some(key) = presented else {
         return with_challenge(missing_key().into_response());
     };
-    let Some(key) = header_value
-        .to_str()
-        .ok()
-        .and_then(api_key::from_authorization)
-    else {
-        return with_challenge(missing_key().into_response());
-    };
-    let name = match auth.identify(key).await {
+    let name = match auth.identify(&key).await {
         Ok(Some(name)) => name,
         Ok(None) => {
             tracing::warn!(path = %request.uri().path(), "request refused: unknown API key");

@@ -29,6 +29,66 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/generate", post(generate))
 }
 
+/// How this instance reads generation requests.
+pub(super) fn request_policy(state: &AppState) -> RequestPolicy {
+    RequestPolicy {
+        default_provider: ProviderName::parse(&state.config.default_provider)
+            .unwrap_or(ProviderName::Kie),
+        gemini_model: state.config.gemini.model.clone(),
+    }
+}
+
+/// One new task per source of a validated request, owned by the caller (uploads must exist
+/// and be the caller's own).
+pub(super) async fn build_tasks(
+    state: &AppState,
+    caller: &Caller,
+    request: &GenerateRequest,
+    batch_id: Option<String>,
+) -> Result<Vec<NewTask>, ApiError> {
+    let mut references = Vec::with_capacity(request.references.len());
+    for reference in &request.references {
+        references.push(input_url(state, caller, reference).await?);
+    }
+    let now = now_ms();
+    let mut tasks = Vec::with_capacity(request.sources.len());
+    for task_source in &request.sources {
+        let (source, provider) = (&task_source.source, task_source.provider);
+        if !state.engine.has_provider(provider.as_str()) {
+            return Err(ApiError::bad_request(
+                "unsupported_provider",
+                format!(
+                    "provider {:?} is not configured on this server",
+                    provider.as_str()
+                ),
+            ));
+        }
+        let image_url = input_url(state, caller, source).await?;
+        let mut input_urls = vec![image_url.clone()];
+        input_urls.extend(references.iter().cloned());
+        tasks.push(NewTask {
+            id: TaskId::new(),
+            provider: provider.as_str().to_owned(),
+            model: request.model_for(provider).to_owned(),
+            prompt: request.prompt.as_str().to_owned(),
+            source: source.label().to_owned(),
+            image_url,
+            input_urls,
+            aspect_ratio: request.aspect_ratio.as_str().to_owned(),
+            output_format: request.output_format.as_str().to_owned(),
+            priority: request.priority,
+            batch_id: batch_id.clone(),
+            owner: caller.owner().map(str::to_owned),
+            // No token exists until the dispatcher issues one with the create call.
+            callback_token_hash: String::new(),
+            created_at: now,
+            retry_of: None,
+            webhook_url: request.webhook_url.clone(),
+        });
+    }
+    Ok(tasks)
+}
+
 /// The URL the provider fetches an input from. Uploads must exist and belong to the
 /// caller; a URL of one of our own objects is treated as that object (so an unsigned or
 /// someone else's URL cannot smuggle another owner's image into a task).
@@ -83,51 +143,8 @@ async fn generate(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let policy = RequestPolicy {
-        default_provider: ProviderName::parse(&state.config.default_provider)
-            .unwrap_or(ProviderName::Kie),
-        gemini_model: state.config.gemini.model.clone(),
-    };
-    let request = GenerateRequest::from_json(&parse_json(body)?, &policy)?;
-    let mut references = Vec::with_capacity(request.references.len());
-    for reference in &request.references {
-        references.push(input_url(&state, &caller, reference).await?);
-    }
-    let now = now_ms();
-    let mut tasks = Vec::with_capacity(request.sources.len());
-    for task_source in &request.sources {
-        let (source, provider) = (&task_source.source, task_source.provider);
-        if !state.engine.has_provider(provider.as_str()) {
-            return Err(ApiError::bad_request(
-                "unsupported_provider",
-                format!(
-                    "provider {:?} is not configured on this server",
-                    provider.as_str()
-                ),
-            ));
-        }
-        let image_url = input_url(&state, &caller, source).await?;
-        let mut input_urls = vec![image_url.clone()];
-        input_urls.extend(references.iter().cloned());
-        tasks.push(NewTask {
-            id: TaskId::new(),
-            provider: provider.as_str().to_owned(),
-            model: request.model_for(provider).to_owned(),
-            prompt: request.prompt.as_str().to_owned(),
-            source: source.label().to_owned(),
-            image_url,
-            input_urls,
-            aspect_ratio: request.aspect_ratio.as_str().to_owned(),
-            output_format: request.output_format.as_str().to_owned(),
-            priority: request.priority,
-            batch_id: request.batch_id.clone(),
-            owner: caller.owner().map(str::to_owned),
-            // No token exists until the dispatcher issues one with the create call.
-            callback_token_hash: String::new(),
-            created_at: now,
-            retry_of: None,
-        });
-    }
+    let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
+    let tasks = build_tasks(&state, &caller, &request, request.batch_id.clone()).await?;
     // Held until the rows are written: the per-key cap cannot be passed by racing requests.
     let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;
     state.engine.enqueue(&tasks).await?;

@@ -4,16 +4,20 @@
 //! containment, and authentication (default-deny; see [`auth`]).
 
 pub mod auth;
+mod batches;
 mod callback;
 pub mod error;
 mod files;
 mod generate;
 mod health;
 pub mod limits;
+mod live;
+mod openapi;
 mod status;
 mod tasks;
 mod ui;
 mod upload;
+mod zip;
 
 use std::time::Duration;
 
@@ -29,6 +33,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use error::ApiError;
+pub use tasks::task_view;
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
@@ -36,15 +41,27 @@ pub fn router(state: AppState) -> Router {
         base: Duration::from_secs(config.server.body_timeout_secs),
         min_rate_bytes_per_sec: config.server.body_min_rate_bytes,
     };
-    let api = Router::new()
+    // Streams and long-polls stay open by design: they are mounted outside the timeout.
+    let open = Router::new()
+        .merge(live::router())
+        .merge(batches::download_router());
+    let timed = Router::new()
         .merge(upload::router(&config))
         .merge(generate::router())
         .merge(callback::router(&state))
         .merge(status::router())
         .merge(tasks::router())
+        .merge(batches::router())
+        .merge(openapi::router())
         .merge(health::router())
         .merge(files::router())
         .merge(ui::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.server.request_timeout_secs),
+        ));
+    let api = timed
+        .merge(open)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.limits.max_json_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -55,10 +72,6 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .layer(middleware::from_fn(error::log_internal_errors))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.server.request_timeout_secs),
-        ))
         .layer(middleware::from_fn_with_state(
             deadline,
             limits::body_deadline,

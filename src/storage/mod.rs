@@ -10,4 +10,7 @@ mod sqlite_access;
 
 pub use access::{AccessRepo, ApiKeyRecord};
 pub use blob::{BlobError, BlobStore};
-pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+pub use repo::{
+    Batch, BatchCount, DeliveryOutcome, NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate,
+    WebhookDelivery,
+};

@@ -9,7 +9,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+use super::repo::{
+    Batch, BatchCount, DeliveryOutcome, NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate,
+    WebhookDelivery,
+};
 use crate::domain::{TaskId, TaskState};
 
 /// Reads go through a pool; every write goes through one connection. SQLite takes one
@@ -107,6 +110,67 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, RepoError> {
         retry_of: row
             .try_get::<Option<String>, _>("retry_of")?
             .and_then(|id| TaskId::parse(&id)),
+        webhook_url: row.try_get("webhook_url")?,
+    })
+}
+
+/// Inserts tasks inside an open transaction.
+async fn insert_tasks(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tasks: &[NewTask],
+) -> Result<(), RepoError> {
+    for t in tasks {
+        sqlx::query(
+            "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
+                    aspect_ratio, output_format, priority, batch_id, owner, run_at,
+                    callback_token_hash, created_at, updated_at, retry_of, webhook_url)
+                 VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.id.as_str())
+        .bind(&t.provider)
+        .bind(&t.model)
+        .bind(&t.prompt)
+        .bind(&t.source)
+        .bind(&t.image_url)
+        .bind(to_json(&t.input_urls))
+        .bind(&t.aspect_ratio)
+        .bind(&t.output_format)
+        .bind(t.priority)
+        .bind(&t.batch_id)
+        .bind(&t.owner)
+        .bind(t.created_at)
+        .bind(&t.callback_token_hash)
+        .bind(t.created_at)
+        .bind(t.created_at)
+        .bind(t.retry_of.as_ref().map(TaskId::as_str))
+        .bind(&t.webhook_url)
+        .execute(&mut **tx)
+        .await?;
+        if let Some(url) = &t.webhook_url {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, task_id, url, run_at, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(format!("msg_{}", uuid::Uuid::now_v7().simple()))
+            .bind(t.id.as_str())
+            .bind(url)
+            .bind(t.created_at)
+            .bind(t.created_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn batch_from_row(row: &SqliteRow) -> Result<Batch, RepoError> {
+    Ok(Batch {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        prompt: row.try_get("prompt")?,
+        webhook_url: row.try_get("webhook_url")?,
+        total: row.try_get("total")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -122,34 +186,170 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl TaskRepo for SqliteRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
         let mut tx = self.writer.begin().await?;
-        for t in tasks {
-            sqlx::query(
-                "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
-                    aspect_ratio, output_format, priority, batch_id, owner, run_at,
-                    callback_token_hash, created_at, updated_at, retry_of)
-                 VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(t.id.as_str())
-            .bind(&t.provider)
-            .bind(&t.model)
-            .bind(&t.prompt)
-            .bind(&t.source)
-            .bind(&t.image_url)
-            .bind(to_json(&t.input_urls))
-            .bind(&t.aspect_ratio)
-            .bind(&t.output_format)
-            .bind(t.priority)
-            .bind(&t.batch_id)
-            .bind(&t.owner)
-            .bind(t.created_at)
-            .bind(&t.callback_token_hash)
-            .bind(t.created_at)
-            .bind(t.created_at)
-            .bind(t.retry_of.as_ref().map(TaskId::as_str))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_tasks(&mut tx, tasks).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&batch.id)
+        .bind(&batch.owner)
+        .bind(&batch.prompt)
+        .bind(&batch.webhook_url)
+        .bind(batch.total)
+        .bind(batch.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_tasks(&mut tx, tasks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_batch(&self, id: &str) -> Result<Option<Batch>, RepoError> {
+        let row = sqlx::query("SELECT * FROM batches WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    async fn list_batches(
+        &self,
+        owner: Option<Option<String>>,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Batch>, RepoError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM batches WHERE 1 = 1");
+        match owner {
+            Some(Some(owner)) => {
+                q.push(" AND owner = ").push_bind(owner);
+            }
+            Some(None) => {
+                q.push(" AND owner IS NULL");
+            }
+            None => {}
+        }
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(batch_from_row).collect()
+    }
+
+    async fn batch_counts(&self, id: &str) -> Result<Vec<BatchCount>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n, COALESCE(SUM(credits), 0) AS credits
+             FROM tasks WHERE batch_id = ? GROUP BY state",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(BatchCount {
+                    state: TaskState::from_str(&state).map_err(|_| RepoError::Corrupt {
+                        id: id.to_owned(),
+                        message: format!("unknown state {state:?} in batch"),
+                    })?,
+                    count: row.try_get("n")?,
+                    credits: row.try_get("credits")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn due_webhooks(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.task_id, d.url, d.attempts FROM webhook_deliveries d
+             JOIN tasks t ON t.id = d.task_id
+             WHERE d.state = 'pending' AND d.run_at <= ?
+               AND t.state IN ('succeeded', 'failed', 'canceled', 'expired')
+             ORDER BY d.run_at LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let task_id: String = row.try_get("task_id")?;
+                let attempts: i64 = row.try_get("attempts")?;
+                Ok(WebhookDelivery {
+                    id: row.try_get("id")?,
+                    task_id: TaskId::parse(&task_id).ok_or_else(|| RepoError::Corrupt {
+                        id: task_id.clone(),
+                        message: "webhook delivery names an invalid task id".to_owned(),
+                    })?,
+                    url: row.try_get("url")?,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_webhook(&self, id: &str, now: i64, lease_until: i64) -> Result<bool, RepoError> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET run_at = ?, attempts = attempts + 1
+             WHERE id = ? AND state = 'pending' AND run_at <= ?",
+        )
+        .bind(lease_until)
+        .bind(id)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_webhook(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now: i64,
+    ) -> Result<(), RepoError> {
+        let (state, run_at, status, error, delivered_at) = match outcome {
+            DeliveryOutcome::Delivered { status } => {
+                ("delivered", None, Some(*status), None, Some(now))
+            }
+            DeliveryOutcome::Retry {
+                run_at,
+                status,
+                error,
+            } => (
+                "pending",
+                Some(*run_at),
+                *status,
+                Some(error.as_str()),
+                None,
+            ),
+            DeliveryOutcome::GaveUp { status, error } => {
+                ("failed", None, *status, Some(error.as_str()), None)
+            }
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = ?, run_at = COALESCE(?, run_at),
+                 last_status = ?, last_error = ?, delivered_at = ?
+             WHERE id = ?",
+        )
+        .bind(state)
+        .bind(run_at)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(delivered_at)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 

@@ -1,0 +1,371 @@
+//! The batch API: queue many generations as one batch, follow its counts, cancel it, retry
+//! its failed tasks and download its results as one ZIP streamed from the bucket.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::auth::Caller;
+use super::error::{ApiError, parse_json};
+use super::generate::{build_tasks, request_policy};
+use super::tasks::task_view;
+use super::zip::ZipWriter;
+use crate::AppState;
+use crate::domain::TaskState;
+use crate::domain::request::GenerateRequest;
+use crate::engine::{EngineError, now_ms};
+use crate::storage::{Batch, Task, TaskFilter};
+
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+/// Tasks read per page when walking a batch.
+const PAGE: usize = 200;
+/// Chunks buffered between the bucket reader and the client: bounds memory per download.
+const ZIP_BUFFER_CHUNKS: usize = 4;
+
+/// Every route here except the ZIP download (mounted outside the request timeout).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/batches", post(create_batch).get(list_batches))
+        .route("/api/batches/{id}", get(get_batch))
+        .route("/api/batches/{id}/cancel", post(cancel_batch))
+        .route("/api/batches/{id}/retry", post(retry_batch))
+}
+
+/// The ZIP download: a large batch takes longer than the request timeout to stream.
+pub fn download_router() -> Router<AppState> {
+    Router::new().route("/api/batches/{id}/zip", get(download_zip))
+}
+
+/// `bat_` and a UUIDv7 (time-ordered, so listing by id is newest first).
+fn new_batch_id() -> String {
+    format!("bat_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn batch_not_found() -> ApiError {
+    ApiError::not_found("batch_not_found", "no such batch")
+}
+
+/// The batch if it exists and the caller may see it (its owner, when keys are on).
+async fn load_batch(state: &AppState, caller: &Caller, id: &str) -> Result<Batch, ApiError> {
+    let valid = id
+        .strip_prefix("bat_")
+        .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        return Err(batch_not_found());
+    }
+    let batch = state
+        .repo
+        .get_batch(id)
+        .await?
+        .ok_or_else(batch_not_found)?;
+    let owner = caller.owner().map(str::to_owned);
+    if owner.is_some() && batch.owner != owner {
+        return Err(batch_not_found());
+    }
+    Ok(batch)
+}
+
+/// Every task of a batch, newest first.
+async fn batch_tasks(state: &AppState, id: &str) -> Result<Vec<Task>, ApiError> {
+    let mut tasks = Vec::new();
+    let mut before = None;
+    loop {
+        let page = state
+            .repo
+            .list(&TaskFilter {
+                batch_id: Some(id.to_owned()),
+                before: before.clone(),
+                limit: PAGE,
+                ..TaskFilter::default()
+            })
+            .await?;
+        let full = page.len() == PAGE;
+        before = page.last().map(|t| t.id.clone());
+        tasks.extend(page);
+        if !full {
+            return Ok(tasks);
+        }
+    }
+}
+
+/// `{batchId, total, counts, credits, done, …}`; with `tasks` when given.
+async fn batch_view(
+    state: &AppState,
+    batch: &Batch,
+    tasks: Option<&[Task]>,
+) -> Result<Value, ApiError> {
+    let counts = state.repo.batch_counts(&batch.id).await?;
+    let total: i64 = counts.iter().map(|c| c.count).sum();
+    let credits: i64 = counts.iter().map(|c| c.credits).sum();
+    let done = counts.iter().all(|c| c.state.is_terminal());
+    let by_state: BTreeMap<&str, i64> =
+        counts.iter().map(|c| (c.state.as_str(), c.count)).collect();
+    let mut view = json!({
+        "batchId": batch.id,
+        "prompt": batch.prompt,
+        "webhookUrl": batch.webhook_url,
+        "total": total,
+        "submitted": batch.total,
+        "counts": by_state,
+        "credits": credits,
+        "done": done,
+        "createdAt": crate::status::iso_time(batch.created_at),
+    });
+    if let (Some(tasks), Some(obj)) = (tasks, view.as_object_mut()) {
+        let views: Vec<Value> = tasks.iter().map(|t| task_view(t, None)).collect();
+        obj.insert("tasks".to_owned(), Value::Array(views));
+    }
+    Ok(view)
+}
+
+async fn create_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
+    if request.batch_id.is_some() {
+        return Err(ApiError::bad_request(
+            "unsupported_field",
+            "batchId is assigned by the server for /api/batches; leave it out",
+        ));
+    }
+    let owner = caller.owner().map(str::to_owned);
+    let id = new_batch_id();
+    let tasks = build_tasks(&state, &caller, &request, Some(id.clone())).await?;
+    // Held until the rows are written: the per-key cap cannot be passed by racing requests.
+    let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;
+    let batch = Batch {
+        id: id.clone(),
+        owner,
+        prompt: request.prompt.as_str().to_owned(),
+        webhook_url: request.webhook_url.clone(),
+        total: i64::try_from(tasks.len()).unwrap_or(i64::MAX),
+        created_at: now_ms(),
+    };
+    state.engine.enqueue_batch(&batch, &tasks).await?;
+    drop(reservation);
+    tracing::info!(batch_id = %id, count = tasks.len(), "batch queued");
+    Ok(Json(json!({
+        "success": true,
+        "batchId": id,
+        "taskIds": tasks.iter().map(|t| &t.id).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_batches(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1–{MAX_LIMIT}"),
+        ));
+    }
+    let owner = caller.owner().map(|o| Some(o.to_owned()));
+    let mut batches = state
+        .repo
+        .list_batches(owner, query.cursor, limit + 1)
+        .await?;
+    let more = batches.len() > limit;
+    batches.truncate(limit);
+    let next_cursor = more.then(|| batches.last().map(|b| b.id.clone())).flatten();
+    let mut views = Vec::with_capacity(batches.len());
+    for batch in &batches {
+        views.push(batch_view(&state, batch, None).await?);
+    }
+    Ok(Json(json!({"batches": views, "nextCursor": next_cursor})))
+}
+
+async fn get_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = load_batch(&state, &caller, &id).await?;
+    let tasks = batch_tasks(&state, &batch.id).await?;
+    Ok(Json(batch_view(&state, &batch, Some(&tasks)).await?))
+}
+
+async fn cancel_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = load_batch(&state, &caller, &id).await?;
+    let mut canceled = Vec::new();
+    for task in batch_tasks(&state, &batch.id).await? {
+        if task.state.is_terminal() {
+            continue;
+        }
+        match state.engine.cancel(&task.id).await {
+            Ok(task) => canceled.push(task.id),
+            // It finished (or was canceled) between the read and the cancel: nothing to do.
+            Err(EngineError::Conflict { .. } | EngineError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(batch_id = %batch.id, count = canceled.len(), "batch canceled");
+    let mut view = batch_view(&state, &batch, None).await?;
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert("canceled".to_owned(), json!(canceled));
+    }
+    Ok(Json(view))
+}
+
+async fn retry_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = load_batch(&state, &caller, &id).await?;
+    let tasks = batch_tasks(&state, &batch.id).await?;
+    // A failed task already retried (by an earlier call) is not retried twice.
+    let retried_before: HashSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t.retry_of.as_ref().map(|r| r.as_str()))
+        .collect();
+    let mut retried = Vec::new();
+    for task in &tasks {
+        let failed = matches!(task.state, TaskState::Failed | TaskState::Expired);
+        if !failed || retried_before.contains(task.id.as_str()) {
+            continue;
+        }
+        match state.engine.retry(&task.id).await {
+            Ok(new) => retried.push(json!({"retryOf": task.id, "taskId": new.id})),
+            Err(EngineError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(batch_id = %batch.id, count = retried.len(), "batch failures retried");
+    let mut view = batch_view(&state, &batch, None).await?;
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert("retried".to_owned(), Value::Array(retried));
+    }
+    Ok(Json(view))
+}
+
+/// The name of a result in the archive: `<taskId>-<n>.<ext>` (the key's extension).
+fn entry_name(task: &Task, index: usize, key: &str) -> String {
+    let ext = key
+        .rsplit_once('.')
+        .map(|(_, e)| e)
+        .filter(|e| e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or("bin");
+    format!("{}-{}.{ext}", task.id, index + 1)
+}
+
+async fn download_zip(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let batch = load_batch(&state, &caller, &id).await?;
+    let mut tasks = batch_tasks(&state, &batch.id).await?;
+    tasks.reverse(); // oldest first: the archive lists results in submission order
+    let entries: Vec<(String, String)> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Succeeded)
+        .flat_map(|t| {
+            t.result_keys
+                .iter()
+                .enumerate()
+                .map(move |(i, key)| (entry_name(t, i, key), key.clone()))
+        })
+        .collect();
+    tracing::info!(batch_id = %batch.id, entries = entries.len(), "streaming batch ZIP");
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(ZIP_BUFFER_CHUNKS);
+    let blobs = state.blobs.clone();
+    let batch_id = batch.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = write_zip(&blobs, &entries, &sender).await {
+            // Headers are gone already: the only way to tell the client is to break the
+            // stream, so a truncated archive is never mistaken for a whole one.
+            tracing::error!(batch_id = %batch_id, error = %e, "batch ZIP aborted");
+            let _ = sender.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+    });
+    let body = Body::from_stream(tokio_stream_from(receiver));
+    let disposition = format!("attachment; filename=\"{}.zip\"", batch.id);
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    receiver: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ZipError {
+    #[error(transparent)]
+    TooLarge(#[from] super::zip::TooLarge),
+    #[error("reading {key} from the bucket: {message}")]
+    Read { key: String, message: String },
+    #[error("the client went away")]
+    Gone,
+}
+
+/// Writes the archive into `sender`, one bucket chunk at a time.
+async fn write_zip(
+    blobs: &crate::storage::BlobStore,
+    entries: &[(String, String)],
+    sender: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), ZipError> {
+    let send =
+        |chunk: Bytes| async move { sender.send(Ok(chunk)).await.map_err(|_| ZipError::Gone) };
+    let mut zip = ZipWriter::new();
+    for (name, key) in entries {
+        let read_error = |message: String| ZipError::Read {
+            key: key.clone(),
+            message,
+        };
+        let object = blobs
+            .get(key)
+            .await
+            .map_err(|e| read_error(e.to_string()))?;
+        send(zip.start(name)?).await?;
+        let mut stream = object.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| read_error(e.to_string()))?;
+            zip.data(&chunk)?;
+            send(chunk).await?;
+        }
+        send(zip.finish_entry()?).await?;
+    }
+    send(zip.finish()?).await?;
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! Outbound webhooks, signed per Standard Webhooks (<https://www.standardwebhooks.com/>).
+//!
+//! A task that asked for a webhook (its own `webhookUrl`, or its batch's) has a delivery row
+//! written in the same transaction as the task. When the task is final, the delivery is
+//! POSTed through the guarded [`Fetcher`] (same SSRF rules as every outbound request) with
+//! `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! "{id}.{timestamp}.{body}">`. Failures are retried on the Standard Webhooks schedule for
+//! about a day; the row is the source of truth, so a restart resumes where it stopped.
+//! The event bus only wakes the deliverer early; a periodic sweep finds everything else.
+//!
+//! The secret is one per instance for now (`DARKROOM_WEBHOOK_SECRET`, or generated once
+//! and kept in `<data_dir>/webhook_secret`). MERGE: with API keys, one per key.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures::StreamExt;
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde_json::json;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::now_ms;
+use crate::events::EventBus;
+use crate::net::{FetchError, Fetcher};
+use crate::storage::{DeliveryOutcome, TaskRepo, WebhookDelivery};
+
+const SECRET_PREFIX: &str = "whsec_";
+/// Random bytes in a generated secret (Standard Webhooks: 24 to 64).
+const GENERATED_SECRET_BYTES: usize = 32;
+/// Waits after a failed attempt, after the first (configurable) one: the Standard Webhooks
+/// schedule. Eight attempts in all, over about 27 hours.
+const LATER_RETRIES: [Duration; 6] = [
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+/// How long one attempt may hold its delivery before another worker may take it.
+const ATTEMPT_LEASE: Duration = Duration::from_secs(120);
+/// How often the deliverer looks for due deliveries when nothing wakes it.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Deliveries attempted at once.
+const CONCURRENCY: usize = 8;
+const BATCH: usize = 64;
+
+/// Decodes a `whsec_<base64>` secret into its key bytes.
+pub fn parse_secret(raw: &str) -> Result<Vec<u8>, String> {
+    let encoded = raw.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
+        format!("must start with {SECRET_PREFIX} (whsec_<base64 of 24–64 random bytes>)")
+    })?;
+    let key = BASE64
+        .decode(encoded)
+        .map_err(|_| "is not whsec_ followed by standard base64".to_owned())?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!(
+            "decodes to {} bytes; use 24–64 random bytes",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// Signs webhook payloads with one secret.
+#[derive(Clone)]
+pub struct Signer {
+    key: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer([redacted])")
+    }
+}
+
+impl Signer {
+    pub fn new(secret: &str) -> Result<Self, String> {
+        Ok(Self {
+            key: Arc::new(parse_secret(secret)?),
+        })
+    }
+
+    /// The configured secret, or the one kept in `<data_dir>/webhook_secret` (created
+    /// with a fresh random secret, readable by the owner only, on first start).
+    pub fn load(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        if let Some(secret) = configured {
+            return Self::new(secret).map_err(|p| anyhow::anyhow!("DARKROOM_WEBHOOK_SECRET {p}"));
+        }
+        let path = data_dir.join("webhook_secret");
+        match std::fs::read_to_string(&path) {
+            Ok(stored) => Self::new(stored.trim())
+                .map_err(|p| anyhow::anyhow!("{}: the stored webhook secret {p}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; GENERATED_SECRET_BYTES];
+                rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+                let secret = format!("{SECRET_PREFIX}{}", BASE64.encode(bytes));
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating {}", data_dir.display()))?;
+                write_private(&path, &secret)
+                    .with_context(|| format!("writing the webhook secret to {}", path.display()))?;
+                tracing::info!(path = %path.display(), "generated a webhook signing secret");
+                Self::new(&secret).map_err(|p| anyhow::anyhow!("generated secret {p}"))
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        // HMAC takes a key of any length; this cannot fail.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// Delivers due webhooks until shutdown.
+pub struct Deliverer {
+    repo: Arc<dyn TaskRepo>,
+    fetcher: Fetcher,
+    signer: Signer,
+    first_retry: Duration,
+}
+
+impl Deliverer {
+    pub fn new(
+        repo: Arc<dyn TaskRepo>,
+        fetcher: Fetcher,
+        signer: Signer,
+        first_retry: Duration,
+    ) -> Self {
+        Self {
+            repo,
+            fetcher,
+            signer,
+            first_retry,
+        }
+    }
+
+    /// The wait after failed attempt number `attempts` (1-based); `None`: give up.
+    fn backoff(&self, attempts: u32) -> Option<Duration> {
+        match attempts {
+            0 | 1 => Some(self.first_retry),
+            n => LATER_RETRIES.get(usize::try_from(n - 2).ok()?).copied(),
+        }
+    }
+
+    pub async fn run(self: Arc<Self>, events: Arc<EventBus>, shutdown: CancellationToken) {
+        let mut receiver = events.subscribe();
+        loop {
+            if let Err(e) = self.deliver_due().await {
+                tracing::warn!(error = %e, "webhooks: looking for due deliveries failed");
+            }
+            // A final task wakes the deliverer at once; otherwise the sweep finds retries.
+            let sleep = tokio::time::sleep(SWEEP);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = &mut sleep => break,
+                    received = receiver.recv() => match received {
+                        Ok(event) if event.is_terminal() => break,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        // The bus lives as long as `events`; treat its end like a sweep.
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep(SWEEP).await;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn deliver_due(&self) -> Result<(), crate::storage::RepoError> {
+        loop {
+            let due = self.repo.due_webhooks(now_ms(), BATCH).await?;
+            let count = due.len();
+            futures::stream::iter(due)
+                .for_each_concurrent(CONCURRENCY, |delivery| async move {
+                    if let Err(e) = self.attempt(&delivery).await {
+                        tracing::warn!(webhook_id = %delivery.id, error = %e, "webhooks: recording an attempt failed");
+                    }
+                })
+                .await;
+            if count < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn attempt(&self, delivery: &WebhookDelivery) -> Result<(), crate::storage::RepoError> {
+        let now = now_ms();
+        let lease = now + i64::try_from(ATTEMPT_LEASE.as_millis()).unwrap_or(i64::MAX);
+        if !self.repo.claim_webhook(&delivery.id, now, lease).await? {
+            return Ok(()); // another worker has it
+        }
+        let attempt = delivery.attempts + 1;
+        let Some(task) = self.repo.get(&delivery.task_id).await? else {
+            let outcome = DeliveryOutcome::GaveUp {
+                status: None,
+                error: "the task no longer exists".to_owned(),
+            };
+            return self
+                .repo
+                .finish_webhook(&delivery.id, &outcome, now_ms())
+                .await;
+        };
+        let timestamp = now / 1000;
+        let body = json!({
+            "type": format!("task.{}", task.state.as_str()),
+            "timestamp": crate::status::iso_time(now),
+            "data": crate::http::task_view(&task, None),
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let values = [
+            ("webhook-id", delivery.id.clone()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                self.signer.sign(&delivery.id, timestamp, &body),
+            ),
+        ];
+        for (name, value) in values {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        let result = self.fetcher.post(&delivery.url, headers, body).await;
+        let outcome = match result {
+            Ok(status) => {
+                tracing::info!(webhook_id = %delivery.id, task_id = %task.id, attempt, status, "webhook delivered");
+                DeliveryOutcome::Delivered { status }
+            }
+            Err(e) => {
+                let status = match &e {
+                    FetchError::Status { status, .. } => Some(*status),
+                    _ => None,
+                };
+                // A refused URL (private address, bad scheme) will not change: give up now.
+                let retry = !matches!(e, FetchError::Forbidden { .. });
+                match self.backoff(attempt).filter(|_| retry) {
+                    Some(wait) => {
+                        let run_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                        tracing::warn!(webhook_id = %delivery.id, task_id = %task.id, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed; will retry");
+                        DeliveryOutcome::Retry {
+                            run_at,
+                            status,
+                            error: e.to_string(),
+                        }
+                    }
+                    None => {
+                        tracing::error!(webhook_id = %delivery.id, task_id = %task.id, attempt, error = %e, "webhook not delivered; giving up");
+                        DeliveryOutcome::GaveUp {
+                            status,
+                            error: e.to_string(),
+                        }
+                    }
+                }
+            }
+        };
+        self.repo
+            .finish_webhook(&delivery.id, &outcome, now_ms())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification's reference tests.
+        let signer = Signer::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signer.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn secrets_are_checked() {
+        assert!(parse_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(parse_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(parse_secret("whsec_!!!").is_err());
+        assert!(parse_secret("whsec_c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn a_generated_secret_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Signer::load(None, dir.path()).unwrap();
+        let b = Signer::load(None, dir.path()).unwrap();
+        assert_eq!(a.sign("m", 1, b"x"), b.sign("m", 1, b"x"));
+    }
+}

@@ -1,0 +1,462 @@
+//! Live progress: SSE (`/api/events`) order and resume, 1,000 concurrent SSE clients, the
+//! WebSocket's subscribe / unsubscribe, and the long-poll `/api/tasks/{id}/wait`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{TestApp, spawn_app};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// One parsed SSE message.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<String>,
+    event: Option<String>,
+    data: Value,
+}
+
+/// Reads an SSE response body message by message.
+struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(
+        app: &TestApp,
+        http: &reqwest::Client,
+        query: &str,
+        last_id: Option<&str>,
+    ) -> Self {
+        let mut request = http.get(app.url(&format!("/api/events{query}")));
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("SSE connects");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message (comments and keep-alives skipped).
+    async fn next(&mut self) -> Sse {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return Sse {
+                    id,
+                    event,
+                    data: serde_json::from_str(&data).expect("SSE data is JSON"),
+                };
+            }
+            let chunk = self.body.next().await.expect("stream open").expect("chunk");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads until every task in `ids` has had a terminal event; returns all task events.
+    async fn until_terminal(&mut self, ids: &HashSet<String>, timeout: Duration) -> Vec<Sse> {
+        let mut done = HashSet::new();
+        let mut seen = Vec::new();
+        tokio::time::timeout(timeout, async {
+            while !ids.iter().all(|id| done.contains(id)) {
+                let message = self.next().await;
+                let id = message.data["taskId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if terminal(&message.data) {
+                    done.insert(id);
+                }
+                seen.push(message);
+            }
+        })
+        .await
+        .expect("every task reaches a terminal state in time");
+        seen
+    }
+}
+
+fn terminal(event: &Value) -> bool {
+    matches!(
+        event["state"].as_str(),
+        Some("succeeded" | "failed" | "canceled" | "expired")
+    )
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.rsplit_once('-').unwrap().1.parse().unwrap()
+}
+
+const ORDER: [&str; 6] = [
+    "queued",
+    "submitting",
+    "submitted",
+    "running",
+    "ingesting",
+    "succeeded",
+];
+
+#[tokio::test]
+async fn per_task_event_order() {
+    let app = spawn_app(&[]).await;
+    let mut stream = SseReader::open(&app, &app.http, "", None).await;
+    let ids: HashSet<String> = app.generate_many(8, json!({})).await.into_iter().collect();
+    let events = stream.until_terminal(&ids, Duration::from_secs(30)).await;
+
+    let mut per_task: HashMap<String, Vec<String>> = HashMap::new();
+    let mut last_seq = 0;
+    for event in &events {
+        let seq = seq_of(event.id.as_deref().expect("every event has an id"));
+        assert!(seq > last_seq, "ids increase: {seq} after {last_seq}");
+        last_seq = seq;
+        per_task
+            .entry(event.data["taskId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event.data["state"].as_str().unwrap().to_owned());
+    }
+    for (task, states) in &per_task {
+        assert_eq!(
+            states.first().map(String::as_str),
+            Some("queued"),
+            "{task}: {states:?}"
+        );
+        assert_eq!(
+            states.last().map(String::as_str),
+            Some("succeeded"),
+            "{task}: {states:?}"
+        );
+        let ranks: Vec<usize> = states
+            .iter()
+            .map(|s| ORDER.iter().position(|o| o == s).expect("known state"))
+            .collect();
+        assert!(
+            ranks.windows(2).all(|w| w[0] < w[1]),
+            "{task}: {states:?} in order, no repeats"
+        );
+    }
+    println!(
+        "per_task_event_order: {} tasks, {} events, every task queued → … → succeeded in order",
+        per_task.len(),
+        events.len()
+    );
+}
+
+#[tokio::test]
+async fn resume_with_last_event_id_misses_nothing() {
+    let app = spawn_app(&[("DARKROOM_SIM_LATENCY_MS", "100-400")]).await;
+    let mut all = app.events.subscribe();
+    let mut first = SseReader::open(&app, &app.http, "", None).await;
+    let ids: HashSet<String> = app.generate_many(20, json!({})).await.into_iter().collect();
+
+    // Read a few events, then drop the connection while tasks keep changing.
+    let mut received = Vec::new();
+    for _ in 0..15 {
+        received.push(first.next().await);
+    }
+    drop(first);
+    let last_id = received.last().unwrap().id.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut second = SseReader::open(&app, &app.http, "", Some(&last_id)).await;
+    let mut done: HashSet<String> = received
+        .iter()
+        .filter(|e| terminal(&e.data))
+        .map(|e| e.data["taskId"].as_str().unwrap().to_owned())
+        .collect();
+    let resumed_from = received.len();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !ids.iter().all(|id| done.contains(id)) {
+            let event = second.next().await;
+            if terminal(&event.data) {
+                done.insert(event.data["taskId"].as_str().unwrap().to_owned());
+            }
+            received.push(event);
+        }
+    })
+    .await
+    .expect("all tasks final");
+
+    // The truth: every event the bus published for these tasks.
+    let mut truth = Vec::new();
+    while let Ok(event) = all.try_recv() {
+        truth.push(event.seq);
+    }
+    let got: Vec<u64> = received
+        .iter()
+        .map(|e| seq_of(e.id.as_deref().unwrap()))
+        .collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "no duplicates, in order"
+    );
+    let last = *got.last().unwrap();
+    let expected: Vec<u64> = truth.into_iter().filter(|s| *s <= last).collect();
+    assert_eq!(
+        got, expected,
+        "the resumed stream has every event exactly once"
+    );
+    println!(
+        "resume_with_last_event_id_misses_nothing: {} events before the drop, {} after resuming from {last_id}, 0 missed, 0 duplicated",
+        resumed_from,
+        got.len() - resumed_from
+    );
+}
+
+#[tokio::test]
+async fn stale_last_event_id_resynchronises() {
+    let app = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
+    let ids = app.generate_many(2, json!({})).await;
+    let query = format!("?taskIds={}", ids.join(","));
+    let mut stream = SseReader::open(&app, &app.http, &query, Some("1-5")).await;
+    let resync = stream.next().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"), "{resync:?}");
+    let mut snapshots = HashSet::new();
+    for _ in 0..2 {
+        let event = stream.next().await;
+        assert_eq!(event.data["state"], "queued");
+        snapshots.insert(event.data["taskId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(snapshots, ids.into_iter().collect());
+}
+
+#[tokio::test]
+async fn thousand_sse_clients_each_receive_every_event() {
+    const CLIENTS: usize = 1000;
+    let app = spawn_app(&[]).await;
+    let rss_before = rss_kib();
+    let start = Instant::now();
+    // HTTP/1.1: each open stream holds its own connection, so 1,000 concurrent requests
+    // are 1,000 connections and 1,000 server-side subscribers.
+    let readers: Vec<SseReader> =
+        futures::future::join_all((0..CLIENTS).map(|_| SseReader::open(&app, &app.http, "", None)))
+            .await;
+    let connected = start.elapsed();
+    let rss_connected = rss_kib();
+    let mut all = app.events.subscribe();
+    let ids: HashSet<String> = app.generate_many(5, json!({})).await.into_iter().collect();
+
+    let started = Instant::now();
+    let handles: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let events = reader.until_terminal(&ids, Duration::from_secs(60)).await;
+                events
+                    .iter()
+                    .map(|e| seq_of(e.id.as_deref().unwrap()))
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut received = Vec::with_capacity(CLIENTS);
+    for handle in handles {
+        received.push(handle.await.expect("client task"));
+    }
+    let delivered = started.elapsed();
+    let mut truth = Vec::new();
+    while let Ok(event) = all.try_recv() {
+        truth.push(event.seq);
+    }
+    for seqs in &received {
+        let last = *seqs.last().unwrap();
+        let expected: Vec<u64> = truth.iter().copied().filter(|s| *s <= last).collect();
+        assert_eq!(seqs, &expected, "every client gets every event, in order");
+    }
+    let rss_after = rss_kib();
+    println!(
+        "thousand_sse_clients: {CLIENTS} clients connected in {connected:?}; {} events each ({} deliveries) in {delivered:?} after the last submit; RSS (test + server in one process) {} MiB before, {} MiB with {CLIENTS} streams open (+{} KiB per client), {} MiB after delivery",
+        truth.len(),
+        truth.len() * CLIENTS,
+        rss_before / 1024,
+        rss_connected / 1024,
+        (rss_connected.saturating_sub(rss_before)) / CLIENTS as u64,
+        rss_after / 1024,
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn ws_next(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_subscribe_and_unsubscribe() {
+    let app = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
+    let ws_url = app.url("/api/ws").replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("ws connects");
+
+    // Nothing subscribed: an event for another task does not arrive.
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "batchIds": ["wsb"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let ack = ws_next(&mut ws).await;
+    assert_eq!(
+        ack,
+        json!({"type": "subscribed", "all": false, "taskIds": [], "batchIds": ["wsb"]})
+    );
+    let other = app.generate_many(1, json!({})).await;
+    let mine = app.generate_many(2, json!({"batchId": "wsb"})).await;
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let event = ws_next(&mut ws).await;
+        assert_eq!(event["type"], "event", "{event}");
+        assert_eq!(event["event"]["batchId"], "wsb", "{event}");
+        assert_eq!(event["event"]["state"], "queued");
+        assert!(event["id"].is_string());
+        got.insert(event["event"]["taskId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, mine.iter().cloned().collect());
+    assert!(!got.contains(&other[0]));
+
+    // Subscribe to one task by id, unsubscribe from the batch: only that task's events.
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "taskIds": [other[0]]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_next(&mut ws).await["taskIds"], json!([other[0]]));
+    ws.send(Message::Text(
+        json!({"type": "unsubscribe", "batchId": "wsb"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let ack = ws_next(&mut ws).await;
+    assert_eq!(ack["batchIds"], json!([]));
+    let (code, _) = app
+        .post_json(&format!("/api/tasks/{}/cancel", mine[0]), &json!({}))
+        .await;
+    assert_eq!(code, 200);
+    let (code, _) = app
+        .post_json(&format!("/api/tasks/{}/cancel", other[0]), &json!({}))
+        .await;
+    assert_eq!(code, 200);
+    let event = ws_next(&mut ws).await;
+    assert_eq!(
+        event["event"]["taskId"],
+        other[0].as_str(),
+        "the unsubscribed batch is silent: {event}"
+    );
+    assert_eq!(event["event"]["state"], "canceled");
+
+    // A bad message is answered, not fatal.
+    ws.send(Message::Text("{\"type\":\"dance\"}".into()))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut ws).await["code"], "unknown_message_type");
+    ws.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(ws_next(&mut ws).await["code"], "invalid_message");
+    println!("websocket_subscribe_and_unsubscribe: batch, task-id and unsubscribe filters hold");
+}
+
+#[tokio::test]
+async fn wait_returns_on_completion_and_on_timeout() {
+    let app = spawn_app(&[("DARKROOM_SIM_LATENCY_MS", "300-400")]).await;
+    let ids = app.generate_many(1, json!({})).await;
+    let start = Instant::now();
+    let (code, body) = app
+        .get_json(&format!("/api/tasks/{}/wait?timeout=30", ids[0]))
+        .await;
+    let took = start.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["state"], "succeeded", "{body}");
+    assert_eq!(body["timedOut"], false);
+    assert!(
+        took < Duration::from_secs(10),
+        "returned on completion ({took:?})"
+    );
+
+    // Already final: at once.
+    let start = Instant::now();
+    let (_, again) = app
+        .get_json(&format!("/api/tasks/{}/wait?timeout=30", ids[0]))
+        .await;
+    assert_eq!(again["state"], "succeeded");
+    let immediate = start.elapsed();
+    assert!(immediate < Duration::from_secs(1));
+
+    // Never final (workers off): the timeout answers with the current state.
+    let idle = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
+    let queued = idle.generate_many(1, json!({})).await;
+    let start = Instant::now();
+    let (code, body) = idle
+        .get_json(&format!("/api/tasks/{}/wait?timeout=0.5", queued[0]))
+        .await;
+    let waited = start.elapsed();
+    assert_eq!(code, 200);
+    assert_eq!(body["state"], "queued");
+    assert_eq!(body["timedOut"], true);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    let (code, body) = idle
+        .get_json(&format!("/api/tasks/{}/wait?timeout=999", queued[0]))
+        .await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (400, Some("invalid_timeout")),
+        "{body}"
+    );
+    println!(
+        "wait_returns_on_completion_and_on_timeout: completion after {took:?}, already-final in {immediate:?}, timeout=0.5 answered after {waited:?}"
+    );
+}
