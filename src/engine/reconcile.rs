@@ -106,10 +106,18 @@ impl Engine {
         let update = TaskUpdate {
             error: Some(Some((
                 "submit_unconfirmed".to_owned(),
-                format!(
-                    "the create request got no answer and the provider never called back within {minutes} min; \
-                     it was not resubmitted, to avoid paying twice (DARKROOM_RESUBMIT_UNCONFIRMED)"
-                ),
+                if self.settings.resubmit_unconfirmed {
+                    format!(
+                        "{} create requests got no answer and the provider never called back within {minutes} min \
+                         of the last; the attempts are used up (DARKROOM_MAX_ATTEMPTS)",
+                        task.attempts
+                    )
+                } else {
+                    format!(
+                        "the create request got no answer and the provider never called back within {minutes} min; \
+                         it was not resubmitted, to avoid paying twice (DARKROOM_RESUBMIT_UNCONFIRMED)"
+                    )
+                },
             ))),
             ..TaskUpdate::default()
         };
