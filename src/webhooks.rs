@@ -9,7 +9,7 @@
 //! The event bus only wakes the deliverer early; a periodic sweep finds everything else.
 //!
 //! The secret is one per instance for now (`DARKROOM_WEBHOOK_SECRET`, or generated once
-//! and kept in `<data_dir>/webhook_secret`). MERGE: with API keys, one per key.
+//! and kept in `<data_dir>/webhook_secret`); a secret per API key is not built yet.
 
 use std::path::Path;
 use std::sync::Arc;
