@@ -190,7 +190,7 @@ impl GeminiClient {
             .await;
         let response = sent.map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let header_retry_after = retry_after_header(response.headers());
+        let header_retry_after = super::retry_after(response.headers());
         let answer = read_capped(response, self.settings.max_answer_bytes)
             .await
             .map_err(|e| match e {
@@ -601,17 +601,6 @@ fn retry_info_delay(error: &Value) -> Option<Duration> {
             let secs: f64 = raw.trim().parse().ok()?;
             (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
         })
-}
-
-fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.min(3600)))
 }
 
 enum ReadError {

@@ -79,7 +79,7 @@ impl KieClient {
             Err(e) => return Err(transport_error(&e, sent_is_ambiguous)),
         };
         let status = response.status();
-        let retry_after = retry_after(response.headers());
+        let retry_after = super::retry_after(response.headers());
         let body = match read_capped(response).await {
             Ok(body) => body,
             Err(e) => return Err(transport_error(&e, sent_is_ambiguous)),
@@ -132,17 +132,6 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.min(3600)))
 }
 
 fn envelope_code(envelope: &Value) -> Option<i64> {

@@ -109,6 +109,18 @@ impl ProviderError {
     }
 }
 
+/// A provider's `Retry-After` in seconds (the form KIE and Google send), capped at an hour.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Short name stored with each task and used in keys and ids (`kie`, `gemini`).
