@@ -25,21 +25,26 @@ const CAPACITY: usize = 4096;
 /// Events kept for resuming streams.
 pub const HISTORY: usize = 10_000;
 
-#[derive(Clone, Debug, Serialize)]
+/// One state change of one task, as streams and webhooks carry it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskEvent {
-    /// Increases by one per event in this process.
+    /// Increases by one per event in this process (0 in a resynchronising snapshot).
     pub seq: u64,
     pub task_id: TaskId,
     pub batch_id: Option<String>,
     #[serde(skip)]
     pub owner: Option<String>,
+    #[schema(value_type = crate::domain::TaskState)]
     pub state: &'static str,
     /// The original's word for the state.
+    #[schema(value_type = crate::domain::task::CompatStatus)]
     pub status: &'static str,
+    /// The results in your bucket, once succeeded.
     pub result_urls: Vec<String>,
     pub error: Option<String>,
     pub error_code: Option<String>,
+    #[schema(format = DateTime)]
     pub at: String,
 }
 

@@ -5,9 +5,11 @@
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use quick_cache::sync::Cache;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::json;
 
-use crate::domain::TaskId;
+use crate::domain::task::CompatStatus;
+use crate::domain::{TaskId, TaskState};
 use crate::storage::Task;
 
 /// A ready status answer and the owner it may be shown to. The owner travels with the
@@ -70,36 +72,60 @@ fn error_text(task: &Task) -> Option<String> {
     }
 }
 
-/// `GET /api/task-status`: the original's shape and vocabulary, plus darkroom's richer
-/// `state`, the provider's id and a machine-readable `errorCode`.
+/// `GET /api/task-status`'s answer: the original's shape and vocabulary, plus darkroom's
+/// richer `state`, the provider's id and a machine-readable `errorCode`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompatStatusBody {
+    pub success: bool,
+    pub task_id: TaskId,
+    /// The original's word: pending, processing, completed or failed.
+    pub status: CompatStatus,
+    pub state: TaskState,
+    pub prompt: String,
+    /// The source image.
+    pub image_url: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    pub result_urls: Vec<String>,
+    /// Why it failed (failed, canceled and expired tasks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consume_credits: Option<i64>,
+    /// Seconds, as the provider reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_task_id: Option<String>,
+}
+
+/// The status answer, serialized once per change and kept ready.
 pub fn compat_status(task: &Task) -> Bytes {
-    let mut body = Map::new();
-    body.insert("success".into(), Value::Bool(true));
-    body.insert("taskId".into(), json!(task.id));
-    body.insert("status".into(), json!(task.state.compat().as_str()));
-    body.insert("state".into(), json!(task.state.as_str()));
-    body.insert("prompt".into(), json!(task.prompt));
-    body.insert("imageUrl".into(), json!(task.image_url));
-    body.insert("createdAt".into(), json!(iso_time(task.created_at)));
-    body.insert("updatedAt".into(), json!(iso_time(task.updated_at)));
-    body.insert("resultUrls".into(), json!(task.result_urls));
-    if task.state.compat().as_str() == "failed"
-        && let Some(error) = error_text(task)
-    {
-        body.insert("error".into(), json!(error));
-        body.insert("errorCode".into(), json!(task.error_code));
-    }
-    if let Some(credits) = task.credits {
-        body.insert("consumeCredits".into(), json!(credits));
-    }
-    if let Some(ms) = task.cost_time_ms {
+    let failed = task.state.compat() == CompatStatus::Failed;
+    let error = if failed { error_text(task) } else { None };
+    let body = CompatStatusBody {
+        success: true,
+        task_id: task.id.clone(),
+        status: task.state.compat(),
+        state: task.state,
+        prompt: task.prompt.clone(),
+        image_url: task.image_url.clone(),
+        created_at: iso_time(task.created_at),
+        updated_at: iso_time(task.updated_at),
+        result_urls: task.result_urls.clone(),
+        error_code: error.as_ref().and(task.error_code.clone()),
+        error,
+        consume_credits: task.credits,
         // The original reported the callback's costTime, which KIE gives in seconds.
-        body.insert("costTime".into(), json!(ms / 1000));
-    }
-    if let Some(pid) = &task.provider_task_id {
-        body.insert("providerTaskId".into(), json!(pid));
-    }
-    Bytes::from(Value::Object(body).to_string())
+        cost_time: task.cost_time_ms.map(|ms| ms / 1000),
+        provider_task_id: task.provider_task_id.clone(),
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// The archive copy in `kie-tasks/{taskId}.json`: everything but secrets and leases.

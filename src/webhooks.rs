@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use serde_json::json;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +49,18 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// Deliveries attempted at once.
 const CONCURRENCY: usize = 8;
 const BATCH: usize = 64;
+
+/// What a webhook POSTs when a task is final.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookPayload {
+    /// `task.succeeded`, `task.failed`, `task.canceled` or `task.expired`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    /// The task as `GET /api/tasks/{id}` shows it.
+    pub data: crate::http::TaskView,
+}
 
 /// Decodes a `whsec_<base64>` secret into its key bytes.
 pub fn parse_secret(raw: &str) -> Result<Vec<u8>, String> {
@@ -234,11 +245,11 @@ impl Deliverer {
                 .await;
         };
         let timestamp = now / 1000;
-        let body = json!({
-            "type": format!("task.{}", task.state.as_str()),
-            "timestamp": crate::status::iso_time(now),
-            "data": crate::http::task_view(&task, None),
-        });
+        let body = WebhookPayload {
+            kind: format!("task.{}", task.state.as_str()),
+            timestamp: crate::status::iso_time(now),
+            data: crate::http::task_view(&task, None),
+        };
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -6,8 +6,15 @@ use serde::{Deserialize, Serialize};
 
 /// darkroom's own task id: `tsk_` followed by a simple (dash-less) UUIDv7, so ids sort by
 /// creation time and never collide with a provider's id format.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(
+    value_type = String,
+    pattern = "^tsk_[0-9a-f]{32}$",
+    example = "tsk_019a7c3e5b2f7d10a3c4e5f60718293a"
+)]
 pub struct TaskId(String);
 
 const TASK_PREFIX: &str = "tsk_";

@@ -90,7 +90,7 @@ impl Default for AspectRatio {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     #[default]
@@ -259,6 +259,95 @@ pub fn parse_image_url(raw: &str) -> Result<String, InputError> {
 pub struct TaskSource {
     pub source: Source,
     pub provider: ProviderName,
+}
+
+/// The JSON body of `POST /api/generate` and `POST /api/batches`, as the API documents it.
+/// Requests are read by [`GenerateRequest::from_json`], which names the offending field
+/// with a stable code; this type is the wire description the OpenAPI document is built
+/// from, and a test checks that a body using every field of it parses.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateBody {
+    /// What to do with the images (1–5000 characters).
+    #[schema(min_length = 1, max_length = 5000)]
+    pub prompt: String,
+    /// Source images from `/api/upload`: one task each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 10)]
+    pub uploads: Vec<UploadRef>,
+    /// Source images by URL: one task each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 10)]
+    pub image_urls: Vec<ImageUrl>,
+    /// Uploads sent with every task after its source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_uploads: Vec<ReferenceUpload>,
+    /// URLs sent with every task after its source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_urls: Vec<String>,
+    /// The provider of sources that name none (default: the operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderChoice>,
+    /// `google/nano-banana-edit` for KIE, or the operator's Gemini model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// One of 1:1, 9:16, 16:9, 3:4, 4:3, 3:2, 2:3, 5:4, 4:5, 21:9, auto; default 1:1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aspect_ratio: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<OutputFormat>,
+    /// Higher runs first; default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
+    /// A label grouping tasks (`/api/generate` only; `/api/batches` assigns its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 128)]
+    pub batch_id: Option<String>,
+    /// POSTed (Standard Webhooks) when each task is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri")]
+    pub webhook_url: Option<String>,
+}
+
+/// An upload used as a source: the `key` `/api/upload` returned.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct UploadRef {
+    /// `uploads/…`.
+    pub key: String,
+    /// Ignored (the original's front end sends it); darkroom builds its own URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// This source's provider, over the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderChoice>,
+}
+
+/// An upload sent as a reference with every task.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct ReferenceUpload {
+    pub key: String,
+}
+
+/// A source image by URL: the URL itself, or an object when it names its own provider.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ImageUrl {
+    #[schema(format = "uri")]
+    Plain(String),
+    WithProvider {
+        #[schema(format = "uri")]
+        url: String,
+        provider: Option<ProviderChoice>,
+    },
+}
+
+/// A provider as a request names it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    Kie,
+    Gemini,
 }
 
 /// A generation request after validation: one task will be made per source.
@@ -607,6 +696,61 @@ mod tests {
 
     fn code(body: Value) -> &'static str {
         parse(body).unwrap_err().code
+    }
+
+    /// The documented wire type and the parser agree: a body using every documented field
+    /// (each list shape included) is accepted, and reads back as written.
+    #[test]
+    fn the_documented_body_with_every_field_parses() {
+        let body = GenerateBody {
+            prompt: "a red dress".to_owned(),
+            uploads: vec![UploadRef {
+                key: "uploads/a.png".to_owned(),
+                url: Some("http://x/a.png".to_owned()),
+                provider: Some(ProviderChoice::Gemini),
+            }],
+            image_urls: vec![
+                ImageUrl::Plain("https://example.com/b.png".to_owned()),
+                ImageUrl::WithProvider {
+                    url: "https://example.com/c.png".to_owned(),
+                    provider: Some(ProviderChoice::Gemini),
+                },
+            ],
+            reference_uploads: vec![ReferenceUpload {
+                key: "uploads/r.png".to_owned(),
+            }],
+            reference_urls: vec!["https://example.com/r.png".to_owned()],
+            provider: Some(ProviderChoice::Gemini),
+            model: Some("gemini-2.5-flash-image".to_owned()),
+            aspect_ratio: Some("16:9".to_owned()),
+            output_format: Some(OutputFormat::Jpeg),
+            priority: Some(5),
+            batch_id: Some("spring".to_owned()),
+            webhook_url: Some("https://hooks.example.com/x".to_owned()),
+        };
+        let wire = serde_json::to_value(&body).unwrap();
+        let req = parse(wire.clone()).unwrap();
+        assert_eq!(req.sources.len(), 3);
+        assert!(
+            req.sources
+                .iter()
+                .all(|s| s.provider == ProviderName::Gemini)
+        );
+        assert_eq!(req.references.len(), 2);
+        assert_eq!(req.aspect_ratio.as_str(), "16:9");
+        assert_eq!(req.output_format, OutputFormat::Jpeg);
+        assert_eq!(req.priority, 5);
+        assert_eq!(req.batch_id.as_deref(), Some("spring"));
+        assert_eq!(
+            req.webhook_url.as_deref(),
+            Some("https://hooks.example.com/x")
+        );
+        // And every property the document lists is one the body above used.
+        let schema =
+            serde_json::to_value(<GenerateBody as utoipa::PartialSchema>::schema()).unwrap();
+        let documented: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        let sent: Vec<&String> = wire.as_object().unwrap().keys().collect();
+        assert_eq!(documented.len(), sent.len(), "{documented:?} vs {sent:?}");
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub fn is_public_path(path: &str) -> bool {
     ) || path.starts_with("/api/callback/")
         || path.starts_with("/assets/")
         || path.starts_with("/files/")
+        || path.starts_with("/api/docs/")
 }
 
 /// Streams a browser opens without being able to set headers.

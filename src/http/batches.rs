@@ -3,26 +3,27 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::{ApiError, parse_json};
+use super::error::{ApiError, ErrorBody, parse_json};
 use super::generate::{build_tasks, request_policy};
-use super::tasks::task_view;
+use super::tasks::{TaskView, task_view};
 use super::zip::ZipWriter;
 use crate::AppState;
-use crate::domain::TaskState;
-use crate::domain::request::GenerateRequest;
+use crate::domain::request::{GenerateBody, GenerateRequest};
+use crate::domain::{TaskId, TaskState};
 use crate::engine::{EngineError, now_ms};
 use crate::storage::{Batch, Task, TaskFilter};
 
@@ -34,17 +35,81 @@ const PAGE: usize = 200;
 const ZIP_BUFFER_CHUNKS: usize = 4;
 
 /// Every route here except the ZIP download (mounted outside the request timeout).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/batches", post(create_batch).get(list_batches))
-        .route("/api/batches/{id}", get(get_batch))
-        .route("/api/batches/{id}/cancel", post(cancel_batch))
-        .route("/api/batches/{id}/retry", post(retry_batch))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_batch, list_batches))
+        .routes(routes!(get_batch))
+        .routes(routes!(cancel_batch))
+        .routes(routes!(retry_batch))
 }
 
 /// The ZIP download: a large batch takes longer than the request timeout to stream.
-pub fn download_router() -> Router<AppState> {
-    Router::new().route("/api/batches/{id}/zip", get(download_zip))
+pub fn download_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(download_zip))
+}
+
+/// The `{id}` path parameter of the batch routes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct BatchPath {
+    /// A batch id (`bat_…`).
+    id: String,
+}
+
+/// `POST /api/batches`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BatchCreated {
+    success: bool,
+    batch_id: String,
+    task_ids: Vec<TaskId>,
+}
+
+/// A task a batch retry made, and the failed task it retries.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct RetriedTask {
+    retry_of: TaskId,
+    task_id: TaskId,
+}
+
+/// A batch: counts per state and credits; its tasks in the detail view.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BatchView {
+    batch_id: String,
+    prompt: String,
+    webhook_url: Option<String>,
+    /// Tasks the batch has now (retries included).
+    total: i64,
+    /// Tasks the batch was created with.
+    submitted: i64,
+    /// Tasks per state (`{"succeeded": 3, "failed": 1}`).
+    counts: BTreeMap<&'static str, i64>,
+    /// Credits its tasks consumed.
+    credits: i64,
+    /// Every task is final.
+    done: bool,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Every task, newest first (`GET /api/batches/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tasks: Option<Vec<TaskView>>,
+    /// The tasks this call canceled (cancel only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canceled: Option<Vec<TaskId>>,
+    /// The tasks this call made (retry only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retried: Option<Vec<RetriedTask>>,
+}
+
+/// A page of batches, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BatchPage {
+    batches: Vec<BatchView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
 }
 
 /// `bat_` and a UUIDv7 (time-ordered, so listing by id is newest first).
@@ -104,36 +169,40 @@ async fn batch_view(
     state: &AppState,
     batch: &Batch,
     tasks: Option<&[Task]>,
-) -> Result<Value, ApiError> {
+) -> Result<BatchView, ApiError> {
     let counts = state.repo.batch_counts(&batch.id).await?;
     let total: i64 = counts.iter().map(|c| c.count).sum();
     let credits: i64 = counts.iter().map(|c| c.credits).sum();
     let done = counts.iter().all(|c| c.state.is_terminal());
-    let by_state: BTreeMap<&str, i64> =
-        counts.iter().map(|c| (c.state.as_str(), c.count)).collect();
-    let mut view = json!({
-        "batchId": batch.id,
-        "prompt": batch.prompt,
-        "webhookUrl": batch.webhook_url,
-        "total": total,
-        "submitted": batch.total,
-        "counts": by_state,
-        "credits": credits,
-        "done": done,
-        "createdAt": crate::status::iso_time(batch.created_at),
-    });
-    if let (Some(tasks), Some(obj)) = (tasks, view.as_object_mut()) {
-        let views: Vec<Value> = tasks.iter().map(|t| task_view(t, None)).collect();
-        obj.insert("tasks".to_owned(), Value::Array(views));
-    }
-    Ok(view)
+    Ok(BatchView {
+        batch_id: batch.id.clone(),
+        prompt: batch.prompt.clone(),
+        webhook_url: batch.webhook_url.clone(),
+        total,
+        submitted: batch.total,
+        counts: counts.iter().map(|c| (c.state.as_str(), c.count)).collect(),
+        credits,
+        done,
+        created_at: crate::status::iso_time(batch.created_at),
+        tasks: tasks.map(|tasks| tasks.iter().map(|t| task_view(t, None)).collect()),
+        canceled: None,
+        retried: None,
+    })
 }
 
+/// Queue a batch: one task per source image, under one new batch id.
+#[utoipa::path(post, path = "/api/batches", tag = "batches",
+    request_body(content = GenerateBody, description = "The body of /api/generate, without batchId"),
+    responses(
+        (status = 200, description = "The batch and its tasks", body = BatchCreated),
+        (status = 400, description = "Invalid request (the code names the field)", body = ErrorBody),
+        (status = 429, description = "Rate limit or the key's cap on unfinished tasks", body = ErrorBody),
+    ))]
 async fn create_batch(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchCreated>, ApiError> {
     let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
     if request.batch_id.is_some() {
         return Err(ApiError::bad_request(
@@ -157,25 +226,34 @@ async fn create_batch(
     state.engine.enqueue_batch(&batch, &tasks).await?;
     drop(reservation);
     tracing::info!(batch_id = %id, count = tasks.len(), "batch queued");
-    Ok(Json(json!({
-        "success": true,
-        "batchId": id,
-        "taskIds": tasks.iter().map(|t| &t.id).collect::<Vec<_>>(),
-    })))
+    Ok(Json(BatchCreated {
+        success: true,
+        batch_id: id,
+        task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// List batches, newest first.
+#[utoipa::path(get, path = "/api/batches", tag = "batches", params(ListQuery), responses(
+    (status = 200, description = "A page of batches", body = BatchPage),
+    (status = 400, description = "Invalid limit", body = ErrorBody),
+))]
 async fn list_batches(
     State(state): State<AppState>,
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
@@ -196,24 +274,37 @@ async fn list_batches(
     for batch in &batches {
         views.push(batch_view(&state, batch, None).await?);
     }
-    Ok(Json(json!({"batches": views, "nextCursor": next_cursor})))
+    Ok(Json(BatchPage {
+        batches: views,
+        next_cursor,
+    }))
 }
 
+/// A batch with counts per state, credits and every task.
+#[utoipa::path(get, path = "/api/batches/{id}", tag = "batches", params(BatchPath), responses(
+    (status = 200, description = "The batch", body = BatchView),
+    (status = 404, description = "No such batch (or another key's)", body = ErrorBody),
+))]
 async fn get_batch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(BatchPath { id }): Path<BatchPath>,
+) -> Result<Json<BatchView>, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let tasks = batch_tasks(&state, &batch.id).await?;
     Ok(Json(batch_view(&state, &batch, Some(&tasks)).await?))
 }
 
+/// Cancel every unfinished task of the batch.
+#[utoipa::path(post, path = "/api/batches/{id}/cancel", tag = "batches", params(BatchPath), responses(
+    (status = 200, description = "The batch, with `canceled`", body = BatchView),
+    (status = 404, description = "No such batch", body = ErrorBody),
+))]
 async fn cancel_batch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(BatchPath { id }): Path<BatchPath>,
+) -> Result<Json<BatchView>, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let mut canceled = Vec::new();
     for task in batch_tasks(&state, &batch.id).await? {
@@ -229,17 +320,20 @@ async fn cancel_batch(
     }
     tracing::info!(batch_id = %batch.id, count = canceled.len(), "batch canceled");
     let mut view = batch_view(&state, &batch, None).await?;
-    if let Some(obj) = view.as_object_mut() {
-        obj.insert("canceled".to_owned(), json!(canceled));
-    }
+    view.canceled = Some(canceled);
     Ok(Json(view))
 }
 
+/// Retry the batch's failed and expired tasks, each once.
+#[utoipa::path(post, path = "/api/batches/{id}/retry", tag = "batches", params(BatchPath), responses(
+    (status = 200, description = "The batch, with `retried`", body = BatchView),
+    (status = 404, description = "No such batch", body = ErrorBody),
+))]
 async fn retry_batch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(BatchPath { id }): Path<BatchPath>,
+) -> Result<Json<BatchView>, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let tasks = batch_tasks(&state, &batch.id).await?;
     // A failed task already retried (by an earlier call) is not retried twice.
@@ -254,16 +348,17 @@ async fn retry_batch(
             continue;
         }
         match state.engine.retry(&task.id).await {
-            Ok(new) => retried.push(json!({"retryOf": task.id, "taskId": new.id})),
+            Ok(new) => retried.push(RetriedTask {
+                retry_of: task.id.clone(),
+                task_id: new.id,
+            }),
             Err(EngineError::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
     tracing::info!(batch_id = %batch.id, count = retried.len(), "batch failures retried");
     let mut view = batch_view(&state, &batch, None).await?;
-    if let Some(obj) = view.as_object_mut() {
-        obj.insert("retried".to_owned(), Value::Array(retried));
-    }
+    view.retried = Some(retried);
     Ok(Json(view))
 }
 
@@ -277,10 +372,15 @@ fn entry_name(task: &Task, index: usize, key: &str) -> String {
     format!("{}-{}.{ext}", task.id, index + 1)
 }
 
+/// The batch's results as one ZIP (`<taskId>-<n>.<ext>`), streamed from the bucket.
+#[utoipa::path(get, path = "/api/batches/{id}/zip", tag = "batches", params(BatchPath), responses(
+    (status = 200, description = "The archive", content_type = "application/zip", body = Vec<u8>),
+    (status = 404, description = "No such batch", body = ErrorBody),
+))]
 async fn download_zip(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(BatchPath { id }): Path<BatchPath>,
 ) -> Result<Response, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let mut tasks = batch_tasks(&state, &batch.id).await?;

@@ -9,28 +9,30 @@
 //! only), and the body, whose `param` echoes the callback URL and so the token, is never
 //! stored or logged.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::limit_callbacks;
-use super::error::{ApiError, parse_json};
+use super::error::{ApiError, ErrorBody, parse_json};
 use crate::AppState;
 use crate::domain::TaskId;
 use crate::domain::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::engine::token_matches;
 use crate::storage::Task;
 
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/api/callback", post(original_callback))
-        .route("/api/callback/{task_id}", post(task_callback))
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(original_callback))
+        .routes(routes!(task_callback))
         .layer(DefaultBodyLimit::max(
             state.config.limits.max_callback_body_bytes,
         ))
@@ -68,22 +70,42 @@ fn check_signature(state: &AppState, headers: &HeaderMap, body: &Value) -> Resul
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TokenQuery {
+    /// The per-task token darkroom put in the callback URL it registered.
     token: Option<String>,
+}
+
+/// The task a callback was accepted for.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct CallbackAck {
+    success: bool,
+    task_id: TaskId,
 }
 
 fn unknown_task() -> ApiError {
     ApiError::not_found("task_not_found", "no such task")
 }
 
+/// The provider's callback for one task, at the URL darkroom registered with it.
+#[utoipa::path(post, path = "/api/callback/{task_id}", tag = "provider callbacks",
+    params(("task_id" = String, Path, description = "darkroom's task id"), TokenQuery),
+    request_body(content = serde_json::Value, description = "KIE's callback body (only a hint: the outcome is read from recordInfo)"),
+    responses(
+        (status = 200, description = "Accepted (also for a repeated callback)", body = CallbackAck),
+        (status = 401, description = "Wrong or missing token, or bad KIE signature", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 429, description = "Too many callbacks", body = ErrorBody),
+    ))]
 async fn task_callback(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallbackAck>, ApiError> {
     let id = TaskId::parse(&task_id).ok_or_else(unknown_task)?;
     let task = state.repo.get(&id).await?.ok_or_else(unknown_task)?;
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
@@ -100,11 +122,20 @@ async fn task_callback(
     accept(&state, &task, &body, true).await
 }
 
+/// The original service's callback path: the task is found by KIE's task id.
+#[utoipa::path(post, path = "/api/callback", tag = "provider callbacks",
+    request_body(content = serde_json::Value, description = "KIE's callback body (only a hint: the outcome is read from recordInfo)"),
+    responses(
+        (status = 200, description = "Accepted (also for a repeated callback)", body = CallbackAck),
+        (status = 400, description = "No data.taskId", body = ErrorBody),
+        (status = 401, description = "Bad KIE signature (when KIE_WEBHOOK_HMAC_KEY is set)", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ))]
 async fn original_callback(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallbackAck>, ApiError> {
     let body = parse_json(body)?;
     check_signature(&state, &headers, &body)?;
     let data = body.get("data").unwrap_or(&Value::Null);
@@ -129,10 +160,13 @@ async fn accept(
     task: &Task,
     body: &Value,
     authenticated: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallbackAck>, ApiError> {
     state
         .engine
         .accept_callback(task, body, authenticated)
         .await?;
-    Ok(Json(json!({"success": true, "taskId": task.id})))
+    Ok(Json(CallbackAck {
+        success: true,
+        task_id: task.id.clone(),
+    }))
 }

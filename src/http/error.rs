@@ -6,7 +6,8 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::domain::request::InputError;
 
@@ -17,6 +18,18 @@ pub struct ApiError {
     pub message: String,
     /// For internal errors: what went wrong, for the log only.
     cause: Option<String>,
+}
+
+/// What every error answers: the original service's shape (`success: false`, `error`) with
+/// a stable machine code added.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    /// A sentence for a person.
+    pub error: String,
+    /// Stable and machine-readable (`task_not_found`, `invalid_prompt`, `rate_limited`, …).
+    pub code: &'static str,
 }
 
 /// Carries an internal error's cause from the response to the logging middleware.
@@ -92,7 +105,11 @@ impl From<crate::engine::EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The original service's error shape, with a stable code added.
-        let body = json!({"success": false, "error": self.message, "code": self.code});
+        let body = ErrorBody {
+            success: false,
+            error: self.message,
+            code: self.code,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(InternalCause(cause));

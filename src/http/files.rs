@@ -30,11 +30,22 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/files/{*key}", get(serve_file))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FileQuery {
+    /// The signature darkroom put in the URL it handed out (when API keys are on).
     sig: Option<String>,
 }
 
+/// An object of darkroom's layout (`uploads/…`, `generated/…`, `kie-tasks/…`), streamed
+/// from the bucket, or a redirect to a presigned URL in `presigned` URL mode.
+#[utoipa::path(get, path = "/files/{key}", tag = "files",
+    params(("key" = String, Path, description = "The object key, slashes included"), FileQuery),
+    responses(
+        (status = 200, description = "The object", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 302, description = "A presigned URL of the object (presigned URL mode)"),
+        (status = 404, description = "No such file, or the signature is missing or wrong", body = super::error::ErrorBody),
+    ))]
 async fn serve_file(
     State(state): State<AppState>,
     Path(key): Path<String>,

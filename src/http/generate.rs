@@ -7,26 +7,58 @@
 //! use only its own uploads and results as inputs: anyone else's is refused exactly like a
 //! missing one.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::{ApiError, parse_json};
+use super::error::{ApiError, ErrorBody, parse_json};
 use crate::AppState;
 use crate::domain::TaskId;
 use crate::domain::request::{
-    GenerateRequest, ProviderName, RequestPolicy, Source, parse_upload_key,
+    GenerateBody, GenerateRequest, ProviderName, RequestPolicy, Source, parse_upload_key,
 };
 use crate::engine::now_ms;
 use crate::storage::NewTask;
 use crate::storage::keys;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/generate", post(generate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(generate))
+}
+
+/// A queued task and the source it was made for.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct QueuedTask {
+    task_id: TaskId,
+    /// The upload key or URL of its source image.
+    source_key: String,
+    provider: String,
+}
+
+/// A source the request named that got no task (always empty: a bad source refuses the
+/// whole request with 400; kept because the original's clients read it).
+#[derive(Debug, Serialize, ToSchema)]
+struct Failure {
+    source: String,
+    error: String,
+}
+
+/// `POST /api/generate`'s answer: the original's shape, plus `taskIds`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct GenerateAnswer {
+    success: bool,
+    /// "Created N KIE task(s)".
+    message: String,
+    tasks: Vec<QueuedTask>,
+    task_ids: Vec<TaskId>,
+    failures: Vec<Failure>,
 }
 
 /// How this instance reads generation requests.
@@ -138,11 +170,18 @@ async fn own_object_url(
     Ok(state.blobs.url(key))
 }
 
+/// Queue one task per source image. Nothing talks to a provider inside the request.
+#[utoipa::path(post, path = "/api/generate", tag = "generation", request_body = GenerateBody,
+    responses(
+        (status = 200, description = "Tasks queued", body = GenerateAnswer),
+        (status = 400, description = "Invalid request (the code names the field)", body = ErrorBody),
+        (status = 429, description = "Rate limit or the key's cap on unfinished tasks", body = ErrorBody),
+    ))]
 async fn generate(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GenerateAnswer>, ApiError> {
     let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
     let tasks = build_tasks(&state, &caller, &request, request.batch_id.clone()).await?;
     // Held until the rows are written: the per-key cap cannot be passed by racing requests.
@@ -155,18 +194,20 @@ async fn generate(
         "tasks queued"
     );
 
-    let listed: Vec<Value> = tasks
-        .iter()
-        .map(|t| json!({"taskId": t.id, "sourceKey": t.source, "provider": t.provider}))
-        .collect();
-    let ids: Vec<&TaskId> = tasks.iter().map(|t| &t.id).collect();
-    Ok(Json(json!({
-        "success": true,
-        "message": created_message(&request),
-        "tasks": listed,
-        "taskIds": ids,
-        "failures": [],
-    })))
+    Ok(Json(GenerateAnswer {
+        success: true,
+        message: created_message(&request),
+        tasks: tasks
+            .iter()
+            .map(|t| QueuedTask {
+                task_id: t.id.clone(),
+                source_key: t.source.clone(),
+                provider: t.provider.clone(),
+            })
+            .collect(),
+        task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+        failures: Vec::new(),
+    }))
 }
 
 /// The original said "Created N KIE task(s)"; that wording stays for one-provider requests.

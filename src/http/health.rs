@@ -1,67 +1,146 @@
 //! Liveness, readiness and what this instance is running with.
 
+use std::collections::BTreeMap;
+
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/info", get(info))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(info))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Alive {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// A provider's state: `ok`, or `paused` with why and for how long.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ProviderHealth {
+    /// `ok` or `paused`.
+    status: &'static str,
+    /// Why it is paused (`rate_limited`, `insufficient_credits`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumes_in_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    /// `ok` or `unavailable`.
+    database: &'static str,
+    /// `ok` or `unavailable`.
+    bucket: &'static str,
+    /// The default provider.
+    provider: ProviderHealth,
+    /// Every provider a request may name.
+    providers: BTreeMap<&'static str, ProviderHealth>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ProviderInfo {
+    name: &'static str,
+    model: String,
+    /// Served by darkroom's built-in simulator, not the real provider.
+    simulator: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Info {
+    name: &'static str,
+    version: &'static str,
+    /// The default provider (what the page shows).
+    provider: &'static str,
+    /// Whether the default provider is the built-in simulator.
+    simulator: bool,
+    default_provider: &'static str,
+    /// Every provider a request may name, simulated or not.
+    providers: Vec<ProviderInfo>,
+    /// `local`, `s3` or `memory`.
+    storage: &'static str,
+    /// Requests need `Authorization: Bearer <key>`.
+    api_keys_required: bool,
 }
 
 /// The process is up and serving.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Alive)))]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
 }
 
-/// The database and the bucket answer.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// The database and the bucket answer. A paused provider (429 storm, no credits) does not
+/// make the instance unready: it still queues work, which runs when the pause ends.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "The database or the bucket does not answer", body = Readiness),
+))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = state.repo.ping().await.map_err(|e| e.to_string());
     let bucket = state
         .blobs
         .exists(&crate::storage::keys::probe().key)
         .await
+        .map(|_| ())
         .map_err(|e| e.to_string());
     let ready = database.is_ok() && bucket.is_ok();
-    // A paused provider (429 storm, no credits) does not make the instance unready: it
-    // still queues work, which runs when the pause ends. It is reported, not hidden: the
-    // default provider as `provider`, every provider in `providers`.
+    // Reported, not hidden: the default provider as `provider`, every one in `providers`.
     let pause_status = |name: &str| match state.engine.provider_pause(name) {
-        Some(pause) => json!({
-            "status": "paused",
-            "code": pause.code,
-            "reason": pause.reason,
-            "resumesInSecs": pause.until.saturating_duration_since(std::time::Instant::now()).as_secs(),
-        }),
-        None => json!({"status": "ok"}),
+        Some(pause) => ProviderHealth {
+            status: "paused",
+            code: Some(pause.code.clone()),
+            reason: Some(pause.reason.clone()),
+            resumes_in_secs: Some(
+                pause
+                    .until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs(),
+            ),
+        },
+        None => ProviderHealth {
+            status: "ok",
+            code: None,
+            reason: None,
+            resumes_in_secs: None,
+        },
     };
-    let provider = pause_status(state.info.provider);
-    let providers: serde_json::Map<String, Value> = state
-        .engine
-        .provider_names()
-        .into_iter()
-        .map(|name| (name.to_owned(), pause_status(name)))
-        .collect();
     let check = |r: &Result<(), String>| match r {
-        Ok(()) => json!("ok"),
+        Ok(()) => "ok",
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            json!("unavailable")
+            "unavailable"
         }
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "database": check(&database),
-        "bucket": check(&bucket.map(|_| ())),
-        "provider": provider,
-        "providers": providers,
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "unavailable" },
+        database: check(&database),
+        bucket: check(&bucket),
+        provider: pause_status(state.info.provider),
+        providers: state
+            .engine
+            .provider_names()
+            .into_iter()
+            .map(|name| (name, pause_status(name)))
+            .collect(),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -70,23 +149,27 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
-/// `provider` and `simulator` describe the default provider (what the page shows);
-/// `providers` lists every provider a request may name, simulated or not.
-async fn info(State(state): State<AppState>) -> Json<Value> {
-    let providers: Vec<Value> = state
-        .info
-        .providers
-        .iter()
-        .map(|p| json!({"name": p.name, "model": p.model, "simulator": p.simulator}))
-        .collect();
-    Json(json!({
-        "name": "darkroom",
-        "version": env!("CARGO_PKG_VERSION"),
-        "provider": state.info.provider,
-        "simulator": state.info.simulator,
-        "defaultProvider": state.info.provider,
-        "providers": providers,
-        "storage": state.info.storage,
-        "apiKeysRequired": state.auth.required(),
-    }))
+/// Providers, storage and whether keys are required: what the page shows.
+#[utoipa::path(get, path = "/api/info", tag = "operations",
+    responses((status = 200, description = "This instance", body = Info)))]
+async fn info(State(state): State<AppState>) -> Json<Info> {
+    Json(Info {
+        name: "darkroom",
+        version: env!("CARGO_PKG_VERSION"),
+        provider: state.info.provider,
+        simulator: state.info.simulator,
+        default_provider: state.info.provider,
+        providers: state
+            .info
+            .providers
+            .iter()
+            .map(|p| ProviderInfo {
+                name: p.name,
+                model: p.model.clone(),
+                simulator: p.simulator,
+            })
+            .collect(),
+        storage: state.info.storage,
+        api_keys_required: state.auth.required(),
+    })
 }

@@ -9,22 +9,24 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::ApiError;
-use super::tasks::task_view;
+use super::error::{ApiError, ErrorBody};
+use super::tasks::{TaskPath, TaskView, task_view};
 use crate::AppState;
 use crate::domain::TaskId;
 use crate::events::{EventBus, Replay, TaskEvent};
@@ -42,11 +44,11 @@ const MAX_FILTER_IDS: usize = 1000;
 /// How many tasks of a batch a resynchronising stream re-sends.
 const RESYNC_BATCH_LIMIT: usize = 10_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/events", get(events))
-        .route("/api/ws", get(websocket))
-        .route("/api/tasks/{id}/wait", get(wait_task))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(websocket))
+        .routes(routes!(wait_task))
 }
 
 /// Which events a stream carries.
@@ -93,12 +95,16 @@ fn split_ids(raw: Option<&str>) -> Result<HashSet<String>, ApiError> {
     Ok(ids)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Comma-separated task ids (at most 1000).
     task_ids: Option<String>,
+    /// Comma-separated batch ids.
     batch_id: Option<String>,
-    /// For clients that cannot set the `Last-Event-ID` header on a first connection.
+    /// Resume after this event id, for clients that cannot set the `Last-Event-ID` header
+    /// on a first connection (the header wins).
     last_event_id: Option<String>,
 }
 
@@ -261,6 +267,14 @@ fn sse_event(bus: &EventBus, out: &Out) -> Event {
         .data(serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned()))
 }
 
+/// Server-Sent Events: one `TaskEvent` per state change, `id: <epoch>-<seq>` on each,
+/// keep-alive comments every 15 s. Reconnect with `Last-Event-ID` to resume; an
+/// `event: resync` means history could not be replayed and the current state of the
+/// filtered tasks follows. No filter: every event the caller may see.
+#[utoipa::path(get, path = "/api/events", tag = "live", params(EventsQuery), responses(
+    (status = 200, description = "An event stream; each `data:` is a TaskEvent", content_type = "text/event-stream", body = TaskEvent),
+    (status = 400, description = "Invalid filter", body = ErrorBody),
+))]
 async fn events(
     State(app): State<AppState>,
     caller: Caller,
@@ -299,18 +313,38 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
-    /// Seconds.
+    /// Seconds to wait, 0–120 (default 30).
+    #[param(minimum = 0, maximum = 120)]
     timeout: Option<f64>,
 }
+
+/// The task when the wait ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct WaitView {
+    #[serde(flatten)]
+    task: TaskView,
+    /// The timeout passed before the task was final.
+    timed_out: bool,
+}
+
+/// Long-poll: answers when the task is final or the timeout passes, for clients that
+/// cannot stream.
+#[utoipa::path(get, path = "/api/tasks/{id}/wait", tag = "live", params(TaskPath, WaitQuery), responses(
+    (status = 200, description = "The task, with `timedOut`", body = WaitView),
+    (status = 400, description = "Invalid timeout", body = ErrorBody),
+    (status = 404, description = "No such task", body = ErrorBody),
+))]
 
 async fn wait_task(
     State(app): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WaitView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let secs = query.timeout.unwrap_or(DEFAULT_WAIT_SECS);
     if !(0.0..=MAX_WAIT_SECS).contains(&secs) {
@@ -355,14 +389,21 @@ async fn wait_task(
     }
 }
 
-fn wait_view(task: &crate::storage::Task, timed_out: bool) -> Value {
-    let mut view = task_view(task, None);
-    if let Some(obj) = view.as_object_mut() {
-        obj.insert("timedOut".to_owned(), Value::Bool(timed_out));
+fn wait_view(task: &crate::storage::Task, timed_out: bool) -> WaitView {
+    WaitView {
+        task: task_view(task, None),
+        timed_out,
     }
-    view
 }
 
+/// WebSocket: the same events as `/api/events`. Send `WsClientMessage`s
+/// (`{"type": "subscribe", "taskIds": […], "batchIds": […], "all": false}`, or
+/// `unsubscribe`); receive `{"type": "subscribed", …}`, `{"type": "event", "id", "event":
+/// TaskEvent}`, `{"type": "resync"}` and `{"type": "error", "code", "message"}`.
+#[utoipa::path(get, path = "/api/ws", tag = "live", responses(
+    (status = 101, description = "Switching to the WebSocket protocol"),
+    (status = 400, description = "Not a WebSocket upgrade request"),
+))]
 async fn websocket(
     State(app): State<AppState>,
     caller: Caller,
@@ -375,9 +416,11 @@ async fn websocket(
 }
 
 /// A client message on the WebSocket.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ClientMessage {
+#[schema(as = WsClientMessage)]
+pub(super) struct ClientMessage {
+    /// `subscribe` or `unsubscribe`.
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]

@@ -30,10 +30,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 use error::ApiError;
-pub use tasks::task_view;
+pub use tasks::{TaskView, task_view};
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
@@ -42,26 +43,38 @@ pub fn router(state: AppState) -> Router {
         min_rate_bytes_per_sec: config.server.body_min_rate_bytes,
     };
     // Streams and long-polls stay open by design: they are mounted outside the timeout.
-    let open = Router::new()
+    let open = OpenApiRouter::new()
         .merge(live::router())
         .merge(batches::download_router());
-    let timed = Router::new()
+    let timed = OpenApiRouter::new()
         .merge(upload::router(&config))
         .merge(generate::router())
         .merge(callback::router(&state))
         .merge(status::router())
         .merge(tasks::router())
         .merge(batches::router())
-        .merge(openapi::router())
         .merge(health::router())
-        .merge(files::router())
-        .merge(ui::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.server.request_timeout_secs),
         ));
-    let api = timed
+    // Every documented route is mounted from its own `#[utoipa::path]` attribute, so the
+    // document cannot list a route that does not exist or miss one that does (the page
+    // and its assets are not API and stay out).
+    let (routes, document) = OpenApiRouter::with_openapi(openapi::base())
+        .merge(timed)
         .merge(open)
+        .split_for_parts();
+    let pages = Router::new()
+        .merge(files::router())
+        .merge(ui::router())
+        .merge(openapi::router(openapi::finish(document)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.server.request_timeout_secs),
+        ));
+    let api = routes
+        .merge(pages)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.limits.max_json_body_bytes))
         .layer(middleware::from_fn_with_state(

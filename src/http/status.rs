@@ -1,28 +1,39 @@
 //! `GET /api/task-status?taskId=…`: the original's polling endpoint, answered from the
 //! in-memory status board (filled from the database on a miss).
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::domain::TaskId;
+use crate::status::CompatStatusBody;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/task-status", get(task_status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(task_status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
+    /// darkroom's task id, or the provider's.
     #[serde(rename = "taskId")]
+    #[param(required = true)]
     task_id: Option<String>,
 }
 
+/// The original service's polling endpoint, answered from memory.
+#[utoipa::path(get, path = "/api/task-status", tag = "generation", params(StatusQuery), responses(
+    (status = 200, description = "The task's status", body = CompatStatusBody),
+    (status = 400, description = "No taskId", body = ErrorBody),
+    (status = 404, description = "No such task (or another key's)", body = ErrorBody),
+))]
 async fn task_status(
     State(state): State<AppState>,
     caller: Caller,

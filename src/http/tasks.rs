@@ -3,15 +3,17 @@
 //! With API keys on, a caller sees and acts on its own tasks only ([`Caller`]): another
 //! owner's task is the same 404 as a missing one, and listings are filtered by owner.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::AppState;
+use crate::domain::task::CompatStatus;
 use crate::domain::{TaskId, TaskState};
 use crate::status::iso_time;
 use crate::storage::{Task, TaskFilter};
@@ -19,67 +21,153 @@ use crate::storage::{Task, TaskFilter};
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tasks", get(list_tasks))
-        .route("/api/tasks/{id}", get(get_task))
-        .route("/api/tasks/{id}/cancel", post(cancel_task))
-        .route("/api/tasks/{id}/retry", post(retry_task))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks))
+        .routes(routes!(get_task))
+        .routes(routes!(cancel_task))
+        .routes(routes!(retry_task))
+}
+
+/// A task's error: a stable machine code and a sentence.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TaskError {
+    /// Stable, machine-readable (`provider_error`, `submit_unconfirmed`, `canceled`, …).
+    pub code: String,
+    pub message: Option<String>,
 }
 
 /// The full view of a task (never its token hash or lease).
-pub fn task_view(task: &Task, queue_position: Option<u64>) -> Value {
-    json!({
-        "taskId": task.id,
-        "state": task.state.as_str(),
-        "status": task.state.compat().as_str(),
-        "provider": task.provider,
-        "providerTaskId": task.provider_task_id,
-        "model": task.model,
-        "prompt": task.prompt,
-        "sourceKey": task.source,
-        "imageUrl": task.image_url,
-        "inputUrls": task.input_urls,
-        "aspectRatio": task.aspect_ratio,
-        "outputFormat": task.output_format,
-        "priority": task.priority,
-        "batchId": task.batch_id,
-        "attempts": task.attempts,
-        "queuePosition": queue_position,
-        // Created at the provider with no answer: waiting for its callback.
-        "unconfirmed": task.provider_task_id.is_none()
-            && matches!(task.state, TaskState::Submitted),
-        "resultUrls": task.result_urls,
-        "error": task.error_code.as_ref().map(|code| json!({"code": code, "message": task.error_message})),
-        "consumeCredits": task.credits,
-        "costTimeMs": task.cost_time_ms,
-        "retryOf": task.retry_of,
-        "createdAt": iso_time(task.created_at),
-        "updatedAt": iso_time(task.updated_at),
-        "submittedAt": task.submitted_at.map(iso_time),
-        "completedAt": task.completed_at.map(iso_time),
-    })
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView {
+    pub task_id: TaskId,
+    pub state: TaskState,
+    /// The original service's word for the state.
+    pub status: CompatStatus,
+    /// `kie` or `gemini`.
+    pub provider: String,
+    /// The provider's own id, once it answered the create.
+    pub provider_task_id: Option<String>,
+    pub model: String,
+    pub prompt: String,
+    /// What the request named as the source: an upload key or a URL.
+    pub source_key: String,
+    /// The source image's URL as handed to the provider.
+    pub image_url: String,
+    /// Every image sent with the task: the source first, then shared references.
+    pub input_urls: Vec<String>,
+    pub aspect_ratio: String,
+    pub output_format: String,
+    pub priority: i32,
+    pub batch_id: Option<String>,
+    /// Create attempts so far.
+    pub attempts: u32,
+    /// Tasks ahead of this one in the queue (detail view of a queued task only).
+    pub queue_position: Option<u64>,
+    /// Created at the provider with no answer: waiting for its callback.
+    pub unconfirmed: bool,
+    /// The results in your bucket (or `/files/…` links to them).
+    pub result_urls: Vec<String>,
+    pub error: Option<TaskError>,
+    /// Credits the provider charged.
+    pub consume_credits: Option<i64>,
+    pub cost_time_ms: Option<i64>,
+    /// The failed or expired task this one retries.
+    pub retry_of: Option<TaskId>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    #[schema(format = DateTime)]
+    pub submitted_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub completed_at: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The full view of a task (never its token hash or lease).
+pub fn task_view(task: &Task, queue_position: Option<u64>) -> TaskView {
+    TaskView {
+        task_id: task.id.clone(),
+        state: task.state,
+        status: task.state.compat(),
+        provider: task.provider.clone(),
+        provider_task_id: task.provider_task_id.clone(),
+        model: task.model.clone(),
+        prompt: task.prompt.clone(),
+        source_key: task.source.clone(),
+        image_url: task.image_url.clone(),
+        input_urls: task.input_urls.clone(),
+        aspect_ratio: task.aspect_ratio.clone(),
+        output_format: task.output_format.clone(),
+        priority: task.priority,
+        batch_id: task.batch_id.clone(),
+        attempts: task.attempts,
+        queue_position,
+        unconfirmed: task.provider_task_id.is_none() && matches!(task.state, TaskState::Submitted),
+        result_urls: task.result_urls.clone(),
+        error: task.error_code.as_ref().map(|code| TaskError {
+            code: code.clone(),
+            message: task.error_message.clone(),
+        }),
+        consume_credits: task.credits,
+        cost_time_ms: task.cost_time_ms,
+        retry_of: task.retry_of.clone(),
+        created_at: iso_time(task.created_at),
+        updated_at: iso_time(task.updated_at),
+        submitted_at: task.submitted_at.map(iso_time),
+        completed_at: task.completed_at.map(iso_time),
+    }
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<TaskId>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Comma-separated states (`queued,failed`).
     state: Option<String>,
+    /// Only this batch's tasks.
     batch_id: Option<String>,
+    /// Only this owner's tasks (API key name); a keyed caller sees only its own.
     owner: Option<String>,
+    /// 1–200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<usize>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// The `{id}` path parameter of the task routes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskPath {
+    /// A task id (`tsk_…`).
+    pub id: String,
 }
 
 fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(raw).ok_or_else(|| ApiError::not_found("task_not_found", "no such task"))
 }
 
+/// List tasks, newest first.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListQuery), responses(
+    (status = 200, description = "A page of tasks", body = TaskPage),
+    (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody),
+))]
 async fn list_tasks(
     State(state): State<AppState>,
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let states = match &query.state {
         None => Vec::new(),
@@ -114,7 +202,10 @@ async fn list_tasks(
     // A keyed caller lists its own tasks; asking for another owner's finds none.
     let owner = match (caller.owner(), query.owner.clone()) {
         (Some(me), Some(asked)) if asked != me => {
-            return Ok(Json(json!({"tasks": [], "nextCursor": null})));
+            return Ok(Json(TaskPage {
+                tasks: Vec::new(),
+                next_cursor: None,
+            }));
         }
         (Some(me), _) => Some(me.to_owned()),
         (None, asked) => asked,
@@ -130,8 +221,10 @@ async fn list_tasks(
     let more = tasks.len() > limit;
     tasks.truncate(limit);
     let next_cursor = more.then(|| tasks.last().map(|t| t.id.clone())).flatten();
-    let views: Vec<Value> = tasks.iter().map(|t| task_view(t, None)).collect();
-    Ok(Json(json!({"tasks": views, "nextCursor": next_cursor})))
+    Ok(Json(TaskPage {
+        tasks: tasks.iter().map(|t| task_view(t, None)).collect(),
+        next_cursor,
+    }))
 }
 
 /// The task if `caller` may see it; another owner's is the same 404 as a missing one.
@@ -141,11 +234,16 @@ async fn visible_task(state: &AppState, caller: &Caller, id: &TaskId) -> Result<
         .ok_or_else(|| ApiError::not_found("task_not_found", "no such task"))
 }
 
+/// One task, with its queue position while queued.
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(TaskPath), responses(
+    (status = 200, description = "The task", body = TaskView),
+    (status = 404, description = "No such task (or another key's)", body = ErrorBody),
+))]
 async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(TaskPath { id }): Path<TaskPath>,
+) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     let task = visible_task(&state, &caller, &id).await?;
     let position = if task.state == TaskState::Queued {
@@ -156,22 +254,35 @@ async fn get_task(
     Ok(Json(task_view(&task, position)))
 }
 
+/// Cancel an unfinished task. A task already at the provider may still be billed there.
+#[utoipa::path(post, path = "/api/tasks/{id}/cancel", tag = "tasks", params(TaskPath), responses(
+    (status = 200, description = "The canceled task", body = TaskView),
+    (status = 404, description = "No such task", body = ErrorBody),
+    (status = 409, description = "The task is already final", body = ErrorBody),
+))]
 async fn cancel_task(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(TaskPath { id }): Path<TaskPath>,
+) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     visible_task(&state, &caller, &id).await?;
     let task = state.engine.cancel(&id).await?;
     Ok(Json(task_view(&task, None)))
 }
 
+/// Retry a failed or expired task as a new task (`retryOf` names the old one).
+#[utoipa::path(post, path = "/api/tasks/{id}/retry", tag = "tasks", params(TaskPath), responses(
+    (status = 200, description = "The new task", body = TaskView),
+    (status = 404, description = "No such task", body = ErrorBody),
+    (status = 409, description = "The task is not failed or expired", body = ErrorBody),
+    (status = 429, description = "The key's cap on unfinished tasks is reached", body = ErrorBody),
+))]
 async fn retry_task(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(TaskPath { id }): Path<TaskPath>,
+) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     visible_task(&state, &caller, &id).await?;
     // A retry is a new task: it counts against the key's cap like any other.

@@ -30,7 +30,7 @@ async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
     serve(&path)
 }
 
-pub(super) fn serve(path: &str) -> Result<Response, ApiError> {
+fn serve(path: &str) -> Result<Response, ApiError> {
     let file =
         Assets::get(path).ok_or_else(|| ApiError::not_found("asset_not_found", "no such asset"))?;
     let content_type = match path.rsplit_once('.').map(|(_, ext)| ext) {

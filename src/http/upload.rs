@@ -5,16 +5,18 @@
 //! and polyglots, and, by default, stored without its metadata (EXIF/GPS, XMP, comments;
 //! see [`crate::domain::sanitize`]). Memory stays bounded whatever a file declares.
 
+use axum::Json;
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::config::Config;
 use crate::domain::image::{ImageError, ImageInfo, ImageLimits, inspect_reader};
@@ -22,19 +24,31 @@ use crate::storage::keys;
 
 const FIELD: &str = "files";
 
-pub fn router(config: &Config) -> Router<AppState> {
+pub fn router(config: &Config) -> OpenApiRouter<AppState> {
     let limits = &config.limits;
     // Room for every allowed file at its cap, plus multipart framing.
     let body_limit = (limits.max_upload_bytes as usize)
         .saturating_mul(limits.max_upload_files)
         .saturating_add(1024 * 1024);
-    Router::new().route(
-        "/api/upload",
-        post(upload).layer(DefaultBodyLimit::max(body_limit)),
-    )
+    let (schemas, paths, method_router) = routes!(upload);
+    OpenApiRouter::new().routes((
+        schemas,
+        paths,
+        method_router.layer(DefaultBodyLimit::max(body_limit)),
+    ))
 }
 
-#[derive(Serialize)]
+/// The multipart form `/api/upload` reads.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the wire format; the handler streams the fields itself
+struct UploadForm {
+    /// One or more images (PNG, JPEG or WebP), each within the size and pixel caps.
+    #[schema(content_media_type = "application/octet-stream")]
+    files: Vec<Vec<u8>>,
+}
+
+/// A stored upload: pass `key` in `uploads` of `/api/generate`.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Uploaded {
     key: String,
@@ -44,14 +58,16 @@ struct Uploaded {
     content_type: &'static str,
 }
 
-#[derive(Serialize)]
+/// A file that was refused, and why.
+#[derive(Serialize, ToSchema)]
 struct FileError {
     filename: String,
     code: &'static str,
     error: String,
 }
 
-#[derive(Serialize)]
+/// `POST /api/upload`'s answer: the original's shape, with a code per refused file.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UploadAnswer {
     success: bool,
@@ -159,6 +175,15 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Upload reference images (multipart field `files`, one or many) into `uploads/`.
+/// Each file is identified by its bytes, checked whole and stored without its metadata.
+#[utoipa::path(post, path = "/api/upload", tag = "generation",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored files, and any refused ones in `errors`", body = UploadAnswer),
+        (status = 400, description = "No usable file (every file refused, or no `files` field)", body = UploadAnswer),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+    ))]
 async fn upload(
     State(state): State<AppState>,
     caller: Caller,
