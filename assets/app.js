@@ -20,6 +20,10 @@ const UNKNOWN_EVENT_ID = '0-0';
 // Uploads can be large; give them much longer than ordinary requests.
 const UPLOAD_TIMEOUT_MS = 5 * 60 * 1000;
 const API_KEY_STORAGE = 'darkroom.apiKey';
+// Past tasks are read from GET /api/tasks this many at a time ("Load more" reads the next
+// page). The page's own address may ask for another size, e.g. /?pageSize=10 (1–200).
+const DEFAULT_PAGE_SIZE = 50;
+const MAX_PAGE_SIZE = 200;
 
 const STATUS_LABELS = {
   pending: 'Pending',
@@ -45,6 +49,15 @@ const state = {
   stream: null, // the EventSource, or null when no task is running
   streamKey: '', // the task ids the open stream watches, comma-joined
   lastEventId: '', // the last event id seen: a reopened stream resumes after it
+  watched: new Set(), // the task ids the open stream was opened for
+  listing: {
+    pageSize: DEFAULT_PAGE_SIZE,
+    cursor: null, // nextCursor of the last page read, or null when there is no more
+    loaded: false, // the first page has been read
+    loading: false, // a page request is in flight
+    failed: false, // the last page request failed (the button then offers to try again)
+    refused: false, // ... because of the API key (its error is cleared once a page loads)
+  },
   filter: 'all', // which task cards are shown: all | active | completed | failed
   dragDepth: 0, // dragenter/dragleave counter for the drop-zone highlight
   authErrorShown: false, // avoid repeating the 401 message
@@ -723,14 +736,16 @@ function isRunning(task) {
   return !task.done;
 }
 
-function addTask(task) {
+/** Shows a task created here (first in the list) or a past one read from the server (appended). */
+function addTask(task, { past = false } = {}) {
   state.tasks.set(task.taskId, task);
   task.el = buildTaskCard(task);
-  els.taskList.prepend(task.el.root);
+  if (past) els.taskList.append(task.el.root);
+  else els.taskList.prepend(task.el.root);
   els.tasksEmpty.hidden = true;
   updateTaskCard(task, Date.now());
   renderStats();
-  announce(`Task ${task.taskId} created.`);
+  if (!past) announce(`Task ${task.taskId} created.`);
 }
 
 function buildTaskCard(task) {
@@ -810,7 +825,8 @@ function updateTaskCard(task, now) {
   el.message.dataset.kind = message ? message.kind : '';
   el.cancel.hidden = task.done;
   el.cancel.disabled = task.busy;
-  el.retry.hidden = !(task.done && task.status === 'failed');
+  // The server retries failed and expired tasks; a canceled one stays canceled.
+  el.retry.hidden = !(task.done && task.status === 'failed' && task.state !== 'canceled');
   el.retry.disabled = task.busy;
   el.root.hidden = !matchesFilter(task);
 
@@ -855,6 +871,105 @@ function renderResults(task) {
   });
   if (skipped > 0) figures.push(h('p', 'hint', `${skipped} result URL${skipped === 1 ? ' was' : 's were'} not a valid http(s) address and ${skipped === 1 ? 'is' : 'are'} not shown.`));
   task.el.results.replaceChildren(...figures);
+}
+
+// ---------------------------------------------------------------------------
+// Past tasks: GET /api/tasks, newest first, a page at a time
+// ---------------------------------------------------------------------------
+
+/** The page size: DEFAULT_PAGE_SIZE unless the page's address says ?pageSize=N (1–200). */
+function listingPageSize() {
+  const raw = new URLSearchParams(window.location.search).get('pageSize');
+  const size = Number(raw);
+  return raw && Number.isInteger(size) && size >= 1 && size <= MAX_PAGE_SIZE ? size : DEFAULT_PAGE_SIZE;
+}
+
+function parseTime(raw) {
+  const ms = typeof raw === 'string' ? Date.parse(raw) : NaN;
+  return Number.isFinite(ms) ? ms : null;
+}
+
+/** A task card's model from a task as GET /api/tasks answers it. */
+function taskFromView(view) {
+  const inputs = Array.isArray(view.inputUrls) ? view.inputUrls : [];
+  const task = createTask({
+    taskId: str(view.taskId),
+    source: null,
+    fileEntry: null,
+    prompt: str(view.prompt),
+    outputFormat: str(view.outputFormat) || 'png',
+  });
+  task.thumbUrl = safeHttpUrl(view.imageUrl) || safeHttpUrl(inputs[0]);
+  task.startedAt = parseTime(view.createdAt) || Date.now();
+  if (typeof view.consumeCredits === 'number') task.credits = view.consumeCredits;
+  const endedAt = parseTime(view.completedAt) || parseTime(view.updatedAt) || Date.now();
+  applyTaskStatus(task, view, { quiet: true, endedAt: Math.max(endedAt, task.startedAt) });
+  return task;
+}
+
+/**
+ * Reads the next page of past tasks (the first on load) and shows the ones not on the
+ * page yet below the others; unfinished ones join the live stream.
+ */
+async function loadTaskPage() {
+  const listing = state.listing;
+  if (listing.loading) return;
+  if (state.info && state.info.apiKeysRequired === true && !state.apiKey) {
+    // Nothing to ask without a key; it loads once one is entered.
+    listing.failed = false;
+    els.tasksLoadStatus.textContent = 'Enter your API key above to see your earlier tasks.';
+    renderListing();
+    return;
+  }
+  listing.loading = true;
+  listing.failed = false;
+  els.tasksLoadStatus.textContent = listing.loaded ? 'Loading more tasks…' : 'Loading earlier tasks…';
+  renderListing();
+  const params = new URLSearchParams({ limit: String(listing.pageSize) });
+  if (listing.loaded && listing.cursor) params.set('cursor', listing.cursor);
+  try {
+    const data = await api(`/api/tasks?${params}`);
+    const views = Array.isArray(data.tasks) ? data.tasks : [];
+    let added = 0;
+    for (const view of views) {
+      const taskId = str(view && view.taskId);
+      if (!taskId || state.tasks.has(taskId)) continue;
+      addTask(taskFromView(view), { past: true });
+      added += 1;
+    }
+    listing.loaded = true;
+    listing.cursor = str(data.nextCursor) || null;
+    if (listing.refused) clearError();
+    listing.refused = false;
+    els.tasksLoadStatus.textContent = views.length === 0 || (added === 0 && !listing.cursor)
+      ? ''
+      : `Loaded ${added} earlier task${added === 1 ? '' : 's'}.`;
+    watchTasks();
+  } catch (err) {
+    listing.failed = true;
+    if (err instanceof ApiError && err.status === 401) {
+      listing.refused = true;
+      // The same message and key field as every other refused request.
+      showApiError(err);
+      els.tasksLoadStatus.textContent = 'Earlier tasks could not be loaded: the API key is missing or wrong.';
+    } else {
+      if (!(err instanceof ApiError)) console.error(err);
+      els.tasksLoadStatus.textContent = `Earlier tasks could not be loaded: ${err instanceof ApiError ? err.message : 'unexpected error'}`;
+    }
+  } finally {
+    listing.loading = false;
+    renderListing();
+  }
+}
+
+function renderListing() {
+  const listing = state.listing;
+  const more = listing.loaded && listing.cursor !== null;
+  // Hidden during the first read (its status line says so) and once every page is in.
+  els.tasksMore.hidden = !(more || listing.failed || (listing.loading && listing.loaded));
+  els.tasksMore.disabled = listing.loading;
+  els.tasksMore.textContent = listing.loading ? 'Loading…' : (listing.failed ? 'Try again' : 'Load more');
+  els.tasksLoadStatus.hidden = els.tasksLoadStatus.textContent === '';
 }
 
 // ---------------------------------------------------------------------------
@@ -950,8 +1065,15 @@ function watchTasks() {
     state.stream = null;
   }
   state.streamKey = key;
+  // A task this stream did not watch before may have changed before it was added (a past
+  // task read from /api/tasks, or a new one whose first events went by while another
+  // stream was open): such a stream starts with the current state of its tasks instead
+  // of resuming, so nothing is missed.
+  const added = ids.some((id) => !state.watched.has(id));
+  state.watched = new Set(ids);
   if (ids.length === 0) return;
-  const params = new URLSearchParams({ taskIds: key, lastEventId: state.lastEventId || UNKNOWN_EVENT_ID });
+  const resumeFrom = added || !state.lastEventId ? UNKNOWN_EVENT_ID : state.lastEventId;
+  const params = new URLSearchParams({ taskIds: key, lastEventId: resumeFrom });
   // EventSource cannot send an Authorization header; the server takes the key here instead.
   if (state.apiKey) params.set('access_token', state.apiKey);
   const stream = new EventSource(`/api/events?${params}`);
@@ -1024,7 +1146,11 @@ function clockTick() {
   ensureClock();
 }
 
-function applyTaskStatus(task, data) {
+/**
+ * Applies a task's status (an event, or a task as the API answers it). `quiet` skips the
+ * announcement (past tasks read on load); `endedAt` is when a finished task ended.
+ */
+function applyTaskStatus(task, data, { quiet = false, endedAt = Date.now() } = {}) {
   const previous = task.status;
   const status = str(data.status) || task.status;
   task.status = status;
@@ -1033,7 +1159,7 @@ function applyTaskStatus(task, data) {
 
   if (status === 'completed' || status === 'failed') {
     task.done = true;
-    task.endedAt = Date.now();
+    task.endedAt = endedAt;
     if (status === 'completed') {
       task.resultUrls = Array.isArray(data.resultUrls) ? data.resultUrls.filter((u) => typeof u === 'string') : [];
     } else {
@@ -1042,7 +1168,7 @@ function applyTaskStatus(task, data) {
         || (task.state === 'canceled' ? 'Canceled.' : 'The task failed without an error message.');
     }
   }
-  if (status !== previous) {
+  if (status !== previous && !quiet) {
     let text = `Task ${task.taskId}: ${STATUS_LABELS[status] || status}.`;
     if (status === 'completed') {
       const shown = task.resultUrls.filter((u) => safeHttpUrl(u) !== null).length;
@@ -1090,6 +1216,8 @@ function cacheElements() {
     streamNotice: byId('stream-notice'),
     batchToggle: byId('batch-toggle'),
     taskList: byId('task-list'),
+    tasksMore: byId('tasks-more'),
+    tasksLoadStatus: byId('tasks-load-status'),
     liveRegion: byId('live-region'),
   });
 }
@@ -1112,11 +1240,16 @@ function bindEvents() {
   });
   els.form.addEventListener('submit', handleSubmit);
   els.taskFilter.addEventListener('change', applyFilter);
+  els.tasksMore.addEventListener('click', loadTaskPage);
 
   els.apiKeyInput.addEventListener('input', () => {
     state.apiKey = els.apiKeyInput.value.trim();
     state.authErrorShown = false;
     saveApiKey(state.apiKey);
+  });
+  // A key entered (or corrected) after the list could not be read: read it now.
+  els.apiKeyInput.addEventListener('change', () => {
+    if (!state.listing.loaded && state.apiKey) loadTaskPage();
   });
   els.apiKeyClear.addEventListener('click', () => {
     state.apiKey = '';
@@ -1135,9 +1268,12 @@ function init() {
   state.apiKey = loadApiKey();
   els.apiKeyInput.value = state.apiKey;
   bindEvents();
+  state.listing.pageSize = listingPageSize();
   renderFiles();
   renderForm();
-  loadInfo();
+  renderListing();
+  // The info says whether a key is needed; past tasks are read after it.
+  loadInfo().then(loadTaskPage);
 }
 
 init();

@@ -2,9 +2,15 @@
 // (no browser download). Starts a freshly built darkroom (`target/debug/darkroom serve`) on
 // a free loopback port with a temporary data directory and the built-in simulator, uploads
 // two images through the page, submits, and waits for both results to appear without a
-// reload (the page follows progress over SSE). Any console error or page error fails it.
+// reload (the page follows progress over SSE); then a batch of two. After a reload the
+// list shows those tasks again (read from GET /api/tasks), "Load more" pages through them,
+// a past unfinished task finishes live and a canceled one says so. Last, a second server
+// with API keys: the list waits for a key, a wrong key gets the page's 401 message, the
+// right one shows the key's tasks. Any console error or page error fails it (except the
+// one 401 the wrong key is meant to cause).
 //
 // Usage: node page.test.mjs   (from tests/browser, after `npm ci` and `cargo build`)
+// DARKROOM_BINARY=/path/to/darkroom runs another build than target/debug/darkroom.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
@@ -15,9 +21,13 @@ import { deflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
-const BINARY = join(ROOT, 'target', 'debug', 'darkroom');
+const BINARY = process.env.DARKROOM_BINARY || join(ROOT, 'target', 'debug', 'darkroom');
 const CHROMIUM = '/usr/bin/chromium';
 const TIMEOUT_MS = 60_000;
+// Gemini tasks (made through the API below) take this long in the built-in simulator: long
+// enough to still be running when a freshly loaded page lists them.
+const GEMINI_LATENCY_MS = '3000-3500';
+const API_KEY = 'dk_browser_test_key_0123456789';
 
 function fail(message) {
   console.error(`browser test: FAIL: ${message}`);
@@ -88,6 +98,83 @@ async function waitForServer(url, child) {
   throw new Error(`darkroom did not answer at ${url} within 30 s`);
 }
 
+/** A JSON call to darkroom's API from node (not the page); throws on a non-2xx answer. */
+async function call(base, path, { method = 'GET', json, form, key } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  let body;
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify(json);
+  } else if (form) {
+    body = form;
+  }
+  const response = await fetch(`${base}${path}`, { method, headers, body });
+  const data = await response.json();
+  if (!response.ok) throw new Error(`${method} ${path}: HTTP ${response.status} ${JSON.stringify(data)}`);
+  return data;
+}
+
+/** Uploads one small PNG through the API; returns its { key, url }. */
+async function uploadPng(base, key) {
+  const form = new FormData();
+  form.append('files', new Blob([png(32, 32, [200, 160, 40])], { type: 'image/png' }), 'api.png');
+  const data = await call(base, '/api/upload', { method: 'POST', form, key });
+  const [uploaded] = data.uploaded;
+  return { key: uploaded.key, url: uploaded.url };
+}
+
+/** Creates one task through the API; returns its id. */
+async function createTask(base, upload, { provider, key } = {}) {
+  const data = await call(base, '/api/generate', {
+    method: 'POST',
+    json: { prompt: 'made through the API', uploads: [upload], ...(provider ? { provider } : {}) },
+    key,
+  });
+  return data.taskIds[0];
+}
+
+function startServer(port, dataDir, extraEnv = {}) {
+  const { DARKROOM_BINARY: _binary, ...inherited } = process.env; // the test's, not darkroom's
+  return spawn(BINARY, ['serve'], {
+    env: {
+      ...inherited,
+      DARKROOM_LISTEN: `127.0.0.1:${port}`,
+      DARKROOM_DATA_DIR: dataDir,
+      DARKROOM_SIM_LATENCY_MS: '200-500',
+      DARKROOM_GEMINI_SIM_LATENCY_MS: GEMINI_LATENCY_MS,
+      DARKROOM_LOG: 'warn',
+      ...extraEnv,
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+}
+
+async function stopServer(server) {
+  if (!server) return;
+  if (server.exitCode === null) server.kill('SIGTERM');
+  await new Promise((r) => { if (server.exitCode !== null) r(); else server.on('exit', r); });
+}
+
+/** Whether every result image on the page loaded (waits for those still loading). */
+function resultImagesLoaded(page) {
+  return page.$$eval('img.result-image', (imgs) => Promise.all(imgs.map((img) => (img.complete
+    ? img.naturalWidth > 0
+    : new Promise((ok) => { img.onload = () => ok(img.naturalWidth > 0); img.onerror = () => ok(false); })))));
+}
+
+/** { taskId: { status, message, retryShown, cancelShown, results } } of every card shown. */
+function cards(page) {
+  return page.$$eval('#task-list li.task-card', (list) => Object.fromEntries(list.map((c) => [c.dataset.taskId, {
+    status: c.dataset.status,
+    hidden: c.hidden,
+    message: c.querySelector('.task-message').hidden ? '' : c.querySelector('.task-message').textContent,
+    retryShown: !c.querySelector('.task-retry').hidden,
+    cancelShown: !c.querySelector('.task-cancel').hidden,
+    results: c.querySelectorAll('img.result-image').length,
+  }])));
+}
+
 async function main() {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)`);
   if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run cargo build first`);
@@ -96,16 +183,9 @@ async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-'));
   const profileDir = mkdtempSync(join(tmpdir(), 'darkroom-chromium-'));
   const url = `http://127.0.0.1:${port}`;
-  const server = spawn(BINARY, ['serve'], {
-    env: {
-      ...process.env,
-      DARKROOM_LISTEN: `127.0.0.1:${port}`,
-      DARKROOM_DATA_DIR: dataDir,
-      DARKROOM_SIM_LATENCY_MS: '200-500',
-      DARKROOM_LOG: 'warn',
-    },
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const server = startServer(port, dataDir);
+  const keyedDataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-keyed-'));
+  let keyedServer;
   let browser;
   const errors = [];
   try {
@@ -127,8 +207,10 @@ async function main() {
     });
     page.on('pageerror', (error) => errors.push(`page error: ${error.message}`));
     let polls = 0;
+    let posts = 0; // requests that could create or change a task
     page.on('request', (request) => {
       if (request.url().includes('/api/task-status')) polls += 1;
+      if (request.method() !== 'GET') posts += 1;
     });
 
     const started = Date.now();
@@ -183,14 +265,128 @@ async function main() {
     if (shownWhenFailed !== 0) throw new Error(`filter "failed" still shows ${shownWhenFailed} completed cards`);
     await page.selectOption('#task-filter', 'all');
     const stats = await page.textContent('#task-stats');
+    const liveMs = Date.now() - started;
+    const sessionIds = Object.keys(await cards(page));
+
+    // --- Past tasks: after a reload the list is read from GET /api/tasks ---------------
+    posts = 0;
+    await page.reload({ waitUntil: 'networkidle' });
+    await page.waitForFunction(
+      () => document.querySelectorAll('#task-list li.task-card img.result-image').length >= 4,
+      undefined,
+      { timeout: TIMEOUT_MS },
+    );
+    const reloaded = await cards(page);
+    const reloadedIds = Object.keys(reloaded);
+    if (reloadedIds.length !== 4 || !sessionIds.every((id) => reloaded[id] && reloaded[id].status === 'completed')) {
+      throw new Error(`after a reload expected the 4 tasks completed, saw ${JSON.stringify(reloaded)}`);
+    }
+    // Newest first, as the session showed them.
+    if (reloadedIds.join() !== sessionIds.join()) {
+      throw new Error(`after a reload the order changed: ${reloadedIds.join()} vs ${sessionIds.join()}`);
+    }
+    if (!(await resultImagesLoaded(page)).every(Boolean)) throw new Error('a past result image did not load');
+    const downloads = await page.$$eval('#task-list a.result-download', (links) => links.length);
+    if (downloads !== 4) throw new Error(`expected 4 download links on past tasks, saw ${downloads}`);
+    const reloadedStats = await page.textContent('#task-stats');
+    if (!reloadedStats.startsWith('4 tasks') || !reloadedStats.includes('4 completed')) {
+      throw new Error(`the summary after a reload does not count the past tasks: "${reloadedStats}"`);
+    }
+    if (!(await page.isHidden('#tasks-more'))) throw new Error('"Load more" is shown though one page held every task');
+    if (posts > 0) throw new Error(`the reloaded page sent ${posts} non-GET requests; it must only read`);
+
+    // --- Load more, a past task still running, a canceled one ---------------------------
+    // Made through the API (not this page): a Gemini task to cancel, then one that is still
+    // running (the Gemini simulator takes GEMINI_LATENCY_MS) when the page lists it.
+    const upload = await uploadPng(url, undefined);
+    const canceledId = await createTask(url, upload, { provider: 'gemini' });
+    await call(url, `/api/tasks/${canceledId}/cancel`, { method: 'POST', json: {} });
+    const runningId = await createTask(url, upload, { provider: 'gemini' });
+    posts = 0;
+    await page.goto(`${url}/?pageSize=2`, { waitUntil: 'domcontentloaded' });
+    await page.waitForSelector(`#task-list li.task-card[data-task-id="${canceledId}"]`, { timeout: TIMEOUT_MS });
+    const firstPage = await cards(page);
+    if (Object.keys(firstPage).length !== 2) throw new Error(`pageSize=2 showed ${Object.keys(firstPage).length} cards`);
+    if (firstPage[runningId].status === 'completed' || !firstPage[runningId].cancelShown) {
+      throw new Error(`the running past task should be listed unfinished with Cancel, saw ${JSON.stringify(firstPage[runningId])}`);
+    }
+    let pagesRead = 1;
+    while (await page.isVisible('#tasks-more')) {
+      const before = await page.$$eval('#task-list li.task-card', (list) => list.length);
+      await page.click('#tasks-more');
+      await page.waitForFunction(
+        (n) => document.querySelectorAll('#task-list li.task-card').length > n
+          && !document.querySelector('#tasks-more').disabled,
+        before,
+        { timeout: TIMEOUT_MS },
+      );
+      pagesRead += 1;
+      if (pagesRead > 5) throw new Error('"Load more" never ran out');
+    }
+    const allIds = Object.keys(await cards(page));
+    const expectedIds = [runningId, canceledId, ...sessionIds];
+    if (pagesRead !== 3 || allIds.join() !== expectedIds.join()) {
+      throw new Error(`"Load more" read ${pagesRead} pages and showed ${allIds.join()}; expected 3 pages and ${expectedIds.join()}`);
+    }
+    // The running one finishes on the page over SSE (no reload, no polling).
+    await page.waitForSelector(`#task-list li.task-card[data-task-id="${runningId}"][data-status="completed"] img.result-image`, { timeout: TIMEOUT_MS });
+    const paged = await cards(page);
+    const canceled = paged[canceledId];
+    if (canceled.status !== 'failed' || canceled.message !== 'Canceled.' || canceled.retryShown || canceled.cancelShown) {
+      throw new Error(`the canceled past task should say "Canceled." with no buttons, saw ${JSON.stringify(canceled)}`);
+    }
+    if (!(await resultImagesLoaded(page)).every(Boolean)) throw new Error('a result image did not load after "Load more"');
+    await page.selectOption('#task-filter', 'failed');
+    const failedShown = Object.entries(await cards(page)).filter(([, c]) => !c.hidden).map(([id]) => id);
+    if (failedShown.join() !== canceledId) throw new Error(`filter "failed" shows ${failedShown.join()}, not the canceled task`);
+    await page.selectOption('#task-filter', 'all');
+    const pagedStats = await page.textContent('#task-stats');
+    if (!pagedStats.startsWith('6 tasks') || !pagedStats.includes('5 completed') || !pagedStats.includes('1 failed')) {
+      throw new Error(`the summary does not count every loaded task: "${pagedStats}"`);
+    }
+    if (posts > 0) throw new Error(`the page sent ${posts} non-GET requests while listing; it must only read`);
+
+    // --- API keys: the list uses the page's key; a wrong one gets the 401 message --------
+    const keyedPort = await freePort();
+    const keyedUrl = `http://127.0.0.1:${keyedPort}`;
+    keyedServer = startServer(keyedPort, keyedDataDir, { DARKROOM_API_KEYS: `tester:${API_KEY}` });
+    await waitForServer(keyedUrl, keyedServer);
+    const keyedTask = await createTask(keyedUrl, await uploadPng(keyedUrl, API_KEY), { key: API_KEY });
+    let refused = 0;
+    page.on('response', (response) => {
+      if (response.status() === 401) refused += 1;
+    });
+    await page.goto(keyedUrl, { waitUntil: 'networkidle' });
+    await page.waitForSelector('#tasks-load-status:has-text("Enter your API key")', { timeout: TIMEOUT_MS });
+    if (refused > 0 || await page.isVisible('#error-area')) throw new Error('the list was asked for without a key');
+    const errorsBeforeWrongKey = errors.length;
+    await page.fill('#api-key-input', 'dk_wrong_key_0123456789abcdef');
+    await page.press('#api-key-input', 'Enter');
+    await page.waitForSelector('#error-area:not([hidden])', { timeout: TIMEOUT_MS });
+    const refusal = await page.textContent('#error-message');
+    if (refusal !== 'API key missing or wrong' || refused !== 1) {
+      throw new Error(`a wrong key should give one 401 and the page's message, saw ${refused} and "${refusal}"`);
+    }
+    // Chromium logs the refused request itself as a console error: that one is expected.
+    const logged = errors.splice(errorsBeforeWrongKey);
+    const unexpected = logged.filter((e) => !/status of 401/.test(e));
+    errors.push(...unexpected);
+    if (logged.length - unexpected.length > 1) throw new Error(`more than one 401 logged: ${logged.join('; ')}`);
+    await page.fill('#api-key-input', API_KEY);
+    await page.press('#api-key-input', 'Enter');
+    await page.waitForSelector(`#task-list li.task-card[data-task-id="${keyedTask}"][data-status="completed"] img.result-image`, { timeout: TIMEOUT_MS });
+    if (await page.isVisible('#error-area')) throw new Error('the 401 message stayed after the right key loaded the list');
+    if (!(await resultImagesLoaded(page)).every(Boolean)) throw new Error('a signed result image did not load');
+
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${Date.now() - started} ms at 390 px wide, 0 polls, 0 console errors; summary "${stats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"); 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
-    server.kill('SIGTERM');
-    await new Promise((r) => { if (server.exitCode !== null) r(); else server.on('exit', r); });
+    await stopServer(server);
+    await stopServer(keyedServer);
     rmSync(dataDir, { recursive: true, force: true });
+    rmSync(keyedDataDir, { recursive: true, force: true });
     rmSync(profileDir, { recursive: true, force: true });
   }
 }
