@@ -17,6 +17,7 @@ mod status;
 mod tasks;
 mod ui;
 mod upload;
+mod webhook_secret;
 mod zip;
 
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(status::router())
         .merge(tasks::router())
         .merge(batches::router())
+        .merge(webhook_secret::router())
         .merge(openapi::router())
         .merge(health::router())
         .merge(files::router())
