@@ -315,7 +315,9 @@ pub struct AuthConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `whsec_<base64>`. Unset: generated once and kept in `<data_dir>/webhook_secret`.
+    /// `whsec_<base64>`: signs the webhooks of tasks without an owner (each API key has
+    /// its own secret, in the database). Unset: generated once and kept in
+    /// `<data_dir>/webhook_secret`.
     pub secret: Option<Secret>,
     /// The wait before the first retry, milliseconds; later retries follow the Standard
     /// Webhooks schedule (5 min, 30 min, 2 h, 5 h, 10 h, 10 h).

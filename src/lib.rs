@@ -307,6 +307,7 @@ impl App {
         )?;
         let webhooks = Arc::new(webhooks::Deliverer::new(
             repo.clone(),
+            access.clone(),
             fetcher.clone(),
             signer,
             Duration::from_millis(config.webhook.first_retry_ms),

@@ -50,8 +50,17 @@ enum KeysCommand {
     },
     /// List keys: name, the key's first characters, when made, whether revoked.
     List,
-    /// Revoke NAME's key: it stops working within 30 seconds on running servers.
+    /// Revoke NAME's key: it stops working within 30 seconds on running servers. Its
+    /// webhook secret is kept: it belongs to the name, like the key's tasks.
     Revoke { name: String },
+    /// Print the whsec_ secret that signs the webhooks of NAME's tasks (made on first use).
+    WebhookSecret {
+        /// A key's name: stored (live or revoked) or in DARKROOM_API_KEYS.
+        name: String,
+        /// Replace it with a new one; for 24 hours deliveries carry signatures with both.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -269,6 +278,12 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             println!(
                 "Clients send it as: Authorization: Bearer <key>. A server that started without any key must be restarted to require keys."
             );
+            // A name used before (by a revoked key) keeps its secret, as it keeps its tasks.
+            let secret = darkroom::webhooks::key_secret(&repo, &name, now).await?;
+            println!(
+                "Webhooks of its tasks are signed with this secret (also at GET /api/webhook-secret, or darkroom keys webhook-secret {name}):"
+            );
+            println!("{}", secret.secret);
         }
         KeysCommand::List => {
             let keys = repo.list_api_keys().await?;
@@ -290,6 +305,33 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 "no live key named {name:?}"
             );
             println!("API key {name:?} revoked.");
+        }
+        KeysCommand::WebhookSecret { name, rotate } => {
+            // Refuse names no key has, so a typo does not quietly make a secret nobody uses.
+            let stored = repo.list_api_keys().await?.iter().any(|k| k.name == name);
+            let configured = config
+                .configured_api_keys()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .iter()
+                .any(|(n, _)| *n == name);
+            anyhow::ensure!(
+                stored || configured,
+                "no key named {name:?} (neither stored nor in DARKROOM_API_KEYS)"
+            );
+            if rotate {
+                let record = darkroom::webhooks::rotate_key_secret(&repo, &name, now).await?;
+                println!("Webhook secret of {name:?} rotated. The new secret:");
+                println!("{}", record.secret);
+                if let Some(until) = record.previous_valid_until(now) {
+                    println!(
+                        "Until {}, deliveries are also signed with the previous secret.",
+                        darkroom::status::iso_time(until)
+                    );
+                }
+            } else {
+                let record = darkroom::webhooks::key_secret(&repo, &name, now).await?;
+                println!("{}", record.secret);
+            }
         }
     }
     Ok(())

@@ -8,8 +8,15 @@
 //! about a day; the row is the source of truth, so a restart resumes where it stopped.
 //! The event bus only wakes the deliverer early; a periodic sweep finds everything else.
 //!
-//! The secret is one per instance for now (`DARKROOM_WEBHOOK_SECRET`, or generated once
-//! and kept in `<data_dir>/webhook_secret`); a secret per API key is not built yet.
+//! Secrets: each API key has its own `whsec_` secret, kept in the database by the key's
+//! name (the task's owner) and made on first use ([`key_secret`]), so instances sharing the
+//! database sign alike. A key reads it from `GET /api/webhook-secret` (or `darkroom keys
+//! webhook-secret`) and replaces it with [`rotate_key_secret`]; for [`ROTATION_OVERLAP`]
+//! after a rotation deliveries carry a second signature made with the old secret
+//! (`v1,<new> v1,<old>`), so receivers can switch without dropping a message. Each attempt
+//! reads the secret afresh, so a rotation takes effect at once on every instance. Tasks
+//! without an owner (API keys off) are signed with the instance secret
+//! (`DARKROOM_WEBHOOK_SECRET`, or generated once and kept in `<data_dir>/webhook_secret`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::now_ms;
 use crate::events::EventBus;
 use crate::net::{FetchError, Fetcher};
-use crate::storage::{DeliveryOutcome, TaskRepo, WebhookDelivery};
+use crate::storage::{
+    AccessRepo, DeliveryOutcome, RepoError, TaskRepo, WebhookDelivery, WebhookSecretRecord,
+};
 
 const SECRET_PREFIX: &str = "whsec_";
 /// Random bytes in a generated secret (Standard Webhooks: 24 to 64).
@@ -46,6 +55,8 @@ const LATER_RETRIES: [Duration; 6] = [
 const ATTEMPT_LEASE: Duration = Duration::from_secs(120);
 /// How often the deliverer looks for due deliveries when nothing wakes it.
 const SWEEP: Duration = Duration::from_secs(1);
+/// How long a rotated-out key secret keeps signing deliveries beside the new one.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 /// Deliveries attempted at once.
 const CONCURRENCY: usize = 8;
 const BATCH: usize = 64;
@@ -79,6 +90,46 @@ pub fn parse_secret(raw: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// A fresh `whsec_<standard base64 of 32 random bytes>` secret.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; GENERATED_SECRET_BYTES];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+    format!("{SECRET_PREFIX}{}", BASE64.encode(bytes))
+}
+
+/// Why a delivery could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("reading the webhook secret failed: {0}")]
+    Repo(#[from] RepoError),
+    /// Only a hand-edited row can get here; the message names the problem, never the value.
+    #[error("the stored webhook secret of key {owner:?} {problem}")]
+    Unusable { owner: String, problem: String },
+}
+
+/// The webhook secret of the API key called `owner`, made and stored on first use (by
+/// whichever instance gets there first; all of them then read the same one).
+pub async fn key_secret(
+    access: &dyn AccessRepo,
+    owner: &str,
+    now: i64,
+) -> Result<WebhookSecretRecord, RepoError> {
+    access.webhook_secret(owner, &generate_secret(), now).await
+}
+
+/// Gives the API key called `owner` a new webhook secret; the one it replaces keeps signing
+/// (as a second signature) for [`ROTATION_OVERLAP`].
+pub async fn rotate_key_secret(
+    access: &dyn AccessRepo,
+    owner: &str,
+    now: i64,
+) -> Result<WebhookSecretRecord, RepoError> {
+    let overlap = i64::try_from(ROTATION_OVERLAP.as_millis()).unwrap_or(i64::MAX);
+    access
+        .rotate_webhook_secret(owner, &generate_secret(), now, now.saturating_add(overlap))
+        .await
+}
+
 /// Signs webhook payloads with one secret.
 #[derive(Clone)]
 pub struct Signer {
@@ -110,9 +161,7 @@ impl Signer {
             Ok(stored) => Self::new(stored.trim())
                 .map_err(|p| anyhow::anyhow!("{}: the stored webhook secret {p}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; GENERATED_SECRET_BYTES];
-                rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
-                let secret = format!("{SECRET_PREFIX}{}", BASE64.encode(bytes));
+                let secret = generate_secret();
                 std::fs::create_dir_all(data_dir)
                     .with_context(|| format!("creating {}", data_dir.display()))?;
                 write_private(&path, &secret)
@@ -152,10 +201,22 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Why one delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
 /// Delivers due webhooks until shutdown.
 pub struct Deliverer {
     repo: Arc<dyn TaskRepo>,
+    /// Where each API key's secret is kept.
+    access: Arc<dyn AccessRepo>,
     fetcher: Fetcher,
+    /// The instance secret: signs deliveries of tasks without an owner.
     signer: Signer,
     first_retry: Duration,
 }
@@ -163,16 +224,49 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(
         repo: Arc<dyn TaskRepo>,
+        access: Arc<dyn AccessRepo>,
         fetcher: Fetcher,
         signer: Signer,
         first_retry: Duration,
     ) -> Self {
         Self {
             repo,
+            access,
             fetcher,
             signer,
             first_retry,
         }
+    }
+
+    /// The `webhook-signature` value: signed with the secret of the task's owner and, while
+    /// a rotation's overlap lasts, also with the one it replaced (`v1,<new> v1,<old>`);
+    /// tasks without an owner are signed with the instance secret. The key's secret is read
+    /// on every attempt (one lookup by primary key, small next to the POST), so a rotation
+    /// counts at once here and on every other instance.
+    async fn signature(
+        &self,
+        owner: Option<&str>,
+        id: &str,
+        timestamp: i64,
+        body: &[u8],
+        now: i64,
+    ) -> Result<String, SecretError> {
+        let Some(owner) = owner else {
+            return Ok(self.signer.sign(id, timestamp, body));
+        };
+        let record = key_secret(self.access.as_ref(), owner, now).await?;
+        let signer = |secret: &str| {
+            Signer::new(secret).map_err(|problem| SecretError::Unusable {
+                owner: owner.to_owned(),
+                problem,
+            })
+        };
+        let mut signature = signer(&record.secret)?.sign(id, timestamp, body);
+        if let Some(previous) = record.previous_at(now) {
+            signature.push(' ');
+            signature.push_str(&signer(previous)?.sign(id, timestamp, body));
+        }
+        Ok(signature)
     }
 
     /// The wait after failed attempt number `attempts` (1-based); `None`: give up.
@@ -210,7 +304,7 @@ impl Deliverer {
         }
     }
 
-    async fn deliver_due(&self) -> Result<(), crate::storage::RepoError> {
+    async fn deliver_due(&self) -> Result<(), RepoError> {
         loop {
             let due = self.repo.due_webhooks(now_ms(), BATCH).await?;
             let count = due.len();
@@ -227,7 +321,7 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, delivery: &WebhookDelivery) -> Result<(), crate::storage::RepoError> {
+    async fn attempt(&self, delivery: &WebhookDelivery) -> Result<(), RepoError> {
         let now = now_ms();
         let lease = now + i64::try_from(ATTEMPT_LEASE.as_millis()).unwrap_or(i64::MAX);
         if !self.repo.claim_webhook(&delivery.id, now, lease).await? {
@@ -251,22 +345,25 @@ impl Deliverer {
             data: crate::http::task_view(&task, None),
         };
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let values = [
-            ("webhook-id", delivery.id.clone()),
-            ("webhook-timestamp", timestamp.to_string()),
-            (
-                "webhook-signature",
-                self.signer.sign(&delivery.id, timestamp, &body),
-            ),
-        ];
-        for (name, value) in values {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
+        let result: Result<u16, AttemptError> = async {
+            let signature = self
+                .signature(task.owner.as_deref(), &delivery.id, timestamp, &body, now)
+                .await?;
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let values = [
+                ("webhook-id", delivery.id.clone()),
+                ("webhook-timestamp", timestamp.to_string()),
+                ("webhook-signature", signature),
+            ];
+            for (name, value) in values {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
             }
+            Ok(self.fetcher.post(&delivery.url, headers, body).await?)
         }
-        let result = self.fetcher.post(&delivery.url, headers, body).await;
+        .await;
         let outcome = match result {
             Ok(status) => {
                 tracing::info!(webhook_id = %delivery.id, task_id = %task.id, attempt, status, "webhook delivered");
@@ -274,11 +371,12 @@ impl Deliverer {
             }
             Err(e) => {
                 let status = match &e {
-                    FetchError::Status { status, .. } => Some(*status),
+                    AttemptError::Fetch(FetchError::Status { status, .. }) => Some(*status),
                     _ => None,
                 };
                 // A refused URL (private address, bad scheme) will not change: give up now.
-                let retry = !matches!(e, FetchError::Forbidden { .. });
+                // A secret that could not be read is retried like a failed POST.
+                let retry = !matches!(e, AttemptError::Fetch(FetchError::Forbidden { .. }));
                 match self.backoff(attempt).filter(|_| retry) {
                     Some(wait) => {
                         let run_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
@@ -326,6 +424,66 @@ mod tests {
         assert!(parse_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(parse_secret("whsec_!!!").is_err());
         assert!(parse_secret("whsec_c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn generated_secrets_are_valid_and_distinct() {
+        let a = generate_secret();
+        assert_eq!(parse_secret(&a).unwrap().len(), GENERATED_SECRET_BYTES);
+        assert_ne!(a, generate_secret());
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_signed_with_the_owners_secret_and_both_during_rotation() {
+        let repo = Arc::new(
+            crate::storage::sqlite::SqliteRepo::in_memory()
+                .await
+                .unwrap(),
+        );
+        let fetcher =
+            Fetcher::new(Vec::new(), Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        let instance = Signer::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let deliverer = Deliverer::new(
+            repo.clone(),
+            repo.clone(),
+            fetcher,
+            instance.clone(),
+            Duration::from_secs(1),
+        );
+        let sign = |secret: &str| Signer::new(secret).unwrap().sign("msg_1", 7, b"{}");
+        let now = 1_000;
+
+        let unowned = deliverer.signature(None, "msg_1", 7, b"{}", now).await;
+        assert_eq!(unowned.unwrap(), instance.sign("msg_1", 7, b"{}"));
+
+        let alice = key_secret(repo.as_ref(), "alice", now).await.unwrap();
+        let signed = deliverer
+            .signature(Some("alice"), "msg_1", 7, b"{}", now)
+            .await
+            .unwrap();
+        assert_eq!(signed, sign(&alice.secret));
+        let bob = deliverer
+            .signature(Some("bob"), "msg_1", 7, b"{}", now)
+            .await;
+        assert_ne!(bob.unwrap(), signed, "every key has its own secret");
+
+        let rotated = rotate_key_secret(repo.as_ref(), "alice", now)
+            .await
+            .unwrap();
+        let during = deliverer
+            .signature(Some("alice"), "msg_1", 7, b"{}", now + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            during,
+            format!("{} {}", sign(&rotated.secret), sign(&alice.secret))
+        );
+        let overlap = i64::try_from(ROTATION_OVERLAP.as_millis()).unwrap();
+        let after = deliverer
+            .signature(Some("alice"), "msg_1", 7, b"{}", now + overlap)
+            .await
+            .unwrap();
+        assert_eq!(after, sign(&rotated.secret), "the old secret stops signing");
     }
 
     #[test]

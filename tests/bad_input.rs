@@ -281,6 +281,8 @@ async fn no_bad_input_produces_a_5xx() {
         ("GET", "/".to_owned()),
         ("GET", "/assets/..%2f..%2fCargo.toml".to_owned()),
         ("POST", "/api/tasks".to_owned()),
+        ("GET", "/api/webhook-secret".to_owned()),
+        ("POST", "/api/webhook-secret/rotate".to_owned()),
     ];
     const ROUNDS: usize = 1000;
     let mut rng = StdRng::seed_from_u64(0x5eed);

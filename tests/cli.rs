@@ -229,3 +229,83 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     );
     assert!(exit.success(), "exit status {exit}");
 }
+
+/// `darkroom keys create` prints the key's webhook secret, `keys webhook-secret` prints the
+/// same one, `--rotate` replaces it, revoking keeps it (it belongs to the name), and a
+/// server on that database serves what the command printed.
+#[tokio::test]
+async fn keys_cli_prints_and_rotates_the_webhook_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/keys.db", dir.path().display());
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .env("DARKROOM_DATABASE_URL", &db)
+            .env("DARKROOM_DATA_DIR", dir.path())
+            .env("DARKROOM_LOG", "warn")
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        (output.status.success(), stdout, stderr)
+    };
+    let secret_line = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("whsec_"))
+            .unwrap_or_else(|| panic!("a whsec_ line in {stdout}"))
+            .to_owned()
+    };
+
+    let (ok, created, err) = run(&["keys", "create", "dave"], &[]);
+    assert!(ok, "{err}");
+    let key = created
+        .lines()
+        .find(|l| l.starts_with("dk_"))
+        .expect("the key is printed")
+        .to_owned();
+    let first = secret_line(&created);
+    let (ok, shown, err) = run(&["keys", "webhook-secret", "dave"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(shown.trim(), first, "the same secret");
+
+    let (ok, rotated, err) = run(&["keys", "webhook-secret", "dave", "--rotate"], &[]);
+    assert!(ok, "{err}");
+    let second = secret_line(&rotated);
+    assert_ne!(second, first);
+    assert!(rotated.contains("previous secret"), "{rotated}");
+
+    // A name no key has is refused; a key from DARKROOM_API_KEYS has a secret too.
+    let (ok, _, err) = run(&["keys", "webhook-secret", "nobody"], &[]);
+    assert!(!ok && err.contains("no key named"), "{err}");
+    let configured = [("DARKROOM_API_KEYS", "erin:dk_erin_0123456789abcdef")];
+    let (ok, erin, err) = run(&["keys", "webhook-secret", "erin"], &configured);
+    assert!(ok, "{err}");
+    assert!(erin.trim().starts_with("whsec_") && erin.trim() != second);
+
+    let app = spawn_app(&[
+        ("DARKROOM_DATABASE_URL", &db),
+        ("DARKROOM_WORKERS", "false"),
+    ])
+    .await;
+    let response = app
+        .http
+        .get(app.url("/api/webhook-secret"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let served: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(served["secret"], second.as_str(), "{served}");
+    assert!(served["previousValidUntil"].is_string(), "{served}");
+
+    // Revoking keeps the secret: it belongs to the name, like the key's tasks.
+    let (ok, _, err) = run(&["keys", "revoke", "dave"], &[]);
+    assert!(ok, "{err}");
+    let (ok, shown, err) = run(&["keys", "webhook-secret", "dave"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(shown.trim(), second);
+}

@@ -1,5 +1,5 @@
 //! Secrets never reach a log line or the bucket: callback tokens (which KIE echoes back in
-//! `param`), API keys, and `/files` signatures, with every darkroom and request log at
+//! `param`), API keys, webhook secrets and `/files` signatures, with every darkroom and request log at
 //! TRACE. A test binary of its own because it installs the global log subscriber.
 
 mod common;
@@ -114,6 +114,27 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
     assert_eq!(app.http.get(result_url).send().await.unwrap().status(), 200);
     let signature = result_url.split("sig=").nth(1).unwrap().to_owned();
 
+    // The key's webhook secret, read and rotated (the rotation is logged, by key name).
+    let mut webhook_secrets = Vec::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/webhook-secret"),
+        (reqwest::Method::POST, "/api/webhook-secret/rotate"),
+    ] {
+        let answer: Value = app
+            .http
+            .request(method, app.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let secret = answer["secret"].as_str().unwrap();
+        // The base64 part is the secret; the prefix alone proves nothing.
+        webhook_secrets.push(secret.trim_start_matches("whsec_").to_owned());
+    }
+
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let record = app
@@ -136,9 +157,15 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
         ("callback token", token.as_str()),
         ("API key", KEY),
         ("file signature", signature.as_str()),
+        ("webhook secret", webhook_secrets[0].as_str()),
+        ("rotated webhook secret", webhook_secrets[1].as_str()),
     ] {
         assert!(!logs.contains(secret), "the {what} is in the log");
     }
+    assert!(
+        logs.contains("webhook secret rotated"),
+        "the rotation is logged"
+    );
     // The record keeps the task's own (signed) URLs, as the status answer does; never the
     // callback token or the key.
     for (what, secret) in [("callback token", token.as_str()), ("API key", KEY)] {

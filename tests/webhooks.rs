@@ -1,5 +1,7 @@
 //! Outbound webhooks: signed per Standard Webhooks (checked here with our own HMAC, not
-//! darkroom's signer), retried after the receiver answers 500, one per task of a batch.
+//! darkroom's signer), retried after the receiver answers 500, one per task of a batch;
+//! with API keys, signed with each key's own secret (`/api/webhook-secret`), and with both
+//! secrets for a while after a rotation.
 
 mod common;
 
@@ -10,12 +12,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::spawn_app;
+use common::{TestApp, spawn_app};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const ALICE: &str = "dk_alice_0123456789abcdef";
+const BOB: &str = "dk_bob_0123456789abcdefgh";
 
 #[derive(Clone, Debug)]
 struct Received {
@@ -62,18 +66,124 @@ async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<Received>>>) {
 }
 
 /// The receiver's side of Standard Webhooks: HMAC-SHA256 over "{id}.{timestamp}.{body}"
-/// keyed with the base64-decoded secret, compared with every `v1,` signature given.
-fn verify(received: &Received) -> bool {
-    let key = BASE64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+/// keyed with the base64-decoded secret.
+fn expected_signature(received: &Received, secret: &str) -> String {
+    let key = BASE64
+        .decode(secret.strip_prefix("whsec_").expect("a whsec_ secret"))
+        .unwrap();
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
     mac.update(format!("{}.{}.", received.id, received.timestamp).as_bytes());
     mac.update(&received.body);
-    let expected = BASE64.encode(mac.finalize().into_bytes());
+    BASE64.encode(mac.finalize().into_bytes())
+}
+
+/// The `v1,` signatures of a delivery, in the order sent (space-separated).
+fn signatures(received: &Received) -> Vec<&str> {
     received
         .signature
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
-        .any(|s| s == expected)
+        .collect()
+}
+
+/// Whether any signature of the delivery verifies under `secret`.
+fn verify_with(received: &Received, secret: &str) -> bool {
+    let expected = expected_signature(received, secret);
+    signatures(received).contains(&expected.as_str())
+}
+
+fn verify(received: &Received) -> bool {
+    verify_with(received, SECRET)
+}
+
+/// A request as API key `key` (or without one).
+async fn send_as(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut request = app.http.request(method, app.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Uploads an image as `key` and queues one task from it with `webhookUrl`; the task id.
+async fn submit_as(app: &TestApp, key: &str, webhook_url: &str) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "files",
+        reqwest::multipart::Part::bytes(common::png(24, 16)).file_name("a.png"),
+    );
+    let response = app
+        .http
+        .post(app.url("/api/upload"))
+        .bearer_auth(key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let up: Value = response.json().await.unwrap();
+    let body = json!({
+        "prompt": "p",
+        "uploads": [{"key": up["uploaded"][0]["key"]}],
+        "webhookUrl": webhook_url,
+    });
+    let (code, answer) = send_as(
+        app,
+        reqwest::Method::POST,
+        "/api/generate",
+        Some(key),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    answer["taskIds"][0].as_str().unwrap().to_owned()
+}
+
+/// `GET /api/webhook-secret` as `key`: the whole answer.
+async fn secret_of(app: &TestApp, key: &str) -> Value {
+    let (code, body) = send_as(
+        app,
+        reqwest::Method::GET,
+        "/api/webhook-secret",
+        Some(key),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// The delivery of `task_id` among those received (waiting for it up to `timeout`).
+async fn delivery_of(
+    log: &Arc<Mutex<Vec<Received>>>,
+    task_id: &str,
+    timeout: Duration,
+) -> Received {
+    let start = Instant::now();
+    loop {
+        let found = log.lock().unwrap().iter().find_map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).ok()?;
+            (body["data"]["taskId"] == task_id).then(|| r.clone())
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no webhook for {task_id} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_for(
@@ -215,4 +325,172 @@ async fn webhook_to_a_private_address_is_refused_not_retried() {
         log.lock().unwrap().is_empty(),
         "the guarded client never connected"
     );
+}
+
+/// Two keys: each key's deliveries verify under its own secret (as served by
+/// `GET /api/webhook-secret`) and under neither the other key's nor the instance secret.
+#[tokio::test]
+async fn each_key_signs_its_webhooks_with_its_own_secret() {
+    let (host, log) = receiver(0).await;
+    let keys = format!("alice:{ALICE},bob:{BOB}");
+    let app = spawn_app(&[
+        ("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str()),
+        ("DARKROOM_WEBHOOK_SECRET", SECRET),
+        ("DARKROOM_API_KEYS", keys.as_str()),
+    ])
+    .await;
+    let alice = secret_of(&app, ALICE).await;
+    let bob = secret_of(&app, BOB).await;
+    let (alice, bob) = (
+        alice["secret"].as_str().unwrap().to_owned(),
+        bob["secret"].as_str().unwrap().to_owned(),
+    );
+    for secret in [&alice, &bob] {
+        assert!(secret.starts_with("whsec_"), "{secret}");
+        let bytes = BASE64.decode(&secret["whsec_".len()..]).unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+    assert_ne!(alice, bob);
+    assert_ne!(alice, SECRET);
+    // Asking again gives the same secret.
+    assert_eq!(secret_of(&app, ALICE).await["secret"], alice.as_str());
+
+    let url = format!("http://{host}/hook");
+    let alice_task = submit_as(&app, ALICE, &url).await;
+    let bob_task = submit_as(&app, BOB, &url).await;
+    let alice_call = delivery_of(&log, &alice_task, Duration::from_secs(30)).await;
+    let bob_call = delivery_of(&log, &bob_task, Duration::from_secs(30)).await;
+    for (call, own, other) in [(&alice_call, &alice, &bob), (&bob_call, &bob, &alice)] {
+        assert_eq!(signatures(call).len(), 1, "one signature: {call:?}");
+        assert!(verify_with(call, own), "verifies under its key's secret");
+        assert!(
+            !verify_with(call, other),
+            "not under the other key's secret"
+        );
+        assert!(!verify_with(call, SECRET), "not under the instance secret");
+    }
+    println!(
+        "each_key_signs_its_webhooks_with_its_own_secret: {} and {} verified under their own keys' secrets only",
+        alice_call.id, bob_call.id
+    );
+}
+
+/// After `POST /api/webhook-secret/rotate` the next delivery carries two signatures: the
+/// new secret's first, then the old one's.
+#[tokio::test]
+async fn after_a_rotation_deliveries_carry_both_signatures() {
+    let (host, log) = receiver(0).await;
+    let keys = format!("alice:{ALICE},bob:{BOB}");
+    let app = spawn_app(&[
+        ("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str()),
+        ("DARKROOM_API_KEYS", keys.as_str()),
+    ])
+    .await;
+    let url = format!("http://{host}/hook");
+    let before = secret_of(&app, ALICE).await;
+    assert_eq!(before["previousValidUntil"], Value::Null, "{before}");
+    let old = before["secret"].as_str().unwrap().to_owned();
+    let first_task = submit_as(&app, ALICE, &url).await;
+    let first = delivery_of(&log, &first_task, Duration::from_secs(30)).await;
+    assert_eq!(signatures(&first).len(), 1);
+    assert!(verify_with(&first, &old));
+
+    let (code, rotated) = send_as(
+        &app,
+        reqwest::Method::POST,
+        "/api/webhook-secret/rotate",
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old, "{rotated}");
+    let until =
+        chrono::DateTime::parse_from_rfc3339(rotated["previousValidUntil"].as_str().unwrap())
+            .unwrap();
+    let hours = (until.timestamp() - chrono::Utc::now().timestamp()) as f64 / 3600.0;
+    assert!((23.9..=24.0).contains(&hours), "{rotated}");
+    let created =
+        chrono::DateTime::parse_from_rfc3339(rotated["createdAt"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now().timestamp() - created.timestamp()).abs() < 60);
+    // GET now shows the new secret, and bob's is untouched.
+    let after = secret_of(&app, ALICE).await;
+    assert_eq!(after["secret"], new.as_str());
+    assert_eq!(after["previousValidUntil"], rotated["previousValidUntil"]);
+    let bob = secret_of(&app, BOB).await;
+    assert_eq!(bob["previousValidUntil"], Value::Null);
+
+    let second_task = submit_as(&app, ALICE, &url).await;
+    let second = delivery_of(&log, &second_task, Duration::from_secs(30)).await;
+    let sent = signatures(&second);
+    assert_eq!(sent.len(), 2, "two signatures: {second:?}");
+    assert_eq!(
+        sent[0],
+        expected_signature(&second, &new),
+        "the new secret's first"
+    );
+    assert_eq!(
+        sent[1],
+        expected_signature(&second, &old),
+        "then the old one's"
+    );
+    assert!(!verify_with(&second, bob["secret"].as_str().unwrap()));
+    println!(
+        "after_a_rotation_deliveries_carry_both_signatures: before one signature (old), after two (new, old); old valid {hours:.2} h more"
+    );
+}
+
+/// The secret routes need a key when keys are on (401) and do not exist without keys (404
+/// `api_keys_disabled`, pointing at the instance secret).
+#[tokio::test]
+async fn webhook_secret_routes_need_a_key() {
+    let keys = format!("alice:{ALICE}");
+    let keyed = spawn_app(&[
+        ("DARKROOM_API_KEYS", keys.as_str()),
+        ("DARKROOM_WORKERS", "false"),
+    ])
+    .await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/webhook-secret"),
+        (reqwest::Method::POST, "/api/webhook-secret/rotate"),
+    ] {
+        let (code, body) = send_as(&keyed, method.clone(), path, None, None).await;
+        assert_eq!(code, 401, "{method} {path}: {body}");
+        assert_eq!(body["code"], "api_key_required");
+        let (code, body) = send_as(
+            &keyed,
+            method.clone(),
+            path,
+            Some("dk_wrong_0123456789abcdef"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 401, "{method} {path}: {body}");
+    }
+    // The answer is not kept by caches.
+    let response = keyed
+        .http
+        .get(keyed.url("/api/webhook-secret"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+
+    let open = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/webhook-secret"),
+        (reqwest::Method::POST, "/api/webhook-secret/rotate"),
+    ] {
+        let (code, body) = send_as(&open, method.clone(), path, None, None).await;
+        assert_eq!(code, 404, "{method} {path}: {body}");
+        assert_eq!(body["code"], "api_keys_disabled", "{body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.contains("DARKROOM_WEBHOOK_SECRET") && message.contains("webhook_secret"),
+            "{message}"
+        );
+    }
 }

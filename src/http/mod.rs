@@ -17,6 +17,7 @@ mod status;
 mod tasks;
 mod ui;
 mod upload;
+mod webhook_secret;
 mod zip;
 
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(status::router())
         .merge(tasks::router())
         .merge(batches::router())
+        .merge(webhook_secret::router())
         .merge(health::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -47,6 +47,7 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         (name = "batches", description = "Batches: create, follow, cancel, retry, download"),
         (name = "live", description = "Progress as it happens: SSE, WebSocket, long-poll"),
         (name = "files", description = "Objects in the bucket"),
+        (name = "webhooks", description = "The calling key's webhook signing secret"),
         (name = "provider callbacks", description = "Called by the provider, not by clients"),
         (name = "operations", description = "Health, readiness, instance information"),
     ),
@@ -82,7 +83,9 @@ pub fn finish(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
         .description(Some(
             "Signed per Standard Webhooks: `webhook-id` (the same on every attempt), \
              `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 \
-             HMAC-SHA256 of \"{id}.{timestamp}.{body}\">`. Any 2xx acknowledges; anything \
+             HMAC-SHA256 of \"{id}.{timestamp}.{body}\">`, keyed with the task's API key's \
+             secret (`GET /api/webhook-secret`; the instance secret when keys are off); \
+             after a rotation, two signatures for 24 hours. Any 2xx acknowledges; anything \
              else is retried with backoff for about a day.",
         ))
         .request_body(Some(

@@ -1,5 +1,6 @@
 //! What authentication and owner isolation keep in the database: API keys (hashes only),
-//! who uploaded which object, the count of a key's unfinished tasks, and server secrets.
+//! who uploaded which object, the count of a key's unfinished tasks, server secrets and
+//! each key's webhook signing secret.
 //! A trait of its own beside `TaskRepo`, so the task queue's contract stays small.
 
 use async_trait::async_trait;
@@ -13,6 +14,58 @@ pub struct ApiKeyRecord {
     pub hint: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+}
+
+/// An API key's webhook signing secret (by the key's name, the owner tasks carry).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecretRecord {
+    pub owner: String,
+    /// `whsec_<base64>`: signs every delivery of this owner's tasks.
+    pub secret: String,
+    /// The secret before the last rotation, still signing deliveries until `previous_until`.
+    pub previous_secret: Option<String>,
+    pub previous_until: Option<i64>,
+    /// When the first secret was made.
+    pub created_at: i64,
+    /// When the current secret replaced the previous one.
+    pub rotated_at: Option<i64>,
+}
+
+impl WebhookSecretRecord {
+    /// When the current secret came into use.
+    pub fn current_since(&self) -> i64 {
+        self.rotated_at.unwrap_or(self.created_at)
+    }
+
+    /// The previous secret if it still signs at `now`.
+    pub fn previous_at(&self, now: i64) -> Option<&str> {
+        match (&self.previous_secret, self.previous_until) {
+            (Some(previous), Some(until)) if now < until => Some(previous),
+            _ => None,
+        }
+    }
+
+    /// When the previous secret stops signing, if that is still ahead at `now`.
+    pub fn previous_valid_until(&self, now: i64) -> Option<i64> {
+        self.previous_at(now).and(self.previous_until)
+    }
+}
+
+// Secrets never reach a log line through `{:?}`.
+impl std::fmt::Debug for WebhookSecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSecretRecord")
+            .field("owner", &self.owner)
+            .field("secret", &"[redacted]")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("previous_until", &self.previous_until)
+            .field("created_at", &self.created_at)
+            .field("rotated_at", &self.rotated_at)
+            .finish()
+    }
 }
 
 #[async_trait]
@@ -55,4 +108,25 @@ pub trait AccessRepo: Send + Sync + 'static {
     /// The secret called `name`, made from `fresh` and stored on first use. Every instance
     /// sharing the database gets the same value.
     async fn server_secret(&self, name: &str, fresh: &str, now: i64) -> Result<String, RepoError>;
+
+    /// The webhook signing secret of `owner`, stored from `fresh` on first use. Race-free:
+    /// concurrent first calls, on one instance or several sharing the database, all get
+    /// the one value that was stored.
+    async fn webhook_secret(
+        &self,
+        owner: &str,
+        fresh: &str,
+        now: i64,
+    ) -> Result<WebhookSecretRecord, RepoError>;
+
+    /// Makes `fresh` the secret of `owner` (creating the row if there is none); the secret
+    /// it replaces keeps signing until `previous_until`. A secret older than that (from an
+    /// earlier rotation) is dropped. Returns the record as this rotation left it.
+    async fn rotate_webhook_secret(
+        &self,
+        owner: &str,
+        fresh: &str,
+        now: i64,
+        previous_until: i64,
+    ) -> Result<WebhookSecretRecord, RepoError>;
 }

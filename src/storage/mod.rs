@@ -8,7 +8,7 @@ pub mod repo;
 pub mod sqlite;
 mod sqlite_access;
 
-pub use access::{AccessRepo, ApiKeyRecord};
+pub use access::{AccessRepo, ApiKeyRecord, WebhookSecretRecord};
 pub use blob::{BlobError, BlobStore};
 pub use repo::{
     Batch, BatchCount, DeliveryOutcome, NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate,

@@ -2,11 +2,36 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 
-use super::access::{AccessRepo, ApiKeyRecord};
+use super::access::{AccessRepo, ApiKeyRecord, WebhookSecretRecord};
 use super::repo::RepoError;
 use super::sqlite::SqliteRepo;
 use crate::domain::TaskState;
+
+fn webhook_secret_from_row(row: &SqliteRow) -> Result<WebhookSecretRecord, RepoError> {
+    Ok(WebhookSecretRecord {
+        owner: row.try_get("owner")?,
+        secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_until: row.try_get("previous_until")?,
+        created_at: row.try_get("created_at")?,
+        rotated_at: row.try_get("rotated_at")?,
+    })
+}
+
+impl SqliteRepo {
+    async fn find_webhook_secret(
+        &self,
+        owner: &str,
+    ) -> Result<Option<WebhookSecretRecord>, RepoError> {
+        let row = sqlx::query("SELECT * FROM webhook_secrets WHERE owner = ?")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(webhook_secret_from_row).transpose()
+    }
+}
 
 #[async_trait]
 impl AccessRepo for SqliteRepo {
@@ -146,6 +171,61 @@ impl AccessRepo for SqliteRepo {
             .await?;
         Ok(row.try_get("value")?)
     }
+
+    async fn webhook_secret(
+        &self,
+        owner: &str,
+        fresh: &str,
+        now: i64,
+    ) -> Result<WebhookSecretRecord, RepoError> {
+        // Every delivery asks: the common case is one read, without touching the writer.
+        if let Some(found) = self.find_webhook_secret(owner).await? {
+            return Ok(found);
+        }
+        // Insert-if-absent, then read back what won: concurrent first calls (here or on
+        // another instance) all return the one stored value.
+        sqlx::query(
+            "INSERT INTO webhook_secrets (owner, secret, created_at) VALUES (?, ?, ?)
+             ON CONFLICT (owner) DO NOTHING",
+        )
+        .bind(owner)
+        .bind(fresh)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        let row = sqlx::query("SELECT * FROM webhook_secrets WHERE owner = ?")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        webhook_secret_from_row(&row)
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        owner: &str,
+        fresh: &str,
+        now: i64,
+        previous_until: i64,
+    ) -> Result<WebhookSecretRecord, RepoError> {
+        // One statement: the secret being replaced becomes the previous one atomically, so
+        // two rotations at once cannot both keep the same previous secret.
+        let row = sqlx::query(
+            "INSERT INTO webhook_secrets (owner, secret, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (owner) DO UPDATE SET
+                 previous_secret = webhook_secrets.secret,
+                 previous_until = ?4,
+                 secret = excluded.secret,
+                 rotated_at = ?3
+             RETURNING *",
+        )
+        .bind(owner)
+        .bind(fresh)
+        .bind(now)
+        .bind(previous_until)
+        .fetch_one(&self.writer)
+        .await?;
+        webhook_secret_from_row(&row)
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +283,84 @@ mod tests {
         let first = repo.server_secret("files", "one", 1).await.unwrap();
         let second = repo.server_secret("files", "two", 2).await.unwrap();
         assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+    }
+
+    /// Two instances on one database asking for a key's secret for the first time, at the
+    /// same moment, each with a fresh candidate: both get the one that was stored.
+    #[tokio::test]
+    async fn concurrent_first_webhook_secret_calls_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/shared.db", dir.path().display());
+        let one = SqliteRepo::connect(&url, 4).await.unwrap();
+        let two = SqliteRepo::connect(&url, 4).await.unwrap();
+        for round in 0..20 {
+            let owner = format!("key-{round}");
+            let (a, b, c) = tokio::join!(
+                one.webhook_secret(&owner, "whsec_first", 1),
+                two.webhook_secret(&owner, "whsec_second", 2),
+                one.webhook_secret(&owner, "whsec_third", 3),
+            );
+            let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+            assert_eq!(a, b, "round {round}");
+            assert_eq!(a, c, "round {round}");
+            assert!(["whsec_first", "whsec_second", "whsec_third"].contains(&a.secret.as_str()));
+            // Later calls keep it.
+            let again = two.webhook_secret(&owner, "whsec_later", 9).await.unwrap();
+            assert_eq!(again, a);
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_previous_secret_for_a_while() {
+        let repo = SqliteRepo::in_memory().await.unwrap();
+        let first = repo.webhook_secret("alice", "whsec_one", 10).await.unwrap();
+        assert_eq!(first.secret, "whsec_one");
+        assert_eq!((first.created_at, first.current_since()), (10, 10));
+        assert_eq!(first.previous_at(10), None);
+
+        let rotated = repo
+            .rotate_webhook_secret("alice", "whsec_two", 20, 120)
+            .await
+            .unwrap();
+        assert_eq!(rotated.secret, "whsec_two");
+        assert_eq!((rotated.created_at, rotated.current_since()), (10, 20));
+        assert_eq!(rotated.previous_at(119), Some("whsec_one"));
+        assert_eq!(rotated.previous_valid_until(119), Some(120));
+        assert_eq!(rotated.previous_at(120), None, "past its end");
+        assert_eq!(rotated.previous_valid_until(120), None);
+        assert_eq!(
+            repo.webhook_secret("alice", "whsec_unused", 30)
+                .await
+                .unwrap(),
+            rotated
+        );
+
+        // A second rotation keeps only the secret it replaces.
+        let again = repo
+            .rotate_webhook_secret("alice", "whsec_three", 40, 140)
+            .await
+            .unwrap();
+        assert_eq!(again.secret, "whsec_three");
+        assert_eq!(again.previous_at(41), Some("whsec_two"));
+
+        // Rotating a key that never had a secret just makes one.
+        let fresh = repo
+            .rotate_webhook_secret("bob", "whsec_b", 50, 150)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                fresh.secret.as_str(),
+                fresh.previous_at(51),
+                fresh.created_at
+            ),
+            ("whsec_b", None, 50)
+        );
+        // Owners are separate, and the secret never shows in Debug output.
+        assert_eq!(
+            repo.webhook_secret("alice", "x", 60).await.unwrap().secret,
+            "whsec_three"
+        );
+        assert!(!format!("{again:?}").contains("whsec_"));
     }
 }
