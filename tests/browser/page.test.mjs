@@ -346,6 +346,27 @@ async function main() {
     }
     if (posts > 0) throw new Error(`the page sent ${posts} non-GET requests while listing; it must only read`);
 
+    // --- The API docs: Swagger UI from the binary, nothing from another host -----------
+    const docs = await browser.newPage();
+    const docsErrors = [];
+    const foreign = [];
+    docs.on('console', (message) => {
+      if (message.type() === 'error') docsErrors.push(`console: ${message.text()}`);
+    });
+    docs.on('pageerror', (error) => docsErrors.push(`page error: ${error.message}`));
+    docs.on('request', (request) => {
+      const target = new URL(request.url());
+      if (target.protocol !== 'data:' && target.origin !== url) foreign.push(request.url());
+    });
+    await docs.goto(`${url}/api/docs`, { waitUntil: 'networkidle' });
+    await docs.waitForFunction(() => document.querySelectorAll('.opblock').length >= 20, undefined, { timeout: TIMEOUT_MS });
+    const operations = await docs.$$eval('.opblock', (blocks) => blocks.length);
+    const docsTitle = await docs.textContent('.info .title');
+    if (!docsTitle.includes('darkroom')) throw new Error(`the docs page shows "${docsTitle}", not darkroom's document`);
+    if (foreign.length > 0) throw new Error(`the docs page asked another host: ${foreign.join(', ')}`);
+    if (docsErrors.length > 0) throw new Error(`docs page console errors:\n  ${docsErrors.join('\n  ')}`);
+    await docs.close();
+
     // --- API keys: the list uses the page's key; a wrong one gets the 401 message --------
     const keyedPort = await freePort();
     const keyedUrl = `http://127.0.0.1:${keyedPort}`;
@@ -380,7 +401,7 @@ async function main() {
 
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"); 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"); the API docs page with ${operations} operations and 0 requests to other hosts; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
     await stopServer(server);
