@@ -5,13 +5,17 @@
 #   - PostgreSQL on 127.0.0.1:5432 (started if it is down), passed as
 #     DARKROOM_TEST_POSTGRES_URL;
 # then `cargo test`, then the page's browser test (Debian's chromium, headless, driven by
-# playwright-core from tests/browser), and stops what it started. Extra arguments go to
-# `cargo test`.
+# playwright-core from tests/browser), then schemathesis (from PyPI, in ./.venv-schemathesis)
+# against the server's own OpenAPI document, and stops what it started. Extra arguments go
+# to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MOTO_VERSION="5.2.5"
 VENV=".venv"
+SCHEMATHESIS_VERSION="4.32.5"
+# Its own venv: schemathesis and moto pin different versions of shared packages.
+ST_VENV=".venv-schemathesis"
 started_pids=()
 
 cleanup() {
@@ -76,3 +80,35 @@ cargo test --locked "$@"
 log "browser test: chromium headless via playwright-core (tests/browser)"
 cargo build --locked --bin darkroom
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node page.test.mjs)
+
+# --- The API against its own OpenAPI document (schemathesis) --------------------
+# Every operation fuzzed from /api/openapi.json (streams excepted: they never end, and the
+# long-poll waits longer than a request may), all checks: no 5xx, only documented status
+# codes and content types, every answer valid against its schema, schema-invalid requests
+# refused. Not "positive_data_acceptance": a schema cannot say that an upload key must
+# name a stored upload or that a URL must reach a public host, so some schema-valid
+# requests are rightly refused. Workers are off, so nothing leaves 127.0.0.1 (no task is
+# submitted, no webhook sent). The seed is fixed so CI is repeatable; set
+# SCHEMATHESIS_SEED to explore.
+if [ ! -x "$ST_VENV/bin/st" ]; then
+    log "creating $ST_VENV with schemathesis==$SCHEMATHESIS_VERSION"
+    python3 -m venv "$ST_VENV"
+    "$ST_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+st_port=$(free_port)
+st_data=$(mktemp -d "${TMPDIR:-/tmp}/darkroom-schemathesis-XXXXXX")
+st_log="$st_data.log"
+DARKROOM_WORKERS=false DARKROOM_LISTEN="127.0.0.1:$st_port" DARKROOM_DATA_DIR="$st_data" \
+    DARKROOM_LOG=warn target/debug/darkroom serve >"$st_log" 2>&1 &
+started_pids+=($!)
+wait_for_http "http://127.0.0.1:$st_port/healthz" "darkroom (for schemathesis)"
+log "schemathesis against http://127.0.0.1:$st_port/api/openapi.json (log: $st_log)"
+"$ST_VENV/bin/st" run "http://127.0.0.1:$st_port/api/openapi.json" \
+    --checks all --exclude-checks positive_data_acceptance \
+    --exclude-path /api/events --exclude-path /api/ws --exclude-path '/api/tasks/{id}/wait' \
+    --max-examples 50 --workers 2 --seed "${SCHEMATHESIS_SEED:-20261129}" --no-color
+if grep -q -e 'internal error' -e 'panicked' "$st_log"; then
+    log "darkroom logged internal errors under schemathesis: see $st_log"
+    exit 1
+fi
+rm -rf "$st_data" "$st_log"

@@ -47,6 +47,28 @@ impl FetchError {
     }
 }
 
+/// Why a URL was not opened: a rule refused it (final), or its name did not resolve
+/// (perhaps only for now).
+enum Refusal {
+    Rule(String),
+    Lookup(String),
+}
+
+impl Refusal {
+    fn into_fetch_error(self, url: &Url) -> FetchError {
+        match self {
+            Self::Rule(reason) => FetchError::Forbidden {
+                url: redact(url),
+                reason,
+            },
+            Self::Lookup(message) => FetchError::Transport {
+                url: redact(url),
+                message,
+            },
+        }
+    }
+}
+
 /// Hosts allowed past the public-address rule, shared with the DNS resolver.
 #[derive(Debug, Default)]
 struct Trusted {
@@ -143,39 +165,50 @@ impl Fetcher {
         self.trusted.pairs.contains(&(host, port))
     }
 
-    /// Checks one hop before any connection is made.
-    async fn check(&self, url: &Url) -> Result<(), String> {
+    /// Checks one hop before any connection is made. A name that does not resolve is a
+    /// transport failure (DNS may recover), everything else a refusal.
+    async fn check(&self, url: &Url) -> Result<(), FetchError> {
+        self.check_rules(url)
+            .await
+            .map_err(|refusal| refusal.into_fetch_error(url))
+    }
+
+    async fn check_rules(&self, url: &Url) -> Result<(), Refusal> {
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("URLs with credentials are not fetched".to_owned());
+            return Err(Refusal::Rule(
+                "URLs with credentials are not fetched".to_owned(),
+            ));
         }
         match url.scheme() {
             "https" | "http" => {}
-            other => return Err(format!("the {other}: scheme is not fetched")),
+            other => return Err(Refusal::Rule(format!("the {other}: scheme is not fetched"))),
         }
         if self.is_trusted(url) {
             return Ok(());
         }
         if url.scheme() != "https" {
-            return Err(
+            return Err(Refusal::Rule(
                 "only https is fetched from hosts not named in DARKROOM_TRUSTED_FETCH_HOSTS"
                     .to_owned(),
-            );
+            ));
         }
         if !self.host_allowed(url) {
-            return Err("the host is not in DARKROOM_RESULT_HOSTS".to_owned());
+            return Err(Refusal::Rule(
+                "the host is not in DARKROOM_RESULT_HOSTS".to_owned(),
+            ));
         }
         let port = url.port_or_known_default().unwrap_or(443);
         match url.host() {
-            None => Err("the URL has no host".to_owned()),
+            None => Err(Refusal::Rule("the URL has no host".to_owned())),
             // The resolver is skipped for literals, so they are checked here.
-            Some(Host::Ipv4(ip)) => public_or_refuse(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => public_or_refuse(IpAddr::V6(ip)),
+            Some(Host::Ipv4(ip)) => public_or_refuse(IpAddr::V4(ip)).map_err(Refusal::Rule),
+            Some(Host::Ipv6(ip)) => public_or_refuse(IpAddr::V6(ip)).map_err(Refusal::Rule),
             Some(Host::Domain(name)) => {
                 let addrs = tokio::net::lookup_host((name, port))
                     .await
-                    .map_err(|e| format!("{name} does not resolve: {e}"))?;
+                    .map_err(|e| Refusal::Lookup(format!("{name} does not resolve: {e}")))?;
                 for addr in addrs {
-                    public_or_refuse(addr.ip())?;
+                    public_or_refuse(addr.ip()).map_err(Refusal::Rule)?;
                 }
                 Ok(())
             }
@@ -191,12 +224,7 @@ impl Fetcher {
         })?;
         for _ in 0..=MAX_REDIRECTS {
             let shown = redact(&current);
-            self.check(&current)
-                .await
-                .map_err(|reason| FetchError::Forbidden {
-                    url: shown.clone(),
-                    reason,
-                })?;
+            self.check(&current).await?;
             let response = self.client.get(current.clone()).send().await.map_err(|e| {
                 FetchError::Transport {
                     url: shown.clone(),
@@ -247,12 +275,7 @@ impl Fetcher {
             reason: "not a valid URL".to_owned(),
         })?;
         let shown = redact(&parsed);
-        self.check(&parsed)
-            .await
-            .map_err(|reason| FetchError::Forbidden {
-                url: shown.clone(),
-                reason,
-            })?;
+        self.check(&parsed).await?;
         let response = self
             .client
             .post(parsed)
@@ -426,6 +449,21 @@ impl Resolve for PublicOnlyResolver {
 
 #[cfg(test)]
 mod tests {
+
+    /// A webhook or result host whose name does not resolve right now is retried later
+    /// (DNS recovers); a host the rules refuse is not.
+    #[test]
+    fn lookups_that_fail_are_retried_and_refusals_are_not() {
+        let url = Url::parse("https://hooks.example.com/x?token=secret").unwrap();
+        let lookup = Refusal::Lookup("hooks.example.com does not resolve".into());
+        let failed = lookup.into_fetch_error(&url);
+        assert!(failed.is_retryable());
+        assert!(!failed.to_string().contains("secret"), "{failed}");
+        let refused =
+            Refusal::Rule("10.0.0.1 is not a public address".into()).into_fetch_error(&url);
+        assert!(!refused.is_retryable());
+    }
+
     use super::*;
 
     #[test]

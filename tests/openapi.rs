@@ -169,3 +169,31 @@ async fn docs_page_is_served_from_the_binary() {
         assert!(response.bytes().await.unwrap().len() > 1000, "{asset}");
     }
 }
+
+/// `model` lists the Gemini model this instance is configured with.
+#[tokio::test]
+async fn the_model_list_follows_the_configuration() {
+    let app = spawn_app(&[
+        ("DARKROOM_WORKERS", "false"),
+        ("DARKROOM_GEMINI_MODEL", "gemini-9-test-image"),
+    ])
+    .await;
+    let (_, doc) = app.get_json("/api/openapi.json").await;
+    // GenerateBody is allOf [the fields, "at least one source"].
+    let models =
+        &doc["components"]["schemas"]["GenerateBody"]["allOf"][0]["properties"]["model"]["enum"];
+    let models: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "google/nano-banana-edit",
+            "nano-banana-edit",
+            "gemini-9-test-image"
+        ]
+    );
+}

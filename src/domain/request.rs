@@ -228,6 +228,8 @@ pub fn parse_upload_key(key: &str) -> Result<String, InputError> {
             && rest
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+            // Every segment is a name: no `//`, no `.` (the bucket refuses such keys).
+            && rest.split('/').all(|segment| !segment.is_empty() && segment != ".")
     });
     if ok {
         Ok(key.to_owned())
@@ -291,8 +293,9 @@ pub struct GenerateBody {
     /// `google/nano-banana-edit` for KIE, or the operator's Gemini model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// One of 1:1, 9:16, 16:9, 3:4, 4:3, 3:2, 2:3, 5:4, 4:5, 21:9, auto; default 1:1.
+    /// Default 1:1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<AspectRatioChoice>)]
     pub aspect_ratio: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<OutputFormat>,
@@ -302,7 +305,7 @@ pub struct GenerateBody {
     pub priority: Option<i32>,
     /// A label grouping tasks (`/api/generate` only; `/api/batches` assigns its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 128)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub batch_id: Option<String>,
     /// POSTed (Standard Webhooks) when each task is final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,6 +317,10 @@ pub struct GenerateBody {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct UploadRef {
     /// `uploads/…`.
+    #[schema(
+        pattern = "^uploads/[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
+        max_length = 208
+    )]
     pub key: String,
     /// Ignored (the original's front end sends it); darkroom builds its own URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -326,6 +333,10 @@ pub struct UploadRef {
 /// An upload sent as a reference with every task.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ReferenceUpload {
+    #[schema(
+        pattern = "^uploads/[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
+        max_length = 208
+    )]
     pub key: String,
 }
 
@@ -340,6 +351,34 @@ pub enum ImageUrl {
         url: String,
         provider: Option<ProviderChoice>,
     },
+}
+
+/// The aspect ratios a request may ask for ([`ASPECT_RATIOS`]; a unit test keeps the two
+/// lists equal).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, utoipa::ToSchema)]
+pub enum AspectRatioChoice {
+    #[serde(rename = "1:1")]
+    Square,
+    #[serde(rename = "9:16")]
+    Portrait9x16,
+    #[serde(rename = "16:9")]
+    Landscape16x9,
+    #[serde(rename = "3:4")]
+    Portrait3x4,
+    #[serde(rename = "4:3")]
+    Landscape4x3,
+    #[serde(rename = "3:2")]
+    Landscape3x2,
+    #[serde(rename = "2:3")]
+    Portrait2x3,
+    #[serde(rename = "5:4")]
+    Landscape5x4,
+    #[serde(rename = "4:5")]
+    Portrait4x5,
+    #[serde(rename = "21:9")]
+    Wide21x9,
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 /// A provider as a request names it.
@@ -698,6 +737,19 @@ mod tests {
         parse(body).unwrap_err().code
     }
 
+    #[test]
+    fn documented_aspect_ratios_are_the_accepted_ones() {
+        let schema =
+            serde_json::to_value(<AspectRatioChoice as utoipa::PartialSchema>::schema()).unwrap();
+        let documented: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(documented, ASPECT_RATIOS);
+    }
+
     /// The documented wire type and the parser agree: a body using every documented field
     /// (each list shape included) is accepted, and reads back as written.
     #[test]
@@ -794,6 +846,18 @@ mod tests {
             code(json!({"prompt": "p", "uploads": [{"key": "../etc/passwd"}]})),
             "invalid_upload_key"
         );
+        for key in [
+            "uploads//a.png",
+            "uploads/a/",
+            "uploads/./a.png",
+            "uploads/",
+        ] {
+            assert_eq!(
+                code(json!({"prompt": "p", "uploads": [{"key": key}]})),
+                "invalid_upload_key",
+                "{key}"
+            );
+        }
         let eleven: Vec<_> = (0..11).map(|i| format!("https://e.com/{i}.png")).collect();
         assert_eq!(
             code(json!({"prompt": "p", "imageUrls": eleven})),

@@ -77,6 +77,27 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// KIE's callback body, as far as darkroom reads it; everything else is allowed and
+/// ignored. Only a hint: the outcome is read from `recordInfo`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the wire format; the handler reads the JSON itself
+struct KieCallback {
+    /// 200 on success; 400, 500 or 501 on failure.
+    code: Option<i64>,
+    msg: Option<String>,
+    data: KieCallbackData,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct KieCallbackData {
+    /// KIE's task id (some senders spell it `task_id`).
+    #[schema(rename = "taskId", min_length = 1)]
+    task_id: String,
+    /// `success` or `fail`.
+    state: Option<String>,
+}
+
 /// The task a callback was accepted for.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -124,7 +145,7 @@ async fn task_callback(
 
 /// The original service's callback path: the task is found by KIE's task id.
 #[utoipa::path(post, path = "/api/callback", tag = "provider callbacks",
-    request_body(content = serde_json::Value, description = "KIE's callback body (only a hint: the outcome is read from recordInfo)"),
+    request_body(content = KieCallback, description = "KIE's callback body (only a hint: the outcome is read from recordInfo)"),
     responses(
         (status = 200, description = "Accepted (also for a repeated callback)", body = CallbackAck),
         (status = 400, description = "No data.taskId", body = ErrorBody),

@@ -23,6 +23,7 @@ pub struct ApiError {
 /// What every error answers: the original service's shape (`success: false`, `error`) with
 /// a stable machine code added.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)] // documented as additionalProperties: false
 pub struct ErrorBody {
     /// Always false.
     pub success: bool,

@@ -70,7 +70,10 @@ pub fn router(state: AppState) -> Router {
     let pages = Router::new()
         .merge(files::router())
         .merge(ui::router())
-        .merge(openapi::router(openapi::finish(document)))
+        .merge(openapi::router(openapi::finish(
+            document,
+            &config.gemini.model,
+        )))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.server.request_timeout_secs),

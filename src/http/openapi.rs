@@ -22,6 +22,7 @@ use utoipa::openapi::{ContentBuilder, Ref};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::AppState;
+use crate::domain::request::Model;
 
 /// Where the document and the docs page are served.
 pub const DOCUMENT_PATH: &str = "/api/openapi.json";
@@ -59,8 +60,14 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// Adds the bearer key and the outbound webhook to the document the routers built.
-pub fn finish(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// Adds what depends on configuration or is no handler's to the document the routers
+/// built: the models `model` accepts here, the bearer key and the outbound webhook.
+pub fn finish(
+    mut document: utoipa::openapi::OpenApi,
+    gemini_model: &str,
+) -> utoipa::openapi::OpenApi {
+    list_models(&mut document, gemini_model);
+    require_a_source(&mut document);
     let components = document.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "apiKey",
@@ -110,6 +117,57 @@ pub fn finish(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
             .build(),
     );
     document
+}
+
+/// `model` accepts KIE's model names and the Gemini model this instance is set up with
+/// (`GEMINI_MODEL`), so the list is filled in from the configuration.
+fn list_models(document: &mut utoipa::openapi::OpenApi, gemini_model: &str) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let body = document
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("GenerateBody"));
+    let Some(RefOr::T(Schema::Object(body))) = body else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(model))) = body.properties.get_mut("model") else {
+        return;
+    };
+    let mut names: Vec<serde_json::Value> = Model::NAMES
+        .iter()
+        .copied()
+        .chain(["nano-banana-edit", gemini_model])
+        .map(serde_json::Value::from)
+        .collect();
+    names.push(serde_json::Value::Null);
+    model.enum_values = Some(names);
+}
+
+/// A generation request needs at least one source image, in `uploads` or `imageUrls`:
+/// a rule across two fields, which the derived schema cannot say by itself.
+fn require_a_source(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder};
+    let Some(schemas) = document.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let Some(RefOr::T(body)) = schemas.remove("GenerateBody") else {
+        return;
+    };
+    let non_empty = |field: &str| {
+        ObjectBuilder::new()
+            .property(field, ArrayBuilder::new().min_items(Some(1)))
+            .required(field)
+    };
+    let one_source = AnyOfBuilder::new()
+        .item(non_empty("uploads"))
+        .item(non_empty("imageUrls"))
+        .description(Some("At least one source image, in uploads or imageUrls"));
+    schemas.insert(
+        "GenerateBody".to_owned(),
+        AllOfBuilder::new().item(body).item(one_source).into(),
+    );
 }
 
 /// `/api/openapi.json` and the Swagger UI page at `/api/docs`.

@@ -24,7 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct StatusQuery {
     /// darkroom's task id, or the provider's.
     #[serde(rename = "taskId")]
-    #[param(required = true)]
+    #[param(required = true, min_length = 1, max_length = 200)]
     task_id: Option<String>,
 }
 

@@ -134,6 +134,9 @@ pub struct TaskPage {
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Comma-separated states (`queued,failed`).
+    #[param(
+        pattern = "^(queued|submitting|submitted|running|ingesting|succeeded|failed|canceled|expired)(,(queued|submitting|submitted|running|ingesting|succeeded|failed|canceled|expired))*$"
+    )]
     state: Option<String>,
     /// Only this batch's tasks.
     batch_id: Option<String>,
@@ -143,6 +146,7 @@ struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<usize>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^tsk_[0-9a-f]{32}$")]
     cursor: Option<String>,
 }
 

@@ -38,12 +38,22 @@ pub fn router(config: &Config) -> OpenApiRouter<AppState> {
     ))
 }
 
+/// A 400 from `/api/upload`: the answer with every file's refusal when files were read,
+/// the plain error when the body was not usable multipart.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // describes the two answer shapes; each is built where it is sent
+enum UploadRefused {
+    Files(UploadAnswer),
+    Request(ErrorBody),
+}
+
 /// The multipart form `/api/upload` reads.
 #[derive(ToSchema)]
 #[allow(dead_code)] // describes the wire format; the handler streams the fields itself
 struct UploadForm {
     /// One or more images (PNG, JPEG or WebP), each within the size and pixel caps.
-    #[schema(content_media_type = "application/octet-stream")]
+    #[schema(content_media_type = "application/octet-stream", min_items = 1)]
     files: Vec<Vec<u8>>,
 }
 
@@ -181,7 +191,7 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Stored files, and any refused ones in `errors`", body = UploadAnswer),
-        (status = 400, description = "No usable file (every file refused, or no `files` field)", body = UploadAnswer),
+        (status = 400, description = "Every file refused (`UploadAnswer` with `errors`), or no usable multipart body (`ErrorBody`)", body = UploadRefused),
         (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
     ))]
 async fn upload(
