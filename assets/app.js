@@ -38,6 +38,8 @@ const STATUS_LABELS = {
 
 const state = {
   info: null, // answer of GET /api/info, or null when unknown
+  providerCheck: false, // a /readyz read is under way
+  providerTimer: 0, // re-reads /readyz when a pause should have ended
   apiKey: '',
   apiKeyShown: false,
   files: [], // { id, file, previewUrl, error: null | { message, code } }
@@ -322,6 +324,49 @@ function renderInfo() {
   renderProviders(info);
   if (info.apiKeysRequired === true) showApiKeySection(false);
   renderForm();
+}
+
+// ---------------------------------------------------------------------------
+// Provider pauses: GET /readyz
+// ---------------------------------------------------------------------------
+
+const PROVIDER_LABELS = { kie: 'KIE', gemini: 'Gemini' };
+
+/**
+ * Reads which providers are paused and says so above the page. Asked on load and when a
+ * task reports a pause; asked once more when the pause should have ended (no polling).
+ */
+async function checkProviders() {
+  if (state.providerCheck) return;
+  state.providerCheck = true;
+  let ready;
+  try {
+    ready = await api('/readyz');
+  } catch {
+    ready = null; // the instance itself is in trouble; requests will say so
+  } finally {
+    state.providerCheck = false;
+  }
+  const providers = ready && typeof ready.providers === 'object' && ready.providers ? ready.providers : {};
+  const lines = [];
+  let resumesIn = 0;
+  for (const [name, health] of Object.entries(providers)) {
+    if (!health || health.status !== 'paused') continue;
+    const label = PROVIDER_LABELS[name] || name;
+    const secs = Number.isFinite(health.resumesInSecs) ? health.resumesInSecs : 0;
+    resumesIn = Math.max(resumesIn, secs);
+    const when = secs >= 120 ? `about ${Math.round(secs / 60)} min` : `about ${secs} s`;
+    const why = health.code === '402'
+      ? `${label} reports insufficient credits (top up the account)`
+      : `${label} is rate limiting`;
+    lines.push(`${why}: new ${label} tasks wait in the queue and are submitted when it resumes, in ${when}.`);
+  }
+  els.providerNoticeText.textContent = lines.join(' ');
+  els.providerNotice.hidden = lines.length === 0;
+  window.clearTimeout(state.providerTimer);
+  if (lines.length > 0) {
+    state.providerTimer = window.setTimeout(checkProviders, (resumesIn + 1) * 1000);
+  }
 }
 
 /** Fills the provider choice from /api/info; the server's default is preselected. */
@@ -799,6 +844,7 @@ function buildTaskCard(task) {
 
 function taskMessage(task) {
   if (task.actionError) return { kind: 'error', text: task.actionError };
+  if (!task.done && task.notice) return { kind: 'warning', text: task.notice };
   if (task.state === 'canceled') return { kind: 'warning', text: 'Canceled.' };
   if (task.status === 'failed') return { kind: 'error', text: task.error };
   if (task.status === 'completed' && task.resultUrls.length === 0) {
@@ -1168,6 +1214,14 @@ function applyTaskStatus(task, data, { quiet = false, endedAt = Date.now() } = {
         || (task.state === 'canceled' ? 'Canceled.' : 'The task failed without an error message.');
     }
   }
+  // A queued task may carry why it waits: its provider is paused (no credits, rate limit).
+  // Events carry `error` and `errorCode`; task views carry `error: {code, message}`.
+  const error = data.error;
+  const code = str(data.errorCode) || (error && typeof error === 'object' ? str(error.code) : '');
+  const paused = !task.done && code === 'provider_paused';
+  task.notice = paused ? (error && typeof error === 'object' ? str(error.message) : str(error)) : '';
+  if (paused) checkProviders();
+
   if (status !== previous && !quiet) {
     let text = `Task ${task.taskId}: ${STATUS_LABELS[status] || status}.`;
     if (status === 'completed') {
@@ -1188,6 +1242,8 @@ function cacheElements() {
     providerBadge: byId('provider-badge'),
     serverVersion: byId('server-version'),
     simulatorNotice: byId('simulator-notice'),
+    providerNotice: byId('provider-notice'),
+    providerNoticeText: byId('provider-notice-text'),
     apiKeySection: byId('api-key-section'),
     apiKeyInput: byId('api-key-input'),
     apiKeyClear: byId('api-key-clear'),
@@ -1274,6 +1330,7 @@ function init() {
   renderListing();
   // The info says whether a key is needed; past tasks are read after it.
   loadInfo().then(loadTaskPage);
+  checkProviders();
 }
 
 init();

@@ -186,6 +186,9 @@ async function main() {
   const server = startServer(port, dataDir);
   const keyedDataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-keyed-'));
   let keyedServer;
+  const creditDataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-credits-'));
+  let creditServer;
+  let creditSim;
   let browser;
   const errors = [];
   try {
@@ -367,6 +370,57 @@ async function main() {
     if (docsErrors.length > 0) throw new Error(`docs page console errors:\n  ${docsErrors.join('\n  ')}`);
     await docs.close();
 
+    // --- Out of credits: the page says why a task waits -------------------------------
+    // A standalone KIE simulator with credits for one image, and a darkroom using it as
+    // "real" KIE: of two tasks one runs, the other meets the 402 and waits in the queue.
+    const simPort = await freePort();
+    creditSim = spawn(BINARY, ['kie-sim', '--host', '127.0.0.1', '--port', String(simPort),
+      '--latency-ms', '200-400', '--credits', '4'], {
+      env: { ...process.env, DARKROOM_LOG: 'warn' },
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    const simUrl = `127.0.0.1:${simPort}`;
+    const creditPort = await freePort();
+    const creditUrl = `http://127.0.0.1:${creditPort}`;
+    creditServer = startServer(creditPort, creditDataDir, {
+      KIE_API_TOKEN: 'browser-test-token',
+      KIE_BASE_URL: `http://${simUrl}`,
+      KIE_UPLOAD_BASE_URL: `http://${simUrl}`,
+      DARKROOM_TRUSTED_FETCH_HOSTS: simUrl,
+      DARKROOM_KIE_CREDITS_PAUSE_SECS: '600',
+    });
+    await waitForServer(creditUrl, creditServer);
+    await page.goto(creditUrl, { waitUntil: 'networkidle' });
+    if (await page.isVisible('#provider-notice')) throw new Error('the pause notice shows before any pause');
+    await page.setInputFiles('#file-input', [
+      { name: 'one.png', mimeType: 'image/png', buffer: png(30, 30, [10, 120, 200]) },
+      { name: 'two.png', mimeType: 'image/png', buffer: png(30, 30, [200, 120, 10]) },
+    ]);
+    await page.waitForSelector('#file-list li:nth-child(2)', { timeout: TIMEOUT_MS });
+    await page.fill('#prompt-input', 'a poster of this');
+    await page.click('#generate-button');
+    await page.waitForSelector('#task-list li.task-card[data-status="completed"] img.result-image', { timeout: TIMEOUT_MS });
+    await page.waitForFunction(
+      () => Array.from(document.querySelectorAll('#task-list li.task-card'))
+        .some((card) => card.dataset.status === 'pending' && /insufficient credits/.test(card.textContent)),
+      undefined,
+      { timeout: TIMEOUT_MS },
+    );
+    await page.waitForSelector('#provider-notice:not([hidden])', { timeout: TIMEOUT_MS });
+    const pauseNotice = await page.textContent('#provider-notice');
+    if (!/KIE reports insufficient credits/.test(pauseNotice) || !/wait in the queue/.test(pauseNotice)) {
+      throw new Error(`the pause notice should say KIE is out of credits, saw "${pauseNotice}"`);
+    }
+    // After a reload the waiting task (read from /api/tasks) still says why.
+    await page.reload({ waitUntil: 'networkidle' });
+    await page.waitForFunction(
+      () => Array.from(document.querySelectorAll('#task-list li.task-card'))
+        .some((card) => card.dataset.status === 'pending' && /insufficient credits/.test(card.textContent)),
+      undefined,
+      { timeout: TIMEOUT_MS },
+    );
+    await page.waitForSelector('#provider-notice:not([hidden])', { timeout: TIMEOUT_MS });
+
     // --- API keys: the list uses the page's key; a wrong one gets the 401 message --------
     const keyedPort = await freePort();
     const keyedUrl = `http://127.0.0.1:${keyedPort}`;
@@ -401,11 +455,14 @@ async function main() {
 
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"); the API docs page with ${operations} operations and 0 requests to other hosts; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
     await stopServer(server);
     await stopServer(keyedServer);
+    await stopServer(creditServer);
+    await stopServer(creditSim);
+    rmSync(creditDataDir, { recursive: true, force: true });
     rmSync(dataDir, { recursive: true, force: true });
     rmSync(keyedDataDir, { recursive: true, force: true });
     rmSync(profileDir, { recursive: true, force: true });
