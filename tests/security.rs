@@ -18,30 +18,6 @@ fn keys_env() -> String {
     format!("alice:{ALICE},bob:{BOB}")
 }
 
-async fn send(
-    app: &TestApp,
-    method: reqwest::Method,
-    path_or_url: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let url = if path_or_url.starts_with("http") {
-        path_or_url.to_owned()
-    } else {
-        app.url(path_or_url)
-    };
-    let mut request = app.http.request(method, url);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn upload_as(app: &TestApp, key: Option<&str>, bytes: Vec<u8>) -> (u16, Value) {
     let form = reqwest::multipart::Form::new().part(
         "files",
@@ -62,14 +38,9 @@ async fn task_of(app: &TestApp, key: Option<&str>) -> (String, Value) {
     assert_eq!(code, 200, "{up}");
     let upload = up["uploaded"][0].clone();
     let body = json!({"prompt": "p", "uploads": [{"key": upload["key"], "url": upload["url"]}]});
-    let (code, answer) = send(
-        app,
-        reqwest::Method::POST,
-        "/api/generate",
-        key,
-        Some(&body),
-    )
-    .await;
+    let (code, answer) = app
+        .send(reqwest::Method::POST, "/api/generate", key, Some(&body))
+        .await;
     assert_eq!(code, 200, "{answer}");
     (answer["taskIds"][0].as_str().unwrap().to_owned(), upload)
 }
@@ -93,14 +64,14 @@ async fn wait_submitted(app: &TestApp, id: &str) -> darkroom::storage::Task {
 async fn wait_status(app: &TestApp, id: &str, key: Option<&str>) -> Value {
     let start = Instant::now();
     loop {
-        let (code, body) = send(
-            app,
-            reqwest::Method::GET,
-            &format!("/api/task-status?taskId={id}"),
-            key,
-            None,
-        )
-        .await;
+        let (code, body) = app
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/task-status?taskId={id}"),
+                key,
+                None,
+            )
+            .await;
         assert_eq!(code, 200, "{body}");
         if matches!(body["status"].as_str(), Some("completed" | "failed")) {
             return body;
@@ -319,14 +290,14 @@ async fn owners_are_isolated() {
     assert!(upload_url.contains("?sig="), "{upload_url}");
 
     let missing = TaskId::new().to_string();
-    let (code, missing_answer) = send(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/task-status?taskId={missing}"),
-        Some(BOB),
-        None,
-    )
-    .await;
+    let (code, missing_answer) = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/task-status?taskId={missing}"),
+            Some(BOB),
+            None,
+        )
+        .await;
     assert_eq!(code, 404);
 
     let mut attempts = 0;
@@ -337,14 +308,14 @@ async fn owners_are_isolated() {
     };
     // Reads of A's task by id and by provider id (cached by A's poll just before).
     for task_ref in [&id, &pid] {
-        let (code, body) = send(
-            &app,
-            reqwest::Method::GET,
-            &format!("/api/task-status?taskId={task_ref}"),
-            Some(BOB),
-            None,
-        )
-        .await;
+        let (code, body) = app
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/task-status?taskId={task_ref}"),
+                Some(BOB),
+                None,
+            )
+            .await;
         assert_eq!(code, 404, "{body}");
         assert_eq!(body["code"], missing_answer["code"]);
         count(code, 404);
@@ -355,7 +326,7 @@ async fn owners_are_isolated() {
         (reqwest::Method::POST, format!("/api/tasks/{id}/cancel")),
         (reqwest::Method::POST, format!("/api/tasks/{id}/retry")),
     ] {
-        let (code, body) = send(&app, method.clone(), &path, Some(BOB), None).await;
+        let (code, body) = app.send(method.clone(), &path, Some(BOB), None).await;
         assert_eq!(code, 404, "{method} {path}: {body}");
         assert_eq!(body["code"], "task_not_found");
         count(code, 404);
@@ -365,7 +336,7 @@ async fn owners_are_isolated() {
         "/api/tasks?owner=alice",
         "/api/tasks?state=succeeded",
     ] {
-        let (code, body) = send(&app, reqwest::Method::GET, path, Some(BOB), None).await;
+        let (code, body) = app.send(reqwest::Method::GET, path, Some(BOB), None).await;
         assert_eq!(code, 200, "{body}");
         let listed = body["tasks"].as_array().unwrap();
         assert!(
@@ -383,14 +354,14 @@ async fn owners_are_isolated() {
         json!({"prompt": "p", "imageUrls": [result_url]}),
         json!({"prompt": "p", "imageUrls": ["https://example.com/a.png"], "referenceUploads": [{"key": upload["key"]}]}),
     ] {
-        let (code, answer) = send(
-            &app,
-            reqwest::Method::POST,
-            "/api/generate",
-            Some(BOB),
-            Some(&body),
-        )
-        .await;
+        let (code, answer) = app
+            .send(
+                reqwest::Method::POST,
+                "/api/generate",
+                Some(BOB),
+                Some(&body),
+            )
+            .await;
         assert_eq!(
             (code, answer["code"].as_str()),
             (400, Some("upload_not_found")),
@@ -425,14 +396,14 @@ async fn owners_are_isolated() {
     }
     // Nothing of B's own changes: B's task is B's.
     let (bob_task, _) = task_of(&app, Some(BOB)).await;
-    let (code, _) = send(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/task-status?taskId={bob_task}"),
-        Some(ALICE),
-        None,
-    )
-    .await;
+    let (code, _) = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/task-status?taskId={bob_task}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
     assert_eq!(code, 404);
     count(code, 404);
     println!(
@@ -441,20 +412,22 @@ async fn owners_are_isolated() {
     assert_eq!(attempts, not_found);
 
     // The owner sees its own task in the task API.
-    let (code, body) = send(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/tasks/{id}"),
-        Some(ALICE),
-        None,
-    )
-    .await;
+    let (code, body) = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/tasks/{id}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
     assert_eq!(
         (code, body["taskId"].as_str()),
         (200, Some(id.as_str())),
         "{body}"
     );
-    let (code, body) = send(&app, reqwest::Method::GET, "/api/tasks", Some(ALICE), None).await;
+    let (code, body) = app
+        .send(reqwest::Method::GET, "/api/tasks", Some(ALICE), None)
+        .await;
     assert_eq!(code, 200);
     assert!(
         body["tasks"]
@@ -481,7 +454,9 @@ async fn owners_are_isolated() {
 #[tokio::test]
 async fn keys_are_required_on_client_routes_only() {
     let app = spawn_app(&[("DARKROOM_API_KEYS", &keys_env())]).await;
-    let (code, info) = send(&app, reqwest::Method::GET, "/api/info", None, None).await;
+    let (code, info) = app
+        .send(reqwest::Method::GET, "/api/info", None, None)
+        .await;
     assert_eq!((code, info["apiKeysRequired"].as_bool()), (200, Some(true)));
     for path in ["/", "/healthz", "/readyz", "/assets/app.js"] {
         let response = app.http.get(app.url(path)).send().await.unwrap();
@@ -514,19 +489,21 @@ async fn keys_are_required_on_client_routes_only() {
     }
     // Keys off (the embedded default): the same routes answer without one.
     let open = spawn_app(&[]).await;
-    let (code, info) = send(&open, reqwest::Method::GET, "/api/info", None, None).await;
+    let (code, info) = open
+        .send(reqwest::Method::GET, "/api/info", None, None)
+        .await;
     assert_eq!(
         (code, info["apiKeysRequired"].as_bool()),
         (200, Some(false))
     );
-    let (code, _) = send(
-        &open,
-        reqwest::Method::GET,
-        "/api/task-status?taskId=x",
-        None,
-        None,
-    )
-    .await;
+    let (code, _) = open
+        .send(
+            reqwest::Method::GET,
+            "/api/task-status?taskId=x",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(code, 404);
 }
 
@@ -547,14 +524,14 @@ async fn per_key_rate_limit_and_pending_task_cap() {
     let (code, up) = upload_as(&app, Some(ALICE), png(8, 8)).await;
     assert_eq!(code, 200, "{up}");
     let body = json!({"prompt": "p", "uploads": [{"key": up["uploaded"][0]["key"]}]});
-    let (code, answer) = send(
-        &app,
-        reqwest::Method::POST,
-        "/api/generate",
-        Some(ALICE),
-        Some(&body),
-    )
-    .await;
+    let (code, answer) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/generate",
+            Some(ALICE),
+            Some(&body),
+        )
+        .await;
     assert_eq!(
         (code, answer["code"].as_str()),
         (429, Some("too_many_pending_tasks")),
@@ -576,14 +553,14 @@ async fn per_key_rate_limit_and_pending_task_cap() {
         }
     }
     assert!(limited >= 3, "{limited}");
-    let (code, _) = send(
-        &app,
-        reqwest::Method::GET,
-        "/api/task-status?taskId=x",
-        Some(BOB),
-        None,
-    )
-    .await;
+    let (code, _) = app
+        .send(
+            reqwest::Method::GET,
+            "/api/task-status?taskId=x",
+            Some(BOB),
+            None,
+        )
+        .await;
     assert_eq!(code, 404);
     println!(
         "per-key limits: 3rd task over a cap of 2 -> 429; {limited} of 6 rapid requests -> 429; other key unaffected"
@@ -700,25 +677,27 @@ async fn keys_made_with_the_cli_authenticate() {
     assert!(!database.windows(key.len()).any(|w| w == key.as_bytes()));
 
     let app = spawn_app(&[("DARKROOM_DATABASE_URL", &db)]).await;
-    let (code, info) = send(&app, reqwest::Method::GET, "/api/info", None, None).await;
+    let (code, info) = app
+        .send(reqwest::Method::GET, "/api/info", None, None)
+        .await;
     assert_eq!((code, info["apiKeysRequired"].as_bool()), (200, Some(true)));
-    let (code, _) = send(
-        &app,
-        reqwest::Method::GET,
-        "/api/task-status?taskId=x",
-        None,
-        None,
-    )
-    .await;
+    let (code, _) = app
+        .send(
+            reqwest::Method::GET,
+            "/api/task-status?taskId=x",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(code, 401);
-    let (code, _) = send(
-        &app,
-        reqwest::Method::GET,
-        "/api/task-status?taskId=x",
-        Some(&key),
-        None,
-    )
-    .await;
+    let (code, _) = app
+        .send(
+            reqwest::Method::GET,
+            "/api/task-status?taskId=x",
+            Some(&key),
+            None,
+        )
+        .await;
     assert_eq!(code, 404);
     let revoked = run(&["keys", "revoke", "carol"]);
     assert!(revoked.status.success(), "{revoked:?}");
@@ -730,14 +709,14 @@ async fn owners_are_isolated_on_batches_waits_and_streams() {
     let app = spawn_app(&[("DARKROOM_API_KEYS", &keys_env())]).await;
     let (_, up) = upload_as(&app, Some(ALICE), png(12, 12)).await;
     let body = json!({"prompt": "p", "uploads": [{"key": up["uploaded"][0]["key"]}]});
-    let (code, batch) = send(
-        &app,
-        reqwest::Method::POST,
-        "/api/batches",
-        Some(ALICE),
-        Some(&body),
-    )
-    .await;
+    let (code, batch) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/batches",
+            Some(ALICE),
+            Some(&body),
+        )
+        .await;
     assert_eq!(code, 200, "{batch}");
     let batch_id = batch["batchId"].as_str().unwrap().to_owned();
     let task_id = batch["taskIds"][0].as_str().unwrap().to_owned();
@@ -759,11 +738,13 @@ async fn owners_are_isolated_on_batches_waits_and_streams() {
             format!("/api/tasks/{task_id}/wait?timeout=0"),
         ),
     ] {
-        let (code, answer) = send(&app, method.clone(), &path, Some(BOB), None).await;
+        let (code, answer) = app.send(method.clone(), &path, Some(BOB), None).await;
         assert_eq!(code, 404, "{method} {path} as another key: {answer}");
         refused += 1;
     }
-    let (_, listed) = send(&app, reqwest::Method::GET, "/api/batches", Some(BOB), None).await;
+    let (_, listed) = app
+        .send(reqwest::Method::GET, "/api/batches", Some(BOB), None)
+        .await;
     assert!(
         listed["batches"].as_array().is_none_or(Vec::is_empty),
         "{listed}"
@@ -775,14 +756,14 @@ async fn owners_are_isolated_on_batches_waits_and_streams() {
     assert_eq!(bob_stream.status(), 200);
     // The simulator finishes the task within this; its events go to Alice's streams only.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let (_, task) = send(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/tasks/{task_id}"),
-        Some(ALICE),
-        None,
-    )
-    .await;
+    let (_, task) = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/tasks/{task_id}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
     assert_eq!(task["state"], "succeeded", "{task}");
     let mut seen = String::new();
     while let Ok(Ok(Some(chunk))) =

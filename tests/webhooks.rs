@@ -97,25 +97,6 @@ fn verify(received: &Received) -> bool {
 }
 
 /// A request as API key `key` (or without one).
-async fn send_as(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Uploads an image as `key` and queues one task from it with `webhookUrl`; the task id.
 async fn submit_as(app: &TestApp, key: &str, webhook_url: &str) -> String {
     let form = reqwest::multipart::Form::new().part(
@@ -137,28 +118,23 @@ async fn submit_as(app: &TestApp, key: &str, webhook_url: &str) -> String {
         "uploads": [{"key": up["uploaded"][0]["key"]}],
         "webhookUrl": webhook_url,
     });
-    let (code, answer) = send_as(
-        app,
-        reqwest::Method::POST,
-        "/api/generate",
-        Some(key),
-        Some(&body),
-    )
-    .await;
+    let (code, answer) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/generate",
+            Some(key),
+            Some(&body),
+        )
+        .await;
     assert_eq!(code, 200, "{answer}");
     answer["taskIds"][0].as_str().unwrap().to_owned()
 }
 
 /// `GET /api/webhook-secret` as `key`: the whole answer.
 async fn secret_of(app: &TestApp, key: &str) -> Value {
-    let (code, body) = send_as(
-        app,
-        reqwest::Method::GET,
-        "/api/webhook-secret",
-        Some(key),
-        None,
-    )
-    .await;
+    let (code, body) = app
+        .send(reqwest::Method::GET, "/api/webhook-secret", Some(key), None)
+        .await;
     assert_eq!(code, 200, "{body}");
     body
 }
@@ -395,14 +371,14 @@ async fn after_a_rotation_deliveries_carry_both_signatures() {
     assert_eq!(signatures(&first).len(), 1);
     assert!(verify_with(&first, &old));
 
-    let (code, rotated) = send_as(
-        &app,
-        reqwest::Method::POST,
-        "/api/webhook-secret/rotate",
-        Some(ALICE),
-        None,
-    )
-    .await;
+    let (code, rotated) = app
+        .send(
+            reqwest::Method::POST,
+            "/api/webhook-secret/rotate",
+            Some(ALICE),
+            None,
+        )
+        .await;
     assert_eq!(code, 200, "{rotated}");
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert!(new.starts_with("whsec_") && new != old, "{rotated}");
@@ -455,17 +431,17 @@ async fn webhook_secret_routes_need_a_key() {
         (reqwest::Method::GET, "/api/webhook-secret"),
         (reqwest::Method::POST, "/api/webhook-secret/rotate"),
     ] {
-        let (code, body) = send_as(&keyed, method.clone(), path, None, None).await;
+        let (code, body) = keyed.send(method.clone(), path, None, None).await;
         assert_eq!(code, 401, "{method} {path}: {body}");
         assert_eq!(body["code"], "api_key_required");
-        let (code, body) = send_as(
-            &keyed,
-            method.clone(),
-            path,
-            Some("dk_wrong_0123456789abcdef"),
-            None,
-        )
-        .await;
+        let (code, body) = keyed
+            .send(
+                method.clone(),
+                path,
+                Some("dk_wrong_0123456789abcdef"),
+                None,
+            )
+            .await;
         assert_eq!(code, 401, "{method} {path}: {body}");
     }
     // The answer is not kept by caches.
@@ -484,7 +460,7 @@ async fn webhook_secret_routes_need_a_key() {
         (reqwest::Method::GET, "/api/webhook-secret"),
         (reqwest::Method::POST, "/api/webhook-secret/rotate"),
     ] {
-        let (code, body) = send_as(&open, method.clone(), path, None, None).await;
+        let (code, body) = open.send(method.clone(), path, None, None).await;
         assert_eq!(code, 404, "{method} {path}: {body}");
         assert_eq!(body["code"], "api_keys_disabled", "{body}");
         let message = body["error"].as_str().unwrap();

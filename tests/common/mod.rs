@@ -188,6 +188,32 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Sends `method path_or_url` (a path on this app, or a whole URL) with an optional
+    /// bearer key and JSON body; the status and the JSON answer (null when not JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path_or_url: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_owned()
+        } else {
+            self.url(path_or_url)
+        };
+        let mut request = self.http.request(method, url);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Uploads files (name, bytes) in the `files` field; returns (status, body).
     pub async fn upload(&self, files: &[(&str, Vec<u8>)]) -> (u16, Value) {
         let mut form = reqwest::multipart::Form::new();
