@@ -21,6 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use super::auth::is_public_path;
 use crate::AppState;
 use crate::domain::request::Model;
 
@@ -68,6 +69,7 @@ pub fn finish(
 ) -> utoipa::openapi::OpenApi {
     list_models(&mut document, gemini_model);
     require_a_source(&mut document);
+    document_key_refusals(&mut document);
     let components = document.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "apiKey",
@@ -168,6 +170,44 @@ fn require_a_source(document: &mut utoipa::openapi::OpenApi) {
         "GenerateBody".to_owned(),
         AllOfBuilder::new().item(body).item(one_source).into(),
     );
+}
+
+/// The answers the authentication middleware gives before any handler runs, on every
+/// route that needs a key (the same test as the middleware's, [`is_public_path`]): 401
+/// for a missing or wrong key and 429 past the key's rate limit. The callback routes have
+/// their own rate limit.
+fn document_key_refusals(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::response::Response;
+    let error = |description: &str| -> RefOr<Response> {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+            .into()
+    };
+    for (path, item) in document.paths.paths.iter_mut() {
+        let keyed = !is_public_path(path);
+        let callback = path.starts_with("/api/callback");
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            if keyed {
+                responses.entry("401".to_owned()).or_insert_with(|| {
+                    error("API keys are on and the key is missing or wrong (`api_key_required`, `invalid_api_key`)")
+                });
+            }
+            if keyed || callback {
+                responses.entry("429".to_owned()).or_insert_with(|| {
+                    error("Too many requests (`rate_limited`; see Retry-After)")
+                });
+            }
+        }
+    }
 }
 
 /// `/api/openapi.json` and the Swagger UI page at `/api/docs`.
