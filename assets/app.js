@@ -59,6 +59,7 @@ const state = {
     loading: false, // a page request is in flight
     failed: false, // the last page request failed (the button then offers to try again)
     refused: false, // ... because of the API key (its error is cleared once a page loads)
+    key: '', // the API key the list was read with
   },
   filter: 'all', // which task cards are shown: all | active | completed | failed
   dragDepth: 0, // dragenter/dragleave counter for the drop-zone highlight
@@ -984,6 +985,7 @@ async function loadTaskPage() {
       added += 1;
     }
     listing.loaded = true;
+    listing.key = state.apiKey;
     listing.cursor = str(data.nextCursor) || null;
     if (listing.refused) clearError();
     listing.refused = false;
@@ -1006,6 +1008,24 @@ async function loadTaskPage() {
     listing.loading = false;
     renderListing();
   }
+}
+
+/**
+ * Takes every task off the page and closes the stream: another key's tasks (or none) are
+ * about to be shown, and one key's tasks must not stay on screen under another.
+ */
+function forgetTasks() {
+  for (const task of state.tasks.values()) {
+    task.el.root.remove();
+    if (task.thumbUrl && task.thumbUrl.startsWith('blob:')) URL.revokeObjectURL(task.thumbUrl);
+  }
+  state.tasks.clear();
+  Object.assign(state.listing, { cursor: null, loaded: false, failed: false, refused: false, key: '' });
+  els.tasksEmpty.hidden = false;
+  els.tasksLoadStatus.textContent = '';
+  watchTasks();
+  renderStats();
+  renderListing();
 }
 
 function renderListing() {
@@ -1303,14 +1323,19 @@ function bindEvents() {
     state.authErrorShown = false;
     saveApiKey(state.apiKey);
   });
-  // A key entered (or corrected) after the list could not be read: read it now.
+  // A key entered (or corrected) after the list could not be read: read it now. Another
+  // key than the one the list was read with: show that key's tasks instead.
   els.apiKeyInput.addEventListener('change', () => {
-    if (!state.listing.loaded && state.apiKey) loadTaskPage();
+    if (!state.apiKey) return;
+    if (state.listing.loaded && state.apiKey !== state.listing.key) forgetTasks();
+    if (!state.listing.loaded) loadTaskPage();
   });
   els.apiKeyClear.addEventListener('click', () => {
     state.apiKey = '';
     els.apiKeyInput.value = '';
     saveApiKey('');
+    // On a server that needs keys, the tasks on screen belong to the key just forgotten.
+    if (state.info && state.info.apiKeysRequired === true) forgetTasks();
     els.apiKeyInput.focus();
   });
   els.errorDismiss.addEventListener('click', () => {

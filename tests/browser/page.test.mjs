@@ -28,6 +28,7 @@ const TIMEOUT_MS = 60_000;
 // enough to still be running when a freshly loaded page lists them.
 const GEMINI_LATENCY_MS = '3000-3500';
 const API_KEY = 'dk_browser_test_key_0123456789';
+const OTHER_KEY = 'dk_browser_other_key_0123456789';
 
 function fail(message) {
   console.error(`browser test: FAIL: ${message}`);
@@ -424,9 +425,10 @@ async function main() {
     // --- API keys: the list uses the page's key; a wrong one gets the 401 message --------
     const keyedPort = await freePort();
     const keyedUrl = `http://127.0.0.1:${keyedPort}`;
-    keyedServer = startServer(keyedPort, keyedDataDir, { DARKROOM_API_KEYS: `tester:${API_KEY}` });
+    keyedServer = startServer(keyedPort, keyedDataDir, { DARKROOM_API_KEYS: `tester:${API_KEY},other:${OTHER_KEY}` });
     await waitForServer(keyedUrl, keyedServer);
     const keyedTask = await createTask(keyedUrl, await uploadPng(keyedUrl, API_KEY), { key: API_KEY });
+    const otherTask = await createTask(keyedUrl, await uploadPng(keyedUrl, OTHER_KEY), { key: OTHER_KEY });
     let refused = 0;
     page.on('response', (response) => {
       if (response.status() === 401) refused += 1;
@@ -452,10 +454,18 @@ async function main() {
     await page.waitForSelector(`#task-list li.task-card[data-task-id="${keyedTask}"][data-status="completed"] img.result-image`, { timeout: TIMEOUT_MS });
     if (await page.isVisible('#error-area')) throw new Error('the 401 message stayed after the right key loaded the list');
     if (!(await resultImagesLoaded(page)).every(Boolean)) throw new Error('a signed result image did not load');
+    // Another key: its tasks replace the first key's on screen (none of tester's stays).
+    await page.fill('#api-key-input', OTHER_KEY);
+    await page.press('#api-key-input', 'Enter');
+    await page.waitForSelector(`#task-list li.task-card[data-task-id="${otherTask}"][data-status="completed"] img.result-image`, { timeout: TIMEOUT_MS });
+    const shownForOther = Object.keys(await cards(page));
+    if (shownForOther.join() !== otherTask) {
+      throw new Error(`after switching keys the list shows ${shownForOther.join()}, expected only ${otherTask}`);
+    }
 
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
     await stopServer(server);
