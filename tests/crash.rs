@@ -203,22 +203,20 @@ async fn r3_sigkill_during_500_in_flight_tasks_loses_nothing_and_creates_nothing
         .await
         .unwrap();
 
-    // Objects as the bucket lists them. object_store writes a local object to `name#<n>`
-    // and renames it; a SIGKILL mid-write leaves that staging file behind, which is not an
-    // object (listings skip it), so it is counted apart.
-    let names: Vec<String> = std::fs::read_dir(data.path().join("bucket/generated"))
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let is_staging = |name: &str| {
-        name.split_once('#')
-            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let generated = names.iter().filter(|name| !is_staging(name)).count();
-    let staging = names.len() - generated;
+    // Objects as the bucket itself lists them. A SIGKILL during a local write leaves
+    // object_store's `name#<n>` staging file behind; it is not an object (listings skip it),
+    // so it is counted apart, as what the directory holds beyond the listing.
+    let bucket_dir = data.path().join("bucket");
+    let bucket = darkroom::storage::BlobStore::local(
+        &bucket_dir,
+        url::Url::parse("http://127.0.0.1/").unwrap(),
+    )
+    .unwrap();
+    let generated = bucket.list("generated").await.unwrap().len();
+    let in_directory = std::fs::read_dir(bucket_dir.join("generated"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let staging = in_directory - generated;
     let succeeded = states.get("succeeded").copied().unwrap_or(0);
     let failed = states.get("failed").copied().unwrap_or(0);
     println!(

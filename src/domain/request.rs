@@ -129,10 +129,12 @@ pub enum Model {
 
 impl Model {
     pub const NAMES: [&'static str; 1] = ["google/nano-banana-edit"];
+    /// Every name a request may use for a KIE model: the canonical names, then aliases.
+    pub const ACCEPTED_NAMES: [&'static str; 2] = ["google/nano-banana-edit", "nano-banana-edit"];
 
     pub fn parse(s: &str) -> Result<Self, InputError> {
         match s {
-            "google/nano-banana-edit" | "nano-banana-edit" => Ok(Self::NanoBananaEdit),
+            s if Self::ACCEPTED_NAMES.contains(&s) => Ok(Self::NanoBananaEdit),
             _ => Err(InputError::new(
                 "unsupported_model",
                 format!(

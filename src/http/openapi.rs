@@ -136,10 +136,10 @@ fn list_models(document: &mut utoipa::openapi::OpenApi, gemini_model: &str) {
     let Some(RefOr::T(Schema::Object(model))) = body.properties.get_mut("model") else {
         return;
     };
-    let mut names: Vec<serde_json::Value> = Model::NAMES
+    let mut names: Vec<serde_json::Value> = Model::ACCEPTED_NAMES
         .iter()
         .copied()
-        .chain(["nano-banana-edit", gemini_model])
+        .chain([gemini_model])
         .map(serde_json::Value::from)
         .collect();
     names.push(serde_json::Value::Null);

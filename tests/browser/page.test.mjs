@@ -176,6 +176,22 @@ function cards(page) {
   }])));
 }
 
+/** Chooses `files` in the page's file picker and waits until each is listed. */
+async function chooseFiles(page, files) {
+  await page.setInputFiles('#file-input', files);
+  await page.waitForSelector(`#file-list li:nth-child(${files.length})`, { timeout: TIMEOUT_MS });
+}
+
+/** Waits for a task card that is still pending and says the provider is out of credits. */
+async function waitForCardWaitingOnCredits(page) {
+  await page.waitForFunction(
+    () => Array.from(document.querySelectorAll('#task-list li.task-card'))
+      .some((card) => card.dataset.status === 'pending' && /insufficient credits/.test(card.textContent)),
+    undefined,
+    { timeout: TIMEOUT_MS },
+  );
+}
+
 async function main() {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)`);
   if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run cargo build first`);
@@ -219,11 +235,10 @@ async function main() {
 
     const started = Date.now();
     await page.goto(url, { waitUntil: 'networkidle' });
-    await page.setInputFiles('#file-input', [
+    await chooseFiles(page, [
       { name: 'red.png', mimeType: 'image/png', buffer: png(64, 48, [200, 30, 30]) },
       { name: 'blue.png', mimeType: 'image/png', buffer: png(48, 64, [30, 30, 200]) },
     ]);
-    await page.waitForSelector('#file-list li:nth-child(2)', { timeout: TIMEOUT_MS });
     await page.fill('#prompt-input', 'a watercolour postcard of this picture');
     await page.click('#generate-button');
 
@@ -244,11 +259,10 @@ async function main() {
       : new Promise((ok) => { img.onload = () => ok(true); img.onerror = () => ok(false); })))));
     if (!loaded.every(Boolean)) throw new Error('a result image did not load');
     // A batch: two more images, submitted as one; its ZIP link appears and both finish.
-    await page.setInputFiles('#file-input', [
+    await chooseFiles(page, [
       { name: 'green.png', mimeType: 'image/png', buffer: png(40, 40, [30, 200, 30]) },
       { name: 'grey.png', mimeType: 'image/png', buffer: png(36, 52, [120, 120, 120]) },
     ]);
-    await page.waitForSelector('#file-list li:nth-child(2)', { timeout: TIMEOUT_MS });
     await page.check('#batch-toggle');
     await page.click('#generate-button');
     await page.waitForSelector('#form-status a.batch-zip', { timeout: TIMEOUT_MS });
@@ -393,20 +407,14 @@ async function main() {
     await waitForServer(creditUrl, creditServer);
     await page.goto(creditUrl, { waitUntil: 'networkidle' });
     if (await page.isVisible('#provider-notice')) throw new Error('the pause notice shows before any pause');
-    await page.setInputFiles('#file-input', [
+    await chooseFiles(page, [
       { name: 'one.png', mimeType: 'image/png', buffer: png(30, 30, [10, 120, 200]) },
       { name: 'two.png', mimeType: 'image/png', buffer: png(30, 30, [200, 120, 10]) },
     ]);
-    await page.waitForSelector('#file-list li:nth-child(2)', { timeout: TIMEOUT_MS });
     await page.fill('#prompt-input', 'a poster of this');
     await page.click('#generate-button');
     await page.waitForSelector('#task-list li.task-card[data-status="completed"] img.result-image', { timeout: TIMEOUT_MS });
-    await page.waitForFunction(
-      () => Array.from(document.querySelectorAll('#task-list li.task-card'))
-        .some((card) => card.dataset.status === 'pending' && /insufficient credits/.test(card.textContent)),
-      undefined,
-      { timeout: TIMEOUT_MS },
-    );
+    await waitForCardWaitingOnCredits(page);
     await page.waitForSelector('#provider-notice:not([hidden])', { timeout: TIMEOUT_MS });
     const pauseNotice = await page.textContent('#provider-notice');
     if (!/KIE reports insufficient credits/.test(pauseNotice) || !/wait in the queue/.test(pauseNotice)) {
@@ -414,12 +422,7 @@ async function main() {
     }
     // After a reload the waiting task (read from /api/tasks) still says why.
     await page.reload({ waitUntil: 'networkidle' });
-    await page.waitForFunction(
-      () => Array.from(document.querySelectorAll('#task-list li.task-card'))
-        .some((card) => card.dataset.status === 'pending' && /insufficient credits/.test(card.textContent)),
-      undefined,
-      { timeout: TIMEOUT_MS },
-    );
+    await waitForCardWaitingOnCredits(page);
     await page.waitForSelector('#provider-notice:not([hidden])', { timeout: TIMEOUT_MS });
 
     // --- API keys: the list uses the page's key; a wrong one gets the 401 message --------
