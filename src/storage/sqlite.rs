@@ -61,6 +61,14 @@ impl SqliteRepo {
     pub async fn set_page_cap(&self, pages: Option<u32>) -> Result<(), RepoError> {
         self.writer.set_page_cap(pages).await
     }
+
+    /// How many pages the database file has now.
+    pub async fn page_count(&self) -> Result<u32, RepoError> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.writer.pool)
+            .await?;
+        Ok(u32::try_from(pages).unwrap_or(u32::MAX))
+    }
 }
 
 fn json_list(id: &str, raw: &str) -> Result<Vec<String>, RepoError> {
