@@ -109,6 +109,11 @@ impl TestApp {
         if let Some(served) = self.served.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
         }
+        // Every connection closed: the next instance opens the file afresh (SQLite would
+        // otherwise hand it this instance's still-open file descriptors).
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.close().await;
+        }
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 }
