@@ -146,9 +146,9 @@ impl TestSim {
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(listener) => break listener,
-                Err(e) if tries < 50 => {
+                // The port may take a moment to come free.
+                Err(_) if tries < 50 => {
                     tries += 1;
-                    eprintln!("binding {} again: {e}", self.addr);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
