@@ -355,3 +355,66 @@ async fn record_info_not_found_ends_the_task_provider_task_missing() {
 async fn record_info_not_found_in_the_body_ends_the_task_provider_task_missing() {
     forgotten_tasks_end_provider_task_missing(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_gemini_pauses_gemini_only() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gemini_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let app = common::spawn_app(&[
+        ("GEMINI_API_KEY", "test-key"),
+        ("GEMINI_BASE_URL", &gemini_url),
+        ("DARKROOM_UNREACHABLE_FIRST_PROBE_MS", "200"),
+        ("DARKROOM_UNREACHABLE_MAX_PROBE_MS", "1000"),
+        // Without the circuit, two refusals would fail a task within about 5 s.
+        ("DARKROOM_MAX_ATTEMPTS", "2"),
+    ])
+    .await;
+    let started = Instant::now();
+    let gemini_ids = app.generate_many(3, json!({"provider": "gemini"})).await;
+    let kie_ids = app.generate_many(3, json!({"provider": "kie"})).await;
+    let kie_counts = app.wait_all_final(&kie_ids, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
+    let (_, ready) = app.get_json("/readyz").await;
+    let mut waiting = Vec::new();
+    for id in &gemini_ids {
+        waiting.push(task(&app, id).await);
+    }
+    println!(
+        "Gemini unreachable for {:.1} s: KIE tasks {kie_counts:?}; /readyz gemini {} (since {}), kie {}; Gemini tasks \
+         {:?} with attempts {:?} and codes {:?}",
+        started.elapsed().as_secs_f64(),
+        ready["providers"]["gemini"]["status"],
+        ready["providers"]["gemini"]["since"],
+        ready["providers"]["kie"]["status"],
+        waiting
+            .iter()
+            .map(|t| t["state"].clone())
+            .collect::<Vec<_>>(),
+        waiting
+            .iter()
+            .map(|t| t["attempts"].clone())
+            .collect::<Vec<_>>(),
+        waiting
+            .iter()
+            .map(|t| t["error"]["code"].clone())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(kie_counts.get("completed"), Some(&3), "{kie_counts:?}");
+    assert_eq!(
+        ready["providers"]["gemini"]["status"], "unreachable",
+        "{ready}"
+    );
+    assert_eq!(ready["providers"]["kie"]["status"], "ok", "{ready}");
+    for task in &waiting {
+        assert_eq!(task["state"], "queued", "{task}");
+        assert_eq!(task["attempts"], 0, "{task}");
+    }
+    assert!(
+        waiting
+            .iter()
+            .any(|t| t["error"]["code"] == "provider_unreachable"),
+        "{waiting:?}"
+    );
+}
