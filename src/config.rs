@@ -63,6 +63,7 @@ pub struct Config {
     pub fetch: FetchConfig,
     pub auth: AuthConfig,
     pub webhook: WebhookConfig,
+    pub health: HealthConfig,
     pub log: LogConfig,
 }
 
@@ -91,6 +92,49 @@ pub struct DatabaseConfig {
     /// Default `sqlite://{data_dir}/darkroom.db`.
     pub url: Option<String>,
     pub max_connections: u32,
+    /// How hard SQLite syncs a commit: `normal` (survives a crash of darkroom; a power cut
+    /// may lose the last commits) or `full` (every commit synced before it is answered).
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting (always in WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Synchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Self::Normal),
+            "full" => Ok(Self::Full),
+            _ => Err(format!("= {raw:?} is not normal or full")),
+        }
+    }
+}
+
+/// What `/readyz` checks beyond "the files are open".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Below this much free space on the disk of the database file or the local bucket,
+    /// the instance reports itself not ready (MiB; 0 turns the check off).
+    pub min_free_mb: u64,
+    /// The bucket write probe (an object written and deleted) runs at most this often;
+    /// between runs `/readyz` reports the last outcome (seconds; 0: every time).
+    pub bucket_probe_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            min_free_mb: 64,
+            bucket_probe_secs: 30,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -369,6 +413,7 @@ impl Default for Config {
             fetch: FetchConfig::default(),
             auth: AuthConfig::default(),
             webhook: WebhookConfig::default(),
+            health: HealthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -393,6 +438,7 @@ impl Default for DatabaseConfig {
         Self {
             url: None,
             max_connections: 8,
+            synchronous: Synchronous::Normal,
         }
     }
 }
@@ -562,6 +608,9 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_CORS_ORIGINS",
     "DARKROOM_DATABASE_URL",
     "DARKROOM_DATABASE_MAX_CONNECTIONS",
+    "DARKROOM_SQLITE_SYNCHRONOUS",
+    "DARKROOM_READY_MIN_FREE_MB",
+    "DARKROOM_READY_BUCKET_PROBE_SECS",
     "DARKROOM_BUCKET_DIR",
     "DARKROOM_URL_MODE",
     "DARKROOM_PRESIGN_TTL_SECS",
@@ -805,6 +854,16 @@ impl Config {
         r.number(
             "DARKROOM_DATABASE_MAX_CONNECTIONS",
             &mut self.database.max_connections,
+        )?;
+        r.set(
+            "DARKROOM_SQLITE_SYNCHRONOUS",
+            &mut self.database.synchronous,
+            Synchronous::parse,
+        )?;
+        r.number("DARKROOM_READY_MIN_FREE_MB", &mut self.health.min_free_mb)?;
+        r.number(
+            "DARKROOM_READY_BUCKET_PROBE_SECS",
+            &mut self.health.bucket_probe_secs,
         )?;
 
         r.set("DARKROOM_BUCKET_DIR", &mut self.storage.dir, |v| {

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod log_throttle;
 pub mod net;
 pub mod providers;
 pub mod status;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub access: Arc<dyn AccessRepo>,
     /// Key lookup, per-key limits and the callback rate limit.
     pub auth: Arc<http::auth::Auth>,
+    /// What `/readyz` checks (write probes, free space).
+    pub readiness: Arc<http::readiness::ReadinessChecks>,
     /// Cancelled when the server shuts down: open streams (SSE, WebSocket, long-polls)
     /// end, so graceful shutdown is not held up by them.
     pub streams_closing: CancellationToken,
@@ -94,6 +97,8 @@ pub struct App {
     sim_shutdown: CancellationToken,
     /// Delivers outbound webhooks (run with the engine's workers).
     webhooks: Arc<webhooks::Deliverer>,
+    /// The SQLite repository behind `state.repo`, for tools and tests (its size cap).
+    pub sqlite: Option<Arc<SqliteRepo>>,
 }
 
 /// The URL clients and the provider use to reach this server.
@@ -124,12 +129,19 @@ impl App {
         }
         let database_url = config.database_url();
         let sqlite = Arc::new(
-            SqliteRepo::connect(&database_url, config.database.max_connections)
-                .await
-                .with_context(|| format!("cannot open the database {database_url}"))?,
+            SqliteRepo::connect(
+                &database_url,
+                config.database.max_connections,
+                match config.database.synchronous {
+                    config::Synchronous::Normal => storage::Durability::Normal,
+                    config::Synchronous::Full => storage::Durability::Full,
+                },
+            )
+            .await
+            .with_context(|| format!("cannot open the database {database_url}"))?,
         );
         let repo: Arc<dyn TaskRepo> = sqlite.clone();
-        let access: Arc<dyn AccessRepo> = sqlite;
+        let access: Arc<dyn AccessRepo> = sqlite.clone();
         tracing::info!(database = %database_url, "database ready (migrations applied)");
         let auth = Arc::new(http::auth::Auth::new(&config, access.clone()).await?);
 
@@ -320,6 +332,11 @@ impl App {
             signer,
             Duration::from_millis(config.webhook.first_retry_ms),
         ));
+        let readiness = Arc::new(http::readiness::ReadinessChecks::new(
+            &config,
+            repo.clone(),
+            blobs.clone(),
+        ));
         Ok(Self {
             state: AppState {
                 config: Arc::new(config),
@@ -330,6 +347,7 @@ impl App {
                 info: Arc::new(info),
                 access,
                 auth,
+                readiness,
                 streams_closing: CancellationToken::new(),
             },
             public_url,
@@ -337,6 +355,7 @@ impl App {
             gemini_simulator,
             sim_shutdown,
             webhooks,
+            sqlite: Some(sqlite),
         })
     }
 

@@ -247,7 +247,8 @@ async fn migrate() -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let url = config.database_url();
-    darkroom::storage::sqlite::SqliteRepo::connect(&url, 1).await?;
+    darkroom::storage::sqlite::SqliteRepo::connect(&url, 1, darkroom::storage::Durability::Normal)
+        .await?;
     tracing::info!(database = %url, "migrations applied");
     Ok(())
 }
@@ -259,9 +260,13 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let url = config.database_url();
-    let repo = darkroom::storage::sqlite::SqliteRepo::connect(&url, 1)
-        .await
-        .with_context(|| format!("cannot open the database {url}"))?;
+    let repo = darkroom::storage::sqlite::SqliteRepo::connect(
+        &url,
+        1,
+        darkroom::storage::Durability::Normal,
+    )
+    .await
+    .with_context(|| format!("cannot open the database {url}"))?;
     let now = chrono::Utc::now().timestamp_millis();
     match command {
         KeysCommand::Create { name } => {

@@ -29,7 +29,12 @@ fn task(owner: Option<&str>, priority: i32, created_at: i64) -> NewTask {
 async fn repo() -> (SqliteRepo, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    (SqliteRepo::connect(&url, 4).await.unwrap(), dir)
+    (
+        SqliteRepo::connect(&url, 4, darkroom::storage::Durability::Normal)
+            .await
+            .unwrap(),
+        dir,
+    )
 }
 
 #[tokio::test]

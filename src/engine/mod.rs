@@ -496,7 +496,10 @@ impl Engine {
                     n
                 }
                 Err(e) => {
-                    tracing::error!(work = ?work, error = %e, "claiming work failed");
+                    let message = e.to_string();
+                    if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
+                        tracing::error!(work = ?work, error = %message, repeated, "claiming work failed");
+                    }
                     0
                 }
             };
@@ -659,7 +662,10 @@ impl Engine {
                 () = self.heartbeat(&id) => Ok(()),
             };
             if let Err(e) = result {
-                tracing::error!(task_id = %id, work = ?work, error = %e, "job failed; the lease will expire and it will run again");
+                let message = e.to_string();
+                if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
+                    tracing::error!(task_id = %id, work = ?work, error = %message, repeated, "job failed; the lease will expire and it will run again");
+                }
             }
             drop(permit);
             let wake = match work {

@@ -55,6 +55,21 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// Storage refused a write (disk full, read-only): 503 with a stable code and a
+    /// sentence, and the cause for the log. `what` names the store.
+    pub fn storage(
+        fault: crate::storage::StorageFault,
+        what: &str,
+        cause: impl std::fmt::Display,
+    ) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: fault.code(),
+            message: fault.sentence(what),
+            cause: Some(cause.to_string()),
+        }
+    }
+
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,13 +88,19 @@ impl From<InputError> for ApiError {
 
 impl From<crate::storage::RepoError> for ApiError {
     fn from(e: crate::storage::RepoError) -> Self {
-        Self::internal(e)
+        match e.fault() {
+            Some(fault) => Self::storage(fault, "the database", e),
+            None => Self::internal(e),
+        }
     }
 }
 
 impl From<crate::storage::BlobError> for ApiError {
     fn from(e: crate::storage::BlobError) -> Self {
-        Self::internal(e)
+        match e.fault() {
+            Some(fault) => Self::storage(fault, "the bucket", e),
+            None => Self::internal(e),
+        }
     }
 }
 
@@ -119,13 +140,20 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Logs the cause of every internal error once, with the route it happened on.
+/// Logs the cause of every internal error, with the route it happened on. The same cause
+/// repeating (a full disk fails every write alike) is logged once a minute with a count.
 pub async fn log_internal_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
-    if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
-        tracing::error!(%method, %path, error = %cause, "internal error");
+    if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>()
+        && let Some(repeated) = crate::log_throttle::errors().admit(cause)
+    {
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(%method, %path, error = %cause, repeated, "storage refused a write");
+        } else {
+            tracing::error!(%method, %path, error = %cause, repeated, "internal error");
+        }
     }
     response
 }

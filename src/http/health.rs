@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::readiness::DiskSpace;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -93,10 +94,14 @@ impl ProviderHealth {
 struct Readiness {
     /// `ready` or `unavailable`.
     status: &'static str,
-    /// `ok` or `unavailable`.
+    /// Whether the database accepts a write now: `ok`, `full`, `read_only` or `unavailable`.
     database: &'static str,
-    /// `ok` or `unavailable`.
+    /// Whether the bucket accepts a write: `ok`, `full`, `read_only` or `unavailable`.
     bucket: &'static str,
+    /// Free space on the disks holding the database file and the local bucket.
+    disks: Vec<DiskSpace>,
+    /// What keeps the instance from being ready, one sentence each; empty when ready.
+    problems: Vec<String>,
     /// The default provider.
     provider: ProviderHealth,
     /// Every provider a request may name.
@@ -136,35 +141,35 @@ async fn healthz() -> Json<Alive> {
     Json(Alive { status: "ok" })
 }
 
-/// The database and the bucket answer. A paused provider (429 storm, no credits) or one that
-/// cannot be reached does not make the instance unready: it still queues work, which runs
-/// when the provider is back.
+/// The database and the bucket accept writes and the local disks have room. A paused
+/// provider (429 storm, no credits) or one that cannot be reached does not make the
+/// instance unready: it still queues work, which runs when the provider is back.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", body = Readiness),
-    (status = 503, description = "The database or the bucket does not answer", body = Readiness),
+    (status = 503, description = "The database or the bucket refuses writes, or a disk is low on space; `problems` says which", body = Readiness),
 ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let database = state.repo.ping().await.map_err(|e| e.to_string());
-    let bucket = state
-        .blobs
-        .exists(&crate::storage::keys::probe().key)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    let ready = database.is_ok() && bucket.is_ok();
+    let (database, bucket) = tokio::join!(state.readiness.database(), state.readiness.bucket());
+    let (disks, low_space) = state.readiness.disks();
+    let problems: Vec<String> = [&database, &bucket]
+        .into_iter()
+        .filter_map(|check| check.problem.clone())
+        .chain(low_space)
+        .collect();
+    let ready = problems.is_empty();
+    for problem in &problems {
+        if let Some(repeated) = crate::log_throttle::errors().admit(problem) {
+            tracing::warn!(problem = %problem, repeated, "not ready");
+        }
+    }
     // Reported, not hidden: the default provider as `provider`, every one in `providers`.
     let pause_status = |name: &str| ProviderHealth::of(&state.engine, name);
-    let check = |r: &Result<(), String>| match r {
-        Ok(()) => "ok",
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            "unavailable"
-        }
-    };
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
-        database: check(&database),
-        bucket: check(&bucket),
+        database: database.status,
+        bucket: bucket.status,
+        disks,
+        problems,
         provider: pause_status(state.info.provider),
         providers: state
             .engine

@@ -13,6 +13,7 @@ mod health;
 pub mod limits;
 mod live;
 mod openapi;
+pub mod readiness;
 mod status;
 mod tasks;
 mod ui;

@@ -135,6 +135,17 @@ pub enum BlobError {
     NoSigner,
 }
 
+impl BlobError {
+    /// The storage fault behind this error (disk full, read-only), if that is what it is.
+    pub fn fault(&self) -> Option<super::StorageFault> {
+        match self {
+            Self::Store(e) => super::StorageFault::in_chain(e),
+            Self::Io(e) | Self::Directory { source: e, .. } => super::StorageFault::of_io(e),
+            _ => None,
+        }
+    }
+}
+
 /// What a create-only write found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Created {
@@ -551,12 +562,20 @@ impl BlobStore {
         }
     }
 
-    /// Writes and reads back a small object: the bucket answers and accepts writes.
+    /// Writes, reads back and deletes a small object: the bucket answers and accepts writes.
     pub async fn probe(&self) -> Result<(), BlobError> {
         let spec = super::keys::probe();
         self.put(&spec, Bytes::from_static(b"darkroom")).await?;
         self.get_bytes(&spec.key).await?;
-        Ok(())
+        self.delete(&spec.key).await
+    }
+
+    /// Removes an object; one that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every key under `prefix`, for tests and tools.

@@ -17,6 +17,19 @@ pub enum RepoError {
     DuplicateProviderId(String),
 }
 
+impl RepoError {
+    /// The storage fault behind this error (disk full, read-only), if that is what it is.
+    pub fn fault(&self) -> Option<super::StorageFault> {
+        match self {
+            Self::Database(e) => super::StorageFault::of_sqlx(e),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                super::StorageFault::of_sqlx(e)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A task as stored. Times are Unix milliseconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Task {
@@ -259,6 +272,10 @@ pub trait TaskRepo: Send + Sync + 'static {
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), RepoError>;
+
+    /// Whether the database accepts a write now, with room to spare: a write of
+    /// `headroom_bytes` in a transaction that is rolled back (for `/readyz`).
+    async fn probe_write(&self, headroom_bytes: u32) -> Result<(), RepoError>;
 
     /// Tasks of `provider` being created or waiting at the provider.
     async fn count_in_flight(&self, provider: &str) -> Result<usize, RepoError>;

@@ -1,18 +1,16 @@
 //! The task repository on SQLite (the embedded default and single-machine production).
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqlitePoolOptions, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::repo::{
     Batch, BatchCount, DeliveryOutcome, NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate,
     WebhookDelivery,
 };
+use super::sqlite_writer::{Durability, Writer, connect_options};
 use crate::domain::{TaskId, TaskState};
 
 /// Reads go through a pool; every write goes through one connection. SQLite takes one
@@ -20,26 +18,29 @@ use crate::domain::{TaskId, TaskState};
 /// handler (which sleeps) instead of queueing in the pool (which does not).
 pub struct SqliteRepo {
     pub(super) pool: SqlitePool,
-    pub(super) writer: SqlitePool,
+    pub(super) writer: Writer,
 }
 
 impl SqliteRepo {
     /// Opens (creating if needed) the database at `url` and applies pending migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RepoError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let pool = if url.contains(":memory:") {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        durability: Durability,
+    ) -> Result<Self, RepoError> {
+        let options = connect_options(url, durability)?;
+        let in_memory = url.contains(":memory:");
+        let writer = Writer::open(options.clone(), in_memory).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => writer.failed(e),
+                other => other.into(),
+            })?;
+        let pool = if in_memory {
             // Every in-memory connection is its own database: share the one.
-            writer.clone()
+            writer.pool.clone()
         } else {
             SqlitePoolOptions::new()
                 .max_connections(max_connections)
@@ -52,7 +53,13 @@ impl SqliteRepo {
     /// A private in-memory database, for tests.
     pub async fn in_memory() -> Result<Self, RepoError> {
         // One connection: each in-memory connection would otherwise be its own database.
-        Self::connect("sqlite::memory:", 1).await
+        Self::connect("sqlite::memory:", 1, Durability::Normal).await
+    }
+
+    /// Caps the database at `pages` pages (`None`: no cap beyond SQLite's own). At the cap,
+    /// writes fail as on a full disk; the test suite fills the database this way.
+    pub async fn set_page_cap(&self, pages: Option<u32>) -> Result<(), RepoError> {
+        self.writer.set_page_cap(pages).await
     }
 }
 
@@ -116,10 +123,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, RepoError> {
 }
 
 /// Inserts tasks inside an open transaction.
-async fn insert_tasks(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    tasks: &[NewTask],
-) -> Result<(), RepoError> {
+async fn insert_tasks(conn: &mut SqliteConnection, tasks: &[NewTask]) -> Result<(), sqlx::Error> {
     for t in tasks {
         sqlx::query(
             "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
@@ -145,7 +149,7 @@ async fn insert_tasks(
         .bind(t.created_at)
         .bind(t.retry_of.as_ref().map(TaskId::as_str))
         .bind(&t.webhook_url)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
         if let Some(url) = &t.webhook_url {
             sqlx::query(
@@ -157,7 +161,7 @@ async fn insert_tasks(
             .bind(url)
             .bind(t.created_at)
             .bind(t.created_at)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         }
     }
@@ -186,29 +190,35 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[async_trait]
 impl TaskRepo for SqliteRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
-        let mut tx = self.writer.begin().await?;
-        insert_tasks(&mut tx, tasks).await?;
-        tx.commit().await?;
-        Ok(())
+        let written: Result<(), sqlx::Error> = async {
+            let mut tx = self.writer.pool.begin().await?;
+            insert_tasks(&mut tx, tasks).await?;
+            tx.commit().await
+        }
+        .await;
+        written.map_err(|e| self.writer.failed(e))
     }
 
     async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
+        let written: Result<(), sqlx::Error> = async {
+            let mut tx = self.writer.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
              VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&batch.id)
-        .bind(&batch.owner)
-        .bind(&batch.prompt)
-        .bind(&batch.webhook_url)
-        .bind(batch.total)
-        .bind(batch.created_at)
-        .execute(&mut *tx)
-        .await?;
-        insert_tasks(&mut tx, tasks).await?;
-        tx.commit().await?;
-        Ok(())
+            )
+            .bind(&batch.id)
+            .bind(&batch.owner)
+            .bind(&batch.prompt)
+            .bind(&batch.webhook_url)
+            .bind(batch.total)
+            .bind(batch.created_at)
+            .execute(&mut *tx)
+            .await?;
+            insert_tasks(&mut tx, tasks).await?;
+            tx.commit().await
+        }
+        .await;
+        written.map_err(|e| self.writer.failed(e))
     }
 
     async fn get_batch(&self, id: &str) -> Result<Option<Batch>, RepoError> {
@@ -308,8 +318,9 @@ impl TaskRepo for SqliteRepo {
         .bind(lease_until)
         .bind(id)
         .bind(now)
-        .execute(&self.writer)
-        .await?;
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -349,8 +360,9 @@ impl TaskRepo for SqliteRepo {
         .bind(error)
         .bind(delivered_at)
         .bind(id)
-        .execute(&self.writer)
-        .await?;
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         Ok(())
     }
 
@@ -401,8 +413,9 @@ impl TaskRepo for SqliteRepo {
         .bind(provider)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
-        .await?;
+        .fetch_all(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         let mut tasks = tasks_from_rows(&rows)?;
         // RETURNING gives no order guarantee; callers submit in queue order.
         tasks.sort_by(|a, b| {
@@ -438,8 +451,9 @@ impl TaskRepo for SqliteRepo {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(state.as_str())
         .bind(now)
-        .fetch_all(&self.writer)
-        .await?;
+        .fetch_all(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         tasks_from_rows(&rows)
     }
 
@@ -507,12 +521,12 @@ impl TaskRepo for SqliteRepo {
             q.push(" AND lease_owner = ").push_bind(worker.to_owned());
         }
         q.push(" RETURNING *");
-        match q.build().fetch_optional(&self.writer).await {
+        match q.build().fetch_optional(&self.writer.pool).await {
             Ok(row) => row.as_ref().map(task_from_row).transpose(),
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
                 update.provider_task_id.clone().unwrap_or_default(),
             )),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.writer.failed(e)),
         }
     }
 
@@ -529,14 +543,14 @@ impl TaskRepo for SqliteRepo {
         .bind(provider_task_id)
         .bind(now)
         .bind(id.as_str())
-        .execute(&self.writer)
+        .execute(&self.writer.pool)
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
             Err(e) if is_unique_violation(&e) => {
                 Err(RepoError::DuplicateProviderId(provider_task_id.to_owned()))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.writer.failed(e)),
         }
     }
 
@@ -550,14 +564,19 @@ impl TaskRepo for SqliteRepo {
         .bind(now)
         .bind(now)
         .bind(id.as_str())
-        .fetch_optional(&self.writer)
-        .await?;
+        .fetch_optional(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         row.as_ref().map(task_from_row).transpose()
     }
 
     async fn ping(&self) -> Result<(), RepoError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn probe_write(&self, headroom_bytes: u32) -> Result<(), RepoError> {
+        self.writer.probe(headroom_bytes).await
     }
 
     async fn count_in_flight(&self, provider: &str) -> Result<usize, RepoError> {
@@ -576,8 +595,9 @@ impl TaskRepo for SqliteRepo {
             .bind(until)
             .bind(id.as_str())
             .bind(worker)
-            .execute(&self.writer)
-            .await?;
+            .execute(&self.writer.pool)
+            .await
+            .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -587,8 +607,9 @@ impl TaskRepo for SqliteRepo {
              WHERE lease_owner = ? AND state <> 'submitting'",
         )
         .bind(worker)
-        .execute(&self.writer)
-        .await?;
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected())
     }
 

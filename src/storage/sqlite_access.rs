@@ -42,25 +42,29 @@ impl AccessRepo for SqliteRepo {
         hint: &str,
         now: i64,
     ) -> Result<bool, RepoError> {
-        let mut tx = self.writer.begin().await?;
-        // A revoked key's name may be reused; its row goes.
-        sqlx::query("DELETE FROM api_keys WHERE name = ? AND revoked_at IS NOT NULL")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO api_keys (name, key_hash, hint, created_at) VALUES (?, ?, ?, ?)
+        let written: Result<u64, sqlx::Error> = async {
+            let mut tx = self.writer.pool.begin().await?;
+            // A revoked key's name may be reused; its row goes.
+            sqlx::query("DELETE FROM api_keys WHERE name = ? AND revoked_at IS NOT NULL")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO api_keys (name, key_hash, hint, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(key_hash)
-        .bind(hint)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(inserted == 1)
+            )
+            .bind(name)
+            .bind(key_hash)
+            .bind(hint)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(inserted)
+        }
+        .await;
+        Ok(written.map_err(|e| self.writer.failed(e))? == 1)
     }
 
     async fn api_key_name(&self, key_hash: &str) -> Result<Option<String>, RepoError> {
@@ -94,8 +98,9 @@ impl AccessRepo for SqliteRepo {
             sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
                 .bind(now)
                 .bind(name)
-                .execute(&self.writer)
-                .await?;
+                .execute(&self.writer.pool)
+                .await
+                .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -117,8 +122,9 @@ impl AccessRepo for SqliteRepo {
             .bind(key)
             .bind(owner)
             .bind(now)
-            .execute(&self.writer)
-            .await?;
+            .execute(&self.writer.pool)
+            .await
+            .map_err(|e| self.writer.failed(e))?;
         Ok(())
     }
 
@@ -163,8 +169,9 @@ impl AccessRepo for SqliteRepo {
         .bind(name)
         .bind(fresh)
         .bind(now)
-        .execute(&self.writer)
-        .await?;
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         let row = sqlx::query("SELECT value FROM server_secrets WHERE name = ?")
             .bind(name)
             .fetch_one(&self.pool)
@@ -191,8 +198,9 @@ impl AccessRepo for SqliteRepo {
         .bind(owner)
         .bind(fresh)
         .bind(now)
-        .execute(&self.writer)
-        .await?;
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         let row = sqlx::query("SELECT * FROM webhook_secrets WHERE owner = ?")
             .bind(owner)
             .fetch_one(&self.pool)
@@ -222,8 +230,9 @@ impl AccessRepo for SqliteRepo {
         .bind(fresh)
         .bind(now)
         .bind(previous_until)
-        .fetch_one(&self.writer)
-        .await?;
+        .fetch_one(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
         webhook_secret_from_row(&row)
     }
 }
@@ -291,8 +300,12 @@ mod tests {
     async fn concurrent_first_webhook_secret_calls_agree() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/shared.db", dir.path().display());
-        let one = SqliteRepo::connect(&url, 4).await.unwrap();
-        let two = SqliteRepo::connect(&url, 4).await.unwrap();
+        let one = SqliteRepo::connect(&url, 4, crate::storage::Durability::Normal)
+            .await
+            .unwrap();
+        let two = SqliteRepo::connect(&url, 4, crate::storage::Durability::Normal)
+            .await
+            .unwrap();
         for round in 0..20 {
             let owner = format!("key-{round}");
             let (a, b, c) = tokio::join!(

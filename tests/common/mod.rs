@@ -24,8 +24,11 @@ pub struct TestApp {
     pub blobs: BlobStore,
     pub sim: Option<Arc<KieSim>>,
     pub gemini_sim: Option<Arc<GeminiSim>>,
+    /// The SQLite repository behind `repo` (its size cap fills the database in tests).
+    pub sqlite: Option<Arc<darkroom::storage::sqlite::SqliteRepo>>,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -41,9 +44,15 @@ const FAST: &[(&str, &str)] = &[
     ("DARKROOM_TICK_MS", "50"),
     ("DARKROOM_FIRST_POLL_MS", "3000"),
     ("DARKROOM_LOG", "warn"),
+    ("DARKROOM_READY_MIN_FREE_MB", "1"),
 ];
 
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("temp dir"), overrides).await
+}
+
+/// `spawn_app` on a data directory that may hold an earlier run's database and bucket.
+pub async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) -> TestApp {
     // TEST_LOG=darkroom=debug shows the server's log while debugging a test.
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -51,7 +60,6 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
             .with_test_writer()
             .try_init();
     }
-    let dir = tempfile::tempdir().expect("temp dir");
     let mut env: HashMap<String, String> = FAST
         .iter()
         .chain(overrides)
@@ -68,8 +76,9 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let engine = app.state.engine.clone();
     let repo = app.state.repo.clone();
     let gemini_sim = app.gemini_simulator.clone();
+    let sqlite = app.sqlite.clone();
     let shutdown = CancellationToken::new();
-    tokio::spawn(app.serve(listener, shutdown.clone()));
+    let served = tokio::spawn(app.serve(listener, shutdown.clone()));
     TestApp {
         base: format!("http://{addr}"),
         events,
@@ -79,8 +88,24 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         blobs,
         sim,
         gemini_sim,
+        sqlite,
         dir,
         shutdown,
+        served: Some(served),
+    }
+}
+
+impl TestApp {
+    /// Stops this server (gracefully, as on SIGTERM) and starts a new one on the same data
+    /// directory: a restart.
+    pub async fn restart(mut self, overrides: &[(&str, &str)]) -> TestApp {
+        self.shutdown.cancel();
+        if let Some(served) = self.served.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        spawn_app_in(dir, overrides).await
     }
 }
 

@@ -1,0 +1,128 @@
+//! Storage faults an operator has to fix (a full disk, a read-only file or mount, a failing
+//! device), told apart from every other error: clients get a 503 with a stable code and a
+//! sentence instead of an opaque 500, and the database writer reopens its connection so it
+//! recovers by itself once the cause is gone.
+
+use std::error::Error as StdError;
+use std::io;
+
+/// Why storage refused a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StorageFault {
+    /// No space left (disk, quota, or the database's size cap).
+    Full,
+    /// The file, directory or mount does not accept writes.
+    ReadOnly,
+    /// The device answered with an I/O error.
+    Failing,
+}
+
+impl StorageFault {
+    /// The stable code clients see.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Full => "storage_full",
+            Self::ReadOnly => "storage_read_only",
+            Self::Failing => "storage_unavailable",
+        }
+    }
+
+    /// A sentence for a person; `what` names the store ("the database", "the bucket").
+    pub fn sentence(self, what: &str) -> String {
+        match self {
+            Self::Full => format!(
+                "{what} is full, so nothing new can be accepted; nothing was stored. Try again once the operator has freed space"
+            ),
+            Self::ReadOnly => format!(
+                "{what} does not accept writes (read-only file or mount); nothing was stored. Try again once the operator has fixed it"
+            ),
+            Self::Failing => {
+                format!("{what} reports I/O errors; nothing was stored. Try again later")
+            }
+        }
+    }
+
+    /// The fault behind an SQLite error, by its result code.
+    pub fn of_sqlx(e: &sqlx::Error) -> Option<Self> {
+        match e {
+            sqlx::Error::Database(db) => {
+                let code: i64 = db.code()?.parse().ok()?;
+                // Extended result codes carry the primary code in their low byte.
+                match code & 0xff {
+                    13 => Some(Self::Full),     // SQLITE_FULL
+                    8 => Some(Self::ReadOnly),  // SQLITE_READONLY
+                    10 => Some(Self::Failing),  // SQLITE_IOERR
+                    14 => Some(Self::ReadOnly), // SQLITE_CANTOPEN
+                    _ => None,
+                }
+            }
+            sqlx::Error::Io(io) => Self::of_io(io),
+            other => Self::in_chain(other),
+        }
+    }
+
+    /// The fault behind an I/O error, by its kind or OS error number.
+    pub fn of_io(e: &io::Error) -> Option<Self> {
+        match e.kind() {
+            io::ErrorKind::StorageFull => return Some(Self::Full),
+            io::ErrorKind::ReadOnlyFilesystem => return Some(Self::ReadOnly),
+            _ => {}
+        }
+        match e.raw_os_error() {
+            Some(28 | 122) => Some(Self::Full), // ENOSPC, EDQUOT
+            Some(30) => Some(Self::ReadOnly),   // EROFS
+            Some(5) => Some(Self::Failing),     // EIO
+            _ => None,
+        }
+    }
+
+    /// The first I/O fault anywhere in an error's chain of sources (object_store wraps the
+    /// local file system's errors two levels deep).
+    pub fn in_chain(e: &(dyn StdError + 'static)) -> Option<Self> {
+        let mut current = Some(e);
+        while let Some(err) = current {
+            if let Some(io) = err.downcast_ref::<io::Error>()
+                && let Some(fault) = Self::of_io(io)
+            {
+                return Some(fault);
+            }
+            current = err.source();
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_classified_by_number_and_kind() {
+        let full = io::Error::from_raw_os_error(28);
+        assert_eq!(StorageFault::of_io(&full), Some(StorageFault::Full));
+        let ro = io::Error::from_raw_os_error(30);
+        assert_eq!(StorageFault::of_io(&ro), Some(StorageFault::ReadOnly));
+        let other = io::Error::new(io::ErrorKind::NotFound, "gone");
+        assert_eq!(StorageFault::of_io(&other), None);
+    }
+
+    #[test]
+    fn a_fault_is_found_inside_a_wrapped_error() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("copying failed")]
+        struct Wrapper(#[source] io::Error);
+        let wrapped = Wrapper(io::Error::from_raw_os_error(28));
+        assert_eq!(StorageFault::in_chain(&wrapped), Some(StorageFault::Full));
+    }
+
+    #[test]
+    fn codes_are_stable() {
+        assert_eq!(StorageFault::Full.code(), "storage_full");
+        assert_eq!(StorageFault::ReadOnly.code(), "storage_read_only");
+        assert!(
+            StorageFault::Full
+                .sentence("the database")
+                .starts_with("the database is full")
+        );
+    }
+}
