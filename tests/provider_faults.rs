@@ -202,7 +202,8 @@ async fn an_unreachable_provider_loses_no_queued_task_and_spends_no_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_waiting_at_an_unreachable_provider_neither_fail_nor_expire() {
     const TASKS: usize = 10;
-    // No callbacks: only polls can finish these tasks, and the deadline is 2 s.
+    // No callbacks: only polls can finish these tasks. The deadline is 2 s, and the first
+    // poll comes after it, while the provider is away.
     let mut sim = spawn_sim(KieSimConfig {
         drop_rate: 1.0,
         ..quick_sim()
@@ -211,7 +212,7 @@ async fn tasks_waiting_at_an_unreachable_provider_neither_fail_nor_expire() {
     let app = spawn_app_env(&env(
         &sim,
         &[
-            ("DARKROOM_FIRST_POLL_MS", "1000"),
+            ("DARKROOM_FIRST_POLL_MS", "2500"),
             ("DARKROOM_TASK_DEADLINE_SECS", "2"),
         ],
     ))
@@ -234,7 +235,7 @@ async fn tasks_waiting_at_an_unreachable_provider_neither_fail_nor_expire() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sim.stop_listening().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let (_, kie_down) = kie_readiness(&app).await;
     let mut states_down: HashMap<String, usize> = HashMap::new();
     let mut past_deadline = 0;
@@ -256,7 +257,7 @@ async fn tasks_waiting_at_an_unreachable_provider_neither_fail_nor_expire() {
     let took = back.elapsed();
     let stats = sim.sim.stats();
     println!(
-        "{TASKS} tasks at the provider when it went away for 4 s (deadline 2 s): /readyz said {}, states while down \
+        "{TASKS} tasks at the provider when it went away for 5 s (deadline 2 s): /readyz said {}, states while down \
          {states_down:?}, {past_deadline} past their deadline; after it came back: {counts:?} in {:.1} s; \
          recordInfo answered {} times ({queries_while_down} before the outage), callbacks sent {}",
         kie_down["status"],
