@@ -334,8 +334,9 @@ function renderInfo() {
 const PROVIDER_LABELS = { kie: 'KIE', gemini: 'Gemini' };
 
 /**
- * Reads which providers are paused and says so above the page. Asked on load and when a
- * task reports a pause; asked once more when the pause should have ended (no polling).
+ * Reads which providers are paused or cannot be reached and says so above the page. Asked
+ * on load and when a task reports either; asked once more when the pause should have ended,
+ * or, for a provider out of reach, after darkroom's next probe of it.
  */
 async function checkProviders() {
   if (state.providerCheck) return;
@@ -352,8 +353,19 @@ async function checkProviders() {
   const lines = [];
   let resumesIn = 0;
   for (const [name, health] of Object.entries(providers)) {
-    if (!health || health.status !== 'paused') continue;
+    if (!health) continue;
     const label = PROVIDER_LABELS[name] || name;
+    if (health.status === 'unreachable') {
+      const next = Number.isFinite(health.nextProbeInSecs) ? health.nextProbeInSecs : 0;
+      resumesIn = Math.max(resumesIn, next);
+      const since = typeof health.since === 'string' ? new Date(health.since) : null;
+      const when = since && !Number.isNaN(since.getTime())
+        ? ` since ${since.toLocaleTimeString()}`
+        : '';
+      lines.push(`${label} cannot be reached${when}: new ${label} tasks wait in the queue, spending no attempt, and are submitted when it answers again.`);
+      continue;
+    }
+    if (health.status !== 'paused') continue;
     const secs = Number.isFinite(health.resumesInSecs) ? health.resumesInSecs : 0;
     resumesIn = Math.max(resumesIn, secs);
     const when = secs >= 120 ? `about ${Math.round(secs / 60)} min` : `about ${secs} s`;
@@ -1234,11 +1246,12 @@ function applyTaskStatus(task, data, { quiet = false, endedAt = Date.now() } = {
         || (task.state === 'canceled' ? 'Canceled.' : 'The task failed without an error message.');
     }
   }
-  // A queued task may carry why it waits: its provider is paused (no credits, rate limit).
+  // A queued task may carry why it waits: its provider is paused (no credits, rate limit)
+  // or cannot be reached.
   // Events carry `error` and `errorCode`; task views carry `error: {code, message}`.
   const error = data.error;
   const code = str(data.errorCode) || (error && typeof error === 'object' ? str(error.code) : '');
-  const paused = !task.done && code === 'provider_paused';
+  const paused = !task.done && (code === 'provider_paused' || code === 'provider_unreachable');
   task.notice = paused ? (error && typeof error === 'object' ? str(error.message) : str(error)) : '';
   if (paused) checkProviders();
 

@@ -253,6 +253,9 @@ pub struct SimulatorConfig {
     pub drop_rate: f64,
     /// Share of tasks whose callback arrives before the create answer.
     pub early_callback_rate: f64,
+    /// Share of tasks the simulator forgets right after accepting them: `recordInfo`
+    /// answers 404 for them and no callback comes.
+    pub forget_rate: f64,
     /// Creates the simulator accepts per 10 s, as KIE; 0 turns its limit off.
     pub rate_limit: u32,
 }
@@ -325,6 +328,14 @@ pub struct EngineConfig {
     pub unconfirmed_window_secs: u64,
     /// After that window, submit again (the provider may bill twice) instead of failing.
     pub resubmit_unconfirmed: bool,
+    /// A provider that cannot be reached (connection refused, its host name not resolving,
+    /// connecting timing out) is probed after this long, milliseconds; the wait doubles
+    /// after each failed probe, up to `unreachable_max_probe_ms`.
+    pub unreachable_first_probe_ms: u64,
+    pub unreachable_max_probe_ms: u64,
+    /// "No such task" answers in a row (KIE `recordInfo` 404) after which a task the
+    /// provider had accepted fails `provider_task_missing`.
+    pub missing_task_answers: u32,
     /// How long in-flight work may take to finish at shutdown, seconds.
     pub shutdown_grace_secs: u64,
 }
@@ -474,6 +485,7 @@ impl Default for SimulatorConfig {
             duplicate_count: 2,
             drop_rate: 0.0,
             early_callback_rate: 0.0,
+            forget_rate: 0.0,
             rate_limit: 20,
         }
     }
@@ -535,6 +547,9 @@ impl Default for EngineConfig {
             first_poll_ms: 10_000,
             unconfirmed_window_secs: 600,
             resubmit_unconfirmed: false,
+            unreachable_first_probe_ms: 5_000,
+            unreachable_max_probe_ms: 60_000,
+            missing_task_answers: 3,
             shutdown_grace_secs: 20,
         }
     }
@@ -609,6 +624,7 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_SIM_DROP_RATE",
     "DARKROOM_SIM_DUPLICATE_COUNT",
     "DARKROOM_SIM_EARLY_CALLBACK_RATE",
+    "DARKROOM_SIM_FORGET_RATE",
     "DARKROOM_DEFAULT_PROVIDER",
     "DARKROOM_GEMINI_MODEL",
     "DARKROOM_GEMINI_TIMEOUT_SECS",
@@ -639,6 +655,9 @@ const KNOWN_DARKROOM_VARS: &[&str] = &[
     "DARKROOM_FIRST_POLL_MS",
     "DARKROOM_UNCONFIRMED_WINDOW_SECS",
     "DARKROOM_RESUBMIT_UNCONFIRMED",
+    "DARKROOM_UNREACHABLE_FIRST_PROBE_MS",
+    "DARKROOM_UNREACHABLE_MAX_PROBE_MS",
+    "DARKROOM_MISSING_TASK_ANSWERS",
     "DARKROOM_SHUTDOWN_GRACE_SECS",
     "DARKROOM_KIE_CREATES_PER_WINDOW",
     "DARKROOM_KIE_CREATE_WINDOW_SECS",
@@ -917,6 +936,7 @@ impl Config {
             "DARKROOM_SIM_EARLY_CALLBACK_RATE",
             &mut self.simulator.early_callback_rate,
         )?;
+        r.number("DARKROOM_SIM_FORGET_RATE", &mut self.simulator.forget_rate)?;
         self.apply_gemini_env(&r)?;
 
         let l = &mut self.limits;
@@ -954,6 +974,15 @@ impl Config {
             &mut e.unconfirmed_window_secs,
         )?;
         r.flag("DARKROOM_RESUBMIT_UNCONFIRMED", &mut e.resubmit_unconfirmed)?;
+        r.number(
+            "DARKROOM_UNREACHABLE_FIRST_PROBE_MS",
+            &mut e.unreachable_first_probe_ms,
+        )?;
+        r.number(
+            "DARKROOM_UNREACHABLE_MAX_PROBE_MS",
+            &mut e.unreachable_max_probe_ms,
+        )?;
+        r.number("DARKROOM_MISSING_TASK_ANSWERS", &mut e.missing_task_answers)?;
         r.number("DARKROOM_SHUTDOWN_GRACE_SECS", &mut e.shutdown_grace_secs)?;
 
         r.list(
@@ -1184,6 +1213,10 @@ impl Config {
                 "simulator.early_callback_rate (DARKROOM_SIM_EARLY_CALLBACK_RATE)",
                 self.simulator.early_callback_rate,
             ),
+            (
+                "simulator.forget_rate (DARKROOM_SIM_FORGET_RATE)",
+                self.simulator.forget_rate,
+            ),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(invalid(key, format!("= {rate} must be between 0 and 1")));
@@ -1232,6 +1265,14 @@ impl Config {
                 self.engine.task_deadline_secs,
             ),
             (
+                "engine.unreachable_first_probe_ms (DARKROOM_UNREACHABLE_FIRST_PROBE_MS)",
+                self.engine.unreachable_first_probe_ms,
+            ),
+            (
+                "engine.missing_task_answers (DARKROOM_MISSING_TASK_ANSWERS)",
+                u64::from(self.engine.missing_task_answers),
+            ),
+            (
                 "database.max_connections (DARKROOM_DATABASE_MAX_CONNECTIONS)",
                 u64::from(self.database.max_connections),
             ),
@@ -1271,6 +1312,15 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if self.engine.unreachable_max_probe_ms < self.engine.unreachable_first_probe_ms {
+            return Err(invalid(
+                "engine.unreachable_max_probe_ms (DARKROOM_UNREACHABLE_MAX_PROBE_MS)",
+                format!(
+                    "= {} must not be below engine.unreachable_first_probe_ms ({})",
+                    self.engine.unreachable_max_probe_ms, self.engine.unreachable_first_probe_ms
+                ),
+            ));
         }
         for host in &self.fetch.trusted_hosts {
             parse_host_port(host)

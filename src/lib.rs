@@ -26,6 +26,7 @@ use url::Url;
 
 use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
 use domain::image::ImageLimits;
+use engine::circuit::{Circuit, ProbeBackoff};
 use engine::limits::{ProviderGate, WindowLimiter};
 use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
 use events::EventBus;
@@ -231,6 +232,10 @@ impl App {
                 simulator: gemini_simulator.is_some(),
             },
         ];
+        let probes = ProbeBackoff {
+            first: Duration::from_millis(config.engine.unreachable_first_probe_ms),
+            max: Duration::from_millis(config.engine.unreachable_max_probe_ms),
+        };
         // A margin on the window: the provider counts at arrival, we count at sending.
         let kie_gate = ProviderGate::new(
             WindowLimiter::new(
@@ -239,6 +244,7 @@ impl App {
             ),
             WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
             config.kie.max_in_flight,
+            Circuit::new(provider.name(), probes),
         );
         // Gemini has no documented request window here: its concurrency slots bound it, and
         // a 429 pauses it like KIE (for Gemini's RetryInfo delay).
@@ -246,6 +252,7 @@ impl App {
             WindowLimiter::new(0, Duration::from_secs(1)),
             WindowLimiter::new(0, Duration::from_secs(1)),
             0,
+            Circuit::new(gemini.name(), probes),
         );
         let mut registry = ProviderRegistry::new();
         registry.register(provider, config.engine.dispatch_concurrency, kie_gate);
@@ -278,6 +285,7 @@ impl App {
             unconfirmed_window: Duration::from_secs(config.engine.unconfirmed_window_secs),
             resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
             credits_pause: Duration::from_secs(config.kie.credits_pause_secs),
+            missing_task_answers: config.engine.missing_task_answers,
             shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
         };
         let events = Arc::new(EventBus::new());
@@ -556,6 +564,7 @@ async fn start_simulator(
         duplicate_count: config.simulator.duplicate_count,
         drop_rate: config.simulator.drop_rate,
         early_callback_rate: config.simulator.early_callback_rate,
+        forget_rate: config.simulator.forget_rate,
         // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
         hmac_key: config
             .kie

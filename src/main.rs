@@ -129,6 +129,10 @@ struct KieSimArgs {
     /// The account's starting credit balance; creates get 402 when it runs out.
     #[arg(long, default_value_t = 100_000)]
     credits: u64,
+    /// Share of tasks forgotten right after createTask accepted them: recordInfo answers
+    /// 404 "not found" for them and no callback comes (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    forget_rate: f64,
 }
 
 #[derive(clap::Args)]
@@ -354,6 +358,7 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         ("--http-429-rate", args.http_429_rate),
         ("--server-error-rate", args.server_error_rate),
         ("--timeout-rate", args.timeout_rate),
+        ("--forget-rate", args.forget_rate),
     ] {
         anyhow::ensure!(
             (0.0..=1.0).contains(&rate),
@@ -383,6 +388,7 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--late-callback-ms: {e}"))?,
         download_delay_ms: args.download_delay_ms,
         credits: args.credits,
+        forget_rate: args.forget_rate,
         ..KieSimConfig::default()
     };
     let addr = SocketAddr::new(args.host, args.port);

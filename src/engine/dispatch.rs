@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use super::circuit::Admission;
 use super::limits::ProviderGate;
-use super::{Engine, after, backoff, new_callback_token, now_ms};
+use super::{Engine, Registered, after, backoff, new_callback_token, now_ms};
 use crate::domain::{Event, TaskState};
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
 use crate::storage::{RepoError, Task, TaskUpdate};
@@ -87,6 +88,10 @@ impl Engine {
             },
             "provider create answered"
         );
+        // Anything but a connection never made proves the provider is there.
+        if !matches!(outcome, Err(ProviderError::Unreachable(_))) {
+            self.provider_reached(&task.provider);
+        }
         match outcome {
             Ok(Submission::Accepted { provider_task_id }) => {
                 self.accepted(&task, provider_task_id).await
@@ -187,6 +192,10 @@ impl Engine {
     }
 
     async fn submit_failed(&self, task: &Task, error: ProviderError) -> Result<(), RepoError> {
+        // Nothing was sent: no attempt spent, and the circuit (not each task) says so.
+        if let ProviderError::Unreachable(reason) = &error {
+            return self.submit_unreachable(task, reason).await;
+        }
         let now = now_ms();
         let attempts = task.attempts + 1;
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
@@ -249,6 +258,14 @@ impl Engine {
                     ..TaskUpdate::default()
                 },
             ),
+            // Never here: an unreachable provider returned above, spending no attempt.
+            ProviderError::Unreachable(_) => (
+                Event::RetryLater,
+                TaskUpdate {
+                    run_at: Some(now),
+                    ..TaskUpdate::default()
+                },
+            ),
             ProviderError::Ambiguous(_) => (
                 Event::Ambiguous,
                 TaskUpdate {
@@ -265,6 +282,43 @@ impl Engine {
             ..update
         };
         self.apply(task, event, true, update).await.map(|_| ())
+    }
+
+    /// How many queued tasks of `provider` may be claimed now: free call slots, within the
+    /// provider's limits, and only the one probe while it cannot be reached. Create slots
+    /// are reserved here.
+    pub(super) async fn dispatch_room(
+        &self,
+        provider: &Registered,
+        free_slots: usize,
+    ) -> Result<usize, RepoError> {
+        if free_slots == 0 {
+            return Ok(0);
+        }
+        let gate = provider.gate();
+        if gate.paused().is_some() {
+            return Ok(0);
+        }
+        let probe = match gate.circuit.admit() {
+            Admission::Closed => false,
+            Admission::Probe => true,
+            Admission::Wait(_) => return Ok(0),
+        };
+        let mut room = if probe { 1 } else { free_slots };
+        if gate.max_in_flight > 0 {
+            let in_flight = self.repo.count_in_flight(provider.name()).await;
+            let in_flight = in_flight.inspect_err(|_| {
+                if probe {
+                    gate.circuit.return_probe();
+                }
+            })?;
+            room = room.min(gate.max_in_flight.saturating_sub(in_flight));
+        }
+        let room = gate.creates.reserve(room);
+        if probe && room == 0 {
+            gate.circuit.return_probe();
+        }
+        Ok(room)
     }
 
     /// A 429 (rate limited) or a 402 (no credits) pauses the provider: for how long.

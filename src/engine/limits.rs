@@ -1,10 +1,13 @@
 //! Staying inside a provider's limits: a sliding-window limiter for creates and queries
 //! (a token bucket would allow a burst on top of the window's quota), a cap on tasks in
-//! flight, and a pause of the whole provider after a 429 or a 402.
+//! flight, a pause of the whole provider after a 429 or a 402, and the circuit that opens
+//! while the provider cannot be reached (`circuit.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::circuit::Circuit;
 
 /// At most `max` events in any `window`, counted at the moment they are reserved.
 #[derive(Debug)]
@@ -83,15 +86,23 @@ pub struct ProviderGate {
     pub queries: WindowLimiter,
     /// Tasks submitting, submitted or running at once; 0 means no cap.
     pub max_in_flight: usize,
+    /// Open while the provider cannot be reached at all.
+    pub circuit: Circuit,
     pause: Mutex<Option<Pause>>,
 }
 
 impl ProviderGate {
-    pub fn new(creates: WindowLimiter, queries: WindowLimiter, max_in_flight: usize) -> Self {
+    pub fn new(
+        creates: WindowLimiter,
+        queries: WindowLimiter,
+        max_in_flight: usize,
+        circuit: Circuit,
+    ) -> Self {
         Self {
             creates,
             queries,
             max_in_flight,
+            circuit,
             pause: Mutex::new(None),
         }
     }
@@ -163,6 +174,7 @@ mod tests {
             WindowLimiter::new(0, Duration::from_secs(1)),
             WindowLimiter::new(0, Duration::from_secs(1)),
             0,
+            Circuit::new("test", super::super::circuit::ProbeBackoff::default()),
         );
         gate.pause(Duration::from_millis(30), "429", "rate limited");
         gate.pause(Duration::from_millis(10), "429", "shorter is ignored");

@@ -4,6 +4,7 @@
 //! downloaded or handed over inline by a synchronous provider. All of them claim work from
 //! the database under a lease and change state only through guarded updates.
 
+pub mod circuit;
 mod dispatch;
 mod ingest;
 mod inline;
@@ -70,6 +71,8 @@ pub struct EngineSettings {
     pub resubmit_unconfirmed: bool,
     /// How long a 402 (no credits) pauses submission.
     pub credits_pause: Duration,
+    /// "No such task" answers in a row after which a task fails `provider_task_missing`.
+    pub missing_task_answers: u32,
     /// How long in-flight jobs may take to finish at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -538,6 +541,9 @@ impl Engine {
                         .claim_queued(provider.name(), now, room, &worker, lease_until)
                         .await?;
                     provider.gate().creates.release(room - queued.len());
+                    if queued.is_empty() {
+                        provider.gate().circuit.return_probe();
+                    }
                     // Unused permits go back when the rest of the vector drops.
                     for (task, permit) in queued.into_iter().zip(permits) {
                         self.clone()
@@ -669,28 +675,6 @@ impl Engine {
             };
             wake.notify_one();
         });
-    }
-
-    /// How many queued tasks of `provider` may be claimed now: free call slots, within the
-    /// provider's limits. Create slots are reserved here.
-    async fn dispatch_room(
-        &self,
-        provider: &Registered,
-        free_slots: usize,
-    ) -> Result<usize, RepoError> {
-        if free_slots == 0 {
-            return Ok(0);
-        }
-        let gate = provider.gate();
-        if gate.paused().is_some() {
-            return Ok(0);
-        }
-        let mut room = free_slots;
-        if gate.max_in_flight > 0 {
-            let in_flight = self.repo.count_in_flight(provider.name()).await?;
-            room = room.min(gate.max_in_flight.saturating_sub(in_flight));
-        }
-        Ok(gate.creates.reserve(room))
     }
 
     /// Extends this worker's lease on `id` every third of the lease; never returns.

@@ -1,12 +1,15 @@
 //! Asking the provider about tasks whose answer is due: right after a callback (which is
 //! only a hint, since KIE does not sign its body), and on a backing-off schedule when no
-//! callback comes, until the deadline.
+//! callback comes, until the deadline. The deadline is judged on an answer: a task past it
+//! is asked once more and expires only if the provider still has no result, and while the
+//! provider cannot be reached at all (its circuit is open) nothing expires.
 
 use std::time::Duration;
 
+use super::circuit::{Admission, Circuit, provider_label};
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::{Event, TaskState};
-use crate::providers::{Delivery, RemoteStatus};
+use crate::providers::{Delivery, ProviderError, RemoteStatus};
 use crate::storage::{RepoError, Task, TaskUpdate};
 
 /// KIE's guidance: every few seconds at first, backing off to 15–30 s after two minutes.
@@ -37,20 +40,7 @@ impl Engine {
             }
             return self.touch(&task, later).await.map(|_| ());
         };
-        if age >= self.settings.task_deadline {
-            let minutes = self.settings.task_deadline.as_secs() / 60;
-            let update = TaskUpdate {
-                error: Some(Some((
-                    "deadline_exceeded".to_owned(),
-                    format!("no result from the provider within {minutes} minutes"),
-                ))),
-                ..TaskUpdate::default()
-            };
-            return self
-                .apply(&task, Event::Expire, true, update)
-                .await
-                .map(|_| ());
-        }
+        let past_deadline = age >= self.settings.task_deadline;
         // Only providers that report later can be asked; a task of any other is left to
         // its deadline (the dispatcher never leaves one in this state).
         let Some(provider) = self
@@ -59,15 +49,44 @@ impl Engine {
             .map(|p| p.provider().clone())
             .filter(|p| p.delivery() == Delivery::Later)
         else {
+            if past_deadline {
+                return self.expire(&task).await;
+            }
             tracing::warn!(task_id = %task.id, provider = %task.provider, "no provider to ask about this task; waiting for its deadline");
             return self.touch(&task, later).await.map(|_| ());
         };
+        // While the provider cannot be reached nothing is asked and nothing expires: the
+        // deadline is about the provider taking too long, and whether it has is unknown
+        // until it answers (a finished, paid result may be waiting there). One probe at a
+        // time goes out; the first answer after the outage decides, deadline included.
+        let circuit = self.circuit(&task.provider);
+        if let Some(Admission::Wait(outage)) = circuit.map(Circuit::admit) {
+            let update = TaskUpdate {
+                run_at: Some(outage.next_probe_ms().max(now)),
+                ..later
+            };
+            return self.touch(&task, update).await.map(|_| ());
+        }
         match provider.query(&provider_task_id).await {
-            Ok(status) => self.apply_remote(&task, status, true).await,
+            Err(ProviderError::Unreachable(reason)) => {
+                let run_at = circuit.map_or(after(now, next_poll_delay(age)), |c| {
+                    c.unreachable(&reason).next_probe_ms()
+                });
+                tracing::debug!(task_id = %task.id, reason = %reason, "provider unreachable; the task waits");
+                let update = TaskUpdate {
+                    run_at: Some(run_at.max(now)),
+                    ..later
+                };
+                self.touch(&task, update).await.map(|_| ())
+            }
             Err(error) => {
+                self.provider_reached(&task.provider);
+                if past_deadline {
+                    return self.expire(&task).await;
+                }
                 tracing::warn!(task_id = %task.id, error = %error, "provider query failed");
                 let retry_after = match &error {
-                    crate::providers::ProviderError::Retryable { retry_after, .. } => *retry_after,
+                    ProviderError::Retryable { retry_after, .. } => *retry_after,
                     _ => None,
                 };
                 let delay = backoff(task.attempts.min(4), retry_after).max(next_poll_delay(age));
@@ -77,7 +96,71 @@ impl Engine {
                 };
                 self.touch(&task, update).await.map(|_| ())
             }
+            Ok(status) => {
+                self.provider_reached(&task.provider);
+                let finished = matches!(
+                    status,
+                    RemoteStatus::Succeeded { .. } | RemoteStatus::Failed { .. }
+                );
+                if past_deadline && !finished {
+                    return self.expire(&task).await;
+                }
+                self.apply_remote(&task, status, true).await
+            }
         }
+    }
+
+    /// The deadline passed and the provider has no result for the task.
+    async fn expire(&self, task: &Task) -> Result<(), RepoError> {
+        let minutes = self.settings.task_deadline.as_secs() / 60;
+        let update = TaskUpdate {
+            error: Some(Some((
+                "deadline_exceeded".to_owned(),
+                format!("no result from the provider within {minutes} minutes"),
+            ))),
+            ..TaskUpdate::default()
+        };
+        self.apply(task, Event::Expire, true, update)
+            .await
+            .map(|_| ())
+    }
+
+    /// The provider says it has no such task. Once may be the provider catching up on a
+    /// task it has just accepted; `missing_task_answers` times in a row, it is gone, and
+    /// polling until the deadline would only delay the news.
+    async fn missing_answer(
+        &self,
+        task: &Task,
+        message: String,
+        later: TaskUpdate,
+    ) -> Result<(), RepoError> {
+        let answers = task.missing_answers.saturating_add(1);
+        let limit = self.settings.missing_task_answers.max(1);
+        if answers < limit {
+            tracing::info!(task_id = %task.id, answers, limit, "the provider has no record of this task (yet)");
+            let update = TaskUpdate {
+                missing_answers: Some(answers),
+                ..later
+            };
+            return self.touch(task, update).await.map(|_| ());
+        }
+        tracing::warn!(task_id = %task.id, answers, "the provider has no record of this task; it fails");
+        let label = provider_label(&task.provider);
+        let update = TaskUpdate {
+            missing_answers: Some(answers),
+            error: Some(Some((
+                "provider_task_missing".to_owned(),
+                format!(
+                    "{label} accepted this task as {} but answered {answers} times in a row that it has no such task \
+                     ({message}); no result will come from it",
+                    task.provider_task_id.as_deref().unwrap_or("?"),
+                ),
+            ))),
+            ..TaskUpdate::default()
+        };
+        self.apply(task, Event::ProviderFailed, true, update)
+            .await
+            .map(|_| ())
     }
 
     /// The window for a create with no answer has passed and no callback named the task.
@@ -139,9 +222,12 @@ impl Engine {
         let later = TaskUpdate {
             run_at: Some(after(now, next_poll_delay(age))),
             release_lease: true,
+            // "No such task" counts only in a row.
+            missing_answers: (task.missing_answers > 0).then_some(0),
             ..TaskUpdate::default()
         };
         match status {
+            RemoteStatus::Missing { message } => self.missing_answer(task, message, later).await,
             RemoteStatus::Waiting => self.touch(task, later).await.map(|_| ()),
             RemoteStatus::Generating if task.state == TaskState::Submitted => self
                 .apply(task, Event::ProviderProgress, leased, later)

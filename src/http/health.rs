@@ -26,19 +26,68 @@ struct Alive {
     status: &'static str,
 }
 
-/// A provider's state: `ok`, or `paused` with why and for how long.
+/// A provider's state: `ok`; `paused` with why and for how long; or `unreachable` with why
+/// and since when.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ProviderHealth {
-    /// `ok` or `paused`.
+    /// `ok`, `paused` or `unreachable`.
     status: &'static str,
-    /// Why it is paused (`rate_limited`, `insufficient_credits`, …).
+    /// Why it is paused or out of reach: `429`, `402`, `provider_unreachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// When a pause ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     resumes_in_secs: Option<u64>,
+    /// Since when the provider cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    since: Option<String>,
+    /// When darkroom next tries to reach it (a probe: one create or one status query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_probe_in_secs: Option<u64>,
+}
+
+impl ProviderHealth {
+    fn of(engine: &crate::engine::Engine, name: &str) -> Self {
+        let ok = Self {
+            status: "ok",
+            code: None,
+            reason: None,
+            resumes_in_secs: None,
+            since: None,
+            next_probe_in_secs: None,
+        };
+        let now = std::time::Instant::now();
+        if let Some(outage) = engine.provider_outage(name) {
+            return Self {
+                status: "unreachable",
+                code: Some("provider_unreachable".to_owned()),
+                reason: Some(format!(
+                    "{} cannot be reached: {}",
+                    crate::engine::circuit::provider_label(name),
+                    outage.reason
+                )),
+                since: Some(crate::status::iso_time(outage.since_ms)),
+                next_probe_in_secs: Some(
+                    outage.next_probe.saturating_duration_since(now).as_secs(),
+                ),
+                ..ok
+            };
+        }
+        match engine.provider_pause(name) {
+            Some(pause) => Self {
+                status: "paused",
+                code: Some(pause.code.clone()),
+                reason: Some(pause.reason.clone()),
+                resumes_in_secs: Some(pause.until.saturating_duration_since(now).as_secs()),
+                ..ok
+            },
+            None => ok,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,8 +142,8 @@ async fn healthz() -> Json<Alive> {
 }
 
 /// The database and the bucket accept writes and the local disks have room. A paused
-/// provider (429 storm, no credits) does not make the instance unready: it still queues
-/// work, which runs when the pause ends.
+/// provider (429 storm, no credits) or one that cannot be reached does not make the
+/// instance unready: it still queues work, which runs when the provider is back.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", body = Readiness),
     (status = 503, description = "The database or the bucket refuses writes, or a disk is low on space; `problems` says which", body = Readiness),
@@ -114,25 +163,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         }
     }
     // Reported, not hidden: the default provider as `provider`, every one in `providers`.
-    let pause_status = |name: &str| match state.engine.provider_pause(name) {
-        Some(pause) => ProviderHealth {
-            status: "paused",
-            code: Some(pause.code.clone()),
-            reason: Some(pause.reason.clone()),
-            resumes_in_secs: Some(
-                pause
-                    .until
-                    .saturating_duration_since(std::time::Instant::now())
-                    .as_secs(),
-            ),
-        },
-        None => ProviderHealth {
-            status: "ok",
-            code: None,
-            reason: None,
-            resumes_in_secs: None,
-        },
-    };
+    let pause_status = |name: &str| ProviderHealth::of(&state.engine, name);
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         database: database.status,

@@ -259,6 +259,10 @@ impl GeminiClient {
     /// A call that never got an answer. Unlike KIE there is no task to wait for: a timed-out
     /// generation is lost either way, so asking again is the only way to an image.
     fn transport_error(&self, e: reqwest::Error) -> ProviderError {
+        // A connection never made: Gemini is out of reach for every task, not just this one.
+        if let Some(unreachable) = super::unreachable(&e) {
+            return unreachable;
+        }
         let timeout = e.is_timeout();
         let message = if timeout {
             format!(

@@ -74,6 +74,15 @@ impl KieClient {
         request: reqwest::RequestBuilder,
         sent_is_ambiguous: bool,
     ) -> Result<Value, ProviderError> {
+        self.exchange(request, sent_is_ambiguous).await?.into_data()
+    }
+
+    /// Sends a request and reads KIE's answer, whatever its code.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        sent_is_ambiguous: bool,
+    ) -> Result<Answer, ProviderError> {
         let response = match request.bearer_auth(self.token.expose()).send().await {
             Ok(response) => response,
             Err(e) => return Err(transport_error(&e, sent_is_ambiguous)),
@@ -92,27 +101,61 @@ impl KieClient {
         } else {
             i64::from(status.as_u16())
         };
-        if code == 200 {
-            if !status.is_success() || envelope.is_null() {
+        Ok(Answer {
+            status,
+            code,
+            envelope,
+            retry_after,
+        })
+    }
+}
+
+/// One answer from KIE: the HTTP status, the code that counts (the status, or the envelope's
+/// code under HTTP 200) and the envelope itself (`Null` when the body is not JSON).
+struct Answer {
+    status: reqwest::StatusCode,
+    code: i64,
+    envelope: Value,
+    retry_after: Option<Duration>,
+}
+
+impl Answer {
+    /// The envelope's `data` on success; otherwise the error, classified.
+    fn into_data(self) -> Result<Value, ProviderError> {
+        if self.code == 200 {
+            if !self.status.is_success() || self.envelope.is_null() {
                 return Err(ProviderError::Retryable {
-                    code: status.as_u16().to_string(),
+                    code: self.status.as_u16().to_string(),
                     message: "the provider answered with something that is not KIE's JSON envelope"
                         .to_owned(),
-                    retry_after,
+                    retry_after: self.retry_after,
                 });
             }
-            return Ok(envelope.get("data").cloned().unwrap_or(Value::Null));
+            return Ok(self.envelope.get("data").cloned().unwrap_or(Value::Null));
         }
-        let message = envelope_message(&envelope)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-        Err(classify(code, message, retry_after))
+        let message = envelope_message(&self.envelope)
+            .unwrap_or_else(|| self.status.canonical_reason().unwrap_or("error").to_owned());
+        Err(classify(self.code, message, self.retry_after))
+    }
+
+    /// KIE's own word that the task does not exist: code 404, as the HTTP status or in the
+    /// envelope of an HTTP 200, and a JSON envelope around it. A 404 page that is not KIE's
+    /// envelope (a proxy, a wrong base URL) says nothing about the task.
+    fn says_not_found(&self) -> Option<String> {
+        (self.code == 404 && self.envelope.is_object())
+            .then(|| envelope_message(&self.envelope).unwrap_or_else(|| "not found".to_owned()))
     }
 }
 
 fn transport_error(e: &reqwest::Error, sent_is_ambiguous: bool) -> ProviderError {
-    // A refused or failed connection never reached KIE: safe to retry. Anything after the
-    // request may have been sent (timeout, reset) is ambiguous for a create.
-    if e.is_connect() || !sent_is_ambiguous {
+    // A connection that was never made (refused, the host name did not resolve, connecting
+    // timed out) never reached KIE: nothing was sent, and KIE as a whole is out of reach.
+    if let Some(unreachable) = super::unreachable(e) {
+        return unreachable;
+    }
+    // Anything after the request may have been sent (timeout, reset) is ambiguous for a
+    // create.
+    if !sent_is_ambiguous {
         ProviderError::Retryable {
             code: "transport".to_owned(),
             message: e.to_string(),
@@ -212,7 +255,11 @@ impl Provider for KieClient {
             .http
             .get(self.endpoint(RECORD_PATH))
             .query(&[("taskId", provider_task_id)]);
-        let data = self.call(request, false).await?;
+        let answer = self.exchange(request, false).await?;
+        if let Some(message) = answer.says_not_found() {
+            return Ok(RemoteStatus::Missing { message });
+        }
+        let data = answer.into_data()?;
         Ok(Record::parse(&data, CostUnit::Millis).status)
     }
 
@@ -398,6 +445,94 @@ mod tests {
         assert_eq!(
             Record::parse(&data, CostUnit::Millis).status,
             RemoteStatus::Generating
+        );
+    }
+
+    fn client(base: &str, timeout: Duration) -> KieClient {
+        let base = Url::parse(base).unwrap();
+        KieClient::new(base.clone(), base, Secret::new("t"), timeout).unwrap()
+    }
+
+    fn request() -> SubmitRequest {
+        SubmitRequest {
+            task_id: crate::domain::TaskId::new(),
+            model: "google/nano-banana-edit".to_owned(),
+            prompt: "p".to_owned(),
+            image_urls: vec!["https://example.com/a.png".to_owned()],
+            aspect_ratio: "1:1".to_owned(),
+            output_format: "png".to_owned(),
+            callback_url: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable_not_ambiguous() {
+        // A port nothing listens on: bound, then closed.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let kie = client(&format!("http://{addr}"), Duration::from_secs(5));
+        for outcome in [
+            kie.submit(&request()).await.map(|_| ()),
+            kie.query("abc").await.map(|_| ()),
+        ] {
+            let Err(ProviderError::Unreachable(reason)) = outcome else {
+                panic!("{outcome:?}");
+            };
+            assert!(reason.to_lowercase().contains("refused"), "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_sent_and_never_answered_stays_ambiguous() {
+        // Accepts the connection and reads, but never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let kie = client(&format!("http://{addr}"), Duration::from_millis(300));
+        let outcome = kie.submit(&request()).await;
+        assert!(
+            matches!(outcome, Err(ProviderError::Ambiguous(_))),
+            "{outcome:?}"
+        );
+        silent.abort();
+    }
+
+    #[test]
+    fn not_found_needs_kie_envelope_under_either_status() {
+        let answer = |status: u16, envelope: Value| {
+            let status = reqwest::StatusCode::from_u16(status).unwrap();
+            let code = if status.is_success() {
+                envelope_code(&envelope).unwrap_or(200)
+            } else {
+                i64::from(status.as_u16())
+            };
+            Answer {
+                status,
+                code,
+                envelope,
+                retry_after: None,
+            }
+        };
+        let kie_404 = json!({"code": 404, "msg": "Task not found", "data": null});
+        assert_eq!(
+            answer(404, kie_404.clone()).says_not_found().as_deref(),
+            Some("Task not found")
+        );
+        assert_eq!(
+            answer(200, kie_404).says_not_found().as_deref(),
+            Some("Task not found")
+        );
+        // A 404 page that is not KIE's envelope says nothing about the task.
+        assert_eq!(answer(404, Value::Null).says_not_found(), None);
+        assert_eq!(
+            answer(200, json!({"code": 200, "data": {}})).says_not_found(),
+            None
         );
     }
 

@@ -81,11 +81,17 @@ pub enum RemoteStatus {
         code: String,
         message: String,
     },
+    /// The provider answered that it has no such task (KIE: `recordInfo` code 404). One such
+    /// answer may be the provider catching up; several in a row mean the task is gone.
+    Missing {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ProviderError {
-    /// May pass: rate limits, maintenance, 5xx, transport errors before the request was sent.
+    /// May pass: rate limits, maintenance, 5xx, other transport errors of a request that
+    /// cannot have created anything.
     #[error("provider temporarily unavailable ({code}): {message}")]
     Retryable {
         code: String,
@@ -98,6 +104,11 @@ pub enum ProviderError {
     /// The request may have reached the provider (timeout or reset after sending).
     #[error("no answer from the provider after sending: {0}")]
     Ambiguous(String),
+    /// The provider was not reached at all: the connection was refused, its host name did
+    /// not resolve, or connecting timed out. Nothing was sent, so nothing can have been
+    /// created or billed.
+    #[error("the provider could not be reached: {0}")]
+    Unreachable(String),
 }
 
 impl ProviderError {
@@ -105,8 +116,35 @@ impl ProviderError {
         match self {
             Self::Retryable { code, .. } | Self::Permanent { code, .. } => code,
             Self::Ambiguous(_) => "ambiguous",
+            Self::Unreachable(_) => "unreachable",
         }
     }
+}
+
+/// A connection to the provider that was never made (refused, its host name did not
+/// resolve, connecting timed out) as [`ProviderError::Unreachable`]; `None` for any other
+/// transport error, which may have happened after the request was sent.
+pub(crate) fn unreachable(e: &reqwest::Error) -> Option<ProviderError> {
+    if !e.is_connect() {
+        return None;
+    }
+    if e.is_timeout() {
+        return Some(ProviderError::Unreachable(
+            "connecting timed out".to_owned(),
+        ));
+    }
+    // reqwest's own text is "error sending request"; the cause is further down the chain
+    // ("tcp connect error: Connection refused", "dns error: failed to lookup address …").
+    let causes: Vec<String> = std::iter::successors(std::error::Error::source(e), |s| s.source())
+        .map(ToString::to_string)
+        .filter(|cause| !cause.starts_with("client error"))
+        .collect();
+    let reason = if causes.is_empty() {
+        "the connection could not be made".to_owned()
+    } else {
+        causes.join(": ")
+    };
+    Some(ProviderError::Unreachable(reason))
 }
 
 /// A provider's `Retry-After` in seconds (the form KIE and Google send), capped at an hour.

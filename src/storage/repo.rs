@@ -72,6 +72,8 @@ pub struct Task {
     pub retry_of: Option<TaskId>,
     /// Where its completion or failure is POSTed (its own, or its batch's).
     pub webhook_url: Option<String>,
+    /// The provider's "no such task" answers in a row since it accepted the task.
+    pub missing_answers: u32,
 }
 
 /// A task about to be queued.
@@ -175,6 +177,7 @@ pub struct TaskUpdate {
     pub error: Option<Option<(String, String)>>,
     pub submitted_at: Option<i64>,
     pub completed_at: Option<i64>,
+    pub missing_answers: Option<u32>,
 }
 
 #[async_trait]

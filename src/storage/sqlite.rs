@@ -134,6 +134,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, RepoError> {
             .try_get::<Option<String>, _>("retry_of")?
             .and_then(|id| TaskId::parse(&id)),
         webhook_url: row.try_get("webhook_url")?,
+        missing_answers: u32::try_from(row.try_get::<i64, _>("missing_answers")?).unwrap_or(0),
     })
 }
 
@@ -526,6 +527,9 @@ impl TaskRepo for SqliteRepo {
         }
         if let Some(at) = update.completed_at {
             q.push(", completed_at = ").push_bind(at);
+        }
+        if let Some(answers) = update.missing_answers {
+            q.push(", missing_answers = ").push_bind(i64::from(answers));
         }
         q.push(" WHERE id = ").push_bind(id.as_str());
         q.push(" AND state = ").push_bind(from.as_str());

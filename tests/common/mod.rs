@@ -119,16 +119,24 @@ impl TestApp {
 }
 
 /// A KIE simulator of the test's own making, on a loopback port, for darkroom to use as
-/// if it were KIE (`kie_env`).
+/// if it were KIE (`kie_env`). Its listener can be closed and opened again on the same port
+/// (`stop_listening`, `listen_again`): a provider that cannot be reached for a while, whose
+/// account and tasks in flight survive.
 pub struct TestSim {
     pub sim: Arc<KieSim>,
     pub addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
+    listening: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
 }
 
 impl Drop for TestSim {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        if let Some((stop, _)) = self.listening.take() {
+            stop.cancel();
+        }
+        self.sim.abandon_work();
     }
 }
 
@@ -136,16 +144,53 @@ pub async fn spawn_sim(config: darkroom::providers::sim::KieSimConfig) -> TestSi
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sim = KieSim::new(config, format!("http://{addr}"));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(sim.clone().serve(listener, shutdown.clone()));
-    TestSim {
+    let mut test_sim = TestSim {
         sim,
         addr,
-        shutdown,
-    }
+        listening: None,
+    };
+    test_sim.serve(listener);
+    test_sim
 }
 
 impl TestSim {
+    fn serve(&mut self, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(self.sim.clone().listen(listener, stop.clone()));
+        self.listening = Some((stop, serving));
+    }
+
+    /// Closes the listener: from now on connections to the simulator are refused. Requests
+    /// already under way are answered first; work at the simulator goes on.
+    pub async fn stop_listening(&mut self) {
+        if let Some((stop, serving)) = self.listening.take() {
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(10), serving)
+                .await
+                .expect("the simulator's listener closes")
+                .expect("the listener task ends")
+                .expect("the listener ends cleanly");
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn listen_again(&mut self) {
+        assert!(self.listening.is_none(), "already listening");
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                // The port may take a moment to come free.
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
     /// Environment that makes darkroom use this simulator as KIE.
     pub fn kie_env(&self) -> Vec<(&'static str, String)> {
         vec![

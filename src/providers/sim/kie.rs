@@ -1,6 +1,7 @@
 //! KIE.ai-compatible simulator: the jobs API (`createTask`, `recordInfo`), callbacks in
 //! KIE's exact body format (optionally HMAC-signed), result files over HTTP, and fault
-//! injection (latency, failures, duplicate / lost / early callbacks, 429 bursts).
+//! injection (latency, failures, duplicate / lost / early callbacks, 429 bursts, tasks
+//! forgotten after the create).
 //!
 //! It follows docs/PROVIDERS.md including KIE's inconsistencies — `costTime` is seconds
 //! in callbacks but milliseconds in `recordInfo`, `param` and `resultJson` are JSON
@@ -117,6 +118,10 @@ pub struct KieSimConfig {
     /// The account's credit balance at start. Creates are refused with 402 when the
     /// balance, less what tasks in progress will cost, cannot pay for one more.
     pub credits: u64,
+    /// Share of tasks forgotten right after `createTask` accepted them: `recordInfo` answers
+    /// 404 "not found" for them (in the body too with `errors_in_body`), nothing is generated
+    /// and no callback comes.
+    pub forget_rate: f64,
 }
 
 impl Default for KieSimConfig {
@@ -144,6 +149,7 @@ impl Default for KieSimConfig {
             late_callback_ms: (0, 0),
             download_delay_ms: 0,
             credits: INITIAL_CREDITS,
+            forget_rate: 0.0,
         }
     }
 }
@@ -202,6 +208,10 @@ pub struct SimStats {
     pub duplicate_creates: u64,
     /// The most creates accepted within any one rate window.
     pub max_creates_in_window: u64,
+    /// Tasks accepted and then forgotten (fault injection).
+    pub forgotten: u64,
+    /// `recordInfo` answers of "not found".
+    pub not_found: u64,
 }
 
 /// Lock-free twin of [`SimStats`], bumped from handlers and background tasks.
@@ -223,6 +233,8 @@ struct Counters {
     timeouts: AtomicU64,
     duplicate_creates: AtomicU64,
     max_creates_in_window: AtomicU64,
+    forgotten: AtomicU64,
+    not_found: AtomicU64,
 }
 
 impl Counters {
@@ -249,6 +261,8 @@ impl Counters {
             timeouts: read(&self.timeouts),
             duplicate_creates: read(&self.duplicate_creates),
             max_creates_in_window: read(&self.max_creates_in_window),
+            forgotten: read(&self.forgotten),
+            not_found: read(&self.not_found),
         }
     }
 }
@@ -375,6 +389,8 @@ struct Faults {
     late: Duration,
     /// The create answer is held back past the client's timeout.
     hang: bool,
+    /// The task is forgotten as soon as it is accepted.
+    forget: bool,
 }
 
 enum Admission {
@@ -471,15 +487,31 @@ impl KieSim {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        let result = Arc::clone(&self).listen(listener, shutdown).await;
+        self.abandon_work();
+        tracing::info!("kie-sim stopped");
+        result
+    }
+
+    /// Serves on the listener until `stop` is cancelled, then closes it (new connections are
+    /// refused) while tasks in flight go on. Listening again later on the same address
+    /// makes a provider that was unreachable for a while, with its account intact.
+    pub async fn listen(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> std::io::Result<()> {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, files_base = %self.files_base, "kie-sim listening");
         }
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    }
+
+    /// Abandons generations and callback deliveries in flight, for good.
+    pub fn abandon_work(&self) {
         self.background.cancel();
-        tracing::info!("kie-sim stopped");
-        result
     }
 
     pub fn stats(&self) -> SimStats {
@@ -670,6 +702,7 @@ impl KieSim {
             early: chance(&mut rng, config.early_callback_rate),
             late: Duration::from_millis(late_ms),
             hang: chance(&mut rng, config.timeout_rate),
+            forget: chance(&mut rng, config.forget_rate),
         }
     }
 
@@ -772,6 +805,17 @@ impl KieSim {
             body.extend_from_slice(&chunk);
         }
         Ok(Bytes::from(body))
+    }
+
+    /// Loses a task it has just accepted: its reserved credits go back, and from now on
+    /// `recordInfo` does not know it.
+    fn forget(&self, task_id: &str) {
+        let mut ledger = self.ledger();
+        if ledger.tasks.remove(task_id).is_some() {
+            ledger.credits_reserved = ledger.credits_reserved.saturating_sub(CREDITS_PER_IMAGE);
+        }
+        drop(ledger);
+        Counters::bump(&self.counters.forgotten);
     }
 
     fn set_state(&self, task_id: &str, state: TaskState) {
@@ -1022,6 +1066,11 @@ async fn create_task(
                 "kie-sim task created"
             );
             let answer = success(json!({ "taskId": task_id }));
+            if faults.forget {
+                tracing::info!(task_id = %task_id, "kie-sim forgot a task it accepted (fault injection)");
+                sim.forget(&task_id);
+                return answer;
+            }
             if faults.early {
                 // The callback must reach the client before this answer does.
                 Arc::clone(&sim).run_task(task_id, request, faults).await;
@@ -1060,7 +1109,10 @@ async fn record_info(
     };
     match sim.task_view(&task_id) {
         Some(data) => success(data),
-        None => sim.error(404, "Task not found"),
+        None => {
+            Counters::bump(&sim.counters.not_found);
+            sim.error(404, "Task not found")
+        }
     }
 }
 
@@ -1958,6 +2010,46 @@ mod tests {
         h.wait_for(|s| s.dropped == 1).await;
         h.assert_no_hook_within(Duration::from_millis(200)).await;
         assert_eq!(h.sim.stats().callbacks_sent, 0);
+    }
+
+    #[tokio::test]
+    async fn forgotten_tasks_are_not_found_and_never_called_back() {
+        for errors_in_body in [false, true] {
+            let mut h = spawn(KieSimConfig {
+                forget_rate: 1.0,
+                errors_in_body,
+                ..fast()
+            })
+            .await;
+            let task_id = h.create_ok(&h.edit_body()).await;
+            let (status, answer) = h
+                .get(&format!("/api/v1/jobs/recordInfo?taskId={task_id}"))
+                .await;
+            let expected = if errors_in_body {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            assert_eq!(
+                (status, answer["code"].as_u64()),
+                (expected, Some(404)),
+                "{answer}"
+            );
+            h.assert_no_hook_within(Duration::from_millis(200)).await;
+            let stats = h.sim.stats();
+            assert_eq!(
+                (
+                    stats.created,
+                    stats.forgotten,
+                    stats.not_found,
+                    stats.succeeded
+                ),
+                (1, 1, 1, 0)
+            );
+            // Its credits were only reserved, and went back.
+            let (_, credit) = h.get("/api/v1/chat/credit").await;
+            assert_eq!(credit["data"], INITIAL_CREDITS);
+        }
     }
 
     #[tokio::test]
