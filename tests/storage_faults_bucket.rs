@@ -29,6 +29,23 @@ use tokio::io::AsyncWriteExt;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// One test at a time, each with a fresh spool directory that is removed when it ends.
+struct Exclusive {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn exclusive() -> Exclusive {
+    let serial = SERIAL.lock().await;
+    std::fs::create_dir_all(spool_dir()).unwrap();
+    Exclusive { _serial: serial }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(spool_dir());
+    }
+}
+
 /// The directory every temporary file of this process goes to (tempfile's override), so a
 /// spool file left behind by an upload or an ingest can be counted.
 fn spool_dir() -> &'static Path {
@@ -357,8 +374,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_bucket_refuses_files_one_by_one_tasks_wait_and_all_recovers() {
-    let _serial = SERIAL.lock().await;
-    std::fs::create_dir_all(spool_dir()).unwrap();
+    let _exclusive = exclusive().await;
     let data = tempfile::tempdir().unwrap();
     let bucket_dir = data.path().join("bucket-tmpfs");
     let Some(tmpfs) = Tmpfs::mount(&bucket_dir, "4m") else {
@@ -529,8 +545,7 @@ async fn a_full_bucket_refuses_files_one_by_one_tasks_wait_and_all_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_record_fails_leaves_no_object() {
-    let _serial = SERIAL.lock().await;
-    std::fs::create_dir_all(spool_dir()).unwrap();
+    let _exclusive = exclusive().await;
     let app = spawn_app(&[]).await;
     let sqlite = app.sqlite.clone().expect("SQLite");
     let bucket_dir = app.dir.path().join("bucket");
@@ -592,8 +607,7 @@ async fn an_upload_whose_record_fails_leaves_no_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_off_after_a_stored_file_keeps_nothing() {
-    let _serial = SERIAL.lock().await;
-    std::fs::create_dir_all(spool_dir()).unwrap();
+    let _exclusive = exclusive().await;
     let app = spawn_app(&[]).await;
     let bucket_dir = app.dir.path().join("bucket");
     let boundary = "darkroom-cut-off";
@@ -689,8 +703,7 @@ async fn sim_result_urls(http: &reqwest::Client, sim: &str, provider_id: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_ingest_completes_from_the_bucket_when_urls_expired() {
-    let _serial = SERIAL.lock().await;
-    std::fs::create_dir_all(spool_dir()).unwrap();
+    let _exclusive = exclusive().await;
     // No callbacks and no early polls: the tasks wait at `submitted` until the test moves
     // them, as an ingest that stored their results and then stopped would have left them.
     let sim = spawn_sim(KieSimConfig {
