@@ -386,3 +386,22 @@ impl Engine {
         Ok((spec.key, public))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_url_suggests_its_type_by_its_name_only() {
+        assert_eq!(
+            kind_of_source("https://files.example/r/abc-0.jpeg?sig=x"),
+            Some(ImageKind::Jpeg)
+        );
+        assert_eq!(
+            kind_of_source("http://127.0.0.1:9/files/abc-0.png"),
+            Some(ImageKind::Png)
+        );
+        assert_eq!(kind_of_source("https://files.example/r/abc"), None);
+        assert_eq!(kind_of_source("inline:0"), None);
+    }
+}
