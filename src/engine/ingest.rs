@@ -271,7 +271,7 @@ impl Engine {
                 }
                 Err(e) => {
                     return Err(IngestFailure::bucket(
-                        &format!("a look for {}", spec.key),
+                        &format!("a lookup of {}", spec.key),
                         &e,
                     ));
                 }
