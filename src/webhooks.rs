@@ -281,7 +281,10 @@ impl Deliverer {
         let mut receiver = events.subscribe();
         loop {
             if let Err(e) = self.deliver_due().await {
-                tracing::warn!(error = %e, "webhooks: looking for due deliveries failed");
+                let message = e.to_string();
+                if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
+                    tracing::warn!(error = %message, repeated, "webhooks: looking for due deliveries failed");
+                }
             }
             // A final task wakes the deliverer at once; otherwise the sweep finds retries.
             let sleep = tokio::time::sleep(SWEEP);

@@ -2,11 +2,16 @@
 //! died mid-call. An asynchronous provider's acceptance makes the task `submitted`; a
 //! synchronous provider's images go straight on to ingest (see `inline.rs`).
 
+use std::time::Duration;
+
 use super::limits::ProviderGate;
 use super::{Engine, after, backoff, new_callback_token, now_ms};
 use crate::domain::{Event, TaskState};
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
 use crate::storage::{RepoError, Task, TaskUpdate};
+
+/// How long an accepted create's answer is held while storage refuses to record it.
+const RECORD_ACCEPTED_FOR: Duration = Duration::from_secs(60);
 
 impl Engine {
     pub(super) async fn submit(&self, task: Task) -> Result<(), RepoError> {
@@ -122,7 +127,31 @@ impl Engine {
             .map(|_| ())
     }
 
+    /// Records an accepted create. The provider has the task (and bills it) now, so a
+    /// storage fault (disk full, read-only) does not drop what it answered: the write is
+    /// retried with backoff for up to `RECORD_ACCEPTED_FOR`. Giving up leaves the task to the
+    /// unconfirmed-create path, with the provider's id in the log for the operator.
     async fn accepted(&self, task: &Task, provider_task_id: String) -> Result<(), RepoError> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.record_accepted(task, &provider_task_id).await {
+                Err(e) if e.fault().is_some() && started.elapsed() < RECORD_ACCEPTED_FOR => {
+                    tracing::warn!(task_id = %task.id, provider_task_id = %provider_task_id, error = %e, retry_in_ms = wait.as_millis() as u64, "recording an accepted create failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(task_id = %task.id, provider_task_id = %provider_task_id, error = %e, "recording an accepted create failed; the task is left to the unconfirmed-create path");
+                    return Err(e);
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn record_accepted(&self, task: &Task, provider_task_id: &str) -> Result<(), RepoError> {
+        let provider_task_id = provider_task_id.to_owned();
         let now = now_ms();
         let update = TaskUpdate {
             provider_task_id: Some(provider_task_id.clone()),

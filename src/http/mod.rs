@@ -106,10 +106,14 @@ pub fn router(state: AppState) -> Router {
         HeaderValue::from_static("nosniff"),
     ))
     .layer(
-        TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            // The path only: query strings carry callback tokens and file signatures.
-            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-        }),
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request<_>| {
+                // The path only: query strings carry callback tokens and file signatures.
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            })
+            // Failed responses are logged by `error::log_internal_errors`, with their cause
+            // and with repeats counted; a second line per 5xx would only repeat it.
+            .on_failure(()),
     )
 }
 

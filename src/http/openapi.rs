@@ -175,7 +175,7 @@ fn require_a_source(document: &mut utoipa::openapi::OpenApi) {
 /// The answers the authentication middleware gives before any handler runs, on every
 /// route that needs a key (the same test as the middleware's, [`is_public_path`]): 401
 /// for a missing or wrong key and 429 past the key's rate limit. The callback routes have
-/// their own rate limit.
+/// their own rate limit. And the 503 of every POST when storage refuses writes.
 fn document_key_refusals(document: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::RefOr;
     use utoipa::openapi::response::Response;
@@ -194,6 +194,15 @@ fn document_key_refusals(document: &mut utoipa::openapi::OpenApi) {
     for (path, item) in document.paths.paths.iter_mut() {
         let keyed = !is_public_path(path);
         let callback = path.starts_with("/api/callback");
+        if let Some(post) = &mut item.post {
+            // Every POST writes: a store that refuses writes answers 503 with its code.
+            post.responses
+                .responses
+                .entry("503".to_owned())
+                .or_insert_with(|| {
+                    error("The database or the bucket refuses writes (`storage_full`, `storage_read_only`, `storage_unavailable`); nothing was stored")
+                });
+        }
         for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
             let responses = &mut operation.responses.responses;
             if keyed {

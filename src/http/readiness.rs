@@ -113,7 +113,15 @@ impl ReadinessChecks {
         )
         .await
         {
-            Ok(Ok(())) => Check::ok(),
+            // A rolled-back write may fit in SQLite's cache on a disk with no room at all.
+            Ok(Ok(())) => match self.dir_of("database").and_then(free_bytes) {
+                Some(free) if free < u64::from(DATABASE_HEADROOM_BYTES) => Check::failed(
+                    Some(StorageFault::Full),
+                    "the database",
+                    &format!("its disk has {free} bytes free"),
+                ),
+                _ => Check::ok(),
+            },
             Ok(Err(e)) => Check::failed(e.fault(), "the database", &e.to_string()),
             Err(_) => Check::failed(
                 None,
@@ -145,6 +153,13 @@ impl ReadinessChecks {
         *self.last_bucket.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), check.clone()));
         check
+    }
+
+    fn dir_of(&self, holds: &str) -> Option<&Path> {
+        self.local_dirs
+            .iter()
+            .find(|(h, _)| *h == holds)
+            .map(|(_, dir)| dir.as_path())
     }
 
     fn recent_bucket(&self) -> Option<Check> {

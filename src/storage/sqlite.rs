@@ -61,6 +61,22 @@ impl SqliteRepo {
     pub async fn set_page_cap(&self, pages: Option<u32>) -> Result<(), RepoError> {
         self.writer.set_page_cap(pages).await
     }
+
+    /// Closes every connection (readers and the writer); later calls fail. For a clean
+    /// stop, and for tests that start another instance on the same file in one process
+    /// (SQLite shares open files between connections of one process).
+    pub async fn close(&self) {
+        self.pool.close().await;
+        self.writer.pool.close().await;
+    }
+
+    /// How many pages the database file has now.
+    pub async fn page_count(&self) -> Result<u32, RepoError> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.writer.pool)
+            .await?;
+        Ok(u32::try_from(pages).unwrap_or(u32::MAX))
+    }
 }
 
 fn json_list(id: &str, raw: &str) -> Result<Vec<String>, RepoError> {

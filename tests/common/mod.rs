@@ -98,14 +98,23 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) ->
 impl TestApp {
     /// Stops this server (gracefully, as on SIGTERM) and starts a new one on the same data
     /// directory: a restart.
-    pub async fn restart(mut self, overrides: &[(&str, &str)]) -> TestApp {
+    pub async fn restart(self, overrides: &[(&str, &str)]) -> TestApp {
+        let dir = self.stop().await;
+        spawn_app_in(dir, overrides).await
+    }
+
+    /// Stops this server gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
         if let Some(served) = self.served.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
         }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        drop(self);
-        spawn_app_in(dir, overrides).await
+        // Every connection closed: the next instance opens the file afresh (SQLite would
+        // otherwise hand it this instance's still-open file descriptors).
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.close().await;
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 }
 
