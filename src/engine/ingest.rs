@@ -1,21 +1,66 @@
 //! Copying results from the provider into the bucket under deterministic keys. A task is
 //! never `succeeded` without every one of its images stored. Each download is spooled to a
 //! temporary file, so memory does not grow with result size.
+//!
+//! Before downloading result n, ingest looks for it in the bucket: an earlier ingest that
+//! stored it and stopped before recording it (a restart, a database that refused the
+//! write) left it there, complete, and the provider's URL may have expired since. A bucket
+//! that refuses writes (full, read-only, failing) is the operator's to fix, not the task's
+//! fault: the task waits for it without spending an attempt.
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
+use crate::domain::image::ImageKind;
 use crate::net::FetchError;
-use crate::storage::blob::Spooled;
-use crate::storage::keys;
-use crate::storage::{RepoError, Task, TaskUpdate};
+use crate::storage::blob::{SpoolWriter, Spooled};
+use crate::storage::keys::{self, ObjectSpec};
+use crate::storage::{BlobError, RepoError, StorageFault, Task, TaskUpdate};
+
+/// A task whose result the bucket refused tries again after `backoff(2)` (8 s ± 20 %):
+/// soon enough that recovery shows within seconds, and no attempt is spent meanwhile.
+const STORAGE_RETRY_STEP: u32 = 2;
+
+/// Stands for image n of a synchronous provider's answer among a task's result sources
+/// (`inline:{n}`): there is nothing to download, but their number tells an ingest after a
+/// restart how many images to look for in the bucket.
+pub(super) const INLINE_SOURCE: &str = "inline:";
 
 /// Why one result could not be stored, and whether trying again may help.
 pub(super) struct IngestFailure {
     pub(super) code: &'static str,
     pub(super) message: String,
     pub(super) retryable: bool,
+    /// The bucket refused: waited out without spending an attempt.
+    pub(super) storage: bool,
+}
+
+impl IngestFailure {
+    pub(super) fn permanent(code: &'static str, message: String) -> Self {
+        Self {
+            code,
+            message,
+            retryable: false,
+            storage: false,
+        }
+    }
+
+    /// The bucket refused `what`: its fault's stable code (`storage_full`, …), and
+    /// `storage_unavailable` for an error that names no fault (a remote bucket answering
+    /// 5xx, a dropped connection).
+    fn bucket(what: &str, e: &BlobError) -> Self {
+        let fault = e.fault().unwrap_or(StorageFault::Failing);
+        Self {
+            code: fault.code(),
+            message: format!(
+                "the bucket refused {what}: {e}; the task waits for it to accept writes again, without spending an attempt"
+            ),
+            retryable: true,
+            storage: true,
+        }
+    }
 }
 
 impl From<FetchError> for IngestFailure {
@@ -24,6 +69,7 @@ impl From<FetchError> for IngestFailure {
             code: "result_download_failed",
             retryable: e.is_retryable(),
             message: e.to_string(),
+            storage: false,
         }
     }
 }
@@ -33,65 +79,120 @@ fn local_failure(e: std::io::Error) -> IngestFailure {
         code: "spool_failed",
         message: format!("the temporary download file could not be used: {e}"),
         retryable: true,
+        storage: false,
     }
+}
+
+/// The image type a result URL's name suggests, if any.
+fn kind_of_source(source: &str) -> Option<ImageKind> {
+    let path = url::Url::parse(source).ok()?.path().to_owned();
+    let (_, ext) = path.rsplit_once('.')?;
+    ImageKind::from_extension(ext)
 }
 
 impl Engine {
     pub(super) async fn ingest(&self, task: Task) -> Result<(), RepoError> {
-        match self.store_results(&task).await {
-            Ok(stored) => {
-                let (result_keys, result_urls): (Vec<_>, Vec<_>) = stored.into_iter().unzip();
-                let update = TaskUpdate {
-                    result_keys: Some(result_keys),
-                    result_urls: Some(result_urls),
-                    error: Some(None),
-                    ..TaskUpdate::default()
-                };
-                self.apply(&task, Event::Ingested, true, update)
-                    .await
-                    .map(|_| ())
+        let (failure, stored) = match self.store_results(&task).await {
+            Ok(stored) => return self.ingested(&task, stored).await,
+            Err(failed) => failed,
+        };
+        if failure.storage {
+            return self.wait_for_bucket(&task, failure).await;
+        }
+        let attempts = task.attempts + 1;
+        // Downloads get more tries than creates: the task is already paid for.
+        let give_up = !failure.retryable || attempts >= self.settings.max_attempts * 2;
+        tracing::warn!(task_id = %task.id, attempt = attempts, give_up, error = %failure.message, "storing results failed");
+        let error = Some(Some((failure.code.to_owned(), failure.message)));
+        if give_up {
+            let update = TaskUpdate {
+                error,
+                add_attempt: true,
+                ..TaskUpdate::default()
+            };
+            if self
+                .apply(&task, Event::IngestFailed, true, update)
+                .await?
+                .is_some()
+            {
+                self.remove_results(&task, &stored).await;
             }
-            Err(failure) => {
-                let attempts = task.attempts + 1;
-                // Downloads get more tries than creates: the task is already paid for.
-                let give_up = !failure.retryable || attempts >= self.settings.max_attempts * 2;
-                tracing::warn!(task_id = %task.id, attempt = attempts, give_up, error = %failure.message, "storing results failed");
-                let error = Some(Some((failure.code.to_owned(), failure.message)));
-                if give_up {
-                    let update = TaskUpdate {
-                        error,
-                        add_attempt: true,
-                        ..TaskUpdate::default()
-                    };
-                    self.apply(&task, Event::IngestFailed, true, update)
-                        .await
-                        .map(|_| ())
-                } else {
-                    let update = TaskUpdate {
-                        run_at: Some(after(now_ms(), backoff(attempts.min(6), None))),
-                        release_lease: true,
-                        add_attempt: true,
-                        error,
-                        ..TaskUpdate::default()
-                    };
-                    self.touch(&task, update).await.map(|_| ())
-                }
+            Ok(())
+        } else {
+            let update = TaskUpdate {
+                run_at: Some(after(now_ms(), backoff(attempts.min(6), None))),
+                release_lease: true,
+                add_attempt: true,
+                error,
+                ..TaskUpdate::default()
+            };
+            self.touch(&task, update).await.map(|_| ())
+        }
+    }
+
+    /// Every result is stored: the task succeeds with their keys and URLs.
+    pub(super) async fn ingested(
+        &self,
+        task: &Task,
+        stored: Vec<(String, String)>,
+    ) -> Result<(), RepoError> {
+        let (result_keys, result_urls): (Vec<_>, Vec<_>) = stored.into_iter().unzip();
+        let update = TaskUpdate {
+            result_keys: Some(result_keys),
+            result_urls: Some(result_urls),
+            error: Some(None),
+            ..TaskUpdate::default()
+        };
+        self.apply(task, Event::Ingested, true, update)
+            .await
+            .map(|_| ())
+    }
+
+    /// The bucket refused a result: the task is due again shortly, its lease handed back,
+    /// no attempt spent, and the reason on the task. Logged once a minute with a count.
+    async fn wait_for_bucket(&self, task: &Task, failure: IngestFailure) -> Result<(), RepoError> {
+        let summary = format!("ingest: the bucket refuses results ({})", failure.code);
+        if let Some(repeated) = crate::log_throttle::errors().admit(&summary) {
+            tracing::warn!(task_id = %task.id, code = failure.code, error = %failure.message, repeated, "the bucket refused a result; the task waits without spending an attempt");
+        }
+        let update = TaskUpdate {
+            run_at: Some(after(now_ms(), backoff(STORAGE_RETRY_STEP, None))),
+            release_lease: true,
+            error: Some(Some((failure.code.to_owned(), failure.message))),
+            ..TaskUpdate::default()
+        };
+        self.touch(task, update).await.map(|_| ())
+    }
+
+    /// Removes the results a task that failed had stored: no object outlives its task's
+    /// failure unannounced. A removal that fails is logged.
+    pub(super) async fn remove_results(&self, task: &Task, keys: &[String]) {
+        for key in keys {
+            if let Err(e) = self.blobs.delete(key).await {
+                tracing::warn!(task_id = %task.id, key = %key, error = %e, "removing a result of a failed task failed; the object is left behind");
             }
         }
     }
 
-    /// Downloads, checks and stores each result; returns `(key, url)` per result in order.
-    async fn store_results(&self, task: &Task) -> Result<Vec<(String, String)>, IngestFailure> {
+    /// Stores each result (or finds it stored); returns `(key, url)` per result in order,
+    /// or the first failure with the keys stored before it.
+    async fn store_results(
+        &self,
+        task: &Task,
+    ) -> Result<Vec<(String, String)>, (IngestFailure, Vec<String>)> {
         if task.result_source_urls.is_empty() {
-            return Err(IngestFailure {
-                code: "no_results",
-                message: "the provider reported success without any result URL".to_owned(),
-                retryable: false,
-            });
+            let failure = IngestFailure::permanent(
+                "no_results",
+                "the provider reported success without any result URL".to_owned(),
+            );
+            return Err((failure, Vec::new()));
         }
         let mut stored = Vec::with_capacity(task.result_source_urls.len());
-        for (index, url) in task.result_source_urls.iter().enumerate() {
-            stored.push(self.store_result(task, index, url).await?);
+        for (index, source) in task.result_source_urls.iter().enumerate() {
+            match self.store_result(task, index, source).await {
+                Ok(result) => stored.push(result),
+                Err(failure) => return Err((failure, stored.into_iter().map(|r| r.0).collect())),
+            }
         }
         Ok(stored)
     }
@@ -100,15 +201,130 @@ impl Engine {
         &self,
         task: &Task,
         index: usize,
-        url: &str,
+        source: &str,
     ) -> Result<(String, String), IngestFailure> {
         let started = std::time::Instant::now();
+        if let Some(found) = self
+            .stored_earlier(task, index, kind_of_source(source))
+            .await?
+        {
+            tracing::info!(task_id = %task.id, key = %found.0, "result found in the bucket; not downloaded again");
+            return Ok(found);
+        }
+        if source.starts_with(INLINE_SOURCE) {
+            return Err(IngestFailure::permanent(
+                "results_lost",
+                format!(
+                    "the images {} generated were lost before they were stored (darkroom stopped while storing them); generate again",
+                    task.provider
+                ),
+            ));
+        }
         // A temporary file, if any, is removed when dropped, whatever happens below.
         let spooled = self
             .fetcher
-            .download_spooled(url, self.settings.max_result_bytes)
+            .download_spooled(source, self.settings.max_result_bytes)
             .await?;
         self.store_spooled(task, index, &spooled, started).await
+    }
+
+    /// Result `index` of `task`, if an earlier ingest stored it under its deterministic key.
+    /// The key's extension comes from the bytes, so each image type's key is asked about
+    /// (at once: one round trip), the declared type's first. Writes are create-only and
+    /// published whole — the local directory writes a staging file and links it into place,
+    /// S3 shows an object only once its PUT or multipart upload completes — so an object
+    /// there was written completely; it is still read whole and checked like a download
+    /// (someone else may have put it there). One that is not a usable image of its key's
+    /// type is removed, and the result is downloaded again.
+    async fn stored_earlier(
+        &self,
+        task: &Task,
+        index: usize,
+        hint: Option<ImageKind>,
+    ) -> Result<Option<(String, String)>, IngestFailure> {
+        let declared = ImageKind::from_extension(&task.output_format);
+        let mut kinds: Vec<ImageKind> = Vec::with_capacity(3);
+        for kind in [declared, hint].into_iter().flatten().chain([
+            ImageKind::Png,
+            ImageKind::Jpeg,
+            ImageKind::Webp,
+        ]) {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        let specs: Vec<(ObjectSpec, ImageKind)> = kinds
+            .into_iter()
+            .map(|kind| (keys::generated(&task.provider, &task.id, index, kind), kind))
+            .collect();
+        let found =
+            futures::future::join_all(specs.iter().map(|(spec, _)| self.blobs.exists(&spec.key)))
+                .await;
+        for ((spec, kind), exists) in specs.into_iter().zip(found) {
+            match exists {
+                Ok(false) => {}
+                Ok(true) => {
+                    if self.complete_in_bucket(task, &spec, kind).await? {
+                        let url = self.blobs.url(&spec.key);
+                        return Ok(Some((spec.key, url)));
+                    }
+                }
+                Err(e) => {
+                    return Err(IngestFailure::bucket(
+                        &format!("a lookup of {}", spec.key),
+                        &e,
+                    ));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the object under `spec` is a usable image of `kind`, read whole (spooled, so
+    /// memory stays bounded); one that is not is removed.
+    async fn complete_in_bucket(
+        &self,
+        task: &Task,
+        spec: &ObjectSpec,
+        kind: ImageKind,
+    ) -> Result<bool, IngestFailure> {
+        let reading = |e: &BlobError| IngestFailure::bucket(&format!("reading {}", spec.key), e);
+        let object = match self.blobs.get(&spec.key).await {
+            Ok(object) => object,
+            Err(BlobError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(reading(&e)),
+        };
+        let size = object.meta.size;
+        let problem = if size == 0 {
+            "it is empty".to_owned()
+        } else if size > self.settings.max_result_bytes {
+            format!(
+                "it is larger than the {}-byte limit",
+                self.settings.max_result_bytes
+            )
+        } else {
+            let mut spool = SpoolWriter::new();
+            let mut stream = object.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| reading(&BlobError::from(e)))?;
+                spool.write(&chunk).map_err(local_failure)?;
+            }
+            let spooled = spool.finish().map_err(local_failure)?;
+            match spooled
+                .inspect(self.settings.image_limits)
+                .map_err(local_failure)?
+            {
+                Ok(info) if info.kind == kind => return Ok(true),
+                Ok(info) => format!("it holds a {:?} image", info.kind),
+                Err(e) => e.to_string(),
+            }
+        };
+        tracing::warn!(task_id = %task.id, key = %spec.key, bytes = size, problem = %problem, "an object under a result's key is not a usable image; removing it and downloading the result again");
+        self.blobs
+            .delete(&spec.key)
+            .await
+            .map_err(|e| IngestFailure::bucket(&format!("removing {}", spec.key), &e))?;
+        Ok(false)
     }
 
     /// A result a synchronous provider handed over inline takes the same path as a
@@ -121,14 +337,13 @@ impl Engine {
     ) -> Result<(String, String), IngestFailure> {
         let started = std::time::Instant::now();
         if bytes.len() as u64 > self.settings.max_result_bytes {
-            return Err(IngestFailure {
-                code: "result_too_large",
-                message: format!(
+            return Err(IngestFailure::permanent(
+                "result_too_large",
+                format!(
                     "result {index} is larger than the {}-byte limit",
                     self.settings.max_result_bytes
                 ),
-                retryable: false,
-            });
+            ));
         }
         self.store_spooled(task, index, &Spooled::Memory(bytes.clone()), started)
             .await
@@ -147,21 +362,18 @@ impl Engine {
         let checked = spooled
             .inspect(self.settings.image_limits)
             .map_err(local_failure)?;
-        let info = checked.map_err(|e| IngestFailure {
-            code: "result_not_an_image",
-            message: format!("result {index} is not a usable image: {e}"),
-            retryable: false,
+        let info = checked.map_err(|e| {
+            IngestFailure::permanent(
+                "result_not_an_image",
+                format!("result {index} is not a usable image: {e}"),
+            )
         })?;
         let spec = keys::generated(&task.provider, &task.id, index, info.kind);
         let created = self
             .blobs
             .put_spooled(&spec, spooled, true)
             .await
-            .map_err(|e| IngestFailure {
-                code: "storage_failed",
-                message: format!("writing {} failed: {e}", spec.key),
-                retryable: true,
-            })?;
+            .map_err(|e| IngestFailure::bucket(&format!("writing {}", spec.key), &e))?;
         tracing::info!(
             task_id = %task.id,
             key = %spec.key,
@@ -172,5 +384,24 @@ impl Engine {
         );
         let public = self.blobs.url(&spec.key);
         Ok((spec.key, public))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_url_suggests_its_type_by_its_name_only() {
+        assert_eq!(
+            kind_of_source("https://files.example/r/abc-0.jpeg?sig=x"),
+            Some(ImageKind::Jpeg)
+        );
+        assert_eq!(
+            kind_of_source("http://127.0.0.1:9/files/abc-0.png"),
+            Some(ImageKind::Png)
+        );
+        assert_eq!(kind_of_source("https://files.example/r/abc"), None);
+        assert_eq!(kind_of_source("inline:0"), None);
     }
 }

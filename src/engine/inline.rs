@@ -2,11 +2,13 @@
 //! this worker's memory, so the worker that received them stores them at once, holding the
 //! task's lease throughout (the job's heartbeat extends it): the same checks, the same deterministic keys, the same events
 //! and record as downloaded results. A storage hiccup is retried here, with the bytes at
-//! hand; a task found `ingesting` by anyone else has lost its images and fails saying so.
+//! hand; a bucket that refuses writes is waited out without spending the budget. A task
+//! found `ingesting` by anyone else completes from the bucket if every image was stored
+//! before its worker stopped, and otherwise has lost its images and fails saying so.
 
 use bytes::Bytes;
 
-use super::ingest::IngestFailure;
+use super::ingest::{INLINE_SOURCE, IngestFailure};
 use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
 use crate::providers::Generated;
@@ -25,7 +27,12 @@ impl Engine {
         generated: Generated,
     ) -> Result<(), RepoError> {
         let now = now_ms();
+        // One source per image: how many to look for in the bucket if this worker stops.
+        let sources = (0..generated.images.len())
+            .map(|n| format!("{INLINE_SOURCE}{n}"))
+            .collect();
         let update = TaskUpdate {
+            result_source_urls: Some(sources),
             provider_task_id: generated.provider_task_id,
             credits: generated.credits,
             cost_time_ms: generated.cost_time_ms,
@@ -49,38 +56,36 @@ impl Engine {
     async fn store_inline(&self, mut task: Task, images: Vec<Bytes>) -> Result<(), RepoError> {
         let max_attempts = self.settings.max_attempts * 2;
         let mut attempt = 0;
+        let mut waits = 0;
         loop {
-            attempt += 1;
-            let failure = match self.store_images(&task, &images).await {
-                Ok(stored) => {
-                    let (result_keys, result_urls): (Vec<_>, Vec<_>) = stored.into_iter().unzip();
-                    let update = TaskUpdate {
-                        result_keys: Some(result_keys),
-                        result_urls: Some(result_urls),
-                        error: Some(None),
-                        ..TaskUpdate::default()
-                    };
-                    return self
-                        .apply(&task, Event::Ingested, true, update)
-                        .await
-                        .map(|_| ());
-                }
-                Err(failure) => failure,
+            waits += 1;
+            let (failure, stored) = match self.store_images(&task, &images).await {
+                Ok(stored) => return self.ingested(&task, stored).await,
+                Err(failed) => failed,
             };
+            // A bucket that refuses writes is the operator's to fix: the images are held
+            // (and the task's provider slot with them) until it accepts them again.
+            if !failure.storage {
+                attempt += 1;
+            }
             let give_up = !failure.retryable || attempt >= max_attempts;
-            tracing::warn!(task_id = %task.id, attempt, give_up, error = %failure.message, "storing inline results failed");
+            tracing::warn!(task_id = %task.id, attempt, give_up, code = failure.code, error = %failure.message, "storing inline results failed");
             let error = Some(Some((failure.code.to_owned(), failure.message)));
             if give_up {
                 let update = TaskUpdate {
                     error,
                     ..TaskUpdate::default()
                 };
-                return self
+                if self
                     .apply(&task, Event::IngestFailed, true, update)
-                    .await
-                    .map(|_| ());
+                    .await?
+                    .is_some()
+                {
+                    self.remove_results(&task, &stored).await;
+                }
+                return Ok(());
             }
-            let wait = backoff(attempt.min(MAX_STORE_BACKOFF_STEP), None);
+            let wait = backoff(waits.min(MAX_STORE_BACKOFF_STEP), None);
             // The lease stays (the heartbeat extends it); the error shows why it waits.
             let keep = TaskUpdate {
                 error,
@@ -95,28 +100,41 @@ impl Engine {
         }
     }
 
+    /// Stores each image; on a failure, returns it with the keys stored before it.
     async fn store_images(
         &self,
         task: &Task,
         images: &[Bytes],
-    ) -> Result<Vec<(String, String)>, IngestFailure> {
+    ) -> Result<Vec<(String, String)>, (IngestFailure, Vec<String>)> {
         if images.is_empty() {
-            return Err(IngestFailure {
-                code: "no_results",
-                message: "the provider reported success without any image".to_owned(),
-                retryable: false,
-            });
+            let failure = IngestFailure::permanent(
+                "no_results",
+                "the provider reported success without any image".to_owned(),
+            );
+            return Err((failure, Vec::new()));
         }
         let mut stored = Vec::with_capacity(images.len());
         for (index, bytes) in images.iter().enumerate() {
-            stored.push(self.store_inline_result(task, index, bytes).await?);
+            match self.store_inline_result(task, index, bytes).await {
+                Ok(result) => stored.push(result),
+                Err(failure) => return Err((failure, stored.into_iter().map(|r| r.0).collect())),
+            }
         }
         Ok(stored)
     }
 
     /// An `ingesting` task of a synchronous provider whose worker is gone (stopped, or its
-    /// lease ran out mid-store): the images went with it.
+    /// lease ran out mid-store). If it had stored every image before it stopped, the task
+    /// completes from the bucket (ingest looks there first; the task's `inline:{n}` sources
+    /// say how many images there were); otherwise the images went with it.
     pub(super) async fn inline_results_lost(&self, task: &Task) -> Result<(), RepoError> {
+        if task
+            .result_source_urls
+            .iter()
+            .any(|source| source.starts_with(INLINE_SOURCE))
+        {
+            return self.ingest(task.clone()).await;
+        }
         tracing::warn!(task_id = %task.id, provider = %task.provider, "inline results were lost before they were stored");
         let update = TaskUpdate {
             error: Some(Some((

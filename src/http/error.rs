@@ -70,6 +70,11 @@ impl ApiError {
         }
     }
 
+    /// What went wrong, for the log (storage and internal errors only).
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,

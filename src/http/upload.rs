@@ -4,6 +4,12 @@
 //! checked header-first against the dimension and pixel caps, walked whole for truncation
 //! and polyglots, and, by default, stored without its metadata (EXIF/GPS, XMP, comments;
 //! see [`crate::domain::sanitize`]). Memory stays bounded whatever a file declares.
+//!
+//! Every file gets its own outcome. A file storage refused (the bucket, the database
+//! record of its owner, or the local spool: full, read-only, failing) is an entry in
+//! `errors` like a bad image, and the files stored before it stay reported; an object
+//! whose record failed is removed, and a request that ends without its answer removes what
+//! it stored. No object is left that no client knows about.
 
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartRejection};
@@ -20,7 +26,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::config::Config;
 use crate::domain::image::{ImageError, ImageInfo, ImageLimits, inspect_reader};
-use crate::storage::keys;
+use crate::storage::{StorageFault, keys};
 
 const FIELD: &str = "files";
 
@@ -108,48 +114,94 @@ fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     }
 }
 
-/// Spools one file field to a temporary file, up to `max` bytes. Past the cap the rest is
-/// drained (so the next field can be read) and `None` is returned.
-async fn spool_capped(
-    field: &mut Field<'_>,
-    max: u64,
-) -> Result<Option<tempfile::NamedTempFile>, ApiError> {
+/// What spooling one file field came to.
+enum Spool {
+    Ready(tempfile::NamedTempFile),
+    /// Larger than the per-file cap (the rest of the field was drained).
+    TooLarge,
+    /// The temporary file could not be written (the rest of the field was drained).
+    NotStored(ApiError),
+}
+
+/// A local temporary file that could not be made or written: a storage fault of the
+/// server's temporary space when it is one.
+fn spool_error(e: std::io::Error) -> ApiError {
+    match StorageFault::of_io(&e) {
+        Some(fault) => ApiError::storage(
+            fault,
+            "the server's temporary space",
+            format!("upload spool file: {e}"),
+        ),
+        None => ApiError::internal(format!("upload spool file: {e}")),
+    }
+}
+
+/// Spools one file field to a temporary file, up to `max` bytes. Past the cap, or once the
+/// file cannot be written, the rest is drained (so the next field can be read). Only a
+/// body that cannot be read is an error of the whole request.
+async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Spool, ApiError> {
     use std::io::Write;
-    let spool = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
-    let mut out = std::io::BufWriter::new(spool.reopen().map_err(ApiError::internal)?);
+    let opened = tempfile::NamedTempFile::new().and_then(|spool| {
+        let out = std::io::BufWriter::new(spool.reopen()?);
+        Ok((spool, out))
+    });
+    let (spool, mut out) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            drain(field).await?;
+            return Ok(Spool::NotStored(spool_error(e)));
+        }
+    };
     let mut size = 0u64;
+    let mut failed = None;
     while let Some(chunk) = field
         .chunk()
         .await
         .map_err(|e| multipart_error(&e, e.status()))?
     {
         size += chunk.len() as u64;
-        if size <= max {
-            out.write_all(&chunk).map_err(ApiError::internal)?;
+        if size <= max && failed.is_none() {
+            failed = out.write_all(&chunk).err();
         }
     }
-    out.flush().map_err(ApiError::internal)?;
-    Ok((size <= max).then_some(spool))
+    if failed.is_none() {
+        failed = out.flush().err();
+    }
+    // `spool` is removed when dropped, on every path that does not return it.
+    Ok(match failed {
+        Some(e) => Spool::NotStored(spool_error(e)),
+        None if size > max => Spool::TooLarge,
+        None => Spool::Ready(spool),
+    })
 }
 
-/// Inspects a spooled file and, when `strip`, makes its metadata-free copy. The outer error
-/// is ours (500), the inner one the client's file (listed in `errors`).
+/// Why a file was not stored: its bytes (the client's, listed with the image's code) or
+/// our side (storage or internal, listed with the code an [`ApiError`] carries).
+enum Refused {
+    Image(ImageError),
+    NotStored(ApiError),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self::NotStored(e)
+    }
+}
+
+/// Inspects a spooled file and, when `strip`, makes its metadata-free copy.
 fn check_file(
     spool: tempfile::NamedTempFile,
     limits: ImageLimits,
     strip: bool,
-) -> Result<Result<(ImageInfo, tempfile::NamedTempFile), ImageError>, ApiError> {
-    let reader = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
-    let info = match inspect_reader(reader, limits) {
-        Ok(info) => info,
-        Err(e) => return Ok(Err(e)),
-    };
+) -> Result<(ImageInfo, tempfile::NamedTempFile), Refused> {
+    let reader = std::io::BufReader::new(spool.reopen().map_err(spool_error)?);
+    let info = inspect_reader(reader, limits).map_err(Refused::Image)?;
     let stored = if strip {
         strip_metadata(&spool, info.kind)?
     } else {
         spool
     };
-    Ok(Ok((info, stored)))
+    Ok((info, stored))
 }
 
 /// A copy of `spool` without metadata. The file was already walked whole by
@@ -159,12 +211,12 @@ fn strip_metadata(
     kind: crate::domain::image::ImageKind,
 ) -> Result<tempfile::NamedTempFile, ApiError> {
     use std::io::Write;
-    let stripped = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
-    let mut input = std::io::BufReader::new(spool.reopen().map_err(ApiError::internal)?);
-    let mut output = std::io::BufWriter::new(stripped.reopen().map_err(ApiError::internal)?);
+    let stripped = tempfile::NamedTempFile::new().map_err(spool_error)?;
+    let mut input = std::io::BufReader::new(spool.reopen().map_err(spool_error)?);
+    let mut output = std::io::BufWriter::new(stripped.reopen().map_err(spool_error)?);
     let report = crate::domain::sanitize::strip_metadata(kind, &mut input, &mut output)
         .map_err(ApiError::internal)?;
-    output.flush().map_err(ApiError::internal)?;
+    output.flush().map_err(spool_error)?;
     if report.removed_bytes > 0 {
         tracing::debug!(
             removed_bytes = report.removed_bytes,
@@ -172,6 +224,101 @@ fn strip_metadata(
         );
     }
     Ok(stripped)
+}
+
+/// The uploads this request has stored (or is storing). Unless the answer that reports them
+/// is sent, they are removed, record and object: a request that fails midway (its body cut
+/// off or too large) or is dropped (the client went away) leaves nothing behind that no
+/// client knows about.
+struct StoredUploads {
+    state: AppState,
+    keys: Vec<String>,
+}
+
+impl StoredUploads {
+    /// The answer reports them: they stay.
+    fn keep(mut self) {
+        self.keys.clear();
+    }
+}
+
+impl Drop for StoredUploads {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.keys);
+        let state = self.state.clone();
+        tracing::warn!(
+            uploads = keys.len(),
+            "upload request ended before its answer; removing the files it stored"
+        );
+        match tokio::runtime::Handle::try_current() {
+            // Drop cannot wait: the removal runs on its own.
+            Ok(runtime) => drop(runtime.spawn(async move {
+                for key in keys {
+                    if let Err(e) = state.access.forget_upload(&key).await {
+                        tracing::error!(key = %key, error = %e, "removing the record of an unreported upload failed");
+                    }
+                    remove_object(&state, &key).await;
+                }
+            })),
+            Err(_) => tracing::error!(
+                uploads = keys.len(),
+                "no runtime to remove unreported uploads; their objects are left behind"
+            ),
+        }
+    }
+}
+
+/// Removes an object nobody may use; a failure is logged (the object is left behind).
+async fn remove_object(state: &AppState, key: &str) {
+    if let Err(e) = state.blobs.delete(key).await {
+        tracing::error!(key = %key, error = %e, "removing an upload that could not be recorded failed; the object is left behind");
+    }
+}
+
+/// Checks one spooled file and stores it: the object, then the record of its owner. A
+/// record that fails takes the object with it, so a stored upload always has both.
+async fn store_file(
+    state: &AppState,
+    owner: Option<&str>,
+    spool: tempfile::NamedTempFile,
+    stored: &mut StoredUploads,
+) -> Result<(String, ImageInfo, u64), Refused> {
+    let limits = &state.config.limits;
+    let image_limits = ImageLimits {
+        max_dimension: limits.max_image_dimension,
+        max_pixels: limits.max_image_pixels,
+    };
+    let strip = limits.strip_upload_metadata;
+    // Reading the whole file is blocking work: off the async workers.
+    let (info, file) = tokio::task::spawn_blocking(move || check_file(spool, image_limits, strip))
+        .await
+        .map_err(ApiError::internal)??;
+    let spec = keys::upload(info.kind);
+    let size = file.as_file().metadata().map_err(spool_error)?.len();
+    // Listed before the write, so a request dropped mid-write still removes it.
+    stored.keys.push(spec.key.clone());
+    if let Err(e) = state.blobs.put_file(&spec, file.path(), false).await {
+        // A refused write leaves nothing under the key (object_store removes its staging
+        // file; an aborted multipart upload leaves no object).
+        stored.keys.pop();
+        return Err(ApiError::from(e).into());
+    }
+    // The owner is recorded after the object is written: a row never names a missing object.
+    if let Err(e) = state
+        .access
+        .record_upload(&spec.key, owner, crate::engine::now_ms())
+        .await
+    {
+        // ... and an object whose record failed is removed: no key could use it.
+        stored.keys.pop();
+        remove_object(state, &spec.key).await;
+        return Err(ApiError::from(e).into());
+    }
+    tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
+    Ok((spec.key, info, size))
 }
 
 /// Reads and discards the rest of a field.
@@ -185,14 +332,85 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What the files of one request came to.
+#[derive(Default)]
+struct Outcome {
+    uploaded: Vec<Uploaded>,
+    errors: Vec<FileError>,
+    total: usize,
+    /// The first file kept out by our side, preferring a storage fault (503) to an internal
+    /// error (500): the request's status and code when no file was stored.
+    server_error: Option<ApiError>,
+}
+
+impl Outcome {
+    fn refused(&mut self, filename: String, code: &'static str, error: String) {
+        self.errors.push(FileError {
+            filename,
+            code,
+            error,
+        });
+    }
+
+    /// A file our side could not store: an entry in `errors` with the stable code and
+    /// sentence, and its cause logged (once a minute with a count when it repeats, as a
+    /// full disk makes it do).
+    fn not_stored(&mut self, filename: String, e: ApiError) {
+        if let Some(cause) = e.cause()
+            && let Some(repeated) = crate::log_throttle::errors().admit(cause)
+        {
+            tracing::error!(code = e.code, error = %cause, repeated, "an upload could not be stored");
+        }
+        self.refused(filename, e.code, e.message.clone());
+        let storage = e.status == StatusCode::SERVICE_UNAVAILABLE;
+        match &self.server_error {
+            Some(first) if first.status == StatusCode::SERVICE_UNAVAILABLE || !storage => {}
+            _ => self.server_error = Some(e),
+        }
+    }
+
+    /// 200 when at least one file was stored (the others in `errors`, as the original did);
+    /// with none stored, 503 and the storage code when storage kept a file out (trying
+    /// again later may work), 500 when an internal error did, else 400 `no_valid_files`.
+    fn into_response(self) -> Response {
+        let uploaded_count = self.uploaded.len();
+        let message = format!("Uploaded {uploaded_count} of {} file(s)", self.total);
+        let (status, error, code) = match (uploaded_count, self.server_error) {
+            (0, Some(e)) => (e.status, Some(e.message), Some(e.code)),
+            (0, None) => (
+                StatusCode::BAD_REQUEST,
+                Some("no file was accepted; see errors".to_owned()),
+                Some("no_valid_files"),
+            ),
+            _ => (StatusCode::OK, None, None),
+        };
+        let answer = UploadAnswer {
+            success: uploaded_count > 0,
+            uploaded: self.uploaded,
+            total_count: self.total,
+            uploaded_count,
+            errors: self.errors,
+            message,
+            error,
+            code,
+        };
+        (status, Json(answer)).into_response()
+    }
+}
+
 /// Upload reference images (multipart field `files`, one or many) into `uploads/`.
 /// Each file is identified by its bytes, checked whole and stored without its metadata.
+/// Every file gets its own outcome: stored (in `uploaded`) or refused (in `errors`, with a
+/// code), whether the file was bad or storage refused it; files stored are never lost
+/// behind an error of the whole request.
 #[utoipa::path(post, path = "/api/upload", tag = "generation",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 200, description = "Stored files, and any refused ones in `errors`", body = UploadAnswer),
-        (status = 400, description = "Every file refused (`UploadAnswer` with `errors`), or no usable multipart body (`ErrorBody`)", body = UploadRefused),
-        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 200, description = "At least one file stored; any file refused (bad image, or storage refused it: `storage_full`, `storage_read_only`, `storage_unavailable`, `internal_error`) is in `errors`", body = UploadAnswer),
+        (status = 400, description = "Every file refused for what it is (`UploadAnswer` with `errors` and code `no_valid_files`), or no usable multipart body (`ErrorBody`)", body = UploadRefused),
+        (status = 413, description = "The body is larger than the server accepts; nothing is kept", body = ErrorBody),
+        (status = 500, description = "No file stored because of an internal error (`UploadAnswer` with code `internal_error`); the cause is logged", body = UploadAnswer),
+        (status = 503, description = "No file stored because storage refused it: the bucket, the database or the server's temporary space is full, read-only or failing (`UploadAnswer` with code `storage_full`, `storage_read_only` or `storage_unavailable`, and each file in `errors`); try again later", body = UploadAnswer),
     ))]
 async fn upload(
     State(state): State<AppState>,
@@ -208,15 +426,42 @@ async fn upload(
             ),
         )
     })?;
-    let limits = &state.config.limits;
-    let image_limits = ImageLimits {
-        max_dimension: limits.max_image_dimension,
-        max_pixels: limits.max_image_pixels,
+    let mut outcome = Outcome::default();
+    let mut stored = StoredUploads {
+        state: state.clone(),
+        keys: Vec::new(),
     };
-    let mut uploaded = Vec::new();
-    let mut errors = Vec::new();
-    let mut total = 0usize;
+    // An error here ends the request; `stored` then removes what it had stored.
+    read_files(
+        &state,
+        caller.owner(),
+        &mut multipart,
+        &mut outcome,
+        &mut stored,
+    )
+    .await?;
+    if outcome.total == 0 {
+        return Err(ApiError::bad_request(
+            "no_files",
+            format!(
+                "no files were sent; send one or more images in the multipart field \"{FIELD}\""
+            ),
+        ));
+    }
+    stored.keep();
+    Ok(outcome.into_response())
+}
 
+/// Reads every field: each file is stored or listed in `errors`. Only a body that cannot be
+/// read any further is an error of the whole request.
+async fn read_files(
+    state: &AppState,
+    owner: Option<&str>,
+    multipart: &mut Multipart,
+    outcome: &mut Outcome,
+    stored: &mut StoredUploads,
+) -> Result<(), ApiError> {
+    let limits = &state.config.limits;
     while let Some(mut field) = multipart
         .next_field()
         .await
@@ -232,98 +477,49 @@ async fn upload(
         if name != FIELD {
             // Drain it, but say so: nothing the client sent is dropped silently.
             drain(&mut field).await?;
-            errors.push(FileError {
-                filename: name.clone(),
-                code: "unexpected_field",
-                error: format!("field {name:?} is not read; send images in the field \"{FIELD}\""),
-            });
+            outcome.refused(
+                name.clone(),
+                "unexpected_field",
+                format!("field {name:?} is not read; send images in the field \"{FIELD}\""),
+            );
             continue;
         }
-        total += 1;
-        if total > limits.max_upload_files {
+        outcome.total += 1;
+        if outcome.total > limits.max_upload_files {
             drain(&mut field).await?;
-            errors.push(FileError {
+            outcome.refused(
                 filename,
-                code: "too_many_files",
-                error: format!("at most {} files per request", limits.max_upload_files),
-            });
+                "too_many_files",
+                format!("at most {} files per request", limits.max_upload_files),
+            );
             continue;
         }
-        let Some(spool) = spool_capped(&mut field, limits.max_upload_bytes).await? else {
-            errors.push(FileError {
-                filename,
-                code: "file_too_large",
-                error: format!("the file is larger than {} bytes", limits.max_upload_bytes),
-            });
-            continue;
-        };
-        // Reading the whole file is blocking work: off the async workers.
-        let strip = limits.strip_upload_metadata;
-        let checked = tokio::task::spawn_blocking(move || check_file(spool, image_limits, strip))
-            .await
-            .map_err(ApiError::internal)??;
-        let (info, stored) = match checked {
-            Ok(checked) => checked,
-            Err(e) => {
-                errors.push(FileError {
+        let spool = match spool_capped(&mut field, limits.max_upload_bytes).await? {
+            Spool::Ready(spool) => spool,
+            Spool::TooLarge => {
+                outcome.refused(
                     filename,
-                    code: e.code(),
-                    error: e.to_string(),
-                });
+                    "file_too_large",
+                    format!("the file is larger than {} bytes", limits.max_upload_bytes),
+                );
+                continue;
+            }
+            Spool::NotStored(e) => {
+                outcome.not_stored(filename, e);
                 continue;
             }
         };
-        let spec = keys::upload(info.kind);
-        let size = stored
-            .as_file()
-            .metadata()
-            .map_err(ApiError::internal)?
-            .len();
-        state.blobs.put_file(&spec, stored.path(), false).await?;
-        // The owner is recorded after the object is written: a row never names a missing
-        // object, and an object without a row is usable by no key.
-        state
-            .access
-            .record_upload(&spec.key, caller.owner(), crate::engine::now_ms())
-            .await?;
-        tracing::info!(key = %spec.key, bytes = size, width = info.width, height = info.height, "upload stored");
-        uploaded.push(Uploaded {
-            url: state.blobs.url(&spec.key),
-            key: spec.key,
-            filename,
-            size,
-            content_type: info.kind.content_type(),
-        });
+        match store_file(state, owner, spool, stored).await {
+            Ok((key, info, size)) => outcome.uploaded.push(Uploaded {
+                url: state.blobs.url(&key),
+                key,
+                filename,
+                size,
+                content_type: info.kind.content_type(),
+            }),
+            Err(Refused::Image(e)) => outcome.refused(filename, e.code(), e.to_string()),
+            Err(Refused::NotStored(e)) => outcome.not_stored(filename, e),
+        }
     }
-
-    if total == 0 {
-        return Err(ApiError::bad_request(
-            "no_files",
-            format!(
-                "no files were sent; send one or more images in the multipart field \"{FIELD}\""
-            ),
-        ));
-    }
-    let uploaded_count = uploaded.len();
-    let message = format!("Uploaded {uploaded_count} of {total} file(s)");
-    let (status, error, code) = if uploaded_count == 0 {
-        (
-            StatusCode::BAD_REQUEST,
-            Some("no file was accepted; see errors".to_owned()),
-            Some("no_valid_files"),
-        )
-    } else {
-        (StatusCode::OK, None, None)
-    };
-    let answer = UploadAnswer {
-        success: uploaded_count > 0,
-        uploaded,
-        total_count: total,
-        uploaded_count,
-        errors,
-        message,
-        error,
-        code,
-    };
-    Ok((status, Json(answer)).into_response())
+    Ok(())
 }

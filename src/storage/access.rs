@@ -99,6 +99,10 @@ pub trait AccessRepo: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), RepoError>;
 
+    /// Forgets the record of `key` (an upload whose request failed before its answer; its
+    /// object is removed too). Forgetting a key never recorded is not an error.
+    async fn forget_upload(&self, key: &str) -> Result<(), RepoError>;
+
     /// Who uploaded `key`: `None` when unknown, `Some(None)` when uploaded without a key.
     async fn upload_owner(&self, key: &str) -> Result<Option<Option<String>>, RepoError>;
 

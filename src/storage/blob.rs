@@ -501,9 +501,15 @@ impl BlobStore {
                 break;
             }
             // At most two parts in flight: memory stays near 2 × PART_SIZE.
-            writer.wait_for_capacity(2).await?;
+            if let Err(e) = writer.wait_for_capacity(2).await {
+                // A refused part (full disk, failing bucket) leaves no staging file or
+                // unfinished upload behind.
+                let _ = writer.abort().await;
+                return Err(e.into());
+            }
             writer.write(&buf[..n]);
         }
+        // `finish` aborts the upload itself when a part or the completion fails.
         writer.finish().await?;
         Ok(Created::Written)
     }

@@ -128,6 +128,15 @@ impl AccessRepo for SqliteRepo {
         Ok(())
     }
 
+    async fn forget_upload(&self, key: &str) -> Result<(), RepoError> {
+        sqlx::query("DELETE FROM uploads WHERE key = ?")
+            .bind(key)
+            .execute(&self.writer.pool)
+            .await
+            .map_err(|e| self.writer.failed(e))?;
+        Ok(())
+    }
+
     async fn upload_owner(&self, key: &str) -> Result<Option<Option<String>>, RepoError> {
         let row = sqlx::query("SELECT owner FROM uploads WHERE key = ?")
             .bind(key)
@@ -287,6 +296,9 @@ mod tests {
             Some(None)
         );
         assert_eq!(repo.upload_owner("uploads/c.png").await.unwrap(), None);
+        repo.forget_upload("uploads/b.png").await.unwrap();
+        repo.forget_upload("uploads/never.png").await.unwrap();
+        assert_eq!(repo.upload_owner("uploads/b.png").await.unwrap(), None);
         assert_eq!(repo.count_unfinished_tasks("alice").await.unwrap(), 0);
 
         let first = repo.server_secret("files", "one", 1).await.unwrap();

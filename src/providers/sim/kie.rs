@@ -532,6 +532,18 @@ impl KieSim {
         self.ledger().order.clone()
     }
 
+    /// Expires every file URL handed out so far (results and uploaded inputs), as KIE's do
+    /// after a while: they answer 404 from now on, while `recordInfo` still lists them.
+    /// Returns how many files expired.
+    pub fn expire_results(&self) -> usize {
+        let mut ledger = self.ledger();
+        let expired = ledger.files.len();
+        ledger.files.clear();
+        ledger.file_order.clear();
+        ledger.file_bytes = 0;
+        expired
+    }
+
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.ledger
