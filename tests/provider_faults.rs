@@ -1,4 +1,4 @@
-//! RELIABILITY.md R14's provider rows, against a standalone simulator over real HTTP: a
+//! docs/RELIABILITY.md R14's provider rows, against a standalone simulator over real HTTP: a
 //! provider that cannot be reached for a while (its listener closed, then opened again on
 //! the same port), and a provider that answers it has no record of a task it accepted.
 //! Each test prints what it measured.

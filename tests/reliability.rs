@@ -1,4 +1,4 @@
-//! RELIABILITY.md R1, R2, R4 and R5, and the cost-safety rules, against a simulator with
+//! docs/RELIABILITY.md R1, R2, R4 and R5, and the cost-safety rules, against a simulator with
 //! its faults turned on. Each test prints its figures.
 
 mod common;

@@ -1,4 +1,4 @@
-//! RELIABILITY.md R14, the database's part: a database that fills up (two and more
+//! docs/RELIABILITY.md R14, the database's part: a database that fills up (two and more
 //! refused writes in a row), then gets space back; a database file that is read-only at
 //! start, then fixed. In each: nothing acknowledged is lost, the writer recovers without a
 //! restart, and `/readyz` says what is wrong while it is wrong. Figures are printed.
