@@ -197,3 +197,30 @@ async fn the_model_list_follows_the_configuration() {
         ]
     );
 }
+
+#[test]
+fn the_readme_lists_every_error_code_of_the_catalogue_and_no_other() {
+    use darkroom::domain::ErrorCode;
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("### Error codes")
+        .expect("README has an Error codes section");
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |i| i + 4)];
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    for code in ErrorCode::ALL {
+        let row = format!("| `{}` | {} |", code.as_str(), code.status());
+        assert!(section.contains(&row), "README lacks the row {row}");
+    }
+    for code in &listed {
+        assert!(
+            ErrorCode::parse(code).is_some(),
+            "README lists {code}, which is not in the catalogue"
+        );
+    }
+    assert_eq!(listed.len(), ErrorCode::ALL.len());
+}

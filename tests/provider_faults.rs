@@ -67,7 +67,12 @@ async fn ids_in_database(app: &TestApp) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_provider_loses_no_queued_task_and_spends_no_attempt() {
     const TASKS: usize = 50;
-    const OUTAGE: Duration = Duration::from_secs(6);
+    // 6 s in the suite; `R14_OUTAGE_SECS=180` runs the issue's three minutes by hand.
+    let outage_secs: u64 = std::env::var("R14_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let outage = Duration::from_secs(outage_secs);
     let mut sim = spawn_sim(quick_sim()).await;
     // Three attempts: without the circuit, a task refused three times would fail.
     let app = spawn_app_env(&env(
@@ -88,7 +93,7 @@ async fn an_unreachable_provider_loses_no_queued_task_and_spends_no_attempt() {
     // While it is down: /readyz says so (and stays ready), nothing fails, nothing is created.
     let mut unreachable_samples = 0;
     let mut since = None;
-    while down.elapsed() < OUTAGE {
+    while down.elapsed() < outage {
         let (code, kie) = kie_readiness(&app).await;
         assert_eq!(code, 200, "the instance stays ready: {kie}");
         if kie["status"] == "unreachable" {
@@ -142,7 +147,7 @@ async fn an_unreachable_provider_loses_no_queued_task_and_spends_no_attempt() {
          spent {} (at most {} for one task); /readyz said unreachable in {unreachable_samples} samples, since {since} \
          ({since_lag_ms:.0} ms after the listener closed), then {:?} {}; all done {:.1} s after the provider came back; \
          creates at the provider {}, duplicates {}",
-        OUTAGE.as_secs_f64(),
+        outage.as_secs_f64(),
         acknowledged.len(),
         in_database.len(),
         refused.values().sum::<usize>(),
@@ -169,7 +174,7 @@ async fn an_unreachable_provider_loses_no_queued_task_and_spends_no_attempt() {
         "/readyz said unreachable while down"
     );
     assert!(
-        (-1000.0..=OUTAGE.as_millis() as f64).contains(&since_lag_ms),
+        (-1000.0..=outage.as_millis() as f64).contains(&since_lag_ms),
         "since {since} is when it went down"
     );
     assert_eq!(waiting["state"], "queued", "{waiting}");

@@ -1,6 +1,7 @@
 //! The task model, its state machine, ids and validated request types. No I/O here.
 
 pub mod api_key;
+pub mod error_code;
 pub mod ids;
 pub mod image;
 pub mod request;
@@ -8,5 +9,6 @@ pub mod sanitize;
 pub mod task;
 pub mod webhook;
 
+pub use error_code::ErrorCode;
 pub use ids::TaskId;
 pub use task::{Event, TaskState, TransitionError};

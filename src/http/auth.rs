@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -31,6 +31,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::Config;
+use crate::domain::ErrorCode;
 use crate::domain::api_key;
 use crate::storage::{AccessRepo, RepoError, Task};
 
@@ -148,24 +149,21 @@ fn quota(per_sec: u32, burst: u32) -> Quota {
 /// The answer to a request without a usable key.
 fn missing_key() -> ApiError {
     ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "api_key_required",
+        ErrorCode::ApiKeyRequired,
         "this server requires an API key: send Authorization: Bearer <key>",
     )
 }
 
 fn wrong_key() -> ApiError {
     ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_api_key",
+        ErrorCode::InvalidApiKey,
         "the API key is not valid (wrong, or revoked)",
     )
 }
 
 fn rate_limited(retry_after: Duration, message: &str) -> Response {
     let secs = retry_after.as_secs().max(1);
-    let mut response =
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
+    let mut response = ApiError::new(ErrorCode::RateLimited, message).into_response();
     if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
@@ -236,8 +234,7 @@ impl Auth {
         let pending = self.access.count_unfinished_tasks(owner).await?;
         if pending.saturating_add(count as u64) > self.max_pending_tasks {
             return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending_tasks",
+                ErrorCode::TooManyPendingTasks,
                 format!(
                     "this key has {pending} unfinished tasks; at most {} are allowed, so {count} more cannot be queued now",
                     self.max_pending_tasks

@@ -22,6 +22,7 @@ use super::generate::{build_tasks, request_policy};
 use super::tasks::{TaskView, task_view};
 use super::zip::ZipWriter;
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::request::{GenerateBody, GenerateRequest};
 use crate::domain::{TaskId, TaskState};
 use crate::engine::{EngineError, now_ms};
@@ -118,7 +119,7 @@ fn new_batch_id() -> String {
 }
 
 fn batch_not_found() -> ApiError {
-    ApiError::not_found("batch_not_found", "no such batch")
+    ApiError::new(ErrorCode::BatchNotFound, "no such batch")
 }
 
 /// The batch if it exists and the caller may see it (its owner, when keys are on).
@@ -205,8 +206,8 @@ async fn create_batch(
 ) -> Result<Json<BatchCreated>, ApiError> {
     let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
     if request.batch_id.is_some() {
-        return Err(ApiError::bad_request(
-            "unsupported_field",
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedField,
             "batchId is assigned by the server for /api/batches; leave it out",
         ));
     }
@@ -254,11 +255,11 @@ async fn list_batches(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BatchPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
+        return Err(ApiError::new(
+            ErrorCode::InvalidLimit,
             format!("limit must be 1–{MAX_LIMIT}"),
         ));
     }

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::middleware;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,6 +24,7 @@ use utoipa_axum::routes;
 use super::auth::limit_callbacks;
 use super::error::{ApiError, ErrorBody, parse_json};
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::domain::webhook::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::engine::token_matches;
@@ -62,11 +63,7 @@ fn check_signature(state: &AppState, headers: &HeaderMap, body: &Value) -> Resul
     )
     .map_err(|e| {
         tracing::warn!(reason = %e, "callback refused: webhook signature");
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_webhook_signature",
-            e.to_string(),
-        )
+        ApiError::new(ErrorCode::InvalidWebhookSignature, e.to_string())
     })
 }
 
@@ -107,7 +104,7 @@ struct CallbackAck {
 }
 
 fn unknown_task() -> ApiError {
-    ApiError::not_found("task_not_found", "no such task")
+    ApiError::new(ErrorCode::TaskNotFound, "no such task")
 }
 
 /// The provider's callback for one task, at the URL darkroom registered with it.
@@ -133,8 +130,7 @@ async fn task_callback(
     if !token_matches(&token, &task.callback_token_hash) {
         tracing::warn!(task_id = %id, "callback refused: wrong or missing token");
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_callback_token",
+            ErrorCode::InvalidCallbackToken,
             "the callback token is missing or wrong",
         ));
     }
@@ -164,7 +160,10 @@ async fn original_callback(
         .iter()
         .find_map(|k| data.get(*k).and_then(Value::as_str))
         .ok_or_else(|| {
-            ApiError::bad_request("task_id_required", "the callback body has no data.taskId")
+            ApiError::new(
+                ErrorCode::TaskIdRequired,
+                "the callback body has no data.taskId",
+            )
         })?;
     let task = state
         .repo

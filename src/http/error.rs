@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::ErrorCode;
 use crate::domain::request::InputError;
 
 #[derive(Debug)]
@@ -38,21 +39,24 @@ pub struct ErrorBody {
 struct InternalCause(String);
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An answer with `code` from the catalogue, at the status the catalogue gives it.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::with_status(
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            code,
+            message,
+        )
+    }
+
+    /// An answer with `code` at another status than the catalogue's (a body rejection
+    /// carries its own, 413 or 400).
+    pub fn with_status(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code,
+            code: code.as_str(),
             message: message.into(),
             cause: None,
         }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
     /// Storage refused a write (disk full, read-only): 503 with a stable code and a
@@ -62,11 +66,15 @@ impl ApiError {
         what: &str,
         cause: impl std::fmt::Display,
     ) -> Self {
+        use crate::storage::StorageFault as F;
+        let code = match fault {
+            F::Full => ErrorCode::StorageFull,
+            F::ReadOnly => ErrorCode::StorageReadOnly,
+            F::Failing => ErrorCode::StorageUnavailable,
+        };
         Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: fault.code(),
-            message: fault.sentence(what),
             cause: Some(cause.to_string()),
+            ..Self::new(code, fault.sentence(what))
         }
     }
 
@@ -77,17 +85,30 @@ impl ApiError {
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal_error",
-            message: "something went wrong on our side; it has been logged".to_owned(),
             cause: Some(cause.to_string()),
+            ..Self::new(
+                ErrorCode::InternalError,
+                "something went wrong on our side; it has been logged",
+            )
         }
     }
 }
 
 impl From<InputError> for ApiError {
     fn from(e: InputError) -> Self {
-        Self::bad_request(e.code, e.message)
+        // The domain's validation codes are in the catalogue too: a code missing from it
+        // fails every test that sends such input.
+        debug_assert!(
+            ErrorCode::parse(e.code).is_some(),
+            "{} is not in the error code catalogue",
+            e.code
+        );
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: e.code,
+            message: e.message,
+            cause: None,
+        }
     }
 }
 
@@ -113,17 +134,13 @@ impl From<crate::engine::EngineError> for ApiError {
     fn from(e: crate::engine::EngineError) -> Self {
         use crate::engine::EngineError as E;
         match e {
-            E::NotFound(_) => Self::not_found("task_not_found", "no such task"),
-            E::Conflict { .. } => {
-                Self::new(StatusCode::CONFLICT, "task_state_conflict", e.to_string())
-            }
-            E::MalformedCallback => Self::bad_request(
-                "invalid_callback",
+            E::NotFound(_) => Self::new(ErrorCode::TaskNotFound, "no such task"),
+            E::Conflict { .. } => Self::new(ErrorCode::TaskStateConflict, e.to_string()),
+            E::MalformedCallback => Self::new(
+                ErrorCode::InvalidCallback,
                 "the callback body must be KIE's envelope with a data object",
             ),
-            E::ProviderIdMismatch { .. } => {
-                Self::new(StatusCode::CONFLICT, "task_mismatch", e.to_string())
-            }
+            E::ProviderIdMismatch { .. } => Self::new(ErrorCode::TaskMismatch, e.to_string()),
             E::Repo(e) => e.into(),
         }
     }
@@ -170,24 +187,24 @@ pub fn parse_json(
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
+            ApiError::with_status(
                 status,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 "the request body is larger than this route accepts",
             )
         } else {
-            ApiError::new(status, "unreadable_body", rejection.body_text())
+            ApiError::with_status(status, ErrorCode::UnreadableBody, rejection.body_text())
         }
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_json",
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
             "the request body is empty; send a JSON object",
         ));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
+        ApiError::new(
+            ErrorCode::InvalidJson,
             format!("the request body is not valid JSON: {e}"),
         )
     })

@@ -19,6 +19,7 @@ use axum::routing::get;
 use super::error::ApiError;
 use crate::AppState;
 use crate::config::UrlMode;
+use crate::domain::ErrorCode;
 use crate::storage::BlobError;
 use crate::storage::keys::{is_servable, serving_metadata};
 
@@ -51,7 +52,7 @@ async fn serve_file(
     Path(key): Path<String>,
     query: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::not_found("file_not_found", "no such file");
+    let not_found = || ApiError::new(ErrorCode::FileNotFound, "no such file");
     if !is_servable(&key) {
         return Err(not_found());
     }

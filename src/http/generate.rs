@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, parse_json};
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::domain::request::{
     GenerateBody, GenerateRequest, ProviderName, RequestPolicy, Source, parse_upload_key,
@@ -87,8 +88,8 @@ pub(super) async fn build_tasks(
     for task_source in &request.sources {
         let (source, provider) = (&task_source.source, task_source.provider);
         if !state.engine.has_provider(provider.as_str()) {
-            return Err(ApiError::bad_request(
-                "unsupported_provider",
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedProvider,
                 format!(
                     "provider {:?} is not configured on this server",
                     provider.as_str()
@@ -143,8 +144,8 @@ async fn own_object_url(
     named: &str,
 ) -> Result<String, ApiError> {
     let missing = || {
-        ApiError::bad_request(
-            "upload_not_found",
+        ApiError::new(
+            ErrorCode::UploadNotFound,
             format!("{named} is not in the bucket; upload it with /api/upload first"),
         )
     };

@@ -4,6 +4,7 @@
 //! a decent link is never cut, while a client trickling bytes to hold a connection and a
 //! handler open is cut off with 408 and the connection is closed.
 
+use crate::domain::ErrorCode;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::{Instant, Sleep};
@@ -115,8 +116,7 @@ pub async fn body_deadline(
     }
     tracing::warn!(%method, %path, "request body too slow; cut off");
     let mut response = ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
+        ErrorCode::BodyTimeout,
         "the request body was sent too slowly",
     )
     .into_response();

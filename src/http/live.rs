@@ -28,6 +28,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::tasks::{TaskPath, TaskView, task_view};
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::events::{EventBus, Replay, TaskEvent};
 use crate::storage::TaskFilter;
@@ -87,8 +88,8 @@ fn split_ids(raw: Option<&str>) -> Result<HashSet<String>, ApiError> {
         .map(str::to_owned)
         .collect();
     if ids.len() > MAX_FILTER_IDS {
-        return Err(ApiError::bad_request(
-            "too_many_ids",
+        return Err(ApiError::new(
+            ErrorCode::TooManyIds,
             format!("at most {MAX_FILTER_IDS} ids per stream"),
         ));
     }
@@ -281,7 +282,7 @@ async fn events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let task_ids = split_ids(query.task_ids.as_deref())?;
     let batch_ids = split_ids(query.batch_id.as_deref())?;
     let filter = EventFilter {
@@ -345,15 +346,15 @@ async fn wait_task(
     Path(TaskPath { id }): Path<TaskPath>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WaitView>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let secs = query.timeout.unwrap_or(DEFAULT_WAIT_SECS);
     if !(0.0..=MAX_WAIT_SECS).contains(&secs) {
-        return Err(ApiError::bad_request(
-            "invalid_timeout",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTimeout,
             format!("timeout must be 0–{MAX_WAIT_SECS} seconds"),
         ));
     }
-    let not_found = || ApiError::not_found("task_not_found", "no such task");
+    let not_found = || ApiError::new(ErrorCode::TaskNotFound, "no such task");
     let id = TaskId::parse(&id).ok_or_else(not_found)?;
     let owner = caller.owner().map(str::to_owned);
     // Subscribe before reading, so a change between the read and the wait is not missed.
@@ -445,7 +446,7 @@ fn handle_message(filter: &mut EventFilter, text: &str) -> Value {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
-            return json!({"type": "error", "code": "invalid_message",
+            return json!({"type": "error", "code": ErrorCode::InvalidMessage.as_str(),
                 "message": format!("expected {{\"type\":\"subscribe\"|\"unsubscribe\", \"taskIds\":[…], \"batchIds\":[…], \"all\":bool}}: {e}")});
         }
     };
@@ -458,7 +459,7 @@ fn handle_message(filter: &mut EventFilter, text: &str) -> Value {
             if filter.task_ids.len() + filter.batch_ids.len() > MAX_FILTER_IDS {
                 filter.task_ids.clear();
                 filter.batch_ids.clear();
-                return json!({"type": "error", "code": "too_many_ids",
+                return json!({"type": "error", "code": ErrorCode::TooManyIds.as_str(),
                     "message": format!("at most {MAX_FILTER_IDS} ids per socket; the subscription was cleared")});
             }
         }
@@ -474,7 +475,7 @@ fn handle_message(filter: &mut EventFilter, text: &str) -> Value {
             }
         }
         other => {
-            return json!({"type": "error", "code": "unknown_message_type",
+            return json!({"type": "error", "code": ErrorCode::UnknownMessageType.as_str(),
                 "message": format!("message type {other:?} is not one of subscribe, unsubscribe")});
         }
     }

@@ -35,6 +35,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
+use crate::domain::ErrorCode;
 use error::ApiError;
 pub use tasks::{TaskView, task_view};
 
@@ -138,7 +139,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("route_not_found", "no such route")
+    ApiError::new(ErrorCode::RouteNotFound, "no such route")
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

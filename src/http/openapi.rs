@@ -68,6 +68,7 @@ pub fn finish(
     gemini_model: &str,
 ) -> utoipa::openapi::OpenApi {
     list_models(&mut document, gemini_model);
+    list_error_codes(&mut document);
     require_a_source(&mut document);
     document_key_refusals(&mut document);
     let components = document.components.get_or_insert_with(Default::default);
@@ -144,6 +145,46 @@ fn list_models(document: &mut utoipa::openapi::OpenApi, gemini_model: &str) {
         .collect();
     names.push(serde_json::Value::Null);
     model.enum_values = Some(names);
+}
+
+/// Every `code` an error answer (or a refused file of an upload) can carry: the catalogue,
+/// as an enum, with each code's status and meaning in the description.
+fn list_error_codes(document: &mut utoipa::openapi::OpenApi) {
+    use crate::domain::ErrorCode;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let Some(schemas) = document.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let codes: Vec<serde_json::Value> = ErrorCode::ALL
+        .iter()
+        .map(|c| serde_json::Value::from(c.as_str()))
+        .collect();
+    let table: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| format!("- `{}` ({}): {}", c.as_str(), c.status(), c.meaning()))
+        .collect();
+    for (schema, nullable) in [
+        ("ErrorBody", false),
+        ("FileError", false),
+        ("UploadAnswer", true),
+    ] {
+        let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(schema) else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::Object(code))) = object.properties.get_mut("code") else {
+            continue;
+        };
+        let mut values = codes.clone();
+        if nullable {
+            values.push(serde_json::Value::Null);
+        }
+        code.enum_values = Some(values);
+        code.description = Some(format!(
+            "A stable code from the catalogue (HTTP status of a whole answer in brackets):\n{}",
+            table.join("\n")
+        ));
+    }
 }
 
 /// A generation request needs at least one source image, in `uploads` or `imageUrls`:

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::status::CompatStatusBody;
 
@@ -43,8 +44,8 @@ async fn task_status(
         .ok()
         .and_then(|Query(q)| q.task_id)
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| ApiError::bad_request("task_id_required", "taskId is required"))?;
-    let not_found = || ApiError::not_found("task_not_found", format!("no task {task_id}"));
+        .ok_or_else(|| ApiError::new(ErrorCode::TaskIdRequired, "taskId is required"))?;
+    let not_found = || ApiError::new(ErrorCode::TaskNotFound, format!("no task {task_id}"));
     if task_id.len() > 200 {
         return Err(not_found());
     }

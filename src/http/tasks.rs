@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::task::CompatStatus;
 use crate::domain::{TaskId, TaskState};
 use crate::status::iso_time;
@@ -159,7 +160,7 @@ pub struct TaskPath {
 }
 
 fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(raw).ok_or_else(|| ApiError::not_found("task_not_found", "no such task"))
+    TaskId::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::TaskNotFound, "no such task"))
 }
 
 /// List tasks, newest first.
@@ -172,15 +173,15 @@ async fn list_tasks(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let states = match &query.state {
         None => Vec::new(),
         Some(raw) => raw
             .split(',')
             .map(|s| {
                 s.trim().parse::<TaskState>().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_state",
+                    ApiError::new(
+                        ErrorCode::InvalidState,
                         format!("state {s:?} is not one of queued, submitting, submitted, running, ingesting, succeeded, failed, canceled, expired"),
                     )
                 })
@@ -189,15 +190,15 @@ async fn list_tasks(
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
+        return Err(ApiError::new(
+            ErrorCode::InvalidLimit,
             format!("limit must be 1–{MAX_LIMIT}"),
         ));
     }
     let before = match &query.cursor {
         Some(cursor) => Some(TaskId::parse(cursor).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_cursor",
+            ApiError::new(
+                ErrorCode::InvalidCursor,
                 "cursor must be a nextCursor value from an earlier page",
             )
         })?),
@@ -235,7 +236,7 @@ async fn list_tasks(
 async fn visible_task(state: &AppState, caller: &Caller, id: &TaskId) -> Result<Task, ApiError> {
     caller
         .visible(state.repo.get(id).await?)
-        .ok_or_else(|| ApiError::not_found("task_not_found", "no such task"))
+        .ok_or_else(|| ApiError::new(ErrorCode::TaskNotFound, "no such task"))
 }
 
 /// One task, with its queue position while queued.

@@ -9,6 +9,7 @@ use rust_embed::RustEmbed;
 
 use super::error::ApiError;
 use crate::AppState;
+use crate::domain::ErrorCode;
 
 #[derive(RustEmbed)]
 #[folder = "assets/"]
@@ -31,8 +32,8 @@ async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
 }
 
 fn serve(path: &str) -> Result<Response, ApiError> {
-    let file =
-        Assets::get(path).ok_or_else(|| ApiError::not_found("asset_not_found", "no such asset"))?;
+    let file = Assets::get(path)
+        .ok_or_else(|| ApiError::new(ErrorCode::AssetNotFound, "no such asset"))?;
     let content_type = match path.rsplit_once('.').map(|(_, ext)| ext) {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",

@@ -25,6 +25,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::config::Config;
+use crate::domain::ErrorCode;
 use crate::domain::image::{ImageError, ImageInfo, ImageLimits, inspect_reader};
 use crate::storage::{StorageFault, keys};
 
@@ -101,14 +102,14 @@ struct UploadAnswer {
 
 fn multipart_error(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
+        ApiError::with_status(
             status,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             "the upload is larger than the server accepts",
         )
     } else {
-        ApiError::bad_request(
-            "invalid_multipart",
+        ApiError::new(
+            ErrorCode::InvalidMultipart,
             format!("the multipart body could not be read: {e}"),
         )
     }
@@ -380,7 +381,7 @@ impl Outcome {
             (0, None) => (
                 StatusCode::BAD_REQUEST,
                 Some("no file was accepted; see errors".to_owned()),
-                Some("no_valid_files"),
+                Some(ErrorCode::NoValidFiles.as_str()),
             ),
             _ => (StatusCode::OK, None, None),
         };
@@ -418,8 +419,8 @@ async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let mut multipart = multipart.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_multipart",
+        ApiError::new(
+            ErrorCode::InvalidMultipart,
             format!(
                 "send multipart/form-data with the images in the field \"{FIELD}\" ({})",
                 e.body_text()
@@ -441,8 +442,8 @@ async fn upload(
     )
     .await?;
     if outcome.total == 0 {
-        return Err(ApiError::bad_request(
-            "no_files",
+        return Err(ApiError::new(
+            ErrorCode::NoFiles,
             format!(
                 "no files were sent; send one or more images in the multipart field \"{FIELD}\""
             ),
@@ -479,7 +480,7 @@ async fn read_files(
             drain(&mut field).await?;
             outcome.refused(
                 name.clone(),
-                "unexpected_field",
+                ErrorCode::UnexpectedField.as_str(),
                 format!("field {name:?} is not read; send images in the field \"{FIELD}\""),
             );
             continue;
@@ -489,7 +490,7 @@ async fn read_files(
             drain(&mut field).await?;
             outcome.refused(
                 filename,
-                "too_many_files",
+                ErrorCode::TooManyFiles.as_str(),
                 format!("at most {} files per request", limits.max_upload_files),
             );
             continue;
@@ -499,7 +500,7 @@ async fn read_files(
             Spool::TooLarge => {
                 outcome.refused(
                     filename,
-                    "file_too_large",
+                    ErrorCode::FileTooLarge.as_str(),
                     format!("the file is larger than {} bytes", limits.max_upload_bytes),
                 );
                 continue;

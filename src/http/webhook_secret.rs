@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::engine::now_ms;
 use crate::status::iso_time;
 use crate::storage::WebhookSecretRecord;
@@ -62,8 +63,8 @@ impl WebhookSecretView {
 /// with the instance secret, which only the operator holds.
 fn key_name(caller: &Caller) -> Result<&str, ApiError> {
     caller.owner().ok_or_else(|| {
-        ApiError::not_found(
-            "api_keys_disabled",
+        ApiError::new(
+            ErrorCode::ApiKeysDisabled,
             "API keys are off on this server, so there is no per-key webhook secret: webhooks are signed with the instance secret, set in DARKROOM_WEBHOOK_SECRET or kept in {data_dir}/webhook_secret",
         )
     })
