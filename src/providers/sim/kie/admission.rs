@@ -9,6 +9,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use rand::Rng;
 
+use super::super::chance;
+
 use super::KieSim;
 use super::request::CreateRequest;
 use super::stats::Counters;
@@ -183,29 +185,5 @@ impl KieSim {
             hang: chance(&mut rng, config.timeout_rate),
             forget: chance(&mut rng, config.forget_rate),
         }
-    }
-}
-
-/// `p` as a probability; NaN and values ≤ 0 never happen, values ≥ 1 always do.
-pub(super) fn chance(rng: &mut impl Rng, p: f64) -> bool {
-    if p.is_nan() || p <= 0.0 {
-        false
-    } else if p >= 1.0 {
-        true
-    } else {
-        rng.random_bool(p)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probabilities_outside_the_unit_interval_are_clamped() {
-        let mut rng = rand::rng();
-        assert!(!chance(&mut rng, f64::NAN));
-        assert!(!chance(&mut rng, -1.0));
-        assert!(chance(&mut rng, 7.0));
     }
 }

@@ -36,6 +36,8 @@ use routes::envelope;
 use stats::Counters;
 use store::Ledger;
 
+use super::constant_time_eq;
+
 /// A KIE.ai-compatible server. Build it with [`KieSim::new`], then mount
 /// [`KieSim::router`] or run [`KieSim::serve`].
 pub struct KieSim {
@@ -165,27 +167,10 @@ impl KieSim {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Length is not secret here; the contents are compared without early exit.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The host of a URL, for logs: full callback and input URLs can carry tokens.
 fn url_host(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
         .and_then(|url| url.host_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod token_tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison_needs_equal_length() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-    }
 }
