@@ -8,6 +8,7 @@ pub mod keys;
 pub mod repo;
 pub mod sqlite;
 mod sqlite_access;
+mod sqlite_rows;
 mod sqlite_writer;
 
 pub use access::{AccessRepo, ApiKeyRecord, WebhookSecretRecord};

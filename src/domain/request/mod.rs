@@ -1,9 +1,22 @@
 //! Validated request types: parse, don't validate. Every constructor here refuses bad input
 //! with a stable code and a sentence a client developer can act on.
+//!
+//! This file owns the refusal type and [`GenerateRequest`] with its parser; the validated
+//! values it is made of live in `values`, the documented wire body in `body`.
+
+mod body;
+mod values;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use url::Url;
+
+pub use body::{
+    AspectRatioChoice, GenerateBody, ImageUrl, ProviderChoice, ReferenceUpload, UploadRef,
+};
+pub use values::{
+    ASPECT_RATIOS, AspectRatio, Model, OutputFormat, Prompt, ProviderName, parse_image_url,
+    parse_upload_key, parse_webhook_url,
+};
 
 /// A refusal of client input: `code` is stable and machine-readable, `message` is for people.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,167 +42,6 @@ pub const MAX_IMAGES_PER_TASK: usize = 10;
 const MAX_URL_LEN: usize = 2048;
 const MAX_BATCH_ID_LEN: usize = 128;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prompt(String);
-
-impl Prompt {
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        if s.trim().is_empty() {
-            return Err(InputError::new(
-                "prompt_required",
-                "prompt must not be empty",
-            ));
-        }
-        let chars = s.chars().count();
-        if chars > MAX_PROMPT_CHARS {
-            return Err(InputError::new(
-                "prompt_too_long",
-                format!("prompt has {chars} characters; at most {MAX_PROMPT_CHARS} are accepted"),
-            ));
-        }
-        Ok(Self(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// KIE's `image_size` values for `google/nano-banana-edit`.
-pub const ASPECT_RATIOS: [&str; 11] = [
-    "1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto",
-];
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AspectRatio(String);
-
-impl AspectRatio {
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        if ASPECT_RATIOS.contains(&s) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(InputError::new(
-                "invalid_aspect_ratio",
-                format!(
-                    "aspectRatio {s:?} is not one of {}",
-                    ASPECT_RATIOS.join(", ")
-                ),
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for AspectRatio {
-    fn default() -> Self {
-        Self("1:1".to_owned())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    #[default]
-    Png,
-    Jpeg,
-}
-
-impl OutputFormat {
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        match s {
-            "png" => Ok(Self::Png),
-            "jpeg" | "jpg" => Ok(Self::Jpeg),
-            _ => Err(InputError::new(
-                "invalid_output_format",
-                format!("outputFormat {s:?} is not one of png, jpeg"),
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Jpeg => "jpeg",
-        }
-    }
-}
-
-/// Models darkroom knows how to build input for. Input building is per model because KIE's
-/// newer models use other field names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Model {
-    #[default]
-    #[serde(rename = "google/nano-banana-edit")]
-    NanoBananaEdit,
-}
-
-impl Model {
-    pub const NAMES: [&'static str; 1] = ["google/nano-banana-edit"];
-    /// Every name a request may use for a KIE model: the canonical names, then aliases.
-    pub const ACCEPTED_NAMES: [&'static str; 2] = ["google/nano-banana-edit", "nano-banana-edit"];
-
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        match s {
-            s if Self::ACCEPTED_NAMES.contains(&s) => Ok(Self::NanoBananaEdit),
-            _ => Err(InputError::new(
-                "unsupported_model",
-                format!(
-                    "model {s:?} is not supported; use one of {}",
-                    Self::NAMES.join(", ")
-                ),
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NanoBananaEdit => "google/nano-banana-edit",
-        }
-    }
-}
-
-/// The providers a task can name. KIE answers later (callback, polling); Gemini answers
-/// inside the call. Both run behind the same task model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ProviderName {
-    Kie,
-    Gemini,
-}
-
-impl ProviderName {
-    pub const ALL: [Self; 2] = [Self::Kie, Self::Gemini];
-
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        match s {
-            "kie" => Ok(Self::Kie),
-            "gemini" => Ok(Self::Gemini),
-            _ => Err(InputError::new(
-                "unsupported_provider",
-                format!("provider {s:?} is not available; use \"kie\" or \"gemini\""),
-            )),
-        }
-    }
-
-    /// The name stored with tasks and used in result keys.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kie => "kie",
-            Self::Gemini => "gemini",
-        }
-    }
-
-    /// How people write it, for messages.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Kie => "KIE",
-            Self::Gemini => "Gemini",
-        }
-    }
-}
 
 /// Choices the operator made that shape how a request is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,175 +72,11 @@ impl Source {
     }
 }
 
-/// Keys darkroom generates for uploads look like `uploads/<uuid>.<ext>`; anything else
-/// (traversal, other prefixes) is refused before it reaches the bucket.
-pub fn parse_upload_key(key: &str) -> Result<String, InputError> {
-    let ok = key.strip_prefix("uploads/").is_some_and(|rest| {
-        !rest.is_empty()
-            && rest.len() <= 200
-            && !rest.contains("..")
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-            // Every segment is a name: no `//`, no `.` (the bucket refuses such keys).
-            && rest.split('/').all(|segment| !segment.is_empty() && segment != ".")
-    });
-    if ok {
-        Ok(key.to_owned())
-    } else {
-        Err(InputError::new(
-            "invalid_upload_key",
-            format!("{key:?} is not a key returned by /api/upload"),
-        ))
-    }
-}
-
-pub fn parse_image_url(raw: &str) -> Result<String, InputError> {
-    let bad = |why: &str| InputError::new("invalid_image_url", format!("image URL {raw:?} {why}"));
-    if raw.len() > MAX_URL_LEN {
-        return Err(bad("is too long"));
-    }
-    let url = Url::parse(raw).map_err(|_| bad("is not a valid URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("must use http or https"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("has no host"));
-    }
-    Ok(url.to_string())
-}
-
 /// One source image and the provider its task goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSource {
     pub source: Source,
     pub provider: ProviderName,
-}
-
-/// The JSON body of `POST /api/generate` and `POST /api/batches`, as the API documents it.
-/// Requests are read by [`GenerateRequest::from_json`], which names the offending field
-/// with a stable code; this type is the wire description the OpenAPI document is built
-/// from, and a test checks that a body using every field of it parses.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerateBody {
-    /// What to do with the images (1–5000 characters).
-    #[schema(min_length = 1, max_length = 5000)]
-    pub prompt: String,
-    /// Source images from `/api/upload`: one task each.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 10)]
-    pub uploads: Vec<UploadRef>,
-    /// Source images by URL: one task each.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 10)]
-    pub image_urls: Vec<ImageUrl>,
-    /// Uploads sent with every task after its source.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reference_uploads: Vec<ReferenceUpload>,
-    /// URLs sent with every task after its source.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reference_urls: Vec<String>,
-    /// The provider of sources that name none (default: the operator's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<ProviderChoice>,
-    /// `google/nano-banana-edit` for KIE, or the operator's Gemini model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Default 1:1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<AspectRatioChoice>)]
-    pub aspect_ratio: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<OutputFormat>,
-    /// Higher runs first; default 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = -1000, maximum = 1000)]
-    pub priority: Option<i32>,
-    /// A label grouping tasks (`/api/generate` only; `/api/batches` assigns its own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
-    pub batch_id: Option<String>,
-    /// POSTed (Standard Webhooks) when each task is final.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(format = "uri")]
-    pub webhook_url: Option<String>,
-}
-
-/// An upload used as a source: the `key` `/api/upload` returned.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct UploadRef {
-    /// `uploads/…`.
-    #[schema(
-        pattern = "^uploads/[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
-        max_length = 208
-    )]
-    pub key: String,
-    /// Ignored (the original's front end sends it); darkroom builds its own URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// This source's provider, over the request's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<ProviderChoice>,
-}
-
-/// An upload sent as a reference with every task.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct ReferenceUpload {
-    #[schema(
-        pattern = "^uploads/[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",
-        max_length = 208
-    )]
-    pub key: String,
-}
-
-/// A source image by URL: the URL itself, or an object when it names its own provider.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum ImageUrl {
-    #[schema(format = "uri")]
-    Plain(String),
-    WithProvider {
-        #[schema(format = "uri")]
-        url: String,
-        provider: Option<ProviderChoice>,
-    },
-}
-
-/// The aspect ratios a request may ask for ([`ASPECT_RATIOS`]; a unit test keeps the two
-/// lists equal).
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, utoipa::ToSchema)]
-pub enum AspectRatioChoice {
-    #[serde(rename = "1:1")]
-    Square,
-    #[serde(rename = "9:16")]
-    Portrait9x16,
-    #[serde(rename = "16:9")]
-    Landscape16x9,
-    #[serde(rename = "3:4")]
-    Portrait3x4,
-    #[serde(rename = "4:3")]
-    Landscape4x3,
-    #[serde(rename = "3:2")]
-    Landscape3x2,
-    #[serde(rename = "2:3")]
-    Portrait2x3,
-    #[serde(rename = "5:4")]
-    Landscape5x4,
-    #[serde(rename = "4:5")]
-    Portrait4x5,
-    #[serde(rename = "21:9")]
-    Wide21x9,
-    #[serde(rename = "auto")]
-    Auto,
-}
-
-/// A provider as a request names it.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderChoice {
-    Kie,
-    Gemini,
 }
 
 /// A generation request after validation: one task will be made per source.
@@ -411,20 +99,6 @@ pub struct GenerateRequest {
     /// Where completion and failure events are POSTed (checked again at delivery time
     /// by the guarded client).
     pub webhook_url: Option<String>,
-}
-
-/// A webhook target: an absolute http(s) URL of sane length.
-pub fn parse_webhook_url(raw: &str) -> Result<String, InputError> {
-    let bad =
-        |why: &str| InputError::new("invalid_webhook_url", format!("webhookUrl {raw:?} {why}"));
-    if raw.len() > MAX_URL_LEN {
-        return Err(bad("is too long"));
-    }
-    let url = Url::parse(raw).map_err(|_| bad("is not a valid URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("must use http or https"));
-    }
-    Ok(url.to_string())
 }
 
 impl GenerateRequest {
@@ -965,10 +639,5 @@ mod tests {
             ),
             "unsupported_model"
         );
-    }
-
-    #[test]
-    fn prompt_length_counts_characters_not_bytes() {
-        assert!(Prompt::parse(&"é".repeat(5000)).is_ok());
     }
 }

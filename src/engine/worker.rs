@@ -1,0 +1,298 @@
+//! The worker machinery: one loop per kind of work claims due tasks under a lease and
+//! starts a job for each in its own spawned task, heartbeated until it ends; `run` drains
+//! them at shutdown and `run_pending` steps them deterministically for tests.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Registered, after, now_ms};
+use crate::domain::{TaskId, TaskState};
+use crate::providers::Delivery;
+use crate::storage::{RepoError, Task};
+
+/// What a claimed task needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Submit,
+    /// Claimed from `submitting` with a lapsed lease: its dispatcher died mid-call.
+    SettleInterrupted,
+    Reconcile,
+    Ingest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Dispatch,
+    Reconcile,
+    Ingest,
+}
+
+impl Engine {
+    /// Runs the workers until `shutdown`, then waits (bounded) for in-flight jobs.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut loops = JoinSet::new();
+        for work in [Work::Dispatch, Work::Reconcile, Work::Ingest] {
+            loops.spawn(self.clone().work_loop(work, shutdown.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+        let drain = async {
+            for provider in self.providers.iter() {
+                provider.pool().drain().await;
+            }
+            self.reconcile_slots.drain().await;
+            self.ingest_slots.drain().await;
+        };
+        if tokio::time::timeout(self.settings.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            // Hand the work back now rather than when the leases run out. A create that is
+            // still in flight keeps its lease: whether it reached the provider is unknown.
+            match self.repo.release_leases(&self.settings.worker_id).await {
+                Ok(released) => tracing::warn!(
+                    released,
+                    "shutdown: jobs still running after the grace period; their tasks were released for another worker"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "shutdown: releasing leases failed; they will expire");
+                }
+            }
+        } else {
+            tracing::info!("shutdown: in-flight work finished");
+        }
+    }
+
+    async fn work_loop(self: Arc<Self>, work: Work, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let claimed = match self.clone().step(work).await {
+                Ok(mut jobs) => {
+                    let n = jobs.len();
+                    jobs.detach_all();
+                    n
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
+                        tracing::error!(work = ?work, error = %message, repeated, "claiming work failed");
+                    }
+                    0
+                }
+            };
+            if claimed > 0 {
+                continue;
+            }
+            let wake = match work {
+                Work::Dispatch => &self.dispatch_wake,
+                Work::Reconcile => &self.reconcile_wake,
+                Work::Ingest => &self.ingest_wake,
+            };
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.settings.tick) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims as much due work of one kind as there are free slots and starts a job for each.
+    /// Queued tasks are claimed per provider, up to that provider's free call slots.
+    async fn step(self: Arc<Self>, work: Work) -> Result<JoinSet<()>, RepoError> {
+        let mut jobs = JoinSet::new();
+        let now = now_ms();
+        let worker = self.settings.worker_id.clone();
+        let lease_until = after(now, self.settings.lease);
+        match work {
+            Work::Dispatch => {
+                for provider in self.providers.iter() {
+                    let mut permits = provider.pool().take_free();
+                    // Create slots are reserved here; what the queue does not use goes back.
+                    let room = self.dispatch_room(provider, permits.len()).await?;
+                    if room == 0 {
+                        continue;
+                    }
+                    permits.truncate(room);
+                    let queued = self
+                        .repo
+                        .claim_queued(provider.name(), now, room, &worker, lease_until)
+                        .await?;
+                    provider.gate().creates.release(room - queued.len());
+                    if queued.is_empty() {
+                        provider.gate().circuit.return_probe();
+                    }
+                    // Unused permits go back when the rest of the vector drops.
+                    for (task, permit) in queued.into_iter().zip(permits) {
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Submit, Some(permit));
+                    }
+                }
+                // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
+                // Settling it is a database update, not a provider call: no call slot needed.
+                let stale = self
+                    .repo
+                    .claim_due(
+                        TaskState::Submitting,
+                        now,
+                        self.settings.dispatch_concurrency,
+                        &worker,
+                        lease_until,
+                    )
+                    .await?;
+                for task in stale {
+                    self.clone()
+                        .start(&mut jobs, work, task, Job::SettleInterrupted, None);
+                }
+            }
+            Work::Reconcile => {
+                let mut permits = self.reconcile_slots.take_free();
+                // Queries are reserved from every provider that is ever asked (those that
+                // report later); each gives back what its tasks did not use.
+                let askable: Vec<&Registered> = self
+                    .providers
+                    .iter()
+                    .filter(|p| p.provider().delivery() == Delivery::Later)
+                    .collect();
+                let room = askable
+                    .iter()
+                    .map(|p| p.gate().queries.reserve(permits.len()))
+                    .min()
+                    .unwrap_or(0);
+                permits.truncate(room);
+                let mut claimed: Vec<Task> = Vec::new();
+                for state in [TaskState::Submitted, TaskState::Running] {
+                    let left = room - claimed.len();
+                    if left == 0 {
+                        break;
+                    }
+                    claimed.extend(
+                        self.repo
+                            .claim_due(state, now, left, &worker, lease_until)
+                            .await?,
+                    );
+                }
+                for provider in &askable {
+                    let used = claimed
+                        .iter()
+                        .filter(|t| t.provider == provider.name())
+                        .count();
+                    provider.gate().queries.release(room.saturating_sub(used));
+                }
+                for task in claimed {
+                    let permit = permits.pop();
+                    self.clone()
+                        .start(&mut jobs, work, task, Job::Reconcile, permit);
+                }
+            }
+            Work::Ingest => {
+                let mut permits = self.ingest_slots.take_free();
+                if !permits.is_empty() {
+                    let due = self
+                        .repo
+                        .claim_due(
+                            TaskState::Ingesting,
+                            now,
+                            permits.len(),
+                            &worker,
+                            lease_until,
+                        )
+                        .await?;
+                    for task in due {
+                        let permit = permits.pop();
+                        self.clone()
+                            .start(&mut jobs, work, task, Job::Ingest, permit);
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Runs one job in its own task (a panic stays there), holding `permit` until it ends.
+    fn start(
+        self: Arc<Self>,
+        jobs: &mut JoinSet<()>,
+        work: Work,
+        task: Task,
+        job: Job,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        jobs.spawn(async move {
+            let id = task.id.clone();
+            let job_future = async {
+                match job {
+                    Job::Submit => self.submit(task).await,
+                    Job::SettleInterrupted => self.settle_interrupted(&task).await,
+                    Job::Reconcile => self.reconcile(task).await,
+                    // Inline results live only in the memory of the dispatcher that received
+                    // them; a task found here without one has lost them.
+                    Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
+                        self.inline_results_lost(&task).await
+                    }
+                    Job::Ingest => self.ingest(task).await,
+                }
+            };
+            // The heartbeat keeps the lease alive while the job runs (a slow provider, a
+            // minute-long generation, a large download), so no other worker takes the task.
+            let result = tokio::select! {
+                result = job_future => result,
+                () = self.heartbeat(&id) => Ok(()),
+            };
+            if let Err(e) = result {
+                let message = e.to_string();
+                if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
+                    tracing::error!(task_id = %id, work = ?work, error = %message, repeated, "job failed; the lease will expire and it will run again");
+                }
+            }
+            drop(permit);
+            let wake = match work {
+                Work::Dispatch => &self.dispatch_wake,
+                Work::Reconcile => &self.reconcile_wake,
+                Work::Ingest => &self.ingest_wake,
+            };
+            wake.notify_one();
+        });
+    }
+
+    /// Extends this worker's lease on `id` every third of the lease; never returns.
+    async fn heartbeat(&self, id: &TaskId) {
+        let period = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let until = after(now_ms(), self.settings.lease);
+            match self
+                .repo
+                .extend_lease(id, &self.settings.worker_id, until)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(task_id = %id, "lease lost while working; the result of this job will be refused");
+                }
+                Err(e) => tracing::warn!(task_id = %id, error = %e, "extending the lease failed"),
+            }
+        }
+    }
+
+    /// Runs every kind of due work until none is left, waiting for each job. For tests and
+    /// tools that drive the engine without its background loops.
+    pub async fn run_pending(self: &Arc<Self>) -> Result<usize, RepoError> {
+        let mut total = 0;
+        loop {
+            let mut ran = 0;
+            for work in [Work::Dispatch, Work::Reconcile, Work::Ingest] {
+                let mut jobs = self.clone().step(work).await?;
+                ran += jobs.len();
+                while jobs.join_next().await.is_some() {}
+            }
+            if ran == 0 {
+                return Ok(total);
+            }
+            total += ran;
+        }
+    }
+}
