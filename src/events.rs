@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::domain::TaskId;
+use crate::domain::task_row::Task;
 use crate::status::iso_time;
-use crate::storage::Task;
 
 /// Events kept in the broadcast channel for slow subscribers before they lag.
 const CAPACITY: usize = 4096;

@@ -3,6 +3,7 @@
 //! later by callback; Gemini, answering inline), copies results into the operator's bucket
 //! and reports progress.
 
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod engine;
@@ -11,8 +12,10 @@ pub mod http;
 pub mod log_throttle;
 pub mod net;
 pub mod providers;
+pub mod spool;
 pub mod status;
 pub mod storage;
+pub mod views;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -150,7 +153,7 @@ impl App {
             // Shared by every instance on this database, so a URL signed by one opens on all.
             let fresh = hex::encode(rand::random::<[u8; 32]>());
             let secret = access
-                .server_secret(FILE_URL_SECRET, &fresh, engine::now_ms())
+                .server_secret(FILE_URL_SECRET, &fresh, clock::now_ms())
                 .await?;
             blobs.sign_file_urls(secret.as_bytes());
             tracing::info!(

@@ -313,9 +313,9 @@ impl Fetcher {
         &self,
         url: &str,
         max_bytes: u64,
-    ) -> Result<crate::storage::blob::Spooled, FetchError> {
+    ) -> Result<crate::spool::Spooled, FetchError> {
         let (response, shown) = self.open(url).await?;
-        let mut spool = crate::storage::blob::SpoolWriter::new();
+        let mut spool = crate::spool::SpoolWriter::new();
         stream_capped(response, max_bytes, &shown, |chunk| spool.write(chunk)).await?;
         spool.finish().map_err(|e| FetchError::Transport {
             url: shown.clone(),

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::domain::task::CompatStatus;
+use crate::domain::task_row::Task;
 use crate::domain::{TaskId, TaskState};
-use crate::storage::Task;
 
 /// A ready status answer and the owner it may be shown to. The owner travels with the
 /// answer so a cached answer is never handed out without the owner check.

@@ -31,7 +31,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::now_ms;
+use crate::clock::now_ms;
 use crate::events::EventBus;
 use crate::net::{FetchError, Fetcher};
 use crate::storage::{
@@ -70,7 +70,7 @@ pub struct WebhookPayload {
     #[schema(format = DateTime)]
     pub timestamp: String,
     /// The task as `GET /api/tasks/{id}` shows it.
-    pub data: crate::http::TaskView,
+    pub data: crate::views::TaskView,
 }
 
 /// Decodes a `whsec_<base64>` secret into its key bytes.
@@ -345,7 +345,7 @@ impl Deliverer {
         let body = WebhookPayload {
             kind: format!("task.{}", task.state.as_str()),
             timestamp: crate::status::iso_time(now),
-            data: crate::http::task_view(&task, None),
+            data: crate::views::task_view(&task, None),
         };
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let result: Result<u16, AttemptError> = async {

@@ -7,6 +7,7 @@ pub mod image;
 pub mod request;
 pub mod sanitize;
 pub mod task;
+pub mod task_row;
 pub mod webhook;
 
 pub use error_code::ErrorCode;

@@ -1,16 +1,8 @@
-//! The engine's clock: wall-clock milliseconds, deadlines from now, and retry backoff.
+//! Retry backoff (the clock itself is `crate::clock`).
 
 use std::time::Duration;
 
 use rand::Rng;
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-pub(super) fn after(now: i64, delay: Duration) -> i64 {
-    now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Capped exponential backoff with ±20 % jitter; a provider's `Retry-After` is a floor.
 pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {

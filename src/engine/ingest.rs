@@ -15,7 +15,7 @@ use super::{Engine, after, backoff, now_ms};
 use crate::domain::Event;
 use crate::domain::image::ImageKind;
 use crate::net::FetchError;
-use crate::storage::blob::{SpoolWriter, Spooled};
+use crate::spool::{SpoolWriter, Spooled};
 use crate::storage::keys::{self, ObjectSpec};
 use crate::storage::{BlobError, RepoError, StorageFault, Task, TaskUpdate};
 

@@ -20,8 +20,8 @@ pub use registry::{ProviderRegistry, Registered};
 
 pub use inputs::InputRoute;
 
-use clock::after;
-pub use clock::{backoff, now_ms};
+pub use crate::clock::{after, now_ms};
+pub use clock::backoff;
 pub use tokens::{hash_token, new_callback_token, token_matches};
 
 use std::sync::Arc;

@@ -22,10 +22,11 @@ use super::generate::{build_tasks, request_policy};
 use super::tasks::{TaskView, task_view};
 use super::zip::ZipWriter;
 use crate::AppState;
+use crate::clock::now_ms;
 use crate::domain::ErrorCode;
 use crate::domain::request::{GenerateBody, GenerateRequest};
 use crate::domain::{TaskId, TaskState};
-use crate::engine::{EngineError, now_ms};
+use crate::engine::EngineError;
 use crate::storage::{Batch, Task, TaskFilter};
 
 const DEFAULT_LIMIT: usize = 20;

@@ -168,7 +168,10 @@ async fn original_callback(
     let task = state
         .repo
         // KIE's callback format: only KIE tasks are looked up by its id.
-        .get_by_provider_id(crate::providers::kie::NAME, provider_task_id)
+        .get_by_provider_id(
+            crate::domain::request::ProviderName::Kie.as_str(),
+            provider_task_id,
+        )
         .await?
         .ok_or_else(unknown_task)?;
     // No token on this path: the body is only a hint to look the task up at the provider.

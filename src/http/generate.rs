@@ -19,12 +19,12 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, parse_json};
 use crate::AppState;
+use crate::clock::now_ms;
 use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::domain::request::{
     GenerateBody, GenerateRequest, ProviderName, RequestPolicy, Source, parse_upload_key,
 };
-use crate::engine::now_ms;
 use crate::storage::NewTask;
 use crate::storage::keys;
 

@@ -14,10 +14,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::domain::ErrorCode;
-use crate::domain::task::CompatStatus;
 use crate::domain::{TaskId, TaskState};
-use crate::status::iso_time;
 use crate::storage::{Task, TaskFilter};
+pub use crate::views::{TaskView, task_view};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
@@ -28,97 +27,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_task))
         .routes(routes!(cancel_task))
         .routes(routes!(retry_task))
-}
-
-/// A task's error: a stable machine code and a sentence.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct TaskError {
-    /// Stable, machine-readable (`provider_error`, `submit_unconfirmed`, `canceled`, …).
-    pub code: String,
-    pub message: Option<String>,
-}
-
-/// The full view of a task (never its token hash or lease).
-#[derive(Clone, Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskView {
-    pub task_id: TaskId,
-    pub state: TaskState,
-    /// The original service's word for the state.
-    pub status: CompatStatus,
-    /// `kie` or `gemini`.
-    pub provider: String,
-    /// The provider's own id, once it answered the create.
-    pub provider_task_id: Option<String>,
-    pub model: String,
-    pub prompt: String,
-    /// What the request named as the source: an upload key or a URL.
-    pub source_key: String,
-    /// The source image's URL as handed to the provider.
-    pub image_url: String,
-    /// Every image sent with the task: the source first, then shared references.
-    pub input_urls: Vec<String>,
-    pub aspect_ratio: String,
-    pub output_format: String,
-    pub priority: i32,
-    pub batch_id: Option<String>,
-    /// Create attempts so far.
-    pub attempts: u32,
-    /// Tasks ahead of this one in the queue (detail view of a queued task only).
-    pub queue_position: Option<u64>,
-    /// Created at the provider with no answer: waiting for its callback.
-    pub unconfirmed: bool,
-    /// The results in your bucket (or `/files/…` links to them).
-    pub result_urls: Vec<String>,
-    pub error: Option<TaskError>,
-    /// Credits the provider charged.
-    pub consume_credits: Option<i64>,
-    pub cost_time_ms: Option<i64>,
-    /// The failed or expired task this one retries.
-    pub retry_of: Option<TaskId>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    #[schema(format = DateTime)]
-    pub submitted_at: Option<String>,
-    #[schema(format = DateTime)]
-    pub completed_at: Option<String>,
-}
-
-/// The full view of a task (never its token hash or lease).
-pub fn task_view(task: &Task, queue_position: Option<u64>) -> TaskView {
-    TaskView {
-        task_id: task.id.clone(),
-        state: task.state,
-        status: task.state.compat(),
-        provider: task.provider.clone(),
-        provider_task_id: task.provider_task_id.clone(),
-        model: task.model.clone(),
-        prompt: task.prompt.clone(),
-        source_key: task.source.clone(),
-        image_url: task.image_url.clone(),
-        input_urls: task.input_urls.clone(),
-        aspect_ratio: task.aspect_ratio.clone(),
-        output_format: task.output_format.clone(),
-        priority: task.priority,
-        batch_id: task.batch_id.clone(),
-        attempts: task.attempts,
-        queue_position,
-        unconfirmed: task.provider_task_id.is_none() && matches!(task.state, TaskState::Submitted),
-        result_urls: task.result_urls.clone(),
-        error: task.error_code.as_ref().map(|code| TaskError {
-            code: code.clone(),
-            message: task.error_message.clone(),
-        }),
-        consume_credits: task.credits,
-        cost_time_ms: task.cost_time_ms,
-        retry_of: task.retry_of.clone(),
-        created_at: iso_time(task.created_at),
-        updated_at: iso_time(task.updated_at),
-        submitted_at: task.submitted_at.map(iso_time),
-        completed_at: task.completed_at.map(iso_time),
-    }
 }
 
 /// A page of tasks, newest first.

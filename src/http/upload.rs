@@ -310,7 +310,7 @@ async fn store_file(
     // The owner is recorded after the object is written: a row never names a missing object.
     if let Err(e) = state
         .access
-        .record_upload(&spec.key, owner, crate::engine::now_ms())
+        .record_upload(&spec.key, owner, crate::clock::now_ms())
         .await
     {
         // ... and an object whose record failed is removed: no key could use it.

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+pub use crate::domain::task_row::{NewTask, Task};
 use crate::domain::{TaskId, TaskState};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,74 +29,6 @@ impl RepoError {
             _ => None,
         }
     }
-}
-
-/// A task as stored. Times are Unix milliseconds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Task {
-    pub id: TaskId,
-    pub state: TaskState,
-    pub provider: String,
-    pub model: String,
-    pub prompt: String,
-    /// What the client named as the source: an upload key or a URL (`sourceKey`).
-    pub source: String,
-    /// The source image's URL as handed to the provider (`imageUrl`).
-    pub image_url: String,
-    /// Every image URL sent with the task: the source first, then shared references.
-    pub input_urls: Vec<String>,
-    pub aspect_ratio: String,
-    pub output_format: String,
-    pub priority: i32,
-    pub batch_id: Option<String>,
-    pub owner: Option<String>,
-    pub attempts: u32,
-    pub run_at: i64,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub provider_task_id: Option<String>,
-    pub callback_token_hash: String,
-    pub callback_at: Option<i64>,
-    /// Result URLs at the provider, waiting to be copied.
-    pub result_source_urls: Vec<String>,
-    pub result_keys: Vec<String>,
-    pub result_urls: Vec<String>,
-    pub credits: Option<i64>,
-    pub cost_time_ms: Option<i64>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub submitted_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    /// The failed or expired task this one retries.
-    pub retry_of: Option<TaskId>,
-    /// Where its completion or failure is POSTed (its own, or its batch's).
-    pub webhook_url: Option<String>,
-    /// The provider's "no such task" answers in a row since it accepted the task.
-    pub missing_answers: u32,
-}
-
-/// A task about to be queued.
-#[derive(Clone, Debug)]
-pub struct NewTask {
-    pub id: TaskId,
-    pub provider: String,
-    pub model: String,
-    pub prompt: String,
-    pub source: String,
-    pub image_url: String,
-    pub input_urls: Vec<String>,
-    pub aspect_ratio: String,
-    pub output_format: String,
-    pub priority: i32,
-    pub batch_id: Option<String>,
-    pub owner: Option<String>,
-    pub callback_token_hash: String,
-    pub created_at: i64,
-    pub retry_of: Option<TaskId>,
-    /// A delivery row is written with the task when set.
-    pub webhook_url: Option<String>,
 }
 
 /// A batch as stored (`POST /api/batches`). Times are Unix milliseconds.

@@ -1,0 +1,93 @@
+//! Spooling: bytes on their way between the network and the bucket, held in memory while
+//! small and in a temporary file (removed when dropped) once large, so memory per transfer
+//! is bounded whatever the object's size. Used by uploads, result downloads and ingest.
+
+use bytes::Bytes;
+
+/// Objects up to this size stay in memory between download and write; larger ones go to a
+/// temporary file, so memory per transfer is bounded whatever the object's size.
+pub const SPOOL_IN_MEMORY_MAX: usize = 2 * 1024 * 1024;
+
+/// Bytes on their way into the bucket: in memory while small, in a temporary file (removed
+/// when dropped) once large.
+#[derive(Debug)]
+pub enum Spooled {
+    Memory(Bytes),
+    File(tempfile::NamedTempFile),
+}
+
+impl Spooled {
+    pub fn len(&self) -> std::io::Result<u64> {
+        match self {
+            Self::Memory(bytes) => Ok(bytes.len() as u64),
+            Self::File(file) => Ok(file.as_file().metadata()?.len()),
+        }
+    }
+
+    pub fn is_empty(&self) -> std::io::Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// What image this is, from its first bytes and header only.
+    pub fn inspect(
+        &self,
+        limits: crate::domain::image::ImageLimits,
+    ) -> std::io::Result<Result<crate::domain::image::ImageInfo, crate::domain::image::ImageError>>
+    {
+        use crate::domain::image::{inspect, inspect_reader};
+        Ok(match self {
+            Self::Memory(bytes) => inspect(bytes, limits),
+            Self::File(file) => inspect_reader(std::io::BufReader::new(file.reopen()?), limits),
+        })
+    }
+}
+
+/// Collects a stream of chunks into a [`Spooled`].
+pub struct SpoolWriter {
+    memory: bytes::BytesMut,
+    file: Option<(tempfile::NamedTempFile, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Default for SpoolWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SpoolWriter {
+    pub fn new() -> Self {
+        Self {
+            memory: bytes::BytesMut::new(),
+            file: None,
+        }
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() && self.memory.len() + chunk.len() > SPOOL_IN_MEMORY_MAX {
+            let spool = tempfile::NamedTempFile::new()?;
+            let mut out = std::io::BufWriter::new(spool.reopen()?);
+            out.write_all(&self.memory)?;
+            self.memory = bytes::BytesMut::new();
+            self.file = Some((spool, out));
+        }
+        match &mut self.file {
+            Some((_, out)) => out.write_all(chunk),
+            None => {
+                self.memory.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> std::io::Result<Spooled> {
+        use std::io::Write;
+        match self.file {
+            Some((spool, mut out)) => {
+                out.flush()?;
+                Ok(Spooled::File(spool))
+            }
+            None => Ok(Spooled::Memory(self.memory.freeze())),
+        }
+    }
+}
