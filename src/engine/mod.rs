@@ -37,7 +37,6 @@ use crate::domain::{Event, TaskId, TaskState};
 use crate::events::EventBus;
 use crate::net::Fetcher;
 use crate::providers::Delivery;
-use crate::providers::kie::{CostUnit, Record};
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
@@ -364,13 +363,14 @@ impl Engine {
         body: &Value,
         trust_body: bool,
     ) -> Result<(), EngineError> {
-        let data = body
-            .get("data")
-            .filter(|d| d.is_object())
+        // The provider that ran the task reads its own callback.
+        let record = self
+            .providers
+            .get(&task.provider)
+            .and_then(|p| p.provider().parse_callback(body))
             .ok_or(EngineError::MalformedCallback)?;
-        let record = Record::parse(data, CostUnit::Seconds);
         let now = now_ms();
-        if let Some(given) = &record.task_id {
+        if let Some(given) = &record.provider_task_id {
             match &task.provider_task_id {
                 Some(known) if known != given => {
                     return Err(EngineError::ProviderIdMismatch {

@@ -227,6 +227,17 @@ impl Provider for KieClient {
         NAME
     }
 
+    /// KIE's callback: its envelope with the task record in `data` (costs in seconds).
+    fn parse_callback(&self, body: &Value) -> Option<super::CallbackReport> {
+        let data = body.get("data").filter(|d| d.is_object())?;
+        let record = Record::parse(data, CostUnit::Seconds);
+        Some(super::CallbackReport {
+            provider_task_id: record.task_id,
+            state: record.state,
+            status: record.status,
+        })
+    }
+
     fn delivery(&self) -> Delivery {
         Delivery::Later
     }

@@ -159,6 +159,16 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     Some(Duration::from_secs(secs.min(3600)))
 }
 
+/// What a provider's callback says, read by the provider that sent it.
+#[derive(Clone, Debug)]
+pub struct CallbackReport {
+    /// The provider's id of the task, when the body names it.
+    pub provider_task_id: Option<String>,
+    /// The provider's own word for the state, for the log.
+    pub state: String,
+    pub status: RemoteStatus,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Short name stored with each task and used in keys and ids (`kie`, `gemini`).
@@ -180,6 +190,14 @@ pub trait Provider: Send + Sync + 'static {
     /// Asks the provider where a task stands. Only providers with [`Delivery::Later`] are
     /// ever asked.
     async fn query(&self, provider_task_id: &str) -> Result<RemoteStatus, ProviderError>;
+
+    /// Reads a callback body this provider sent: its task id, its state word and what it
+    /// says happened. `None` when the body is not this provider's envelope (or the provider
+    /// answers inside the call and sends no callbacks).
+    fn parse_callback(&self, body: &serde_json::Value) -> Option<CallbackReport> {
+        let _ = body;
+        None
+    }
 
     /// Hands an input file to the provider's own file storage and returns the URL it can
     /// fetch it from. Providers without such an API refuse.
