@@ -92,6 +92,20 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
+/// The one way darkroom builds an outbound HTTP client: no proxy from the environment
+/// (a variable must not divert traffic), no redirects followed by the client (the guarded
+/// fetcher follows them itself, re-checking each hop; provider APIs never redirect), the
+/// same user agent, and both timeouts. The fetcher adds its public-only resolver; provider
+/// clients (KIE, Gemini), whose base URLs are operator configuration, use it as it is.
+pub fn client_builder(connect_timeout: Duration, timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
+}
+
 impl Fetcher {
     pub fn new(
         trusted_hosts: impl IntoIterator<Item = (String, u16)>,
@@ -105,15 +119,10 @@ impl Fetcher {
             trusted.pairs.insert((host, port));
         }
         let trusted = Arc::new(trusted);
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect_timeout)
-            .timeout(timeout)
+        let client = client_builder(connect_timeout, timeout)
             .dns_resolver(Arc::new(PublicOnlyResolver {
                 trusted: trusted.clone(),
             }))
-            .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             client,

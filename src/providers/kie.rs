@@ -40,14 +40,7 @@ impl KieClient {
         token: Secret,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(timeout)
-            // The base URL is operator configuration; a proxy variable must not divert it.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::net::client_builder(Duration::from_secs(10), timeout).build()?;
         Ok(Self {
             http,
             base_url,

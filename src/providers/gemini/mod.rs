@@ -79,14 +79,7 @@ pub struct GeminiClient {
 
 impl GeminiClient {
     pub fn new(settings: GeminiSettings, inputs: InputLoader) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(settings.request_timeout)
-            // The base URL is operator configuration; a proxy variable must not divert it.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("darkroom/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::net::client_builder(CONNECT_TIMEOUT, settings.request_timeout).build()?;
         Ok(Self {
             http,
             settings,
