@@ -11,6 +11,7 @@ pub mod http;
 pub mod log_throttle;
 pub mod net;
 pub mod providers;
+pub mod simulators;
 pub mod status;
 pub mod storage;
 pub mod webhooks;
@@ -24,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
+use config::{Config, InputMode, ProviderMode};
 use domain::image::ImageLimits;
 use engine::circuit::{Circuit, ProbeBackoff};
 use engine::limits::{ProviderGate, WindowLimiter};
@@ -35,7 +36,7 @@ use providers::Provider;
 use providers::gemini::{GeminiClient, GeminiSettings};
 use providers::inputs::InputLoader;
 use providers::kie::KieClient;
-use providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
+use providers::sim::{GeminiSim, KieSim};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
 use storage::{AccessRepo, BlobStore, TaskRepo};
@@ -174,7 +175,7 @@ impl App {
             .fetch
             .trusted_hosts
             .iter()
-            .filter_map(|h| parse_host_port(h).ok())
+            .map(|h| (h.host.clone(), h.port))
             .collect();
         let sim_shutdown = CancellationToken::new();
         let kie_timeout = Duration::from_secs(config.kie.request_timeout_secs);
@@ -291,9 +292,13 @@ impl App {
         let events = Arc::new(EventBus::new());
         // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
         // provider's fetches of client input URLs are not results and keep the plain rules.
-        let result_fetcher = fetcher
-            .clone()
-            .with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
+        let result_fetcher = fetcher.clone().with_allowed_hosts(
+            config
+                .fetch
+                .result_hosts
+                .iter()
+                .map(|h| h.as_str().to_owned()),
+        );
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
@@ -305,7 +310,7 @@ impl App {
         ));
         let default = provider_info
             .iter()
-            .find(|p| p.name == config.default_provider)
+            .find(|p| p.name == config.default_provider.as_str())
             .unwrap_or(&provider_info[0]);
         tracing::info!(
             default_provider = default.name,
@@ -488,18 +493,11 @@ async fn build_gemini(
             let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
             let addr = listener.local_addr()?;
             let key = hex::encode(rand::random::<[u8; 16]>());
-            let knobs = &config.gemini.simulator;
-            let sim = GeminiSim::new(GeminiSimConfig {
-                api_key: Some(key.clone()),
-                models: vec![config.gemini.model.clone()],
-                latency_ms: parse_latency_ms(&knobs.latency_ms).map_err(anyhow::Error::msg)?,
-                block_rate: knobs.block_rate,
-                image_safety_rate: knobs.image_safety_rate,
-                text_only_rate: knobs.text_only_rate,
-                error_rates: providers::sim::gemini::parse_error_rates(&knobs.errors)
-                    .map_err(anyhow::Error::msg)?,
-                ..GeminiSimConfig::default()
-            });
+            let sim = GeminiSim::new(simulators::gemini(
+                &config.gemini.simulator,
+                vec![config.gemini.model.clone()],
+                Some(key.clone()),
+            ));
             tokio::spawn(sim.clone().serve(listener, shutdown));
             tracing::warn!(
                 address = %addr,
@@ -557,23 +555,13 @@ async fn start_simulator(
 ) -> anyhow::Result<(Arc<KieSim>, SocketAddr)> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let sim_config = KieSimConfig {
-        latency_ms: parse_latency_ms(&config.simulator.latency_ms).map_err(anyhow::Error::msg)?,
-        fail_rate: config.simulator.fail_rate,
-        duplicate_rate: config.simulator.duplicate_rate,
-        duplicate_count: config.simulator.duplicate_count,
-        drop_rate: config.simulator.drop_rate,
-        early_callback_rate: config.simulator.early_callback_rate,
-        forget_rate: config.simulator.forget_rate,
-        // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
-        hmac_key: config
-            .kie
-            .webhook_hmac_key
-            .as_ref()
-            .map(|key| key.expose().to_owned()),
-        rate_limit: config.simulator.rate_limit,
-        ..KieSimConfig::default()
-    };
+    // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
+    let hmac_key = config
+        .kie
+        .webhook_hmac_key
+        .as_ref()
+        .map(|k| k.expose().to_owned());
+    let sim_config = simulators::kie(&config.simulator, hmac_key);
     let sim = KieSim::new(sim_config, format!("http://{addr}"));
     tokio::spawn(sim.clone().serve(listener, shutdown));
     tracing::warn!(

@@ -7,6 +7,7 @@ pub mod request;
 pub mod sanitize;
 pub mod task;
 pub mod webhook;
+pub mod whsec;
 
 pub use ids::TaskId;
 pub use task::{Event, TaskState, TransitionError};

@@ -154,32 +154,6 @@ impl Default for KieSimConfig {
     }
 }
 
-impl KieSimConfig {
-    /// Parses a latency given as `"1000-3000"` (a range in ms) or `"500"` (fixed).
-    pub fn parse_latency(s: &str) -> Result<(u64, u64), String> {
-        let parse = |part: &str| {
-            part.trim().parse::<u64>().map_err(|_| {
-                format!(
-                    "Latency must be milliseconds, either one number like \"500\" or a range like \"1000-3000\", not \"{s}\"."
-                )
-            })
-        };
-        let (min, max) = match s.split_once('-') {
-            Some((min, max)) => (parse(min)?, parse(max)?),
-            None => {
-                let fixed = parse(s)?;
-                (fixed, fixed)
-            }
-        };
-        if min > max {
-            return Err(format!(
-                "Latency range \"{s}\" is reversed: the minimum must not exceed the maximum."
-            ));
-        }
-        Ok((min, max))
-    }
-}
-
 /// Counters exposed at `GET /sim/stats`.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -2368,17 +2342,6 @@ mod tests {
             .expect("stops in time");
         assert!(matches!(result, Ok(Ok(()))));
         assert!(sim.background.is_cancelled());
-    }
-
-    #[test]
-    fn latency_parses_ranges_and_single_values() {
-        assert_eq!(KieSimConfig::parse_latency("1000-3000"), Ok((1000, 3000)));
-        assert_eq!(KieSimConfig::parse_latency(" 500 "), Ok((500, 500)));
-        assert_eq!(KieSimConfig::parse_latency("0-0"), Ok((0, 0)));
-        for bad in ["", "fast", "3000-1000", "1-2-3", "-5", "10-"] {
-            let err = KieSimConfig::parse_latency(bad).expect_err(bad);
-            assert!(err.ends_with('.'), "{err}");
-        }
     }
 
     #[test]
