@@ -40,3 +40,28 @@ pub fn gemini(
         ..GeminiSimConfig::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::providers::{gemini as gemini_provider, kie as kie_provider};
+
+    #[test]
+    fn configuration_defaults_match_the_providers_and_simulators() {
+        let config = Config::default();
+        assert_eq!(config.gemini.model, gemini_provider::DEFAULT_MODEL);
+        assert_eq!(
+            config.gemini.base_url.as_str(),
+            format!("{}/", gemini_provider::DEFAULT_BASE_URL)
+        );
+        assert_eq!(config.default_provider.as_str(), kie_provider::NAME);
+        let sim = kie(&config.simulator, None);
+        let plain = KieSimConfig::default();
+        assert_eq!(sim.latency_ms, plain.latency_ms);
+        assert_eq!(sim.duplicate_count, plain.duplicate_count);
+        assert_eq!(sim.rate_limit, plain.rate_limit);
+        let sim = gemini(&config.gemini.simulator, vec![], None);
+        assert_eq!(sim.latency_ms, GeminiSimConfig::default().latency_ms);
+    }
+}
