@@ -178,7 +178,7 @@ impl App {
             .map(|h| (h.host.clone(), h.port))
             .collect();
         let sim_shutdown = CancellationToken::new();
-        let kie_timeout = Duration::from_secs(config.kie.request_timeout_secs);
+        let kie_timeout = config.kie.request_timeout_secs;
         let (provider, simulator): (Arc<dyn Provider>, Option<Arc<KieSim>>) =
             match config.provider_mode() {
                 ProviderMode::Kie => {
@@ -234,14 +234,14 @@ impl App {
             },
         ];
         let probes = ProbeBackoff {
-            first: Duration::from_millis(config.engine.unreachable_first_probe_ms),
-            max: Duration::from_millis(config.engine.unreachable_max_probe_ms),
+            first: config.engine.unreachable_first_probe_ms,
+            max: config.engine.unreachable_max_probe_ms,
         };
         // A margin on the window: the provider counts at arrival, we count at sending.
         let kie_gate = ProviderGate::new(
             WindowLimiter::new(
                 config.kie.creates_per_window,
-                Duration::from_secs(config.kie.create_window_secs) + Duration::from_millis(500),
+                config.kie.create_window_secs + Duration::from_millis(500),
             ),
             WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
             config.kie.max_in_flight,
@@ -271,23 +271,23 @@ impl App {
         let board = Arc::new(StatusBoard::new(STATUS_BOARD_CAPACITY));
         let settings = EngineSettings {
             worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
-            lease: Duration::from_secs(config.engine.lease_secs),
+            lease: config.engine.lease_secs,
             dispatch_concurrency: config.engine.dispatch_concurrency,
             ingest_concurrency: config.engine.ingest_concurrency,
             max_attempts: config.engine.max_attempts,
-            task_deadline: Duration::from_secs(config.engine.task_deadline_secs),
-            tick: Duration::from_millis(config.engine.tick_ms),
+            task_deadline: config.engine.task_deadline_secs,
+            tick: config.engine.tick_ms,
             max_result_bytes: config.limits.max_result_bytes,
             image_limits,
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
-            first_poll: Duration::from_millis(config.engine.first_poll_ms),
+            first_poll: config.engine.first_poll_ms,
             input_route,
-            unconfirmed_window: Duration::from_secs(config.engine.unconfirmed_window_secs),
+            unconfirmed_window: config.engine.unconfirmed_window_secs,
             resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
-            credits_pause: Duration::from_secs(config.kie.credits_pause_secs),
+            credits_pause: config.kie.credits_pause_secs,
             missing_task_answers: config.engine.missing_task_answers,
-            shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
+            shutdown_grace: config.engine.shutdown_grace_secs,
         };
         let events = Arc::new(EventBus::new());
         // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
@@ -335,7 +335,7 @@ impl App {
             access.clone(),
             fetcher.clone(),
             signer,
-            Duration::from_millis(config.webhook.first_retry_ms),
+            config.webhook.first_retry_ms,
         ));
         let readiness = Arc::new(http::readiness::ReadinessChecks::new(
             &config,
@@ -384,7 +384,7 @@ impl App {
             tokio::spawn(self.webhooks.clone().run(events, shutdown.clone()))
         });
         let router = self.router();
-        let header_timeout = Duration::from_secs(self.state.config.server.header_timeout_secs);
+        let header_timeout = self.state.config.server.header_timeout_secs;
         let streams_closing = self.state.streams_closing.clone();
         let stop_streams = shutdown.clone();
         tokio::spawn(async move {
@@ -515,7 +515,7 @@ async fn build_gemini(
     let settings = GeminiSettings {
         base_url,
         api_key,
-        request_timeout: Duration::from_secs(config.gemini.request_timeout_secs),
+        request_timeout: config.gemini.request_timeout_secs,
         inputs_timeout: fetch_timeout,
         max_request_bytes: config.gemini.max_request_bytes,
         // Base64 makes an image 4/3 its size; twice the result cap leaves room for the JSON
@@ -535,8 +535,7 @@ async fn build_gemini(
 
 /// Decides how inputs reach the provider; `auto` prefers what needs nothing extra.
 fn input_route(config: &Config, blobs: &BlobStore) -> InputRoute {
-    let presigned =
-        InputRoute::Presigned(Duration::from_secs(config.storage.input_presign_ttl_secs));
+    let presigned = InputRoute::Presigned(config.storage.input_presign_ttl_secs);
     match config.storage.input_mode {
         InputMode::Public => InputRoute::Public,
         InputMode::Presigned => presigned,

@@ -11,7 +11,9 @@
 use std::fmt;
 
 use super::Config;
-use super::types::{Raw, Secret, Setting};
+use std::time::Duration;
+
+use super::types::{Millis, Raw, Secret, Secs, Setting};
 
 /// A check of a key's parsed value; the problem, for a message naming the key.
 type Check = fn(&Config) -> Result<(), String>;
@@ -48,8 +50,23 @@ pub(super) fn key(path: &str) -> &'static Key {
         .unwrap_or_else(|| panic!("no configuration key {path}"))
 }
 
-/// `key!("toml.path", ["ENV", "ALIAS"], default, field.path [, check fn]; "doc")`.
+/// `key!("toml.path", ["ENV", "ALIAS"], default, field.path [as Secs|Millis] [, check fn]; "doc")`.
 macro_rules! key {
+    // A duration key: the field is a `Duration`, written in the unit `$unit` names.
+    ($path:literal, [$($env:literal),+], $default:expr, $($field:ident).+ as $unit:ty $(, $check:path)?; $doc:literal) => {
+        Key {
+            path: $path,
+            env: &[$($env),+],
+            default: $default,
+            doc: $doc,
+            set: |c, raw, _| {
+                c.$($field).+ = <$unit as Setting>::read(raw)?.0;
+                Ok(())
+            },
+            show: |c| format!("{:?}", c.$($field).+),
+            check: key!(@check [$($check)?] $($field).+),
+        }
+    };
     ($path:literal, [$($env:literal),+], $default:expr, $($field:ident).+ $(, $check:path)?; $doc:literal) => {
         Key {
             path: $path,
@@ -112,11 +129,11 @@ pub static KEYS: &[Key] = &[
     },
     key!("server.public_url", ["DARKROOM_PUBLIC_URL"], None, server.public_url;
         "How clients and the provider reach this server; default http://{listen}."),
-    key!("server.request_timeout_secs", ["DARKROOM_REQUEST_TIMEOUT_SECS"], Some("60"), server.request_timeout_secs;
+    key!("server.request_timeout_secs", ["DARKROOM_REQUEST_TIMEOUT_SECS"], Some("60"), server.request_timeout_secs as Secs;
         "Whole-request timeout, seconds."),
-    key!("server.header_timeout_secs", ["DARKROOM_HEADER_TIMEOUT_SECS"], Some("10"), server.header_timeout_secs, positive;
+    key!("server.header_timeout_secs", ["DARKROOM_HEADER_TIMEOUT_SECS"], Some("10"), server.header_timeout_secs as Secs, nonzero;
         "Time to send a request's headers, seconds; idle connections close after it."),
-    key!("server.body_timeout_secs", ["DARKROOM_BODY_TIMEOUT_SECS"], Some("10"), server.body_timeout_secs, positive;
+    key!("server.body_timeout_secs", ["DARKROOM_BODY_TIMEOUT_SECS"], Some("10"), server.body_timeout_secs as Secs, nonzero;
         "A request body gets this many seconds, plus one per body_min_rate_bytes received."),
     key!("server.body_min_rate_bytes", ["DARKROOM_BODY_MIN_RATE_BYTES"], Some("1024"), server.body_min_rate_bytes, positive;
         "Bytes of body that earn one more second."),
@@ -136,11 +153,11 @@ pub static KEYS: &[Key] = &[
         "Objects are public at {public_base_url}/{key}."),
     key!("storage.url_mode", ["DARKROOM_URL_MODE"], Some("proxy"), storage.url_mode;
         "Without a public base URL, /files/{key} streams (proxy) or redirects (presigned)."),
-    key!("storage.presign_ttl_secs", ["DARKROOM_PRESIGN_TTL_SECS"], Some("3600"), storage.presign_ttl_secs, s3_ttl;
+    key!("storage.presign_ttl_secs", ["DARKROOM_PRESIGN_TTL_SECS"], Some("3600"), storage.presign_ttl_secs as Secs, s3_ttl;
         "Lifetime of presigned /files URLs, seconds."),
     key!("storage.input_mode", ["DARKROOM_INPUT_MODE"], Some("auto"), storage.input_mode;
         "How input images reach the provider: auto, public, presigned, proxy, kie-upload."),
-    key!("storage.input_presign_ttl_secs", ["DARKROOM_INPUT_PRESIGN_TTL_SECS"], Some("7200"), storage.input_presign_ttl_secs, s3_ttl;
+    key!("storage.input_presign_ttl_secs", ["DARKROOM_INPUT_PRESIGN_TTL_SECS"], Some("7200"), storage.input_presign_ttl_secs as Secs, s3_ttl;
         "Lifetime of presigned input URLs, seconds."),
 
     key!("kie.api_token", ["KIE_API_TOKEN"], None, kie.api_token;
@@ -153,17 +170,17 @@ pub static KEYS: &[Key] = &[
         "KIE's file upload API."),
     key!("kie.creates_per_window", ["DARKROOM_KIE_CREATES_PER_WINDOW"], Some("20"), kie.creates_per_window;
         "Creates per window (KIE: 20 per 10 s); 0: no limit."),
-    key!("kie.create_window_secs", ["DARKROOM_KIE_CREATE_WINDOW_SECS"], Some("10"), kie.create_window_secs;
+    key!("kie.create_window_secs", ["DARKROOM_KIE_CREATE_WINDOW_SECS"], Some("10"), kie.create_window_secs as Secs;
         "The create window, seconds."),
     key!("kie.queries_per_second", ["DARKROOM_KIE_QUERIES_PER_SECOND"], Some("9"), kie.queries_per_second;
         "recordInfo queries per second; 0: no limit."),
     key!("kie.max_in_flight", ["DARKROOM_KIE_MAX_IN_FLIGHT"], Some("200"), kie.max_in_flight;
         "Tasks being created or waiting at KIE at once; 0: no cap."),
-    key!("kie.credits_pause_secs", ["DARKROOM_KIE_CREDITS_PAUSE_SECS"], Some("300"), kie.credits_pause_secs;
+    key!("kie.credits_pause_secs", ["DARKROOM_KIE_CREDITS_PAUSE_SECS"], Some("300"), kie.credits_pause_secs as Secs;
         "How long a 402 pauses submission, seconds."),
     key!("kie.verify_callbacks", ["DARKROOM_KIE_VERIFY_CALLBACKS"], Some("true"), kie.verify_callbacks;
         "Take a callback's outcome from recordInfo, not from its unsigned body."),
-    key!("kie.request_timeout_secs", ["DARKROOM_KIE_TIMEOUT_SECS"], Some("30"), kie.request_timeout_secs;
+    key!("kie.request_timeout_secs", ["DARKROOM_KIE_TIMEOUT_SECS"], Some("30"), kie.request_timeout_secs as Secs;
         "Timeout of one KIE API call, seconds."),
     key!("kie.webhook_hmac_key", ["KIE_WEBHOOK_HMAC_KEY"], None, kie.webhook_hmac_key, not_blank;
         "KIE's webhook HMAC key; when set, callbacks must be signed."),
@@ -191,7 +208,7 @@ pub static KEYS: &[Key] = &[
         "Gemini API base URL."),
     key!("gemini.model", ["DARKROOM_GEMINI_MODEL"], Some("gemini-2.5-flash-image"), gemini.model, model_name;
         "The model every Gemini task uses."),
-    key!("gemini.request_timeout_secs", ["DARKROOM_GEMINI_TIMEOUT_SECS"], Some("120"), gemini.request_timeout_secs, positive;
+    key!("gemini.request_timeout_secs", ["DARKROOM_GEMINI_TIMEOUT_SECS"], Some("120"), gemini.request_timeout_secs as Secs, nonzero;
         "Timeout of one generateContent call, seconds."),
     key!("gemini.concurrency", ["DARKROOM_GEMINI_CONCURRENCY"], Some("4"), gemini.concurrency, positive;
         "Gemini calls at once."),
@@ -237,32 +254,32 @@ pub static KEYS: &[Key] = &[
         "Concurrent result downloads."),
     key!("engine.max_attempts", ["DARKROOM_MAX_ATTEMPTS"], Some("6"), engine.max_attempts, positive;
         "Create attempts per task before it fails."),
-    key!("engine.task_deadline_secs", ["DARKROOM_TASK_DEADLINE_SECS"], Some("900"), engine.task_deadline_secs, positive;
+    key!("engine.task_deadline_secs", ["DARKROOM_TASK_DEADLINE_SECS"], Some("900"), engine.task_deadline_secs as Secs, nonzero;
         "A submitted task with no result after this long expires, seconds."),
-    key!("engine.lease_secs", ["DARKROOM_LEASE_SECS"], Some("120"), engine.lease_secs, positive;
+    key!("engine.lease_secs", ["DARKROOM_LEASE_SECS"], Some("120"), engine.lease_secs as Secs, nonzero;
         "How long a worker's claim on a task lasts, seconds."),
-    key!("engine.tick_ms", ["DARKROOM_TICK_MS"], Some("500"), engine.tick_ms, positive;
+    key!("engine.tick_ms", ["DARKROOM_TICK_MS"], Some("500"), engine.tick_ms as Millis, nonzero;
         "How often idle workers look for due work, milliseconds."),
-    key!("engine.first_poll_ms", ["DARKROOM_FIRST_POLL_MS"], Some("10000"), engine.first_poll_ms, positive;
+    key!("engine.first_poll_ms", ["DARKROOM_FIRST_POLL_MS"], Some("10000"), engine.first_poll_ms as Millis, nonzero;
         "When a submitted task is first looked up without a callback, milliseconds."),
-    key!("engine.unconfirmed_window_secs", ["DARKROOM_UNCONFIRMED_WINDOW_SECS"], Some("600"), engine.unconfirmed_window_secs;
+    key!("engine.unconfirmed_window_secs", ["DARKROOM_UNCONFIRMED_WINDOW_SECS"], Some("600"), engine.unconfirmed_window_secs as Secs;
         "How long an unanswered create waits for a callback, seconds."),
     key!("engine.resubmit_unconfirmed", ["DARKROOM_RESUBMIT_UNCONFIRMED"], Some("false"), engine.resubmit_unconfirmed;
         "After that window, submit again instead of failing."),
-    key!("engine.unreachable_first_probe_ms", ["DARKROOM_UNREACHABLE_FIRST_PROBE_MS"], Some("5000"), engine.unreachable_first_probe_ms, positive;
+    key!("engine.unreachable_first_probe_ms", ["DARKROOM_UNREACHABLE_FIRST_PROBE_MS"], Some("5000"), engine.unreachable_first_probe_ms as Millis, nonzero;
         "First probe of an unreachable provider, milliseconds."),
-    key!("engine.unreachable_max_probe_ms", ["DARKROOM_UNREACHABLE_MAX_PROBE_MS"], Some("60000"), engine.unreachable_max_probe_ms;
+    key!("engine.unreachable_max_probe_ms", ["DARKROOM_UNREACHABLE_MAX_PROBE_MS"], Some("60000"), engine.unreachable_max_probe_ms as Millis;
         "Longest wait between two probes, milliseconds."),
     key!("engine.missing_task_answers", ["DARKROOM_MISSING_TASK_ANSWERS"], Some("3"), engine.missing_task_answers, positive;
         "\"No such task\" answers in a row before provider_task_missing."),
-    key!("engine.shutdown_grace_secs", ["DARKROOM_SHUTDOWN_GRACE_SECS"], Some("20"), engine.shutdown_grace_secs;
+    key!("engine.shutdown_grace_secs", ["DARKROOM_SHUTDOWN_GRACE_SECS"], Some("20"), engine.shutdown_grace_secs as Secs;
         "How long in-flight work may take to finish at shutdown, seconds."),
 
     key!("fetch.trusted_hosts", ["DARKROOM_TRUSTED_FETCH_HOSTS"], Some(""), fetch.trusted_hosts;
         "host:port pairs that may be fetched over http and on private addresses."),
-    key!("fetch.connect_timeout_secs", ["DARKROOM_FETCH_CONNECT_TIMEOUT_SECS"], Some("10"), fetch.connect_timeout_secs;
+    key!("fetch.connect_timeout_secs", ["DARKROOM_FETCH_CONNECT_TIMEOUT_SECS"], Some("10"), fetch.connect_timeout_secs as Secs;
         "Connect timeout of fetches, seconds."),
-    key!("fetch.timeout_secs", ["DARKROOM_FETCH_TIMEOUT_SECS"], Some("60"), fetch.timeout_secs;
+    key!("fetch.timeout_secs", ["DARKROOM_FETCH_TIMEOUT_SECS"], Some("60"), fetch.timeout_secs as Secs;
         "Whole-download timeout, seconds."),
     key!("fetch.result_hosts", ["DARKROOM_RESULT_HOSTS"], Some(""), fetch.result_hosts;
         "When set, results are downloaded only from these hosts."),
@@ -278,12 +295,12 @@ pub static KEYS: &[Key] = &[
 
     key!("webhook.secret", ["DARKROOM_WEBHOOK_SECRET"], None, webhook.secret, whsec;
         "whsec_ secret signing webhooks of tasks without an owner; default generated."),
-    key!("webhook.first_retry_ms", ["DARKROOM_WEBHOOK_FIRST_RETRY_MS"], Some("5000"), webhook.first_retry_ms;
+    key!("webhook.first_retry_ms", ["DARKROOM_WEBHOOK_FIRST_RETRY_MS"], Some("5000"), webhook.first_retry_ms as Millis;
         "Wait before a failed webhook's first retry, milliseconds."),
 
     key!("health.min_free_mb", ["DARKROOM_READY_MIN_FREE_MB"], Some("64"), health.min_free_mb;
         "/readyz fails below this much free disk, MiB; 0: no check."),
-    key!("health.bucket_probe_secs", ["DARKROOM_READY_BUCKET_PROBE_SECS"], Some("30"), health.bucket_probe_secs;
+    key!("health.bucket_probe_secs", ["DARKROOM_READY_BUCKET_PROBE_SECS"], Some("30"), health.bucket_probe_secs as Secs;
         "The bucket write probe runs at most this often, seconds."),
 
     key!("log.filter", ["DARKROOM_LOG"], Some("info"), log.filter;
@@ -312,7 +329,7 @@ macro_rules! number {
         }
     )*};
 }
-number!(u32, u64, usize, f64);
+number!(u32, u64, u128, usize, f64);
 
 fn positive<T: Number>(v: &T) -> Result<(), String> {
     if v.is_zero() {
@@ -328,9 +345,14 @@ fn rate<T: Number>(v: &T) -> Result<(), String> {
     Ok(())
 }
 
+fn nonzero(v: &Duration) -> Result<(), String> {
+    positive(&v.as_millis())
+}
+
 /// Seven days is the longest an S3 signature may live.
-fn s3_ttl(ttl: &u64) -> Result<(), String> {
-    if *ttl > 7 * 24 * 3600 {
+fn s3_ttl(ttl: &Duration) -> Result<(), String> {
+    let ttl = ttl.as_secs();
+    if ttl > 7 * 24 * 3600 {
         return Err(format!(
             "= {ttl} is longer than S3's limit of 604800 seconds"
         ));

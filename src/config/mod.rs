@@ -39,7 +39,8 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 // The sections. Their `Default` is only a blank to fill: the built-in defaults are the
-// `default` column of `keys::KEYS`, applied by `Config::default()`.
+// `default` column of `keys::KEYS`, applied by `Config::default()`. Fields keep their
+// keys' names, so `tick_ms` is a `Duration` written in milliseconds.
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -66,13 +67,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How clients and the provider reach this server; default `http://{listen}`.
     pub public_url: Option<Url>,
-    pub request_timeout_secs: u64,
+    pub request_timeout_secs: Duration,
     /// A client must finish sending a request's headers within this many seconds (idle
     /// keep-alive connections are closed after it too).
-    pub header_timeout_secs: u64,
+    pub header_timeout_secs: Duration,
     /// A request body gets this many seconds, plus one second per `body_min_rate_bytes`
     /// received: a client trickling its body is cut off with 408.
-    pub body_timeout_secs: u64,
+    pub body_timeout_secs: Duration,
     pub body_min_rate_bytes: u64,
     /// Origins allowed to call the API from a browser. Empty: no CORS headers, so only
     /// same-origin pages can read answers.
@@ -84,9 +85,9 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_url: None,
-            request_timeout_secs: 0,
-            header_timeout_secs: 0,
-            body_timeout_secs: 0,
+            request_timeout_secs: Duration::ZERO,
+            header_timeout_secs: Duration::ZERO,
+            body_timeout_secs: Duration::ZERO,
             body_min_rate_bytes: 0,
             cors_origins: Vec::new(),
         }
@@ -111,7 +112,7 @@ pub struct HealthConfig {
     pub min_free_mb: u64,
     /// The bucket write probe (an object written and deleted) runs at most this often;
     /// between runs `/readyz` reports the last outcome (seconds; 0: every time).
-    pub bucket_probe_secs: u64,
+    pub bucket_probe_secs: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -125,11 +126,11 @@ pub struct StorageConfig {
     /// Without a public base URL: how `/files/{key}` answers.
     pub url_mode: UrlMode,
     /// Lifetime of the presigned URLs `/files/{key}` redirects to, seconds.
-    pub presign_ttl_secs: u64,
+    pub presign_ttl_secs: Duration,
     /// How input images reach the provider.
     pub input_mode: InputMode,
     /// Lifetime of presigned input URLs handed to the provider, seconds.
-    pub input_presign_ttl_secs: u64,
+    pub input_presign_ttl_secs: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -154,14 +155,14 @@ pub struct KieConfig {
     pub upload_base_url: Url,
     /// Creates allowed per window (KIE: 20 per 10 s per account); 0 means no limit.
     pub creates_per_window: usize,
-    pub create_window_secs: u64,
+    pub create_window_secs: Duration,
     /// `recordInfo` queries per second (KIE allows 10); 0 means no limit.
     pub queries_per_second: usize,
     /// Tasks being created or waiting at KIE at once; 0 means no cap.
     pub max_in_flight: usize,
     /// How long a 402 (insufficient credits) pauses submission, seconds.
-    pub credits_pause_secs: u64,
-    pub request_timeout_secs: u64,
+    pub credits_pause_secs: Duration,
+    pub request_timeout_secs: Duration,
     /// KIE's webhook HMAC key (set in KIE's console). When set, callbacks must carry a valid
     /// `X-Webhook-Timestamp` / `X-Webhook-Signature`.
     pub webhook_hmac_key: Option<Secret>,
@@ -176,11 +177,11 @@ impl Default for KieConfig {
             verify_callbacks: false,
             upload_base_url: blank_url(),
             creates_per_window: 0,
-            create_window_secs: 0,
+            create_window_secs: Duration::ZERO,
             queries_per_second: 0,
             max_in_flight: 0,
-            credits_pause_secs: 0,
-            request_timeout_secs: 0,
+            credits_pause_secs: Duration::ZERO,
+            request_timeout_secs: Duration::ZERO,
             webhook_hmac_key: None,
         }
     }
@@ -212,7 +213,7 @@ pub struct GeminiConfig {
     /// The model every Gemini task uses.
     pub model: String,
     /// One `generateContent` call, seconds: generation can take a minute.
-    pub request_timeout_secs: u64,
+    pub request_timeout_secs: Duration,
     /// Gemini calls at once; other providers' tasks never wait for these slots.
     pub concurrency: usize,
     /// Gemini's inline request limit: the prompt plus the base64 input images, bytes.
@@ -226,7 +227,7 @@ impl Default for GeminiConfig {
             api_key: None,
             base_url: blank_url(),
             model: String::new(),
-            request_timeout_secs: 0,
+            request_timeout_secs: Duration::ZERO,
             concurrency: 0,
             max_request_bytes: 0,
             simulator: GeminiSimulatorConfig::default(),
@@ -273,24 +274,24 @@ pub struct EngineConfig {
     pub ingest_concurrency: usize,
     pub max_attempts: u32,
     /// A submitted task with no result after this long becomes `expired`.
-    pub task_deadline_secs: u64,
-    pub lease_secs: u64,
-    pub tick_ms: u64,
+    pub task_deadline_secs: Duration,
+    pub lease_secs: Duration,
+    pub tick_ms: Duration,
     /// When a submitted task is first asked about if no callback has come, milliseconds.
-    pub first_poll_ms: u64,
+    pub first_poll_ms: Duration,
     /// How long a create that got no answer waits for a callback, seconds.
-    pub unconfirmed_window_secs: u64,
+    pub unconfirmed_window_secs: Duration,
     /// After that window, submit again (the provider may bill twice) instead of failing.
     pub resubmit_unconfirmed: bool,
     /// A provider that cannot be reached is probed after this long, milliseconds; the wait
     /// doubles after each failed probe, up to `unreachable_max_probe_ms`.
-    pub unreachable_first_probe_ms: u64,
-    pub unreachable_max_probe_ms: u64,
+    pub unreachable_first_probe_ms: Duration,
+    pub unreachable_max_probe_ms: Duration,
     /// "No such task" answers in a row (KIE `recordInfo` 404) after which a task the
     /// provider had accepted fails `provider_task_missing`.
     pub missing_task_answers: u32,
     /// How long in-flight work may take to finish at shutdown, seconds.
-    pub shutdown_grace_secs: u64,
+    pub shutdown_grace_secs: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -298,8 +299,8 @@ pub struct FetchConfig {
     /// Hosts that may be fetched over plain http and on private addresses (a standalone
     /// simulator on loopback). Nothing else may.
     pub trusted_hosts: Vec<HostPort>,
-    pub connect_timeout_secs: u64,
-    pub timeout_secs: u64,
+    pub connect_timeout_secs: Duration,
+    pub timeout_secs: Duration,
     /// When not empty, results are downloaded only from these hosts, on every redirect hop.
     pub result_hosts: Vec<HostPattern>,
 }
@@ -323,7 +324,7 @@ pub struct WebhookConfig {
     /// once and kept in `<data_dir>/webhook_secret`.
     pub secret: Option<Secret>,
     /// The wait before the first retry, milliseconds.
-    pub first_retry_ms: u64,
+    pub first_retry_ms: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -441,7 +442,8 @@ impl Config {
                 &label("engine.unreachable_max_probe_ms"),
                 format!(
                     "= {} must not be below engine.unreachable_first_probe_ms ({})",
-                    engine.unreachable_max_probe_ms, engine.unreachable_first_probe_ms
+                    engine.unreachable_max_probe_ms.as_millis(),
+                    engine.unreachable_first_probe_ms.as_millis()
                 ),
             ));
         }
@@ -497,10 +499,7 @@ impl Config {
     }
 
     pub fn fetch_timeouts(&self) -> (Duration, Duration) {
-        (
-            Duration::from_secs(self.fetch.connect_timeout_secs),
-            Duration::from_secs(self.fetch.timeout_secs),
-        )
+        (self.fetch.connect_timeout_secs, self.fetch.timeout_secs)
     }
 }
 

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use url::Url;
 
@@ -223,6 +224,26 @@ choice!(
     },
     "= {:?} must be text or json"
 );
+
+/// A duration written in whole seconds (the `*_secs` keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Secs(pub Duration);
+
+impl Setting for Secs {
+    fn parse(raw: &str) -> Result<Self, String> {
+        u64::parse(raw).map(|n| Self(Duration::from_secs(n)))
+    }
+}
+
+/// A duration written in whole milliseconds (the `*_ms` keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Millis(pub Duration);
+
+impl Setting for Millis {
+    fn parse(raw: &str) -> Result<Self, String> {
+        u64::parse(raw).map(|n| Self(Duration::from_millis(n)))
+    }
+}
 
 /// A generation time, `MIN-MAX` milliseconds or one number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -41,7 +41,7 @@ pub use tasks::{TaskView, task_view};
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let deadline = limits::BodyDeadline {
-        base: Duration::from_secs(config.server.body_timeout_secs),
+        base: config.server.body_timeout_secs,
         min_rate_bytes_per_sec: config.server.body_min_rate_bytes,
     };
     // Streams and long-polls stay open by design: they are mounted outside the timeout.
@@ -59,7 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.server.request_timeout_secs),
+            config.server.request_timeout_secs,
         ));
     // Every documented route is mounted from its own `#[utoipa::path]` attribute, so the
     // document cannot list a route that does not exist or miss one that does (the page
@@ -77,7 +77,7 @@ pub fn router(state: AppState) -> Router {
         )))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.server.request_timeout_secs),
+            config.server.request_timeout_secs,
         ));
     let api = routes
         .merge(pages)
