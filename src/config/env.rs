@@ -31,9 +31,11 @@ pub(super) fn apply(config: &mut Config, env: &HashMap<String, String>) -> Resul
 /// `R2_ENDPOINT` points the same variables at any S3-compatible server. Any of them set
 /// means all the required ones must be.
 fn apply_r2(config: &mut Config, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    // R2_REGION alone (it has a default) does not ask for a bucket.
     let any_set = S3_KEYS
         .iter()
         .flat_map(|(_, vars)| vars.iter())
+        .filter(|var| **var != "R2_REGION")
         .any(|var| get(env, var).is_some());
     if !any_set {
         return Ok(());

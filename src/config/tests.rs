@@ -61,6 +61,13 @@ fn invalid_values_name_the_key() {
             "{key}: {err}"
         );
     }
+    assert!(
+        Config::from_env(&env(&[("R2_REGION", "eu")]))
+            .unwrap()
+            .storage
+            .s3
+            .is_none()
+    );
     let err = Config::from_env(&env(&[("R2_BUCKET_NAME", "b")])).unwrap_err();
     assert!(err.to_string().contains("R2_ACCOUNT_ID"), "{err}");
 }

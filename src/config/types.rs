@@ -12,7 +12,7 @@ use url::Url;
 use crate::domain::request::ProviderName;
 
 /// A value that must never reach a log line or a debug dump.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
