@@ -12,6 +12,7 @@ pub mod http;
 pub mod log_throttle;
 pub mod net;
 pub mod providers;
+pub mod simulators;
 pub mod spool;
 pub mod status;
 pub mod storage;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use config::{Config, InputMode, ProviderMode, parse_host_port, parse_latency_ms};
+use config::{Config, InputMode, ProviderMode};
 use domain::image::ImageLimits;
 use engine::circuit::{Circuit, ProbeBackoff};
 use engine::limits::{ProviderGate, WindowLimiter};
@@ -38,7 +39,7 @@ use providers::Provider;
 use providers::gemini::{GeminiClient, GeminiSettings};
 use providers::inputs::InputLoader;
 use providers::kie::KieClient;
-use providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
+use providers::sim::{GeminiSim, KieSim};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
 use storage::{AccessRepo, BlobStore, TaskRepo};
@@ -177,10 +178,10 @@ impl App {
             .fetch
             .trusted_hosts
             .iter()
-            .filter_map(|h| parse_host_port(h).ok())
+            .map(|h| (h.host.clone(), h.port))
             .collect();
         let sim_shutdown = CancellationToken::new();
-        let kie_timeout = Duration::from_secs(config.kie.request_timeout_secs);
+        let kie_timeout = config.kie.request_timeout_secs;
         let (provider, simulator): (Arc<dyn Provider>, Option<Arc<KieSim>>) =
             match config.provider_mode() {
                 ProviderMode::Kie => {
@@ -236,14 +237,14 @@ impl App {
             },
         ];
         let probes = ProbeBackoff {
-            first: Duration::from_millis(config.engine.unreachable_first_probe_ms),
-            max: Duration::from_millis(config.engine.unreachable_max_probe_ms),
+            first: config.engine.unreachable_first_probe_ms,
+            max: config.engine.unreachable_max_probe_ms,
         };
         // A margin on the window: the provider counts at arrival, we count at sending.
         let kie_gate = ProviderGate::new(
             WindowLimiter::new(
                 config.kie.creates_per_window,
-                Duration::from_secs(config.kie.create_window_secs) + Duration::from_millis(500),
+                config.kie.create_window_secs + Duration::from_millis(500),
             ),
             WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
             config.kie.max_in_flight,
@@ -273,30 +274,34 @@ impl App {
         let board = Arc::new(StatusBoard::new(STATUS_BOARD_CAPACITY));
         let settings = EngineSettings {
             worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
-            lease: Duration::from_secs(config.engine.lease_secs),
+            lease: config.engine.lease_secs,
             dispatch_concurrency: config.engine.dispatch_concurrency,
             ingest_concurrency: config.engine.ingest_concurrency,
             max_attempts: config.engine.max_attempts,
-            task_deadline: Duration::from_secs(config.engine.task_deadline_secs),
-            tick: Duration::from_millis(config.engine.tick_ms),
+            task_deadline: config.engine.task_deadline_secs,
+            tick: config.engine.tick_ms,
             max_result_bytes: config.limits.max_result_bytes,
             image_limits,
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
-            first_poll: Duration::from_millis(config.engine.first_poll_ms),
+            first_poll: config.engine.first_poll_ms,
             input_route,
-            unconfirmed_window: Duration::from_secs(config.engine.unconfirmed_window_secs),
+            unconfirmed_window: config.engine.unconfirmed_window_secs,
             resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
-            credits_pause: Duration::from_secs(config.kie.credits_pause_secs),
+            credits_pause: config.kie.credits_pause_secs,
             missing_task_answers: config.engine.missing_task_answers,
-            shutdown_grace: Duration::from_secs(config.engine.shutdown_grace_secs),
+            shutdown_grace: config.engine.shutdown_grace_secs,
         };
         let events = Arc::new(EventBus::new());
         // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
         // provider's fetches of client input URLs are not results and keep the plain rules.
-        let result_fetcher = fetcher
-            .clone()
-            .with_allowed_hosts(config.fetch.result_hosts.iter().cloned());
+        let result_fetcher = fetcher.clone().with_allowed_hosts(
+            config
+                .fetch
+                .result_hosts
+                .iter()
+                .map(|h| h.as_str().to_owned()),
+        );
         let engine = Arc::new(Engine::new(
             repo.clone(),
             blobs.clone(),
@@ -308,7 +313,7 @@ impl App {
         ));
         let default = provider_info
             .iter()
-            .find(|p| p.name == config.default_provider)
+            .find(|p| p.name == config.default_provider.as_str())
             .unwrap_or(&provider_info[0]);
         tracing::info!(
             default_provider = default.name,
@@ -333,7 +338,7 @@ impl App {
             access.clone(),
             fetcher.clone(),
             signer,
-            Duration::from_millis(config.webhook.first_retry_ms),
+            config.webhook.first_retry_ms,
         ));
         let readiness = Arc::new(http::readiness::ReadinessChecks::new(
             &config,
@@ -382,7 +387,7 @@ impl App {
             tokio::spawn(self.webhooks.clone().run(events, shutdown.clone()))
         });
         let router = self.router();
-        let header_timeout = Duration::from_secs(self.state.config.server.header_timeout_secs);
+        let header_timeout = self.state.config.server.header_timeout_secs;
         let streams_closing = self.state.streams_closing.clone();
         let stop_streams = shutdown.clone();
         tokio::spawn(async move {
@@ -491,18 +496,11 @@ async fn build_gemini(
             let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
             let addr = listener.local_addr()?;
             let key = hex::encode(rand::random::<[u8; 16]>());
-            let knobs = &config.gemini.simulator;
-            let sim = GeminiSim::new(GeminiSimConfig {
-                api_key: Some(key.clone()),
-                models: vec![config.gemini.model.clone()],
-                latency_ms: parse_latency_ms(&knobs.latency_ms).map_err(anyhow::Error::msg)?,
-                block_rate: knobs.block_rate,
-                image_safety_rate: knobs.image_safety_rate,
-                text_only_rate: knobs.text_only_rate,
-                error_rates: providers::sim::gemini::parse_error_rates(&knobs.errors)
-                    .map_err(anyhow::Error::msg)?,
-                ..GeminiSimConfig::default()
-            });
+            let sim = GeminiSim::new(simulators::gemini(
+                &config.gemini.simulator,
+                vec![config.gemini.model.clone()],
+                Some(key.clone()),
+            ));
             tokio::spawn(sim.clone().serve(listener, shutdown));
             tracing::warn!(
                 address = %addr,
@@ -520,7 +518,7 @@ async fn build_gemini(
     let settings = GeminiSettings {
         base_url,
         api_key,
-        request_timeout: Duration::from_secs(config.gemini.request_timeout_secs),
+        request_timeout: config.gemini.request_timeout_secs,
         inputs_timeout: fetch_timeout,
         max_request_bytes: config.gemini.max_request_bytes,
         // Base64 makes an image 4/3 its size; twice the result cap leaves room for the JSON
@@ -540,8 +538,7 @@ async fn build_gemini(
 
 /// Decides how inputs reach the provider; `auto` prefers what needs nothing extra.
 fn input_route(config: &Config, blobs: &BlobStore) -> InputRoute {
-    let presigned =
-        InputRoute::Presigned(Duration::from_secs(config.storage.input_presign_ttl_secs));
+    let presigned = InputRoute::Presigned(config.storage.input_presign_ttl_secs);
     match config.storage.input_mode {
         InputMode::Public => InputRoute::Public,
         InputMode::Presigned => presigned,
@@ -560,23 +557,13 @@ async fn start_simulator(
 ) -> anyhow::Result<(Arc<KieSim>, SocketAddr)> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let sim_config = KieSimConfig {
-        latency_ms: parse_latency_ms(&config.simulator.latency_ms).map_err(anyhow::Error::msg)?,
-        fail_rate: config.simulator.fail_rate,
-        duplicate_rate: config.simulator.duplicate_rate,
-        duplicate_count: config.simulator.duplicate_count,
-        drop_rate: config.simulator.drop_rate,
-        early_callback_rate: config.simulator.early_callback_rate,
-        forget_rate: config.simulator.forget_rate,
-        // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
-        hmac_key: config
-            .kie
-            .webhook_hmac_key
-            .as_ref()
-            .map(|key| key.expose().to_owned()),
-        rate_limit: config.simulator.rate_limit,
-        ..KieSimConfig::default()
-    };
+    // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
+    let hmac_key = config
+        .kie
+        .webhook_hmac_key
+        .as_ref()
+        .map(|k| k.expose().to_owned());
+    let sim_config = simulators::kie(&config.simulator, hmac_key);
     let sim = KieSim::new(sim_config, format!("http://{addr}"));
     tokio::spawn(sim.clone().serve(listener, shutdown));
     tracing::warn!(

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use darkroom::config::{Config, LogConfig};
-use darkroom::providers::sim::gemini::parse_error_rates;
-use darkroom::providers::sim::{GeminiSim, GeminiSimConfig, KieSim, KieSimConfig};
+use darkroom::config::{
+    Config, ErrorRates, GeminiSimulatorConfig, LatencyRange, LogConfig, LogFormat, SimulatorConfig,
+};
+use darkroom::providers::sim::{GeminiSim, KieSim, KieSimConfig};
+use darkroom::simulators;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +74,7 @@ struct KieSimArgs {
     host: std::net::IpAddr,
     /// Generation time in milliseconds, MIN-MAX.
     #[arg(long, default_value = "1000-3000")]
-    latency_ms: String,
+    latency_ms: LatencyRange,
     /// Share of tasks that fail (0..1).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
@@ -122,7 +124,7 @@ struct KieSimArgs {
     timeout_hang_ms: u64,
     /// Extra delay before callbacks, MIN-MAX milliseconds.
     #[arg(long, default_value = "0")]
-    late_callback_ms: String,
+    late_callback_ms: LatencyRange,
     /// Delay before serving a result file, milliseconds.
     #[arg(long, default_value_t = 0)]
     download_delay_ms: u64,
@@ -144,7 +146,7 @@ struct GeminiSimArgs {
     host: std::net::IpAddr,
     /// Generation time in milliseconds, MIN-MAX.
     #[arg(long, default_value = "2000-6000")]
-    latency_ms: String,
+    latency_ms: LatencyRange,
     /// Share of prompts blocked with promptFeedback.blockReason (0..1).
     #[arg(long, default_value_t = 0.0)]
     block_rate: f64,
@@ -170,7 +172,7 @@ fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if log.format == "json" {
+    if log.format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -348,8 +350,6 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
 
 async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
     init_tracing(&LogConfig::default());
-    let latency_ms = KieSimConfig::parse_latency(&args.latency_ms)
-        .map_err(|e| anyhow::anyhow!("--latency-ms: {e}"))?;
     for (flag, rate) in [
         ("--fail-rate", args.fail_rate),
         ("--duplicate-rate", args.duplicate_rate),
@@ -365,16 +365,19 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
             "{flag} must be between 0 and 1 (got {rate})"
         );
     }
-    let config = KieSimConfig {
-        token: args.token,
-        latency_ms,
+    // The flags fill the same section as [simulator] in serve's configuration.
+    let knobs = SimulatorConfig {
+        latency_ms: args.latency_ms,
         fail_rate: args.fail_rate,
         duplicate_rate: args.duplicate_rate,
-        duplicate_count: args.duplicate_count.max(1),
+        duplicate_count: args.duplicate_count,
         drop_rate: args.drop_rate,
         early_callback_rate: args.early_callback_rate,
-        hmac_key: args.hmac_key,
+        forget_rate: args.forget_rate,
         rate_limit: args.rate_limit,
+    };
+    let config = KieSimConfig {
+        token: args.token,
         rate_window: Duration::from_secs(10),
         errors_in_body: args.errors_in_body,
         public_url: args.public_url,
@@ -384,12 +387,10 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         server_error_rate: args.server_error_rate,
         timeout_rate: args.timeout_rate,
         timeout_hang: Duration::from_millis(args.timeout_hang_ms),
-        late_callback_ms: KieSimConfig::parse_latency(&args.late_callback_ms)
-            .map_err(|e| anyhow::anyhow!("--late-callback-ms: {e}"))?,
+        late_callback_ms: args.late_callback_ms.as_millis(),
         download_delay_ms: args.download_delay_ms,
         credits: args.credits,
-        forget_rate: args.forget_rate,
-        ..KieSimConfig::default()
+        ..simulators::kie(&knobs, args.hmac_key)
     };
     let addr = SocketAddr::new(args.host, args.port);
     let listener = TcpListener::bind(addr)
@@ -404,8 +405,6 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
 
 async fn gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
     init_tracing(&LogConfig::default());
-    let latency_ms = KieSimConfig::parse_latency(&args.latency_ms)
-        .map_err(|e| anyhow::anyhow!("--latency-ms: {e}"))?;
     for (flag, rate) in [
         ("--block-rate", args.block_rate),
         ("--image-safety-rate", args.image_safety_rate),
@@ -416,18 +415,20 @@ async fn gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
             "{flag} must be between 0 and 1 (got {rate})"
         );
     }
-    let error_rates =
-        parse_error_rates(&args.errors.join(",")).map_err(|e| anyhow::anyhow!("--error: {e}"))?;
-    let config = GeminiSimConfig {
-        api_key: args.api_key,
-        models: args.models,
-        latency_ms,
+    let errors: ErrorRates = args
+        .errors
+        .join(",")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--error {e}"))?;
+    // The flags fill the same section as [gemini.simulator] in serve's configuration.
+    let knobs = GeminiSimulatorConfig {
+        latency_ms: args.latency_ms,
         block_rate: args.block_rate,
         image_safety_rate: args.image_safety_rate,
         text_only_rate: args.text_only_rate,
-        error_rates,
-        ..GeminiSimConfig::default()
+        errors,
     };
+    let config = simulators::gemini(&knobs, args.models, args.api_key);
     let addr = SocketAddr::new(args.host, args.port);
     let listener = TcpListener::bind(addr)
         .await

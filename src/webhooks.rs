@@ -38,7 +38,8 @@ use crate::storage::{
     AccessRepo, DeliveryOutcome, RepoError, TaskRepo, WebhookDelivery, WebhookSecretRecord,
 };
 
-const SECRET_PREFIX: &str = "whsec_";
+pub use crate::domain::whsec::{SECRET_PREFIX, parse_secret};
+
 /// Random bytes in a generated secret (Standard Webhooks: 24 to 64).
 const GENERATED_SECRET_BYTES: usize = 32;
 /// Waits after a failed attempt, after the first (configurable) one: the Standard Webhooks
@@ -71,23 +72,6 @@ pub struct WebhookPayload {
     pub timestamp: String,
     /// The task as `GET /api/tasks/{id}` shows it.
     pub data: crate::views::TaskView,
-}
-
-/// Decodes a `whsec_<base64>` secret into its key bytes.
-pub fn parse_secret(raw: &str) -> Result<Vec<u8>, String> {
-    let encoded = raw.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
-        format!("must start with {SECRET_PREFIX} (whsec_<base64 of 24–64 random bytes>)")
-    })?;
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|_| "is not whsec_ followed by standard base64".to_owned())?;
-    if !(24..=64).contains(&key.len()) {
-        return Err(format!(
-            "decodes to {} bytes; use 24–64 random bytes",
-            key.len()
-        ));
-    }
-    Ok(key)
 }
 
 /// A fresh `whsec_<standard base64 of 32 random bytes>` secret.

@@ -9,6 +9,7 @@ pub mod sanitize;
 pub mod task;
 pub mod task_row;
 pub mod webhook;
+pub mod whsec;
 
 pub use error_code::ErrorCode;
 pub use ids::TaskId;

@@ -65,8 +65,7 @@ struct GenerateAnswer {
 /// How this instance reads generation requests.
 pub(super) fn request_policy(state: &AppState) -> RequestPolicy {
     RequestPolicy {
-        default_provider: ProviderName::parse(&state.config.default_provider)
-            .unwrap_or(ProviderName::Kie),
+        default_provider: state.config.default_provider,
         gemini_model: state.config.gemini.model.clone(),
     }
 }

@@ -42,7 +42,7 @@ pub use tasks::{TaskView, task_view};
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let deadline = limits::BodyDeadline {
-        base: Duration::from_secs(config.server.body_timeout_secs),
+        base: config.server.body_timeout_secs,
         min_rate_bytes_per_sec: config.server.body_min_rate_bytes,
     };
     // Streams and long-polls stay open by design: they are mounted outside the timeout.
@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.server.request_timeout_secs),
+            config.server.request_timeout_secs,
         ));
     // Every documented route is mounted from its own `#[utoipa::path]` attribute, so the
     // document cannot list a route that does not exist or miss one that does (the page
@@ -78,7 +78,7 @@ pub fn router(state: AppState) -> Router {
         )))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.server.request_timeout_secs),
+            config.server.request_timeout_secs,
         ));
     let api = routes
         .merge(pages)
@@ -120,11 +120,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Browsers on the listed origins may call the API (with a bearer key). No list, no CORS
 /// headers: only same-origin pages can read answers.
-fn cors(origins: &[String]) -> Option<CorsLayer> {
+fn cors(origins: &[crate::config::Origin]) -> Option<CorsLayer> {
     let origins: Vec<HeaderValue> = origins
         .iter()
-        .filter_map(|o| crate::config::parse_origin(o).ok())
-        .filter_map(|o| HeaderValue::from_str(&o).ok())
+        .filter_map(|o| HeaderValue::from_str(o.as_str()).ok())
         .collect();
     if origins.is_empty() {
         return None;

@@ -99,7 +99,7 @@ impl ReadinessChecks {
             blobs,
             local_dirs,
             min_free_bytes: config.health.min_free_mb.saturating_mul(1024 * 1024),
-            bucket_probe_every: Duration::from_secs(config.health.bucket_probe_secs),
+            bucket_probe_every: config.health.bucket_probe_secs,
             last_bucket: Mutex::new(None),
             probing: tokio::sync::Mutex::new(()),
         }

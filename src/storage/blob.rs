@@ -125,7 +125,7 @@ impl BlobStore {
             None => Urls::Server(server_base),
         };
         blobs.url_mode = config.storage.url_mode;
-        blobs.presign_ttl = Duration::from_secs(config.storage.presign_ttl_secs);
+        blobs.presign_ttl = config.storage.presign_ttl_secs;
         if blobs.url_mode == UrlMode::Presigned && blobs.signer.is_none() {
             return Err(BlobError::NoSigner);
         }

@@ -37,8 +37,6 @@ use endpoint::{generate_content, not_found, stats};
 
 /// Google's documented inline request limit.
 pub const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
-/// Statuses the error knob can produce, each with Google's canonical status and message.
-pub const FAULT_STATUSES: [u16; 7] = [400, 403, 404, 429, 500, 503, 504];
 
 /// Requests remembered for [`GeminiSim::requests`].
 const REQUEST_LOG_CAP: usize = 1000;
@@ -59,7 +57,7 @@ pub struct GeminiSimConfig {
     /// Share of requests answered with text only.
     pub text_only_rate: f64,
     /// `(HTTP status, rate)`: rolled in order before generating; the first hit answers that
-    /// error at once. Statuses from [`FAULT_STATUSES`].
+    /// error at once. Statuses from `config::types::GEMINI_FAULT_STATUSES`.
     pub error_rates: Vec<(u16, f64)>,
     /// Long side of generated images in pixels (clamped to 16..=4096).
     pub image_long_side: u32,
@@ -78,29 +76,6 @@ impl Default for GeminiSimConfig {
             image_long_side: 512,
         }
     }
-}
-
-/// Parses the error knob, `STATUS=RATE[,STATUS=RATE…]` (e.g. `429=0.3,503=0.1`); empty
-/// means none.
-pub fn parse_error_rates(raw: &str) -> Result<Vec<(u16, f64)>, String> {
-    let allowed = FAULT_STATUSES.map(|s| s.to_string()).join(", ");
-    raw.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(|item| {
-            let bad = || format!("{item:?} must be STATUS=RATE, e.g. 429=0.3");
-            let (status, rate) = item.split_once('=').ok_or_else(bad)?;
-            let status: u16 = status.trim().parse().map_err(|_| bad())?;
-            let rate: f64 = rate.trim().parse().map_err(|_| bad())?;
-            if !FAULT_STATUSES.contains(&status) {
-                return Err(format!("status {status} is not one of {allowed}"));
-            }
-            if !(0.0..=1.0).contains(&rate) {
-                return Err(format!("rate {rate} for {status} must be between 0 and 1"));
-            }
-            Ok((status, rate))
-        })
-        .collect()
 }
 
 /// Counters exposed at `GET /sim/stats`.

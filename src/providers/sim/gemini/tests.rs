@@ -165,22 +165,6 @@ async fn faults_answer_in_googles_shapes() {
     );
 }
 
-#[test]
-fn error_rates_parse_and_name_the_problem() {
-    assert_eq!(
-        parse_error_rates("429=0.3, 503=1").unwrap(),
-        vec![(429, 0.3), (503, 1.0)]
-    );
-    assert_eq!(parse_error_rates("").unwrap(), vec![]);
-    assert!(parse_error_rates("418=0.1").unwrap_err().contains("418"));
-    assert!(
-        parse_error_rates("429=2")
-            .unwrap_err()
-            .contains("between 0 and 1")
-    );
-    assert!(parse_error_rates("429").is_err());
-}
-
 #[tokio::test]
 async fn a_text_only_request_gets_a_picture_from_the_prompt() {
     let (_sim, base, _stop) = spawn(fast()).await;
