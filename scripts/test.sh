@@ -64,11 +64,20 @@ if [ -z "${DARKROOM_TEST_S3_URL:-}" ]; then
 fi
 
 # --- PostgreSQL ----------------------------------------------------------------
+# Made ready here for the PostgreSQL backend's tests (scale-out); a server that cannot be
+# started stops the run with a sentence instead of failing later in odd ways.
 if [ -z "${DARKROOM_TEST_POSTGRES_URL:-}" ]; then
     if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
         log "starting PostgreSQL"
-        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+        if ! pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start; then
+            log "PostgreSQL on 127.0.0.1:5432 is down and could not be started (pg_ctlcluster failed)"
+            exit 1
+        fi
         for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+        if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+            log "PostgreSQL was started but does not answer on 127.0.0.1:5432 after 10 s"
+            exit 1
+        fi
     fi
     export DARKROOM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/test"
 fi

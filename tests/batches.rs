@@ -196,6 +196,10 @@ async fn retry_a_batch_failed_tasks_once() {
         assert!(tasks.contains(&r["retryOf"].as_str().unwrap().to_owned()));
     }
     assert_eq!(view["total"], 4, "the retries join the batch");
+    let first_retries: Vec<String> = retried
+        .iter()
+        .map(|r| r["taskId"].as_str().unwrap().to_owned())
+        .collect();
     // The originals are retried once only, even when their retries fail again.
     wait_done(&app, &batch).await;
     let (_, view) = app
@@ -207,6 +211,14 @@ async fn retry_a_batch_failed_tasks_once() {
         .iter()
         .map(|r| r["retryOf"].as_str().unwrap())
         .collect();
+    // Exactly the failed retries are retried now, each once; no original again.
+    assert_eq!(again.len(), first_retries.len(), "{view}");
+    assert!(
+        again
+            .iter()
+            .all(|id| first_retries.contains(&(*id).to_owned())),
+        "{again:?} should be the first retries {first_retries:?}"
+    );
     assert!(
         again.iter().all(|id| !tasks.contains(&(*id).to_owned())),
         "{again:?}"

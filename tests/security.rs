@@ -746,7 +746,10 @@ async fn owners_are_isolated_on_batches_waits_and_streams() {
         .send(reqwest::Method::GET, "/api/batches", Some(BOB), None)
         .await;
     assert!(
-        listed["batches"].as_array().is_none_or(Vec::is_empty),
+        listed["batches"]
+            .as_array()
+            .expect("a list of batches")
+            .is_empty(),
         "{listed}"
     );
 

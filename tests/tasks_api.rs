@@ -48,8 +48,9 @@ async fn list_filter_and_paginate() {
     }
     assert_eq!(seen.len(), 10, "every task once across pages");
     let mut unique = seen.clone();
+    unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 10);
+    assert_eq!(unique.len(), 10, "no task twice across pages: {seen:?}");
 
     let (_, beta) = app.get_json("/api/tasks?batchId=beta").await;
     assert_eq!(beta["tasks"].as_array().unwrap().len(), 3);
