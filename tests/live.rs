@@ -220,9 +220,11 @@ async fn resume_with_last_event_id_misses_nothing() {
         "the resumed stream has every event exactly once"
     );
     println!(
-        "resume_with_last_event_id_misses_nothing: {} events before the drop, {} after resuming from {last_id}, 0 missed, 0 duplicated",
+        "resume_with_last_event_id_misses_nothing: {} events before the drop, {} after resuming from {last_id}, {} missed, {} duplicated",
         resumed_from,
-        got.len() - resumed_from
+        got.len() - resumed_from,
+        expected.iter().filter(|s| !got.contains(s)).count(),
+        got.len() - got.iter().collect::<std::collections::HashSet<_>>().len()
     );
 }
 

@@ -135,8 +135,22 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
         .unwrap();
     let record = String::from_utf8(record.to_vec()).unwrap();
     let lines = logs.lines().count();
+    let in_logs: usize = [
+        token.as_str(),
+        KEY,
+        signature.as_str(),
+        webhook_secrets[0].as_str(),
+        webhook_secrets[1].as_str(),
+    ]
+    .iter()
+    .map(|secret| logs.matches(secret).count())
+    .sum();
+    let in_record: usize = [token.as_str(), KEY]
+        .iter()
+        .map(|secret| record.matches(secret).count())
+        .sum();
     println!(
-        "secrets: {lines} log lines at TRACE and the task record checked for the callback token, the API key (and the logs for file signatures): 0 found"
+        "secrets: {lines} log lines at TRACE searched for the callback token, the API key, a file signature and two webhook secrets: {in_logs} found; the task record searched for the token and the key: {in_record} found"
     );
     assert!(lines > 20, "the logs were captured: {lines} lines");
     assert!(

@@ -782,6 +782,7 @@ async fn owners_are_isolated_on_batches_waits_and_streams() {
     let response = app.http.get(app.url("/api/events")).send().await.unwrap();
     assert_eq!(response.status(), 401);
     println!(
-        "R12 (live): {refused} attempts by another key on a batch, its ZIP and a long-poll -> 404; its stream carried 0 of the other owner's events"
+        "R12 (live): {refused} attempts by another key on a batch, its ZIP and a long-poll -> 404; its stream carried {} of the other owner's events",
+        seen.matches(&task_id).count()
     );
 }
