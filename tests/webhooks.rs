@@ -16,6 +16,7 @@ use common::{TestApp, spawn_app};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use sqlx::Connection;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ALICE: &str = "dk_alice_0123456789abcdef";
@@ -296,10 +297,38 @@ async fn webhook_to_a_private_address_is_refused_not_retried() {
     let app = spawn_app(&[("DARKROOM_WEBHOOK_FIRST_RETRY_MS", "100")]).await;
     app.generate_many(1, json!({"webhookUrl": format!("http://{host}/hook")}))
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The delivery was attempted and given up at once (a refused URL does not change), and
+    // the guarded client never connected.
+    let db = app.dir.path().join("darkroom.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (state, attempts, error) = loop {
+        let row: (String, i64, Option<String>) =
+            sqlx::query_as("SELECT state, attempts, last_error FROM webhook_deliveries")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if row.0 != "pending" {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivery was never attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state, "failed", "refused, not retried");
+    assert_eq!(attempts, 1, "one attempt, no retries");
     assert!(
         log.lock().unwrap().is_empty(),
-        "the guarded client never connected"
+        "the guarded client connected"
+    );
+    println!(
+        "webhook to a private address: {state} after {attempts} attempt ({}); connections to the receiver: {}",
+        error.unwrap_or_default(),
+        log.lock().unwrap().len()
     );
 }
 
