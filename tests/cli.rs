@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::spawn_app;
 use serde_json::json;
+use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
 
@@ -223,11 +224,31 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    println!(
-        "SIGTERM: exited with {exit} after {} ms",
-        start.elapsed().as_millis()
-    );
+    let took = start.elapsed();
     assert!(exit.success(), "exit status {exit}");
+    // In-flight work finished: no create was cut off mid-call (no task left `submitting`)
+    // and no claim is left behind for a lease to expire.
+    let db = dir.path().join("darkroom.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, lease_owner FROM tasks")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2, "both tasks were stored");
+    let states: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
+    let leased = rows.iter().filter(|(_, lease)| lease.is_some()).count();
+    println!(
+        "SIGTERM: exited with {exit} after {} ms; tasks left {states:?}, {leased} still leased",
+        took.as_millis()
+    );
+    assert!(
+        !states.contains(&"submitting"),
+        "a create was cut off: {states:?}"
+    );
+    assert_eq!(leased, 0, "claims left behind: {rows:?}");
 }
 
 /// `darkroom keys create` prints the key's webhook secret, `keys webhook-secret` prints the
