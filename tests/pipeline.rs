@@ -113,6 +113,8 @@ async fn a_callback_delivered_five_times_stores_one_result_set() {
     }
     // Replay each callback five more times at once after completion.
     let sim = app.sim.clone().unwrap();
+    let (served_before, queries_before) = (sim.stats().files_served, sim.stats().queries);
+    let mut events = app.events.subscribe();
     for id in &ids {
         let pid = app.status(id).await["providerTaskId"]
             .as_str()
@@ -128,7 +130,24 @@ async fn a_callback_delivered_five_times_stores_one_result_set() {
             assert_eq!(response.unwrap().status(), 200);
         }
     }
+    // Result keys are deterministic, so counting objects cannot see a second ingest;
+    // downloads of results and state changes can. Replays are answered before this point,
+    // and an ingest would start at once: give it time to show, then count.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let downloads = sim.stats().files_served - served_before;
+    let mut changes = 0;
+    while events.try_recv().is_ok() {
+        changes += 1;
+    }
+    println!(
+        "replayed callbacks after completion: {} recordInfo queries, {downloads} result downloads, {changes} state changes",
+        sim.stats().queries - queries_before
+    );
+    assert_eq!(
+        downloads, 0,
+        "a replayed callback downloaded a result again"
+    );
+    assert_eq!(changes, 0, "a replayed callback changed a finished task");
     let stored = app.blobs.list("generated").await.unwrap();
     assert_eq!(stored.len(), ids.len(), "one result per task: {stored:?}");
     for id in &ids {
