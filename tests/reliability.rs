@@ -71,12 +71,19 @@ async fn r1(concurrent: bool) {
         "sequentially"
     };
     println!(
-        "R1 ({mode}): 1000 tasks, {} callbacks delivered ({} duplicates), {} objects stored, {} tasks with duplicate objects, {:.1} s",
+        "R1 ({mode}): 1000 tasks, {} callbacks delivered ({} duplicates), {} results downloaded, {} objects stored, {} tasks with duplicate objects, {:.1} s",
         stats.callbacks_sent,
         stats.duplicates_sent,
+        stats.files_served,
         stored.len(),
         duplicate_objects,
         took.as_secs_f64()
+    );
+    // Result keys are deterministic, so the object count alone cannot see a second ingest;
+    // the downloads can: each result is fetched exactly once.
+    assert_eq!(
+        stats.files_served, 1000,
+        "results downloaded more than once"
     );
     assert_eq!(stored.len(), 1000);
     assert_eq!(duplicate_objects, 0);
