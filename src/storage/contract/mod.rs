@@ -8,7 +8,9 @@
 //! whole suite with one line (the SQLite one is in `tests/queue.rs`):
 //!
 //! ```ignore
-//! darkroom::repo_contract_tests!(sqlite, || async { SqliteRepo::in_memory().await.unwrap() });
+//! darkroom::repo_contract_tests!(sqlite_memory, || async {
+//!     Box::new(SqliteRepo::in_memory().await.unwrap())
+//! });
 //! ```
 
 pub mod access;
@@ -43,9 +45,11 @@ pub fn new_task(owner: Option<&str>, priority: i32, created_at: i64) -> NewTask 
 
 /// Runs every contract check as its own `#[tokio::test]`, each on a fresh repository.
 ///
-/// `$backend` names the generated test module; `$fresh` is a closure returning a future of
-/// a new, empty repository implementing every repository trait. Adding a backend is one
-/// line: `darkroom::repo_contract_tests!(postgres, || async { … });`.
+/// `$backend` names the generated test module; `$fresh` is a closure (or `async fn`)
+/// returning a future of a handle to a new, empty repository: anything that derefs to a
+/// type implementing every repository trait (a `Box`, an `Arc`, or a guard that also owns
+/// the repository's temporary directory). Adding a backend is one line:
+/// `darkroom::repo_contract_tests!(postgres, || async { … });`.
 #[macro_export]
 macro_rules! repo_contract_tests {
     ($backend:ident, $fresh:expr) => {
@@ -86,7 +90,7 @@ macro_rules! repo_contract_tests {
             #[tokio::test]
             async fn $case() {
                 let repo = ($fresh)().await;
-                $crate::storage::contract::$suite::$case(&repo).await;
+                $crate::storage::contract::$suite::$case(&*repo).await;
             }
         )*
     };
