@@ -42,7 +42,7 @@ use providers::kie::KieClient;
 use providers::sim::{GeminiSim, KieSim};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
-use storage::{AccessRepo, BlobStore, TaskRepo};
+use storage::{AccessRepo, BlobStore, Repo};
 
 /// The server secret that signs `/files` URLs when API keys are on.
 const FILE_URL_SECRET: &str = "file_url_signing";
@@ -73,7 +73,7 @@ pub struct ProviderInfo {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub repo: Arc<dyn TaskRepo>,
+    pub repo: Arc<dyn Repo>,
     pub blobs: BlobStore,
     pub engine: Arc<Engine>,
     pub board: Arc<StatusBoard>,
@@ -144,7 +144,7 @@ impl App {
             .await
             .with_context(|| format!("cannot open the database {database_url}"))?,
         );
-        let repo: Arc<dyn TaskRepo> = sqlite.clone();
+        let repo: Arc<dyn Repo> = sqlite.clone();
         let access: Arc<dyn AccessRepo> = sqlite.clone();
         tracing::info!(database = %database_url, "database ready (migrations applied)");
         let auth = Arc::new(http::auth::Auth::new(&config, access.clone()).await?);
@@ -342,7 +342,7 @@ impl App {
         ));
         let readiness = Arc::new(http::readiness::ReadinessChecks::new(
             &config,
-            repo.clone(),
+            repo.clone() as Arc<dyn storage::TaskRepo>,
             blobs.clone(),
         ));
         Ok(Self {

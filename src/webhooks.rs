@@ -35,7 +35,7 @@ use crate::clock::now_ms;
 use crate::events::EventBus;
 use crate::net::{FetchError, Fetcher};
 use crate::storage::{
-    AccessRepo, DeliveryOutcome, RepoError, TaskRepo, WebhookDelivery, WebhookSecretRecord,
+    AccessRepo, DeliveryOutcome, Repo, RepoError, WebhookDelivery, WebhookSecretRecord,
 };
 
 pub use crate::domain::whsec::{SECRET_PREFIX, parse_secret};
@@ -196,7 +196,7 @@ enum AttemptError {
 
 /// Delivers due webhooks until shutdown.
 pub struct Deliverer {
-    repo: Arc<dyn TaskRepo>,
+    repo: Arc<dyn Repo>,
     /// Where each API key's secret is kept.
     access: Arc<dyn AccessRepo>,
     fetcher: Fetcher,
@@ -207,7 +207,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(
-        repo: Arc<dyn TaskRepo>,
+        repo: Arc<dyn Repo>,
         access: Arc<dyn AccessRepo>,
         fetcher: Fetcher,
         signer: Signer,

@@ -39,7 +39,7 @@ use crate::net::Fetcher;
 use crate::providers::Delivery;
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
-use crate::storage::{BlobStore, NewTask, RepoError, Task, TaskRepo, TaskUpdate};
+use crate::storage::{BlobStore, NewTask, Repo, RepoError, Task, TaskUpdate};
 use limits::Pause;
 use registry::Pool;
 
@@ -98,7 +98,7 @@ pub enum EngineError {
 }
 
 pub struct Engine {
-    repo: Arc<dyn TaskRepo>,
+    repo: Arc<dyn Repo>,
     blobs: BlobStore,
     /// Providers by the name tasks store; each has its own call slots.
     providers: ProviderRegistry,
@@ -115,7 +115,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        repo: Arc<dyn TaskRepo>,
+        repo: Arc<dyn Repo>,
         blobs: BlobStore,
         providers: ProviderRegistry,
         fetcher: Fetcher,

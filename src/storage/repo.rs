@@ -1,5 +1,7 @@
-//! The task repository: a small trait every database backend implements, with guarded
-//! (compare-and-set) updates as the only way to change a task's state.
+//! The task repository: tasks and the queue (claims, leases, guarded updates), with guarded
+//! (compare-and-set) updates as the only way to change a task's state. Batches, webhook
+//! deliveries and access live in traits of their own beside it; `storage::contract` holds
+//! the suite every implementation must pass.
 
 use async_trait::async_trait;
 
@@ -29,53 +31,6 @@ impl RepoError {
             _ => None,
         }
     }
-}
-
-/// A batch as stored (`POST /api/batches`). Times are Unix milliseconds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
-    pub id: String,
-    pub owner: Option<String>,
-    pub prompt: String,
-    pub webhook_url: Option<String>,
-    pub total: i64,
-    pub created_at: i64,
-}
-
-/// How many of a batch's tasks are in one state, and the credits they consumed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchCount {
-    pub state: TaskState,
-    pub count: i64,
-    pub credits: i64,
-}
-
-/// A webhook delivery that is due: its task is final and its next attempt is due.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WebhookDelivery {
-    /// The `webhook-id` (`msg_…`), the same on every attempt.
-    pub id: String,
-    pub task_id: TaskId,
-    pub url: String,
-    /// Attempts made before this one.
-    pub attempts: u32,
-}
-
-/// How a delivery attempt ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DeliveryOutcome {
-    Delivered {
-        status: u16,
-    },
-    Retry {
-        run_at: i64,
-        status: Option<u16>,
-        error: String,
-    },
-    GaveUp {
-        status: Option<u16>,
-        error: String,
-    },
 }
 
 /// Which tasks a listing returns, newest first.
@@ -117,38 +72,6 @@ pub struct TaskUpdate {
 pub trait TaskRepo: Send + Sync + 'static {
     /// Inserts all tasks in one transaction: all are queued or none is.
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError>;
-
-    /// Inserts a batch and its tasks in one transaction.
-    async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError>;
-
-    async fn get_batch(&self, id: &str) -> Result<Option<Batch>, RepoError>;
-
-    /// Batches newest first; `owner` as in [`TaskFilter::owner`], `before` a batch id.
-    async fn list_batches(
-        &self,
-        owner: Option<Option<String>>,
-        before: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Batch>, RepoError>;
-
-    /// Task counts (and credits) per state for one batch id.
-    async fn batch_counts(&self, id: &str) -> Result<Vec<BatchCount>, RepoError>;
-
-    /// Deliveries whose task is final and whose next attempt is due at `now`.
-    async fn due_webhooks(&self, now: i64, limit: usize)
-    -> Result<Vec<WebhookDelivery>, RepoError>;
-
-    /// Takes a due delivery for one attempt (compare-and-set on `run_at`, which becomes
-    /// `lease_until`): false when another worker took it first.
-    async fn claim_webhook(&self, id: &str, now: i64, lease_until: i64) -> Result<bool, RepoError>;
-
-    /// Records an attempt's outcome.
-    async fn finish_webhook(
-        &self,
-        id: &str,
-        outcome: &DeliveryOutcome,
-        now: i64,
-    ) -> Result<(), RepoError>;
 
     async fn get(&self, id: &TaskId) -> Result<Option<Task>, RepoError>;
 

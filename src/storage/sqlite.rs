@@ -1,16 +1,11 @@
 //! The task repository on SQLite (the embedded default and single-machine production).
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::repo::{
-    Batch, BatchCount, DeliveryOutcome, NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate,
-    WebhookDelivery,
-};
-use super::sqlite_rows::{batch_from_row, insert_tasks, task_from_row, tasks_from_rows, to_json};
+use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+use super::sqlite_rows::{insert_tasks, task_from_row, tasks_from_rows, to_json};
 use super::sqlite_writer::{Durability, Writer, connect_options};
 use crate::domain::{TaskId, TaskState};
 
@@ -80,7 +75,7 @@ impl SqliteRepo {
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
@@ -94,173 +89,6 @@ impl TaskRepo for SqliteRepo {
         }
         .await;
         written.map_err(|e| self.writer.failed(e))
-    }
-
-    async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError> {
-        let written: Result<(), sqlx::Error> = async {
-            let mut tx = self.writer.pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&batch.id)
-            .bind(&batch.owner)
-            .bind(&batch.prompt)
-            .bind(&batch.webhook_url)
-            .bind(batch.total)
-            .bind(batch.created_at)
-            .execute(&mut *tx)
-            .await?;
-            insert_tasks(&mut tx, tasks).await?;
-            tx.commit().await
-        }
-        .await;
-        written.map_err(|e| self.writer.failed(e))
-    }
-
-    async fn get_batch(&self, id: &str) -> Result<Option<Batch>, RepoError> {
-        let row = sqlx::query("SELECT * FROM batches WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(batch_from_row).transpose()
-    }
-
-    async fn list_batches(
-        &self,
-        owner: Option<Option<String>>,
-        before: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Batch>, RepoError> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM batches WHERE 1 = 1");
-        match owner {
-            Some(Some(owner)) => {
-                q.push(" AND owner = ").push_bind(owner);
-            }
-            Some(None) => {
-                q.push(" AND owner IS NULL");
-            }
-            None => {}
-        }
-        if let Some(before) = before {
-            q.push(" AND id < ").push_bind(before);
-        }
-        q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(batch_from_row).collect()
-    }
-
-    async fn batch_counts(&self, id: &str) -> Result<Vec<BatchCount>, RepoError> {
-        let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n, COALESCE(SUM(credits), 0) AS credits
-             FROM tasks WHERE batch_id = ? GROUP BY state",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(BatchCount {
-                    state: TaskState::from_str(&state).map_err(|_| RepoError::Corrupt {
-                        id: id.to_owned(),
-                        message: format!("unknown state {state:?} in batch"),
-                    })?,
-                    count: row.try_get("n")?,
-                    credits: row.try_get("credits")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn due_webhooks(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, RepoError> {
-        let rows = sqlx::query(
-            "SELECT d.id, d.task_id, d.url, d.attempts FROM webhook_deliveries d
-             JOIN tasks t ON t.id = d.task_id
-             WHERE d.state = 'pending' AND d.run_at <= ?
-               AND t.state IN ('succeeded', 'failed', 'canceled', 'expired')
-             ORDER BY d.run_at LIMIT ?",
-        )
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let task_id: String = row.try_get("task_id")?;
-                let attempts: i64 = row.try_get("attempts")?;
-                Ok(WebhookDelivery {
-                    id: row.try_get("id")?,
-                    task_id: TaskId::parse(&task_id).ok_or_else(|| RepoError::Corrupt {
-                        id: task_id.clone(),
-                        message: "webhook delivery names an invalid task id".to_owned(),
-                    })?,
-                    url: row.try_get("url")?,
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
-    }
-
-    async fn claim_webhook(&self, id: &str, now: i64, lease_until: i64) -> Result<bool, RepoError> {
-        let done = sqlx::query(
-            "UPDATE webhook_deliveries SET run_at = ?, attempts = attempts + 1
-             WHERE id = ? AND state = 'pending' AND run_at <= ?",
-        )
-        .bind(lease_until)
-        .bind(id)
-        .bind(now)
-        .execute(&self.writer.pool)
-        .await
-        .map_err(|e| self.writer.failed(e))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn finish_webhook(
-        &self,
-        id: &str,
-        outcome: &DeliveryOutcome,
-        now: i64,
-    ) -> Result<(), RepoError> {
-        let (state, run_at, status, error, delivered_at) = match outcome {
-            DeliveryOutcome::Delivered { status } => {
-                ("delivered", None, Some(*status), None, Some(now))
-            }
-            DeliveryOutcome::Retry {
-                run_at,
-                status,
-                error,
-            } => (
-                "pending",
-                Some(*run_at),
-                *status,
-                Some(error.as_str()),
-                None,
-            ),
-            DeliveryOutcome::GaveUp { status, error } => {
-                ("failed", None, *status, Some(error.as_str()), None)
-            }
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET state = ?, run_at = COALESCE(?, run_at),
-                 last_status = ?, last_error = ?, delivered_at = ?
-             WHERE id = ?",
-        )
-        .bind(state)
-        .bind(run_at)
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(delivered_at)
-        .bind(id)
-        .execute(&self.writer.pool)
-        .await
-        .map_err(|e| self.writer.failed(e))?;
-        Ok(())
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<Task>, RepoError> {

@@ -4,7 +4,8 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::repo::{Batch, NewTask, RepoError, Task};
+use super::batches::Batch;
+use super::repo::{NewTask, RepoError, Task};
 use crate::domain::TaskId;
 
 fn json_list(id: &str, raw: &str) -> Result<Vec<String>, RepoError> {

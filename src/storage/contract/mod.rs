@@ -1,0 +1,97 @@
+//! The repository contract: what every implementation of the repository traits must do,
+//! written once against the traits ([`super::TaskRepo`], [`super::BatchRepo`],
+//! [`super::DeliveryRepo`], [`super::AccessRepo`]) and run on each backend.
+//!
+//! Each check is a `pub async fn` taking the narrowest trait object it needs and panicking
+//! when the implementation breaks the contract. [`repo_contract_tests!`](crate::repo_contract_tests)
+//! turns every check into a `#[tokio::test]` on a fresh repository, so a backend runs the
+//! whole suite with one line (the SQLite one is in `tests/queue.rs`):
+//!
+//! ```ignore
+//! darkroom::repo_contract_tests!(sqlite_memory, || async {
+//!     Box::new(SqliteRepo::in_memory().await.unwrap())
+//! });
+//! ```
+
+pub mod access;
+pub mod batches;
+pub mod deliveries;
+pub mod tasks;
+
+use crate::domain::TaskId;
+use crate::storage::NewTask;
+
+/// A queued task of provider `kie` with the given owner, priority and creation time.
+pub fn new_task(owner: Option<&str>, priority: i32, created_at: i64) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        provider: "kie".into(),
+        model: "google/nano-banana-edit".into(),
+        prompt: "p".into(),
+        source: "s".into(),
+        image_url: "https://example.com/a.png".into(),
+        input_urls: vec!["https://example.com/a.png".into()],
+        aspect_ratio: "1:1".into(),
+        output_format: "png".into(),
+        priority,
+        batch_id: None,
+        owner: owner.map(str::to_owned),
+        callback_token_hash: String::new(),
+        created_at,
+        retry_of: None,
+        webhook_url: None,
+    }
+}
+
+/// Runs every contract check as its own `#[tokio::test]`, each on a fresh repository.
+///
+/// `$backend` names the generated test module; `$fresh` is a closure (or `async fn`)
+/// returning a future of a handle to a new, empty repository: anything that derefs to a
+/// type implementing every repository trait (a `Box`, an `Arc`, or a guard that also owns
+/// the repository's temporary directory). Adding a backend is one line:
+/// `darkroom::repo_contract_tests!(postgres, || async { … });`.
+#[macro_export]
+macro_rules! repo_contract_tests {
+    ($backend:ident, $fresh:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::repo_contract_tests!(@cases $fresh;
+                tasks::insert_and_get_round_trip,
+                tasks::insert_is_all_or_nothing,
+                tasks::claims_by_priority_then_age,
+                tasks::claims_are_per_provider_and_bounded,
+                tasks::one_owners_big_batch_does_not_starve_another,
+                tasks::queue_positions_follow_the_claim_order,
+                tasks::backoff_keeps_a_task_out_of_claims_until_its_time,
+                tasks::guarded_update_changes_nothing_when_the_state_differs,
+                tasks::stale_workers_writes_are_refused_and_lapsed_leases_reclaimed,
+                tasks::leases_extend_and_release_only_for_their_holder,
+                tasks::provider_ids_are_unique_and_set_once,
+                tasks::callbacks_make_a_live_task_due,
+                tasks::listing_filters_and_pages,
+                tasks::in_flight_counts_and_health,
+                batches::batch_round_trip_and_listing,
+                batches::batch_counts_follow_task_states,
+                deliveries::deliveries_wait_for_a_final_task,
+                deliveries::a_delivery_is_claimed_once_per_attempt,
+                deliveries::retries_come_back_when_due_and_finished_ones_do_not,
+                access::keys_are_created_and_revoked,
+                access::uploads_have_owners,
+                access::unfinished_tasks_are_counted_per_owner,
+                access::server_secrets_are_stored_once,
+                access::concurrent_first_webhook_secret_calls_agree,
+                access::rotation_keeps_the_previous_secret_for_a_while,
+            );
+        }
+    };
+    (@cases $fresh:expr; $($suite:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let repo = ($fresh)().await;
+                $crate::storage::contract::$suite::$case(&*repo).await;
+            }
+        )*
+    };
+}
