@@ -701,6 +701,32 @@ async fn keys_made_with_the_cli_authenticate() {
     assert_eq!(code, 404);
     let revoked = run(&["keys", "revoke", "carol"]);
     assert!(revoked.status.success(), "{revoked:?}");
+    // README: a revoked key stops working within 30 s on running servers (its cached
+    // lookup lives that long); this server saw the key a moment ago.
+    let since = std::time::Instant::now();
+    loop {
+        let (code, _) = app
+            .send(
+                reqwest::Method::GET,
+                "/api/task-status?taskId=x",
+                Some(&key),
+                None,
+            )
+            .await;
+        if code == 401 {
+            break;
+        }
+        assert_eq!(code, 404, "the key still works until it is refused");
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(31),
+            "the revoked key still works after 31 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    println!(
+        "a revoked key was refused by the running server {:.1} s after `keys revoke`",
+        since.elapsed().as_secs_f64()
+    );
 }
 
 /// R12 for what arrived with live progress: batches, the long-poll and the event stream.
