@@ -89,6 +89,28 @@ mod tests {
         verify(KEY, Some("e989621f"), ts, sig, NOW)
     }
 
+    /// A known answer computed outside darkroom, from the documented algorithm, with
+    /// Python's standard library:
+    /// `base64.b64encode(hmac.new(b"kie-hmac-key-0123",
+    ///   b"e989621f54392584b05867f87b160672.1755599644", hashlib.sha256).digest())`.
+    #[test]
+    fn the_signature_matches_an_independently_computed_vector() {
+        const VECTOR: &str = "dGx7Yr9dsEeHJsfZn6I+fx8Rtn2RR4ONbgLOi2wAs7U=";
+        let key = b"kie-hmac-key-0123";
+        let task = "e989621f54392584b05867f87b160672";
+        assert_eq!(sign(key, task, 1_755_599_644), VECTOR);
+        assert_eq!(
+            verify(
+                key,
+                Some(task),
+                Some("1755599644"),
+                Some(VECTOR),
+                1_755_599_650
+            ),
+            Ok(())
+        );
+    }
+
     #[test]
     fn a_fresh_signature_passes() {
         let sig = sign(KEY, "e989621f", NOW - 10);
