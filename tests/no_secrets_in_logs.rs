@@ -72,6 +72,7 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
         .await
         .unwrap();
     let id = answer["taskIds"][0].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
         let status: Value = app
             .http
@@ -86,6 +87,10 @@ async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
         if status["status"] == "completed" {
             break status;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task did not complete within 60 s: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let pid = status["providerTaskId"].as_str().unwrap();
