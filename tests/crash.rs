@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
@@ -149,9 +149,16 @@ async fn r3_sigkill_during_500_in_flight_tasks_loses_nothing_and_creates_nothing
         );
     }
 
+    // Seeded, and the seed printed: `R3_SEED=<n>` replays the same kill moments.
+    let seed: u64 = std::env::var("R3_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("R3: kill moments seeded with R3_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kill_times = Vec::new();
     for _ in 0..KILLS {
-        let pause = rand::rng().random_range(300..2500);
+        let pause = rng.random_range(300..2500);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         darkroom.0.kill().unwrap(); // SIGKILL
         darkroom.0.wait().unwrap();
