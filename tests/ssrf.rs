@@ -105,6 +105,13 @@ fn probes(p: u16) -> Vec<String> {
         "https://[fc00::1]/a.png",
         "https://[64:ff9b::a00:1]/a.png",
         "https://[2002:a00:1::]/a.png",
+        // Teredo (2001:0::/32, the server and client addresses embedded) and multicast, which
+        // the README lists as refused.
+        "https://[2001:0:a00:1::1]/a.png",
+        "https://224.0.0.1/a.png",
+        "https://239.255.255.250/a.png",
+        "https://[ff02::1]/a.png",
+        "https://[ff05::2]/a.png",
         "https://localhost:{p}/a.png",
         "http://localhost:{p}/a.png",
         "http://user@allowed@127.0.0.1:{p}/a.png",
