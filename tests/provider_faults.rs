@@ -8,34 +8,18 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, TestSim, spawn_app_env, spawn_sim};
+use common::{TestApp, TestSim, quick_sim, spawn_app_env, spawn_sim, unthrottled_env};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::{Value, json};
-
-/// A fast simulator with no limit of its own.
-fn quick_sim() -> KieSimConfig {
-    KieSimConfig {
-        latency_ms: (0, 20),
-        rate_limit: 0,
-        image_long_side: 48,
-        ..KieSimConfig::default()
-    }
-}
 
 /// Darkroom pointed at `sim`, its own limits off, probing an unreachable provider after
 /// 200 ms, then 400 ms, 800 ms, at most every second: production's 5 s to 60 s, scaled down.
 fn env(sim: &TestSim, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut env = sim.kie_env();
+    let mut env = unthrottled_env(sim, 8, extra);
     env.extend([
-        ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
-        ("DARKROOM_KIE_QUERIES_PER_SECOND", "0".to_owned()),
-        ("DARKROOM_KIE_MAX_IN_FLIGHT", "0".to_owned()),
-        ("DARKROOM_DISPATCH_CONCURRENCY", "8".to_owned()),
-        ("DARKROOM_INGEST_CONCURRENCY", "8".to_owned()),
         ("DARKROOM_UNREACHABLE_FIRST_PROBE_MS", "200".to_owned()),
         ("DARKROOM_UNREACHABLE_MAX_PROBE_MS", "1000".to_owned()),
     ]);
-    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     env
 }
 

@@ -6,35 +6,16 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{spawn_app_env, spawn_sim};
+use common::{quick_sim, spawn_app_env, spawn_sim};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::json;
-
-/// A fast simulator with no limit of its own.
-fn quick_sim() -> KieSimConfig {
-    KieSimConfig {
-        latency_ms: (0, 20),
-        rate_limit: 0,
-        image_long_side: 48,
-        ..KieSimConfig::default()
-    }
-}
 
 /// Darkroom with its own limits off and fast polling, pointed at `sim`.
 fn unthrottled(
     sim: &common::TestSim,
     extra: &[(&'static str, &str)],
 ) -> Vec<(&'static str, String)> {
-    let mut env = sim.kie_env();
-    env.extend([
-        ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
-        ("DARKROOM_KIE_QUERIES_PER_SECOND", "0".to_owned()),
-        ("DARKROOM_KIE_MAX_IN_FLIGHT", "0".to_owned()),
-        ("DARKROOM_DISPATCH_CONCURRENCY", "16".to_owned()),
-        ("DARKROOM_INGEST_CONCURRENCY", "16".to_owned()),
-    ]);
-    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    env
+    common::unthrottled_env(sim, 16, extra)
 }
 
 async fn r1(concurrent: bool) {

@@ -66,15 +66,9 @@ impl ApiError {
         what: &str,
         cause: impl std::fmt::Display,
     ) -> Self {
-        use crate::storage::StorageFault as F;
-        let code = match fault {
-            F::Full => ErrorCode::StorageFull,
-            F::ReadOnly => ErrorCode::StorageReadOnly,
-            F::Failing => ErrorCode::StorageUnavailable,
-        };
         Self {
             cause: Some(cause.to_string()),
-            ..Self::new(code, fault.sentence(what))
+            ..Self::new(fault.error_code(), fault.sentence(what))
         }
     }
 

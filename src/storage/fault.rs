@@ -6,6 +6,8 @@
 use std::error::Error as StdError;
 use std::io;
 
+use crate::domain::ErrorCode;
+
 /// Why storage refused a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StorageFault {
@@ -18,13 +20,18 @@ pub enum StorageFault {
 }
 
 impl StorageFault {
+    /// The catalogue's code for this fault.
+    pub fn error_code(self) -> ErrorCode {
+        match self {
+            Self::Full => ErrorCode::StorageFull,
+            Self::ReadOnly => ErrorCode::StorageReadOnly,
+            Self::Failing => ErrorCode::StorageUnavailable,
+        }
+    }
+
     /// The stable code clients see.
     pub fn code(self) -> &'static str {
-        match self {
-            Self::Full => "storage_full",
-            Self::ReadOnly => "storage_read_only",
-            Self::Failing => "storage_unavailable",
-        }
+        self.error_code().as_str()
     }
 
     /// A sentence for a person; `what` names the store ("the database", "the bucket").

@@ -202,6 +202,35 @@ impl TestSim {
     }
 }
 
+/// A fast KIE simulator with no rate limit of its own.
+pub fn quick_sim() -> darkroom::providers::sim::KieSimConfig {
+    darkroom::providers::sim::KieSimConfig {
+        latency_ms: (0, 20),
+        rate_limit: 0,
+        image_long_side: 48,
+        ..darkroom::providers::sim::KieSimConfig::default()
+    }
+}
+
+/// Darkroom pointed at `sim` with its own provider limits off, `concurrency` dispatch and
+/// ingest slots, and `extra` on top.
+pub fn unthrottled_env(
+    sim: &TestSim,
+    concurrency: usize,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = sim.kie_env();
+    env.extend([
+        ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
+        ("DARKROOM_KIE_QUERIES_PER_SECOND", "0".to_owned()),
+        ("DARKROOM_KIE_MAX_IN_FLIGHT", "0".to_owned()),
+        ("DARKROOM_DISPATCH_CONCURRENCY", concurrency.to_string()),
+        ("DARKROOM_INGEST_CONCURRENCY", concurrency.to_string()),
+    ]);
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
 /// `spawn_app` with owned values, for environments built at run time.
 pub async fn spawn_app_env(env: &[(&str, String)]) -> TestApp {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
