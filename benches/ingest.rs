@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use darkroom::config::{Config, S3Config, Secret};
-use darkroom::domain::{TaskId, TaskState};
-use darkroom::providers::sim::{KieSim, KieSimConfig};
+use darkroom::config::{S3Config, Secret};
+use darkroom::domain::TaskState;
+use darkroom::providers::sim::KieSimConfig;
 use darkroom::storage::keys::ObjectSpec;
 use darkroom::storage::{BlobStore, NewTask, TaskUpdate};
 use serde_json::{Value, json};
@@ -19,18 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-const CONCURRENCY: usize = 8;
+mod support;
+use support::{build_app, new_task, positional_args, settings, start_sim, status_kib};
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
+const CONCURRENCY: usize = 8;
 
 /// A noisy source image, so the simulator's PNG results weigh about 1 MB each.
 fn noisy_png(side: u32) -> Vec<u8> {
@@ -62,8 +54,6 @@ async fn prepare_results(count: usize, shutdown: &CancellationToken) -> (Vec<Str
     );
     tokio::spawn(async move { axum::serve(source_listener, app).await });
 
-    let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_addr = sim_listener.local_addr().unwrap();
     let config = KieSimConfig {
         latency_ms: (0, 0),
         rate_limit: 0,
@@ -71,9 +61,7 @@ async fn prepare_results(count: usize, shutdown: &CancellationToken) -> (Vec<Str
         image_long_side: 600,
         ..KieSimConfig::default()
     };
-    let sim = KieSim::new(config, format!("http://{sim_addr}"));
-    tokio::spawn(sim.clone().serve(sim_listener, shutdown.clone()));
-
+    let sim_addr = start_sim(config, shutdown).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("http://{sim_addr}");
     let mut ids = Vec::with_capacity(count);
@@ -111,7 +99,7 @@ async fn prepare_results(count: usize, shutdown: &CancellationToken) -> (Vec<Str
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    (urls, sim_addr.to_string())
+    (urls, sim_addr)
 }
 
 fn s3_config() -> S3Config {
@@ -163,18 +151,13 @@ async fn darkroom(
     dir: &std::path::Path,
     sim_addr: &str,
 ) -> Duration {
-    let mut env: std::collections::HashMap<String, String> = [
+    let mut env = settings([
         ("DARKROOM_DATA_DIR", dir.display().to_string()),
-        ("DARKROOM_WORKERS", "false".to_owned()),
         ("DARKROOM_INGEST_CONCURRENCY", CONCURRENCY.to_string()),
-        ("DARKROOM_LOG", "warn".to_owned()),
         ("KIE_API_TOKEN", "bench".to_owned()),
         ("KIE_BASE_URL", format!("http://{sim_addr}")),
         ("DARKROOM_TRUSTED_FETCH_HOSTS", sim_addr.to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     if backend == "s3" {
         let s3 = s3_config();
         env.insert("R2_ENDPOINT".into(), s3.endpoint.to_string());
@@ -183,31 +166,14 @@ async fn darkroom(
         env.insert("R2_ACCESS_KEY_ID".into(), "testing".into());
         env.insert("R2_SECRET_ACCESS_KEY".into(), "testing".into());
     }
-    let config = Config::from_env(&env).unwrap();
-    let app = darkroom::App::build(config, "127.0.0.1:3999".parse().unwrap())
-        .await
-        .unwrap();
+    let app = build_app(env).await;
     let repo = app.state.repo.clone();
     let now = chrono::Utc::now().timestamp_millis();
     let tasks: Vec<NewTask> = urls
         .iter()
         .map(|_| NewTask {
-            id: TaskId::new(),
-            provider: "kie".into(),
-            model: "google/nano-banana-edit".into(),
-            prompt: "bench".into(),
             source: "bench".into(),
-            image_url: "https://example.com/source.png".into(),
-            input_urls: vec!["https://example.com/source.png".into()],
-            aspect_ratio: "1:1".into(),
-            output_format: "png".into(),
-            priority: 0,
-            batch_id: None,
-            owner: None,
-            callback_token_hash: String::new(),
-            created_at: now,
-            retry_of: None,
-            webhook_url: None,
+            ..new_task(now)
         })
         .collect();
     repo.insert(&tasks).await.unwrap();
@@ -239,17 +205,14 @@ async fn darkroom(
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = positional_args();
     let mode = args.first().map_or("darkroom", String::as_str).to_owned();
     let backend = args.get(1).map_or("local", String::as_str).to_owned();
     let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(200);
     let shutdown = CancellationToken::new();
     let (urls, sim_addr) = prepare_results(count, &shutdown).await;
     let dir = tempfile::tempdir().unwrap();
-    let before = peak_rss_kib();
+    let before = status_kib("VmHWM:");
     let took = match mode.as_str() {
         "floor" => floor(&urls, &backend, dir.path()).await,
         _ => darkroom(&urls, &backend, dir.path(), &sim_addr).await,
@@ -259,7 +222,7 @@ async fn main() {
     println!(
         "RESULT mode={mode} backend={backend} count={count} seconds={:.3} per_second={rate:.1} peak_rss_kib={} rss_before_kib={before}",
         took.as_secs_f64(),
-        peak_rss_kib()
+        status_kib("VmHWM:")
     );
     shutdown.cancel();
 }

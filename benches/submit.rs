@@ -6,61 +6,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use darkroom::config::Config;
-use darkroom::domain::{TaskId, TaskState};
-use darkroom::providers::sim::{KieSim, KieSimConfig};
+use darkroom::domain::TaskState;
+use darkroom::providers::sim::KieSimConfig;
 use darkroom::storage::{NewTask, TaskFilter};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{build_app, new_task, positional_args, settings, start_sim, status_kib};
+
 const CONCURRENCY: usize = 16;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A simulator with no limit whose tasks never finish during the run (no callbacks).
-async fn start_sim(shutdown: &CancellationToken) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = KieSimConfig {
-        latency_ms: (600_000, 600_000),
-        rate_limit: 0,
-        ..KieSimConfig::default()
-    };
-    let sim = KieSim::new(config, format!("http://{addr}"));
-    tokio::spawn(sim.serve(listener, shutdown.clone()));
-    format!("http://{addr}")
-}
-
-fn new_task() -> NewTask {
-    NewTask {
-        id: TaskId::new(),
-        provider: "kie".into(),
-        model: "google/nano-banana-edit".into(),
-        prompt: "bench".into(),
-        source: "https://example.com/source.png".into(),
-        image_url: "https://example.com/source.png".into(),
-        input_urls: vec!["https://example.com/source.png".into()],
-        aspect_ratio: "1:1".into(),
-        output_format: "png".into(),
-        priority: 0,
-        batch_id: None,
-        owner: None,
-        callback_token_hash: String::new(),
-        created_at: chrono::Utc::now().timestamp_millis(),
-        retry_of: None,
-        webhook_url: None,
-    }
-}
 
 /// The baseline: createTask hit directly with the same concurrency.
 async fn direct(sim: &str, count: usize) -> Duration {
@@ -95,33 +50,28 @@ async fn direct(sim: &str, count: usize) -> Duration {
     started.elapsed()
 }
 
-async fn build_app(sim: Option<&str>, dir: &std::path::Path) -> darkroom::App {
-    let mut env: std::collections::HashMap<String, String> = [
+/// darkroom with the submit path's limits lifted; `sim` is the provider, or the built-in one.
+async fn app(sim: Option<&str>, dir: &std::path::Path) -> darkroom::App {
+    let mut env = settings([
         ("DARKROOM_DATA_DIR", dir.display().to_string()),
-        ("DARKROOM_WORKERS", "false".to_owned()),
         ("DARKROOM_DISPATCH_CONCURRENCY", CONCURRENCY.to_string()),
         ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
         ("DARKROOM_KIE_MAX_IN_FLIGHT", "0".to_owned()),
         ("DARKROOM_FIRST_POLL_MS", "600000".to_owned()),
-        ("DARKROOM_LOG", "warn".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     if let Some(sim) = sim {
         env.insert("KIE_API_TOKEN".into(), "bench".into());
         env.insert("KIE_BASE_URL".into(), sim.to_owned());
     }
-    let config = Config::from_env(&env).unwrap();
-    darkroom::App::build(config, "127.0.0.1:3999".parse().unwrap())
-        .await
-        .unwrap()
+    build_app(env).await
 }
 
 /// darkroom: `count` queued tasks dispatched by the engine until all are submitted.
 async fn through_darkroom(sim: &str, count: usize, dir: &std::path::Path) -> Duration {
-    let app = build_app(Some(sim), dir).await;
-    let tasks: Vec<NewTask> = (0..count).map(|_| new_task()).collect();
+    let app = app(Some(sim), dir).await;
+    let tasks: Vec<NewTask> = (0..count)
+        .map(|_| new_task(chrono::Utc::now().timestamp_millis()))
+        .collect();
     for chunk in tasks.chunks(500) {
         app.state.repo.insert(chunk).await.unwrap();
     }
@@ -143,19 +93,18 @@ async fn through_darkroom(sim: &str, count: usize, dir: &std::path::Path) -> Dur
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = positional_args();
     let mode = args.first().map_or("darkroom", String::as_str).to_owned();
     let count: usize = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(2000);
     let shutdown = CancellationToken::new();
     let dir = tempfile::tempdir().unwrap();
     match mode.as_str() {
         "queued" => {
-            let app = build_app(None, dir.path()).await;
+            let app = app(None, dir.path()).await;
             let idle_kib = status_kib("VmRSS:");
-            let tasks: Vec<NewTask> = (0..count).map(|_| new_task()).collect();
+            let tasks: Vec<NewTask> = (0..count)
+                .map(|_| new_task(chrono::Utc::now().timestamp_millis()))
+                .collect();
             for chunk in tasks.chunks(500) {
                 app.state.repo.insert(chunk).await.unwrap();
             }
@@ -170,7 +119,13 @@ async fn main() {
             );
         }
         _ => {
-            let sim = start_sim(&shutdown).await;
+            // No limit, and tasks that never finish during the run (no callbacks).
+            let config = KieSimConfig {
+                latency_ms: (600_000, 600_000),
+                rate_limit: 0,
+                ..KieSimConfig::default()
+            };
+            let sim = format!("http://{}", start_sim(config, &shutdown).await);
             let took = match mode.as_str() {
                 "direct" => direct(&sim, count).await,
                 _ => through_darkroom(&sim, count, dir.path()).await,

@@ -8,7 +8,7 @@
 //! Served at `/api/openapi.json`, with Swagger UI at `/api/docs` (vendored into the
 //! binary at build time: nothing is fetched from another host, at build or at run time).
 //! A committed copy, `docs/openapi.json`, is compared with the served one by a test
-//! (`UPDATE_OPENAPI=1 cargo test --test openapi` rewrites it).
+//! (`UPDATE_OPENAPI=1 cargo test --test it openapi::` rewrites it).
 
 use axum::Router;
 use axum::http::{HeaderValue, header};

@@ -247,7 +247,7 @@ impl AccessRepo for SqliteRepo {
 }
 
 // The behaviour every backend shares is checked by `storage::contract` (run on SQLite by
-// `tests/queue.rs`); what is SQLite's own stays here.
+// `tests/it/queue.rs`); what is SQLite's own stays here.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! Each check is a `pub async fn` taking the narrowest trait object it needs and panicking
 //! when the implementation breaks the contract. [`repo_contract_tests!`](crate::repo_contract_tests)
 //! turns every check into a `#[tokio::test]` on a fresh repository, so a backend runs the
-//! whole suite with one line (the SQLite one is in `tests/queue.rs`):
+//! whole suite with one line (the SQLite one is in `tests/it/queue.rs`):
 //!
 //! ```ignore
 //! darkroom::repo_contract_tests!(sqlite_memory, || async {

@@ -3,12 +3,10 @@
 //! the same port), and a provider that answers it has no record of a task it accepted.
 //! Each test prints what it measured.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, TestSim, quick_sim, spawn_app_env, spawn_sim, unthrottled_env};
+use crate::harness::{TestApp, TestSim, quick_sim, spawn_app_env, spawn_sim, unthrottled_env};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::{Value, json};
 
@@ -361,7 +359,7 @@ async fn an_unreachable_gemini_pauses_gemini_only() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gemini_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let app = common::spawn_app(&[
+    let app = crate::harness::spawn_app(&[
         ("GEMINI_API_KEY", "test-key"),
         ("GEMINI_BASE_URL", &gemini_url),
         ("DARKROOM_UNREACHABLE_FIRST_PROBE_MS", "200"),

@@ -3,13 +3,11 @@
 //! start, then fixed. In each: nothing acknowledged is lost, the writer recovers without a
 //! restart, and `/readyz` says what is wrong while it is wrong. Figures are printed.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, png, spawn_app, spawn_app_in};
+use crate::harness::{TestApp, png, spawn_app, spawn_app_in, task_ids};
 use darkroom::domain::TaskId;
 use darkroom::storage::keys;
 use serde_json::{Value, json};
@@ -34,15 +32,6 @@ async fn generate(app: &TestApp, key: &str) -> (u16, Value) {
         &json!({"prompt": "p", "uploads": [{"key": key}]}),
     )
     .await
-}
-
-fn task_ids(answer: &Value) -> Vec<String> {
-    answer["taskIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Polls `/readyz` until `want` (its HTTP status) or the timeout; returns the last body.

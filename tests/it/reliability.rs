@@ -1,21 +1,19 @@
 //! docs/RELIABILITY.md R1, R2, R4 and R5, and the cost-safety rules, against a simulator with
 //! its faults turned on. Each test prints its figures.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{quick_sim, spawn_app_env, spawn_sim};
+use crate::harness::{quick_sim, spawn_app_env, spawn_sim};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::json;
 
 /// Darkroom with its own limits off and fast polling, pointed at `sim`.
 fn unthrottled(
-    sim: &common::TestSim,
+    sim: &crate::harness::TestSim,
     extra: &[(&'static str, &str)],
 ) -> Vec<(&'static str, String)> {
-    common::unthrottled_env(sim, 16, extra)
+    crate::harness::unthrottled_env(sim, 16, extra)
 }
 
 async fn r1(concurrent: bool) {

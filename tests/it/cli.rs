@@ -1,33 +1,12 @@
 //! The `darkroom` binary: start-up errors, and the KIE client against a standalone
 //! `darkroom kie-sim` over real HTTP (the production code path with `KIE_API_TOKEN` set).
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::spawn_app;
+use crate::harness::{BIN, Running, free_port, spawn_app};
 use serde_json::json;
 use sqlx::Connection;
-
-const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn start_sim(extra: &[&str]) -> (Running, u16) {
     let port = free_port();

@@ -1,14 +1,13 @@
 //! Secrets never reach a log line or the bucket: callback tokens (which KIE echoes back in
 //! `param`), API keys, webhook secrets and `/files` signatures, with every darkroom and request log at
-//! TRACE. A test binary of its own because it installs the global log subscriber.
-
-mod common;
+//! TRACE. It runs alone in a process of its own (`harness::alone`) because it installs the global
+//! log subscriber.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{png, spawn_app};
+use crate::harness::{alone, png, spawn_app};
 use serde_json::{Value, json};
 
 #[derive(Clone, Default)]
@@ -31,6 +30,9 @@ const KEY: &str = "dk_logcheck_0123456789abcdef";
 
 #[tokio::test]
 async fn tokens_keys_and_signatures_are_never_logged_or_stored() {
+    if !alone("no_secrets_in_logs::tokens_keys_and_signatures_are_never_logged_or_stored") {
+        return;
+    }
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()

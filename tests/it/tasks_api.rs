@@ -1,11 +1,9 @@
 //! The task API: listing with filters and cursors, detail with queue position, cancel and
 //! retry.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_app, spawn_app_env, spawn_sim};
+use crate::harness::{spawn_app, spawn_app_env, spawn_sim};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::json;
 

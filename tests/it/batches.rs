@@ -1,12 +1,10 @@
 //! The batch API: create, counts, list, cancel, retry of failed tasks, and the ZIP of a
 //! batch's results (checked by Python's zipfile, an independent reader).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, png, spawn_app};
+use crate::harness::{TestApp, png, spawn_app};
 use serde_json::{Value, json};
 
 async fn uploads(app: &TestApp, count: usize) -> Vec<Value> {

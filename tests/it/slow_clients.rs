@@ -1,11 +1,9 @@
 //! R11: slow clients are cut off by timeouts (body at 1 byte/s, headers at 1 byte/s, idle
 //! connections), while other requests are answered as usual meanwhile.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::spawn_app;
+use crate::harness::spawn_app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,10 +1,8 @@
 //! The original service's path end to end over real HTTP against the simulator.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{png, spawn_app};
+use crate::harness::{png, spawn_app};
 use serde_json::json;
 
 const FINAL: Duration = Duration::from_secs(30);

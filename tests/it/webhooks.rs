@@ -3,16 +3,14 @@
 //! with API keys, signed with each key's own secret (`/api/webhook-secret`), and with both
 //! secrets for a while after a rotation.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::{TestApp, spawn_app};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{TestApp, spawn_app};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -102,7 +100,7 @@ fn verify(received: &Received) -> bool {
 async fn submit_as(app: &TestApp, key: &str, webhook_url: &str) -> String {
     let form = reqwest::multipart::Form::new().part(
         "files",
-        reqwest::multipart::Part::bytes(common::png(24, 16)).file_name("a.png"),
+        reqwest::multipart::Part::bytes(crate::harness::png(24, 16)).file_name("a.png"),
     );
     let response = app
         .http
@@ -242,8 +240,8 @@ async fn webhook_delivered_after_one_failure_and_once_per_batch_task() {
     .await;
     let (status, up) = app
         .upload(&[
-            ("a.png", common::png(30, 20)),
-            ("b.png", common::png(20, 30)),
+            ("a.png", crate::harness::png(30, 20)),
+            ("b.png", crate::harness::png(20, 30)),
         ])
         .await;
     assert_eq!(status, 200, "{up}");

@@ -4,48 +4,16 @@
 //! the bucket must hold exactly one result per completed task.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::harness::{BIN, Running, free_port, wait_for_http};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
 const TASKS: usize = 500;
 const KILLS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for(http: &reqwest::Client, url: &str) {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = http.get(url).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{url} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn start_darkroom(data: &std::path::Path, port: u16, sim_port: u16) -> Running {
     let child = Command::new(BIN)
@@ -119,12 +87,12 @@ async fn r3_sigkill_during_500_in_flight_tasks_loses_nothing_and_creates_nothing
             .unwrap(),
     );
     let sim_url = format!("http://127.0.0.1:{sim_port}");
-    wait_for(&http, &format!("{sim_url}/sim/stats")).await;
+    wait_for_http(&http, &format!("{sim_url}/sim/stats")).await;
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut darkroom = start_darkroom(data.path(), port, sim_port);
-    wait_for(&http, &format!("{base}/healthz")).await;
+    wait_for_http(&http, &format!("{base}/healthz")).await;
 
     let started = Instant::now();
     let image_url = format!("http://{source_addr}/source.png");
@@ -164,7 +132,7 @@ async fn r3_sigkill_during_500_in_flight_tasks_loses_nothing_and_creates_nothing
         darkroom.0.wait().unwrap();
         kill_times.push(started.elapsed().as_millis());
         darkroom = start_darkroom(data.path(), port, sim_port);
-        wait_for(&http, &format!("{base}/healthz")).await;
+        wait_for_http(&http, &format!("{base}/healthz")).await;
     }
 
     // Let it finish, then count.

@@ -1,12 +1,10 @@
 //! Live progress: SSE (`/api/events`) order and resume, 1,000 concurrent SSE clients, the
 //! WebSocket's subscribe / unsubscribe, and the long-poll `/api/tasks/{id}/wait`.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, spawn_app};
+use crate::harness::{TestApp, alone, proc_status_kib, spawn_app};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -247,9 +245,12 @@ async fn stale_last_event_id_resynchronises() {
 
 #[tokio::test]
 async fn thousand_sse_clients_each_receive_every_event() {
+    if !alone("live::thousand_sse_clients_each_receive_every_event") {
+        return;
+    }
     const CLIENTS: usize = 1000;
     let app = spawn_app(&[]).await;
-    let rss_before = rss_kib();
+    let rss_before = proc_status_kib("VmRSS:");
     let start = Instant::now();
     // HTTP/1.1: each open stream holds its own connection, so 1,000 concurrent requests
     // are 1,000 connections and 1,000 server-side subscribers.
@@ -257,7 +258,7 @@ async fn thousand_sse_clients_each_receive_every_event() {
         futures::future::join_all((0..CLIENTS).map(|_| SseReader::open(&app, &app.http, "", None)))
             .await;
     let connected = start.elapsed();
-    let rss_connected = rss_kib();
+    let rss_connected = proc_status_kib("VmRSS:");
     let mut all = app.events.subscribe();
     let ids: HashSet<String> = app.generate_many(5, json!({})).await.into_iter().collect();
 
@@ -289,9 +290,9 @@ async fn thousand_sse_clients_each_receive_every_event() {
         let expected: Vec<u64> = truth.iter().copied().filter(|s| *s <= last).collect();
         assert_eq!(seqs, &expected, "every client gets every event, in order");
     }
-    let rss_after = rss_kib();
+    let rss_after = proc_status_kib("VmRSS:");
     println!(
-        "thousand_sse_clients: {CLIENTS} clients connected in {connected:?}; {} events each ({} deliveries) in {delivered:?} after the last submit; RSS (test + server in one process) {} MiB before, {} MiB with {CLIENTS} streams open (+{} KiB per client), {} MiB after delivery",
+        "thousand_sse_clients: {CLIENTS} clients connected in {connected:?}; {} events each ({} deliveries) in {delivered:?} after the last submit; RSS (test + server, alone in one process) {} MiB before, {} MiB with {CLIENTS} streams open (+{} KiB per client), {} MiB after delivery",
         truth.len(),
         truth.len() * CLIENTS,
         rss_before / 1024,
@@ -299,17 +300,6 @@ async fn thousand_sse_clients_each_receive_every_event() {
         (rss_connected.saturating_sub(rss_before)) / CLIENTS as u64,
         rss_after / 1024,
     );
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 async fn ws_next(

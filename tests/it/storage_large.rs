@@ -1,12 +1,10 @@
 //! Large objects stream: storing and reading back a 25 MB object does not hold it in
-//! memory, on the local directory or on S3. Its own test binary, so the process's peak
-//! memory belongs to this test alone.
-
-mod common;
+//! memory, on the local directory or on S3. It runs alone in a process of its own
+//! (`harness::alone`), so the process's peak memory belongs to this test.
 
 use std::io::Write;
 
-use common::{new_s3_bucket, s3_url};
+use crate::harness::{alone, new_s3_bucket, proc_status_kib, reset_peak_rss, s3_url};
 use darkroom::config::{S3Config, Secret};
 use darkroom::storage::BlobStore;
 use darkroom::storage::blob::Created;
@@ -18,20 +16,6 @@ const SIZE: usize = 25 * 1024 * 1024;
 /// Two 5 MiB parts in flight plus buffers; well under the object's size. README: "about
 /// 10 MiB" (measured 6–11 MiB).
 const MAX_GROWTH: u64 = 14 * 1024 * 1024;
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Resets the peak-RSS counter (Linux ≥ 4.0), so each backend is measured alone.
-fn reset_peak() {
-    std::fs::write("/proc/self/clear_refs", "5").unwrap();
-}
 
 fn big_file(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let path = dir.join("big.bin");
@@ -66,6 +50,9 @@ fn file_sha(path: &std::path::Path) -> String {
 
 #[tokio::test]
 async fn a_25_mb_object_round_trips_with_bounded_memory() {
+    if !alone("storage_large::a_25_mb_object_round_trips_with_bounded_memory") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (source, sha) = big_file(dir.path());
     let server = Url::parse("http://127.0.0.1:9/").unwrap();
@@ -89,8 +76,8 @@ async fn a_25_mb_object_round_trips_with_bounded_memory() {
         cache_control: "no-cache",
     };
     for (name, blobs) in backends {
-        reset_peak();
-        let before = status_kib("VmRSS:") * 1024;
+        reset_peak_rss();
+        let before = proc_status_kib("VmRSS:") * 1024;
         assert_eq!(
             blobs.put_file(&spec, &source, true).await.unwrap(),
             Created::Written,
@@ -108,7 +95,7 @@ async fn a_25_mb_object_round_trips_with_bounded_memory() {
             "{name}"
         );
         assert_eq!(file_sha(&back), sha, "{name}: the bytes survive");
-        let peak = status_kib("VmHWM:") * 1024;
+        let peak = proc_status_kib("VmHWM:") * 1024;
         let growth = peak.saturating_sub(before);
         println!(
             "{name}: 25 MB object stored and read back; peak RSS growth {} KiB",

@@ -1,10 +1,8 @@
 //! The OpenAPI document: generated from the code, served, matching the committed copy
-//! (`docs/openapi.json`; `UPDATE_OPENAPI=1 cargo test --test openapi` rewrites it), every
+//! (`docs/openapi.json`; `UPDATE_OPENAPI=1 cargo test --test it openapi::` rewrites it), every
 //! documented operation routed, and the Swagger UI page served from the binary.
 
-mod common;
-
-use common::spawn_app;
+use crate::harness::spawn_app;
 use serde_json::Value;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
@@ -37,7 +35,7 @@ async fn served_document_matches_the_committed_copy() {
     let committed = std::fs::read_to_string(committed_path).expect("docs/openapi.json exists");
     assert!(
         committed == pretty,
-        "docs/openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test --test openapi"
+        "docs/openapi.json is out of date: run UPDATE_OPENAPI=1 cargo test --test it openapi::"
     );
 }
 
@@ -201,7 +199,7 @@ async fn the_model_list_follows_the_configuration() {
 #[test]
 fn the_readme_lists_every_error_code_of_the_catalogue_and_no_other() {
     use darkroom::domain::ErrorCode;
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let start = readme
         .find("### Error codes")
         .expect("README has an Error codes section");

@@ -3,18 +3,15 @@
 //! client path (`GEMINI_API_KEY` set), every failure mode, retries, and Gemini and KIE tasks
 //! side by side in one request.
 
-mod common;
-
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, png, spawn_app};
+use crate::harness::{BIN, Running, TestApp, free_port, png, spawn_app, task_ids};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const FINAL: Duration = Duration::from_secs(30);
-const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
 
 /// Uploads `count` PNGs; returns their `{key, url}` entries.
 async fn uploads(app: &TestApp, count: usize) -> Vec<Value> {
@@ -38,15 +35,6 @@ async fn generate(app: &TestApp, body: Value) -> Value {
     answer
 }
 
-fn ids(answer: &Value) -> Vec<String> {
-    answer["taskIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// One Gemini task from a fresh upload; returns its id.
 async fn one_gemini_task(app: &TestApp) -> String {
     let up = uploads(app, 1).await;
@@ -55,7 +43,7 @@ async fn one_gemini_task(app: &TestApp) -> String {
         json!({"prompt": "a red linen dress", "uploads": up, "provider": "gemini"}),
     )
     .await;
-    ids(&answer).remove(0)
+    task_ids(&answer).remove(0)
 }
 
 async fn record(app: &TestApp, id: &str) -> Value {
@@ -91,7 +79,7 @@ async fn upload_then_gemini_generation_completes_with_bytes_and_record_in_the_bu
         .gemini_sim
         .clone()
         .expect("the in-process Gemini simulator");
-    for id in ids(&answer) {
+    for id in task_ids(&answer) {
         let status = app.wait_final(&id, FINAL).await;
         assert_eq!(status["status"], "completed", "{status}");
         assert_eq!(status["state"], "succeeded");
@@ -171,7 +159,7 @@ async fn url_inputs_are_read_by_darkroom_and_auto_sends_no_aspect_ratio() {
                "referenceUrls": [format!("http://{host}/input.png")]}),
     )
     .await;
-    let id = &ids(&answer)[0];
+    let id = &task_ids(&answer)[0];
     let status = app.wait_final(id, FINAL).await;
     assert_eq!(status["status"], "completed", "{status}");
     let requests = app.gemini_sim.as_ref().unwrap().requests();
@@ -194,7 +182,7 @@ async fn an_input_on_a_private_address_fails_the_task_before_gemini_is_called() 
         json!({"prompt": "p", "provider": "gemini", "imageUrls": ["http://127.0.0.1:9/x.png"]}),
     )
     .await;
-    let status = app.wait_final(&ids(&answer)[0], FINAL).await;
+    let status = app.wait_final(&task_ids(&answer)[0], FINAL).await;
     assert_eq!(status["status"], "failed", "{status}");
     assert_eq!(status["errorCode"], "input_unusable");
     let error = status["error"].as_str().unwrap();
@@ -363,7 +351,7 @@ async fn mixed_kie_and_gemini_tasks_in_one_request_each_complete_through_their_o
         .map(|t| t["provider"].as_str().unwrap())
         .collect();
     assert_eq!(providers, ["gemini", "kie", "gemini"]);
-    let ids = ids(&answer);
+    let ids = task_ids(&answer);
     for id in &ids {
         let status = app.wait_final(id, FINAL).await;
         assert_eq!(status["status"], "completed", "{status}");
@@ -406,7 +394,7 @@ async fn slow_gemini_calls_are_bounded_and_do_not_hold_up_kie_tasks() {
         .map(|(i, u)| json!({"key": u["key"], "provider": if i < 5 { "gemini" } else { "kie" }}))
         .collect();
     let answer = generate(&app, json!({"prompt": "p", "uploads": sources})).await;
-    let ids = ids(&answer);
+    let ids = task_ids(&answer);
     let (gemini_ids, kie_ids) = ids.split_at(5);
     for id in kie_ids {
         assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
@@ -444,7 +432,7 @@ async fn gemini_as_default_provider_and_info_lists_both_simulators() {
     let up = uploads(&app, 1).await;
     let answer = generate(&app, json!({"prompt": "p", "uploads": up})).await;
     assert_eq!(answer["message"], "Created 1 Gemini task(s)");
-    let status = app.wait_final(&ids(&answer)[0], FINAL).await;
+    let status = app.wait_final(&task_ids(&answer)[0], FINAL).await;
     assert_eq!(status["status"], "completed", "{status}");
 }
 
@@ -482,8 +470,8 @@ async fn a_model_of_the_other_provider_is_refused() {
 
 #[tokio::test]
 async fn with_the_bucket_on_s3_gemini_reads_inputs_from_it_and_stores_results_there() {
-    let bucket = common::new_s3_bucket().await;
-    let mut env = common::s3_env(&bucket);
+    let bucket = crate::harness::new_s3_bucket().await;
+    let mut env = crate::harness::s3_env(&bucket);
     // Presigned URLs are how KIE would get the inputs; Gemini reads the bucket instead.
     env.push(("DARKROOM_INPUT_MODE", "presigned".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -503,23 +491,6 @@ async fn with_the_bucket_on_s3_gemini_reads_inputs_from_it_and_stores_results_th
 }
 
 // ----- the standalone simulator and the real client path ---------------------------------
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start_gemini_sim(extra: &[&str]) -> (Running, String) {
     let port = free_port();

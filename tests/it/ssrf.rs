@@ -2,19 +2,17 @@
 //! through redirects from an allowed host, before connecting: a loopback listener standing
 //! where the probes point counts 0 connections, and 0 bytes are stored.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::harness::spawn_app;
 use axum::Router;
 use axum::extract::Query;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use common::spawn_app;
 use darkroom::net::{FetchError, Fetcher};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -41,7 +39,7 @@ async fn counter() -> Counter {
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
-                let body = common::png(2, 2);
+                let body = crate::harness::png(2, 2);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\n\r\n",
                     body.len()

@@ -275,6 +275,16 @@ pub fn s3_env(bucket: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The `taskIds` of a generate or batch answer.
+pub fn task_ids(answer: &Value) -> Vec<String> {
+    answer["taskIds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no taskIds in {answer}"))
+        .iter()
+        .map(|v| v.as_str().expect("a task id").to_owned())
+        .collect()
+}
+
 pub fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x * 7) as u8, (y * 5) as u8, 120])
@@ -381,12 +391,7 @@ impl TestApp {
         }
         let (status, answer) = self.post_json("/api/generate", &body).await;
         assert_eq!(status, 200, "{answer}");
-        answer["taskIds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect()
+        task_ids(&answer)
     }
 
     pub async fn status(&self, task_id: &str) -> Value {
@@ -457,4 +462,94 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+// --- Processes: ports, child processes, this process's memory ----------------------------
+
+/// The `darkroom` binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
+
+/// A loopback port free at the moment of asking (for child processes that bind by number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// A child process that is killed and reaped when the guard is dropped, so a failing test
+/// never leaves a server running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `url` answers 2xx, failing the test after 30 s.
+pub async fn wait_for_http(http: &reqwest::Client, url: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{url} did not come up within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/self/status has no {field}"))
+}
+
+/// Resets the process's peak-RSS counter (`VmHWM`; Linux ≥ 4.0).
+pub fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS");
+}
+
+/// The variable that marks a child process running one test alone.
+const ALONE: &str = "DARKROOM_IT_ALONE";
+
+/// Runs the test named `path` (`module::function`) alone, in a child process of this test
+/// binary with one test thread, so what it measures of the whole process (peak memory, the
+/// global log subscriber) is its own. Returns `true` inside that child, where the test body
+/// runs; in the parent it waits for the child, prints its output, fails when it failed, and
+/// returns `false`. Use it as the first line: `if !alone(...) { return; }`.
+pub fn alone(path: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([path, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .output()
+        .expect("running the test binary again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    print!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{path}, run alone, failed ({})",
+        output.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{path}, run alone, did not run exactly one test: is the name right?"
+    );
+    false
 }

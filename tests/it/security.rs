@@ -1,11 +1,9 @@
 //! R7 (forged callbacks change nothing), R12 (owner isolation), API keys, limits, CORS and
 //! the page's security headers, over real HTTP.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, png, spawn_app};
+use crate::harness::{TestApp, png, spawn_app};
 use darkroom::domain::TaskId;
 use darkroom::domain::webhook::sign;
 use serde_json::{Value, json};

@@ -1,8 +1,6 @@
 //! Bad input on every route gets a 4xx with a stable code, never a 5xx.
 
-mod common;
-
-use common::{jpeg, png, spawn_app};
+use crate::harness::{jpeg, png, spawn_app};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

@@ -7,10 +7,8 @@
 //! Every test prints and checks the same audit: acknowledged task ids against the ids in
 //! the database, objects in the bucket no task or upload accounts for, tasks completed
 //! without their objects, staging files in the bucket and spool files left behind.
-//! The tests run one at a time (they share the process's temporary directory, which they
-//! watch for spool files).
-
-mod common;
+//! Each test runs alone in a process of its own (`harness::alone`): it redirects the
+//! process's temporary directory, which it watches for spool files.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,7 +16,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, png, spawn_app, spawn_app_in, spawn_sim};
+use crate::harness::{TestApp, alone, png, spawn_app, spawn_app_in, spawn_sim};
 use darkroom::domain::image::{ImageLimits, inspect};
 use darkroom::domain::{TaskId, TaskState};
 use darkroom::providers::sim::KieSimConfig;
@@ -27,17 +25,18 @@ use darkroom::storage::{AccessRepo, TaskFilter, TaskUpdate};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// A test of this file running alone in a process of its own (`harness::alone`), with a
+/// fresh spool directory that is removed when it ends.
+struct Exclusive;
 
-/// One test at a time, each with a fresh spool directory that is removed when it ends.
-struct Exclusive {
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-async fn exclusive() -> Exclusive {
-    let serial = SERIAL.lock().await;
+/// `None` in the parent process (the test ran alone in a child and passed); `Some` in the
+/// child, where the test body runs.
+fn exclusive(test: &str) -> Option<Exclusive> {
+    if !alone(&format!("storage_faults_bucket::{test}")) {
+        return None;
+    }
     std::fs::create_dir_all(spool_dir()).unwrap();
-    Exclusive { _serial: serial }
+    Some(Exclusive)
 }
 
 impl Drop for Exclusive {
@@ -380,7 +379,11 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_bucket_refuses_files_one_by_one_tasks_wait_and_all_recovers() {
-    let _exclusive = exclusive().await;
+    let Some(_exclusive) =
+        exclusive("a_full_bucket_refuses_files_one_by_one_tasks_wait_and_all_recovers")
+    else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let bucket_dir = data.path().join("bucket-tmpfs");
     let Some(tmpfs) = Tmpfs::mount(&bucket_dir, "4m") else {
@@ -551,7 +554,9 @@ async fn a_full_bucket_refuses_files_one_by_one_tasks_wait_and_all_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_record_fails_leaves_no_object() {
-    let _exclusive = exclusive().await;
+    let Some(_exclusive) = exclusive("an_upload_whose_record_fails_leaves_no_object") else {
+        return;
+    };
     let app = spawn_app(&[]).await;
     let sqlite = app.sqlite.clone().expect("SQLite");
     let bucket_dir = app.dir.path().join("bucket");
@@ -613,7 +618,9 @@ async fn an_upload_whose_record_fails_leaves_no_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_off_after_a_stored_file_keeps_nothing() {
-    let _exclusive = exclusive().await;
+    let Some(_exclusive) = exclusive("an_upload_cut_off_after_a_stored_file_keeps_nothing") else {
+        return;
+    };
     let app = spawn_app(&[]).await;
     let bucket_dir = app.dir.path().join("bucket");
     let boundary = "darkroom-cut-off";
@@ -709,7 +716,11 @@ async fn sim_result_urls(http: &reqwest::Client, sim: &str, provider_id: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_ingest_completes_from_the_bucket_when_urls_expired() {
-    let _exclusive = exclusive().await;
+    let Some(_exclusive) =
+        exclusive("after_a_restart_ingest_completes_from_the_bucket_when_urls_expired")
+    else {
+        return;
+    };
     // No callbacks and no early polls: the tasks wait at `submitted` until the test moves
     // them, as an ingest that stored their results and then stopped would have left them.
     let sim = spawn_sim(KieSimConfig {
@@ -837,7 +848,11 @@ async fn after_a_restart_ingest_completes_from_the_bucket_when_urls_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_a_gemini_task_completes_from_the_bucket_only_with_every_image() {
-    let _exclusive = exclusive().await;
+    let Some(_exclusive) =
+        exclusive("after_a_restart_a_gemini_task_completes_from_the_bucket_only_with_every_image")
+    else {
+        return;
+    };
     let app = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
     let (status, up) = app.upload(&[("source.png", png(40, 30))]).await;
     assert_eq!(status, 200, "{up}");

@@ -1,25 +1,12 @@
-//! R9: image bombs and fakes are refused with a 4xx, and memory stays bounded. A test
-//! binary of its own, so the peak resident memory it reports is this scenario's alone
-//! (`/proc/self/clear_refs` resets the peak; `VmHWM` reads it).
-
-mod common;
+//! R9: image bombs and fakes are refused with a 4xx, and memory stays bounded. It runs
+//! alone in a process of its own (`harness::alone`), so the peak resident memory it reports
+//! is this scenario's (`/proc/self/clear_refs` resets the peak; `VmHWM` reads it).
 
 use std::io::Write;
 use std::time::Instant;
 
-use common::{TestApp, jpeg, png, spawn_app};
+use crate::harness::{TestApp, alone, jpeg, png, proc_status_kib, reset_peak_rss, spawn_app};
 use serde_json::Value;
-
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let mut out = (data.len() as u32).to_be_bytes().to_vec();
@@ -70,6 +57,9 @@ async fn upload_one(app: &TestApp, name: &str, part: reqwest::multipart::Part) -
 
 #[tokio::test]
 async fn bombs_and_fakes_are_refused_with_bounded_memory() {
+    if !alone("upload_bombs::bombs_and_fakes_are_refused_with_bounded_memory") {
+        return;
+    }
     let app = spawn_app(&[]).await;
     // Warm up: the first good upload allocates what every upload needs.
     let (code, body) = upload_one(
@@ -114,8 +104,8 @@ async fn bombs_and_fakes_are_refused_with_bounded_memory() {
         ("polyglot.png", png_zip, "polyglot_image"),
     ];
 
-    std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS");
-    let baseline_kib = proc_status_kib("VmRSS:").unwrap();
+    reset_peak_rss();
+    let baseline_kib = proc_status_kib("VmRSS:");
     let started = Instant::now();
     let mut refused = Vec::new();
     for round in 0..3 {
@@ -151,7 +141,7 @@ async fn bombs_and_fakes_are_refused_with_bounded_memory() {
     for (code, body) in futures::future::join_all(uploads).await {
         assert_eq!(code, 400, "{body}");
     }
-    let peak_kib = proc_status_kib("VmHWM:").unwrap();
+    let peak_kib = proc_status_kib("VmHWM:");
     let growth_mib = peak_kib.saturating_sub(baseline_kib) as f64 / 1024.0;
     for line in &refused {
         println!("R9: {line}");

@@ -1,12 +1,10 @@
 //! One contract suite for every bucket backend (local directory, memory, S3 through the
 //! test S3 server), the original's full path with the bucket on S3, and start-up checks.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::harness::{new_s3_bucket, png, s3_env, s3_url, spawn_app};
 use bytes::Bytes;
-use common::{new_s3_bucket, png, s3_env, s3_url, spawn_app};
 use darkroom::config::{S3Config, Secret};
 use darkroom::storage::BlobStore;
 use darkroom::storage::blob::Created;

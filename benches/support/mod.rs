@@ -1,0 +1,83 @@
+//! What the benchmarks share: their arguments, this process's memory, the KIE simulator,
+//! an app built from settings, and a task row. Each benchmark is a process of its own that
+//! measures one side, so the memory it reports belongs to that side.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use darkroom::config::Config;
+use darkroom::domain::TaskId;
+use darkroom::providers::sim::{KieSim, KieSimConfig};
+use darkroom::storage::NewTask;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The positional arguments (`cargo bench` adds `--bench`, which is skipped).
+pub fn positional_args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), in KiB; 0 when unreadable.
+pub fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Serves a KIE simulator on a loopback port until `shutdown`; returns its address.
+pub async fn start_sim(config: KieSimConfig, shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = KieSim::new(config, format!("http://{addr}"));
+    tokio::spawn(sim.serve(listener, shutdown.clone()));
+    addr.to_string()
+}
+
+/// darkroom built from these settings (as environment variables would give them), its
+/// workers off: the benchmark drives the engine itself.
+pub async fn build_app(settings: HashMap<String, String>) -> darkroom::App {
+    let mut settings = settings;
+    settings.insert("DARKROOM_WORKERS".into(), "false".into());
+    settings
+        .entry("DARKROOM_LOG".into())
+        .or_insert_with(|| "warn".into());
+    let config = Config::from_env(&settings).unwrap();
+    darkroom::App::build(config, "127.0.0.1:3999".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Turns `(name, value)` pairs into the settings `build_app` takes.
+pub fn settings<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// A queued KIE task with a fixed prompt and input.
+pub fn new_task(created_at: i64) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        provider: "kie".into(),
+        model: "google/nano-banana-edit".into(),
+        prompt: "bench".into(),
+        source: "https://example.com/source.png".into(),
+        image_url: "https://example.com/source.png".into(),
+        input_urls: vec!["https://example.com/source.png".into()],
+        aspect_ratio: "1:1".into(),
+        output_format: "png".into(),
+        priority: 0,
+        batch_id: None,
+        owner: None,
+        callback_token_hash: String::new(),
+        created_at,
+        retry_of: None,
+        webhook_url: None,
+    }
+}

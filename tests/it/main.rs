@@ -1,0 +1,33 @@
+//! darkroom's integration tests: one binary, one module per area, one shared harness.
+//!
+//! Run one area with `cargo test --test it <module>::` (for example
+//! `cargo test --test it storage_faults:: -- --nocapture`); docs/TESTING.md says how the
+//! suite is organised and what each printed figure means. Tests that measure the whole
+//! process (peak memory, the global log subscriber) run alone in a child process of this
+//! binary ([`harness::alone`]), so other tests running beside them cannot skew them.
+
+mod harness;
+
+mod bad_input;
+mod batches;
+mod cli;
+mod crash;
+mod fuzz_parsers;
+mod gemini;
+mod live;
+mod no_secrets_in_logs;
+mod openapi;
+mod pipeline;
+mod provider_faults;
+mod queue;
+mod reliability;
+mod security;
+mod slow_clients;
+mod ssrf;
+mod storage;
+mod storage_faults;
+mod storage_faults_bucket;
+mod storage_large;
+mod tasks_api;
+mod upload_bombs;
+mod webhooks;
