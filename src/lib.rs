@@ -12,7 +12,6 @@ pub mod http;
 pub mod log_throttle;
 pub mod net;
 pub mod providers;
-pub mod simulators;
 pub mod spool;
 pub mod status;
 pub mod storage;
@@ -28,17 +27,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use config::{Config, InputMode, ProviderMode};
-use domain::image::ImageLimits;
-use engine::circuit::{Circuit, ProbeBackoff};
-use engine::limits::{ProviderGate, WindowLimiter};
+use config::{Config, InputMode};
+use engine::circuit::ProbeBackoff;
+use engine::limits::ProviderGate;
 use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
 use events::EventBus;
-use net::Fetcher;
-use providers::Provider;
-use providers::gemini::{GeminiClient, GeminiSettings};
-use providers::inputs::InputLoader;
-use providers::kie::KieClient;
 use providers::sim::{GeminiSim, KieSim};
 use status::StatusBoard;
 use storage::sqlite::SqliteRepo;
@@ -119,8 +112,9 @@ fn public_url(config: &Config, bound: SocketAddr) -> anyhow::Result<Url> {
 }
 
 impl App {
-    /// Opens the database and bucket, starts the simulator when it is the provider, and
-    /// wires the engine. `bound` is the address the HTTP listener is bound to.
+    /// Opens the database and bucket, builds the providers ([`providers::build()`], which
+    /// starts the simulator of each provider without credentials) and wires the engine.
+    /// `bound` is the address the HTTP listener is bound to.
     pub async fn build(config: Config, bound: SocketAddr) -> anyhow::Result<Self> {
         let public_url = public_url(&config, bound)?;
         if config.database.url.is_none() {
@@ -174,93 +168,29 @@ impl App {
         })?;
         tracing::info!(bucket = blobs.describe(), "bucket ready");
 
-        let mut trusted: Vec<(String, u16)> = config
-            .fetch
-            .trusted_hosts
-            .iter()
-            .map(|h| (h.host.clone(), h.port))
-            .collect();
         let sim_shutdown = CancellationToken::new();
-        let kie_timeout = config.kie.request_timeout_secs;
-        let (provider, simulator): (Arc<dyn Provider>, Option<Arc<KieSim>>) =
-            match config.provider_mode() {
-                ProviderMode::Kie => {
-                    let token = config
-                        .kie
-                        .api_token
-                        .clone()
-                        .context("KIE_API_TOKEN is not set")?;
-                    let client = KieClient::new(
-                        config.kie.base_url.clone(),
-                        config.kie.upload_base_url.clone(),
-                        token,
-                        kie_timeout,
-                    )?;
-                    tracing::info!(base_url = %config.kie.base_url, "provider: KIE");
-                    (Arc::new(client), None)
-                }
-                ProviderMode::Simulator => {
-                    let (sim, addr) = start_simulator(&config, sim_shutdown.clone()).await?;
-                    trusted.push((addr.ip().to_string(), addr.port()));
-                    let base = Url::parse(&format!("http://{addr}"))?;
-                    let token = config::Secret::new(hex::encode(rand::random::<[u8; 16]>()));
-                    // One simulator answers both the jobs and the file upload API.
-                    let client = KieClient::new(base.clone(), base, token, kie_timeout)?;
-                    (Arc::new(client), Some(sim))
-                }
-            };
-        let (connect_timeout, fetch_timeout) = config.fetch_timeouts();
-        let fetcher = Fetcher::new(trusted, connect_timeout, fetch_timeout)?;
-        let image_limits = ImageLimits {
-            max_dimension: config.limits.max_image_dimension,
-            max_pixels: config.limits.max_image_pixels,
-        };
-        let (gemini, gemini_simulator) = build_gemini(
-            &config,
-            &blobs,
-            &fetcher,
-            image_limits,
-            sim_shutdown.clone(),
-        )
-        .await?;
-        let kie_model = domain::request::Model::default().as_str().to_owned();
-        let provider_info = vec![
-            ProviderInfo {
-                name: provider.name(),
-                model: kie_model,
-                simulator: simulator.is_some(),
-            },
-            ProviderInfo {
-                name: gemini.name(),
-                model: config.gemini.model.clone(),
-                simulator: gemini_simulator.is_some(),
-            },
-        ];
+        let providers::BuiltProviders {
+            providers: built,
+            fetcher,
+            kie_simulator: simulator,
+            gemini_simulator,
+        } = providers::build(&config, &blobs, sim_shutdown.clone()).await?;
         let probes = ProbeBackoff {
             first: config.engine.unreachable_first_probe_ms,
             max: config.engine.unreachable_max_probe_ms,
         };
-        // A margin on the window: the provider counts at arrival, we count at sending.
-        let kie_gate = ProviderGate::new(
-            WindowLimiter::new(
-                config.kie.creates_per_window,
-                config.kie.create_window_secs + Duration::from_millis(500),
-            ),
-            WindowLimiter::new(config.kie.queries_per_second, Duration::from_secs(1)),
-            config.kie.max_in_flight,
-            Circuit::new(provider.name(), probes),
-        );
-        // Gemini has no documented request window here: its concurrency slots bound it, and
-        // a 429 pauses it like KIE (for Gemini's RetryInfo delay).
-        let gemini_gate = ProviderGate::new(
-            WindowLimiter::new(0, Duration::from_secs(1)),
-            WindowLimiter::new(0, Duration::from_secs(1)),
-            0,
-            Circuit::new(gemini.name(), probes),
-        );
         let mut registry = ProviderRegistry::new();
-        registry.register(provider, config.engine.dispatch_concurrency, kie_gate);
-        registry.register(gemini, config.gemini.concurrency, gemini_gate);
+        let mut provider_info = Vec::with_capacity(built.len());
+        for entry in built {
+            let name = entry.provider.name();
+            provider_info.push(ProviderInfo {
+                name,
+                model: entry.model,
+                simulator: entry.simulator,
+            });
+            let gate = ProviderGate::for_limits(name, entry.limits, probes);
+            registry.register(entry.provider, entry.concurrency, gate);
+        }
 
         let callback_base = match &config.kie.callback_url {
             Some(url) => url.clone(),
@@ -281,7 +211,7 @@ impl App {
             task_deadline: config.engine.task_deadline_secs,
             tick: config.engine.tick_ms,
             max_result_bytes: config.limits.max_result_bytes,
-            image_limits,
+            image_limits: config.image_limits(),
             callback_base,
             verify_callbacks: config.kie.verify_callbacks,
             first_poll: config.engine.first_poll_ms,
@@ -477,65 +407,6 @@ async fn serve_http(
     }
 }
 
-/// The Gemini provider: Google's API when `GEMINI_API_KEY` is set, otherwise the built-in
-/// simulator on a loopback port of its own, reached through the same client (with a key the
-/// simulator demands, so the whole path is exercised).
-async fn build_gemini(
-    config: &Config,
-    blobs: &storage::BlobStore,
-    fetcher: &Fetcher,
-    image_limits: ImageLimits,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(Arc<dyn Provider>, Option<Arc<GeminiSim>>)> {
-    let (base_url, api_key, simulator) = match &config.gemini.api_key {
-        Some(key) => {
-            tracing::info!(base_url = %config.gemini.base_url, model = %config.gemini.model, "provider: Gemini");
-            (config.gemini.base_url.clone(), key.clone(), None)
-        }
-        None => {
-            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-            let addr = listener.local_addr()?;
-            let key = hex::encode(rand::random::<[u8; 16]>());
-            let sim = GeminiSim::new(simulators::gemini(
-                &config.gemini.simulator,
-                vec![config.gemini.model.clone()],
-                Some(key.clone()),
-            ));
-            tokio::spawn(sim.clone().serve(listener, shutdown));
-            tracing::warn!(
-                address = %addr,
-                model = %config.gemini.model,
-                "provider: the built-in Gemini simulator (no GEMINI_API_KEY set); provider \"gemini\" works, images are generated locally and nothing is billed"
-            );
-            (
-                Url::parse(&format!("http://{addr}"))?,
-                config::Secret::new(key),
-                Some(sim),
-            )
-        }
-    };
-    let (_, fetch_timeout) = config.fetch_timeouts();
-    let settings = GeminiSettings {
-        base_url,
-        api_key,
-        request_timeout: config.gemini.request_timeout_secs,
-        inputs_timeout: fetch_timeout,
-        max_request_bytes: config.gemini.max_request_bytes,
-        // Base64 makes an image 4/3 its size; twice the result cap leaves room for the JSON
-        // and a second image of ordinary size.
-        max_answer_bytes: config.limits.max_result_bytes.saturating_mul(2),
-        image_limits,
-    };
-    let inputs = InputLoader::new(
-        blobs.clone(),
-        fetcher.clone(),
-        config.limits.max_upload_bytes,
-        image_limits,
-    );
-    let client = GeminiClient::new(settings, inputs)?;
-    Ok((Arc::new(client), simulator))
-}
-
 /// Decides how inputs reach the provider; `auto` prefers what needs nothing extra.
 fn input_route(config: &Config, blobs: &BlobStore) -> InputRoute {
     let presigned = InputRoute::Presigned(config.storage.input_presign_ttl_secs);
@@ -548,27 +419,4 @@ fn input_route(config: &Config, blobs: &BlobStore) -> InputRoute {
         InputMode::Auto if blobs.is_s3() => presigned,
         InputMode::Auto => InputRoute::Proxy,
     }
-}
-
-/// Binds the built-in KIE simulator on a loopback port of its own and serves it.
-async fn start_simulator(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(Arc<KieSim>, SocketAddr)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let addr = listener.local_addr()?;
-    // Signs callbacks as KIE would when the operator configured KIE's HMAC key.
-    let hmac_key = config
-        .kie
-        .webhook_hmac_key
-        .as_ref()
-        .map(|k| k.expose().to_owned());
-    let sim_config = simulators::kie(&config.simulator, hmac_key);
-    let sim = KieSim::new(sim_config, format!("http://{addr}"));
-    tokio::spawn(sim.clone().serve(listener, shutdown));
-    tracing::warn!(
-        address = %addr,
-        "provider: the built-in KIE simulator (no KIE_API_TOKEN set); images are generated locally and no credits are spent"
-    );
-    Ok((sim, addr))
 }

@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use darkroom::config::{
     Config, ErrorRates, GeminiSimulatorConfig, LatencyRange, LogConfig, LogFormat, SimulatorConfig,
 };
+use darkroom::providers::sim::settings as simulators;
 use darkroom::providers::sim::{GeminiSim, KieSim, KieSimConfig};
-use darkroom::simulators;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

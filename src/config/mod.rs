@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::domain::image::ImageLimits;
 use crate::domain::request::ProviderName;
 pub use keys::{KEYS, Key};
 use types::Raw;
@@ -500,6 +501,14 @@ impl Config {
 
     pub fn fetch_timeouts(&self) -> (Duration, Duration) {
         (self.fetch.connect_timeout_secs, self.fetch.timeout_secs)
+    }
+
+    /// The bounds every image darkroom reads must keep (uploads, inputs, results).
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_dimension: self.limits.max_image_dimension,
+            max_pixels: self.limits.max_image_pixels,
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::circuit::Circuit;
+use super::circuit::{Circuit, ProbeBackoff};
+use crate::providers::Limits;
 
 /// At most `max` events in any `window`, counted at the moment they are reserved.
 #[derive(Debug)]
@@ -105,6 +106,16 @@ impl ProviderGate {
             circuit,
             pause: Mutex::new(None),
         }
+    }
+
+    /// The gate for the limits a provider was built with, with a circuit of its own.
+    pub fn for_limits(provider: &'static str, limits: Limits, probes: ProbeBackoff) -> Self {
+        Self::new(
+            WindowLimiter::new(limits.creates, limits.create_window),
+            WindowLimiter::new(limits.queries_per_second, Duration::from_secs(1)),
+            limits.max_in_flight,
+            Circuit::new(provider, probes),
+        )
     }
 
     /// Stops submissions until `until` (extends, never shortens, a running pause).

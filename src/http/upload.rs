@@ -287,12 +287,8 @@ async fn store_file(
     spool: tempfile::NamedTempFile,
     stored: &mut StoredUploads,
 ) -> Result<(String, ImageInfo, u64), Refused> {
-    let limits = &state.config.limits;
-    let image_limits = ImageLimits {
-        max_dimension: limits.max_image_dimension,
-        max_pixels: limits.max_image_pixels,
-    };
-    let strip = limits.strip_upload_metadata;
+    let image_limits = state.config.image_limits();
+    let strip = state.config.limits.strip_upload_metadata;
     // Reading the whole file is blocking work: off the async workers.
     let (info, file) = tokio::task::spawn_blocking(move || check_file(spool, image_limits, strip))
         .await

@@ -4,11 +4,15 @@
 //! id and the outcome arrives later by callback or by `query`. Gemini is synchronous: the
 //! images come back in the answer to `submit`. The engine tells them apart only by the
 //! [`Submission`] a call returns and the [`Delivery`] a provider declares, never by name.
+//! [`build()`] makes every provider from the configuration.
 
+mod build;
 pub mod gemini;
 pub mod inputs;
 pub mod kie;
 pub mod sim;
+
+pub use build::{BuiltProvider, BuiltProviders, Limits, build};
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 pub mod gemini;
 pub mod kie;
 mod render;
+pub mod settings;
 
 pub use gemini::{GeminiSim, GeminiSimConfig, GeminiSimStats};
 pub use kie::{KieSim, KieSimConfig, SimStats};

@@ -1,9 +1,10 @@
 //! The built-in simulators' settings, built from the configuration in one place: `serve`
-//! (the in-process simulators) and the standalone `kie-sim` / `gemini-sim` commands (whose
-//! flags fill the same sections) both go through these functions.
+//! (the in-process simulators, started by [`crate::providers::build()`]) and the standalone
+//! `kie-sim` / `gemini-sim` commands (whose flags fill the same sections) both go through
+//! these functions.
 
+use super::{GeminiSimConfig, KieSimConfig};
 use crate::config::{GeminiSimulatorConfig, SimulatorConfig};
-use crate::providers::sim::{GeminiSimConfig, KieSimConfig};
 
 /// The KIE simulator's settings from `[simulator]`; `hmac_key` signs callbacks as KIE does
 /// when its webhook HMAC key is configured. Other knobs keep their defaults.
