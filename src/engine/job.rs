@@ -7,7 +7,9 @@
 //!
 //! A stage whose success is a transition with data of its own (accepted with the
 //! provider's id, succeeded with results) makes that guarded transition itself and
-//! returns [`Outcome::Done`]; retries and give-ups always go through here.
+//! returns [`Outcome::Done`]; retries and give-ups always go through here. A stage with
+//! work left after giving up (ingest removes the results it had stored) or that moved the
+//! task on since its claim (the inline store) calls `settle` itself and returns `Done`.
 
 use std::time::Duration;
 
