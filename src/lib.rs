@@ -92,8 +92,6 @@ pub struct App {
     pub gemini_simulator: Option<Arc<GeminiSim>>,
     /// Stops the in-process simulator when the app stops.
     sim_shutdown: CancellationToken,
-    /// Delivers outbound webhooks (run with the engine's workers).
-    webhooks: Arc<webhooks::Deliverer>,
     /// The SQLite repository behind `state.repo`, for tools and tests (its size cap).
     pub sqlite: Option<Arc<SqliteRepo>>,
 }
@@ -232,15 +230,29 @@ impl App {
                 .iter()
                 .map(|h| h.as_str().to_owned()),
         );
-        let engine = Arc::new(Engine::new(
+        let signer = webhooks::Signer::load(
+            config.webhook.secret.as_ref().map(config::Secret::expose),
+            &config.data_dir,
+        )?;
+        let webhooks = Arc::new(webhooks::Deliverer::new(
             repo.clone(),
-            blobs.clone(),
-            registry,
-            result_fetcher,
-            board.clone(),
-            events.clone(),
-            settings,
+            access.clone(),
+            fetcher.clone(),
+            signer,
+            config.webhook.first_retry_ms,
         ));
+        let engine = Arc::new(
+            Engine::new(
+                repo.clone(),
+                blobs.clone(),
+                registry,
+                result_fetcher,
+                board.clone(),
+                events.clone(),
+                settings,
+            )
+            .with_webhooks(webhooks),
+        );
         let default = provider_info
             .iter()
             .find(|p| p.name == config.default_provider.as_str())
@@ -259,17 +271,6 @@ impl App {
             },
             providers: provider_info.clone(),
         };
-        let signer = webhooks::Signer::load(
-            config.webhook.secret.as_ref().map(config::Secret::expose),
-            &config.data_dir,
-        )?;
-        let webhooks = Arc::new(webhooks::Deliverer::new(
-            repo.clone(),
-            access.clone(),
-            fetcher.clone(),
-            signer,
-            config.webhook.first_retry_ms,
-        ));
         let readiness = Arc::new(http::readiness::ReadinessChecks::new(
             &config,
             repo.clone() as Arc<dyn storage::TaskRepo>,
@@ -292,7 +293,6 @@ impl App {
             simulator,
             gemini_simulator,
             sim_shutdown,
-            webhooks,
             sqlite: Some(sqlite),
         })
     }
@@ -312,10 +312,6 @@ impl App {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))
         });
-        let webhooks = self.state.config.engine.workers.then(|| {
-            let events = self.state.engine.events().clone();
-            tokio::spawn(self.webhooks.clone().run(events, shutdown.clone()))
-        });
         let router = self.router();
         let header_timeout = self.state.config.server.header_timeout_secs;
         let streams_closing = self.state.streams_closing.clone();
@@ -328,9 +324,6 @@ impl App {
         serve_http(listener, router, header_timeout, shutdown.clone()).await;
         if let Some(engine) = engine {
             let _ = engine.await;
-        }
-        if let Some(webhooks) = webhooks {
-            let _ = webhooks.await;
         }
         self.sim_shutdown.cancel();
         Ok(())

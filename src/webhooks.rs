@@ -4,9 +4,10 @@
 //! written in the same transaction as the task. When the task is final, the delivery is
 //! POSTed through the guarded [`Fetcher`] (same SSRF rules as every outbound request) with
 //! `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of
-//! "{id}.{timestamp}.{body}">`. Failures are retried on the Standard Webhooks schedule for
-//! about a day; the row is the source of truth, so a restart resumes where it stopped.
-//! The event bus only wakes the deliverer early; a periodic sweep finds everything else.
+//! "{id}.{timestamp}.{body}">`. The [`Deliverer`] makes one attempt and says how it went;
+//! the engine's webhook lane claims due deliveries, runs each attempt as a job and retries
+//! failures on the Standard Webhooks schedule ([`LATER_RETRIES`]) for about a day. The row
+//! is the source of truth, so a restart resumes where it stopped.
 //!
 //! Secrets: each API key has its own `whsec_` secret, kept in the database by the key's
 //! name (the task's owner) and made on first use ([`key_secret`]), so instances sharing the
@@ -25,26 +26,20 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use sha2::Sha256;
-use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
-use crate::events::EventBus;
 use crate::net::{FetchError, Fetcher};
-use crate::storage::{
-    AccessRepo, DeliveryOutcome, Repo, RepoError, WebhookDelivery, WebhookSecretRecord,
-};
+use crate::storage::{AccessRepo, Repo, RepoError, WebhookDelivery, WebhookSecretRecord};
 
 pub use crate::domain::whsec::{SECRET_PREFIX, parse_secret};
 
 /// Random bytes in a generated secret (Standard Webhooks: 24 to 64).
 const GENERATED_SECRET_BYTES: usize = 32;
 /// Waits after a failed attempt, after the first (configurable) one: the Standard Webhooks
-/// schedule. Eight attempts in all, over about 27 hours.
-const LATER_RETRIES: [Duration; 6] = [
+/// schedule. Eight attempts in all ([`ATTEMPTS`]), over about 27 hours.
+pub const LATER_RETRIES: [Duration; 6] = [
     Duration::from_secs(5 * 60),
     Duration::from_secs(30 * 60),
     Duration::from_secs(2 * 3600),
@@ -52,15 +47,10 @@ const LATER_RETRIES: [Duration; 6] = [
     Duration::from_secs(10 * 3600),
     Duration::from_secs(10 * 3600),
 ];
-/// How long one attempt may hold its delivery before another worker may take it.
-const ATTEMPT_LEASE: Duration = Duration::from_secs(120);
-/// How often the deliverer looks for due deliveries when nothing wakes it.
-const SWEEP: Duration = Duration::from_secs(1);
+/// Attempts in all: the first, after `first_retry`, and [`LATER_RETRIES`].
+pub const ATTEMPTS: u32 = 2 + LATER_RETRIES.len() as u32;
 /// How long a rotated-out key secret keeps signing deliveries beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
-/// Deliveries attempted at once.
-const CONCURRENCY: usize = 8;
-const BATCH: usize = 64;
 
 /// What a webhook POSTs when a task is final.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -187,14 +177,42 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// Why one delivery attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub enum AttemptError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Secret(#[from] SecretError),
 }
 
-/// Delivers due webhooks until shutdown.
+impl AttemptError {
+    /// The receiver's answer, if one came.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Fetch(FetchError::Status { status, .. }) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again may help. A refused URL (private address, bad scheme) will not
+    /// change; a secret that could not be read is retried like a failed POST.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Fetch(FetchError::Forbidden { .. }))
+    }
+}
+
+/// How one delivery attempt went.
+#[derive(Debug)]
+pub enum Attempted {
+    /// The receiver answered 2xx with this status.
+    Delivered {
+        status: u16,
+    },
+    Failed(AttemptError),
+    /// The delivery's task is gone: there is nothing to send.
+    TaskMissing,
+}
+
+/// Makes webhook delivery attempts: builds the payload, signs it, POSTs it.
 pub struct Deliverer {
     repo: Arc<dyn Repo>,
     /// Where each API key's secret is kept.
@@ -202,7 +220,8 @@ pub struct Deliverer {
     fetcher: Fetcher,
     /// The instance secret: signs deliveries of tasks without an owner.
     signer: Signer,
-    first_retry: Duration,
+    /// The wait before the first retry (`DARKROOM_WEBHOOK_FIRST_RETRY_MS`).
+    pub first_retry: Duration,
 }
 
 impl Deliverer {
@@ -253,77 +272,15 @@ impl Deliverer {
         Ok(signature)
     }
 
-    /// The wait after failed attempt number `attempts` (1-based); `None`: give up.
-    fn backoff(&self, attempts: u32) -> Option<Duration> {
-        match attempts {
-            0 | 1 => Some(self.first_retry),
-            n => LATER_RETRIES.get(usize::try_from(n - 2).ok()?).copied(),
-        }
-    }
-
-    pub async fn run(self: Arc<Self>, events: Arc<EventBus>, shutdown: CancellationToken) {
-        let mut receiver = events.subscribe();
-        loop {
-            if let Err(e) = self.deliver_due().await {
-                let message = e.to_string();
-                if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
-                    tracing::warn!(error = %message, repeated, "webhooks: looking for due deliveries failed");
-                }
-            }
-            // A final task wakes the deliverer at once; otherwise the sweep finds retries.
-            let sleep = tokio::time::sleep(SWEEP);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut sleep => break,
-                    received = receiver.recv() => match received {
-                        Ok(event) if event.is_terminal() => break,
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        // The bus lives as long as `events`; treat its end like a sweep.
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep(SWEEP).await;
-                            break;
-                        }
-                    },
-                }
-            }
-        }
-    }
-
-    async fn deliver_due(&self) -> Result<(), RepoError> {
-        loop {
-            let due = self.repo.due_webhooks(now_ms(), BATCH).await?;
-            let count = due.len();
-            futures::stream::iter(due)
-                .for_each_concurrent(CONCURRENCY, |delivery| async move {
-                    if let Err(e) = self.attempt(&delivery).await {
-                        tracing::warn!(webhook_id = %delivery.id, error = %e, "webhooks: recording an attempt failed");
-                    }
-                })
-                .await;
-            if count < BATCH {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn attempt(&self, delivery: &WebhookDelivery) -> Result<(), RepoError> {
-        let now = now_ms();
-        let lease = now + i64::try_from(ATTEMPT_LEASE.as_millis()).unwrap_or(i64::MAX);
-        if !self.repo.claim_webhook(&delivery.id, now, lease).await? {
-            return Ok(()); // another worker has it
-        }
-        let attempt = delivery.attempts + 1;
+    /// One attempt at `delivery` (already claimed), at `now`: the task as it is now,
+    /// signed and POSTed.
+    pub async fn attempt(
+        &self,
+        delivery: &WebhookDelivery,
+        now: i64,
+    ) -> Result<Attempted, RepoError> {
         let Some(task) = self.repo.get(&delivery.task_id).await? else {
-            let outcome = DeliveryOutcome::GaveUp {
-                status: None,
-                error: "the task no longer exists".to_owned(),
-            };
-            return self
-                .repo
-                .finish_webhook(&delivery.id, &outcome, now_ms())
-                .await;
+            return Ok(Attempted::TaskMissing);
         };
         let timestamp = now / 1000;
         let body = WebhookPayload {
@@ -351,42 +308,10 @@ impl Deliverer {
             Ok(self.fetcher.post(&delivery.url, headers, body).await?)
         }
         .await;
-        let outcome = match result {
-            Ok(status) => {
-                tracing::info!(webhook_id = %delivery.id, task_id = %task.id, attempt, status, "webhook delivered");
-                DeliveryOutcome::Delivered { status }
-            }
-            Err(e) => {
-                let status = match &e {
-                    AttemptError::Fetch(FetchError::Status { status, .. }) => Some(*status),
-                    _ => None,
-                };
-                // A refused URL (private address, bad scheme) will not change: give up now.
-                // A secret that could not be read is retried like a failed POST.
-                let retry = !matches!(e, AttemptError::Fetch(FetchError::Forbidden { .. }));
-                match self.backoff(attempt).filter(|_| retry) {
-                    Some(wait) => {
-                        let run_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                        tracing::warn!(webhook_id = %delivery.id, task_id = %task.id, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed; will retry");
-                        DeliveryOutcome::Retry {
-                            run_at,
-                            status,
-                            error: e.to_string(),
-                        }
-                    }
-                    None => {
-                        tracing::error!(webhook_id = %delivery.id, task_id = %task.id, attempt, error = %e, "webhook not delivered; giving up");
-                        DeliveryOutcome::GaveUp {
-                            status,
-                            error: e.to_string(),
-                        }
-                    }
-                }
-            }
-        };
-        self.repo
-            .finish_webhook(&delivery.id, &outcome, now_ms())
-            .await
+        Ok(match result {
+            Ok(status) => Attempted::Delivered { status },
+            Err(e) => Attempted::Failed(e),
+        })
     }
 }
 

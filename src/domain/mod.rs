@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod error_code;
 pub mod ids;
 pub mod image;
+pub mod job_code;
 pub mod request;
 pub mod sanitize;
 pub mod task;
@@ -13,4 +14,5 @@ pub mod whsec;
 
 pub use error_code::ErrorCode;
 pub use ids::TaskId;
+pub use job_code::JobCode;
 pub use task::{Event, TaskState, TransitionError};

@@ -14,10 +14,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::job::{Outcome, Reason};
 use super::{Engine, now_ms};
-use crate::domain::Event;
+use crate::domain::JobCode;
 use crate::status::iso_time;
-use crate::storage::{RepoError, Task, TaskUpdate};
+use crate::storage::Task;
 
 /// How long the circuit waits before each probe: `first`, doubling, at most `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,11 +248,7 @@ impl Engine {
     /// A create that never left: the provider's circuit opens (or stays open) and the task
     /// goes back to the queue as it was, without spending an attempt. It is due at once, so
     /// it goes out as soon as the circuit closes, in its turn.
-    pub(super) async fn submit_unreachable(
-        &self,
-        task: &Task,
-        reason: &str,
-    ) -> Result<(), RepoError> {
+    pub(super) fn submit_unreachable(&self, task: &Task, reason: &str) -> Outcome {
         let message = match self.circuit(&task.provider) {
             Some(circuit) => unreachable_sentence(&task.provider, &circuit.unreachable(reason)),
             None => format!(
@@ -260,15 +257,10 @@ impl Engine {
             ),
         };
         tracing::debug!(task_id = %task.id, reason, "create not sent: provider unreachable");
-        let update = TaskUpdate {
-            run_at: Some(now_ms()),
-            release_lease: true,
-            error: Some(Some(("provider_unreachable".to_owned(), message))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::RetryLater, true, update)
-            .await
-            .map(|_| ())
+        Outcome::RetryIn {
+            delay: Duration::ZERO,
+            reason: Reason::free(JobCode::ProviderUnreachable, message),
+        }
     }
 }
 

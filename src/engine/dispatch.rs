@@ -5,19 +5,38 @@
 use std::time::Duration;
 
 use super::circuit::Admission;
+use super::job::{Attempt, Growth, Outcome, Reason, RetryPolicy};
 use super::limits::ProviderGate;
-use super::{Engine, Registered, after, backoff, new_callback_token, now_ms};
-use crate::domain::{Event, TaskState};
+use super::{Engine, Registered, after, new_callback_token, now_ms};
+use crate::domain::{Event, JobCode, TaskState};
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
 use crate::storage::{RepoError, Task, TaskUpdate};
 
 /// How long an accepted create's answer is held while storage refuses to record it.
 const RECORD_ACCEPTED_FOR: Duration = Duration::from_secs(60);
 
+/// Retrying the record of an accepted create: quickly at first, the answer is in hand.
+const RECORD_ACCEPTED_RETRY: RetryPolicy = RetryPolicy {
+    first: Duration::from_millis(200),
+    growth: Growth::Factor(2),
+    cap: Duration::from_secs(5),
+    max_attempts: None,
+    jitter: 0.0,
+};
+
 impl Engine {
-    pub(super) async fn submit(&self, task: Task) -> Result<(), RepoError> {
+    /// Creates (4 s doubling to 5 min, ±20 %) up to `max_attempts` in all.
+    pub(super) fn create_retry(&self) -> RetryPolicy {
+        RetryPolicy::doubling(
+            Duration::from_secs(4),
+            Duration::from_secs(300),
+            Some(self.settings.max_attempts),
+        )
+    }
+
+    pub(super) async fn submit(&self, task: Task) -> Result<Outcome, RepoError> {
         if task.state != TaskState::Submitting {
-            return Ok(());
+            return Ok(Outcome::Done);
         }
         let Some(provider) = self
             .providers
@@ -26,18 +45,10 @@ impl Engine {
         else {
             // Only claimed per registered provider, so this is a configuration change under
             // a running queue; say so rather than retry forever.
-            let update = TaskUpdate {
-                release_lease: true,
-                error: Some(Some((
-                    "provider_unavailable".to_owned(),
-                    format!("this darkroom has no provider {:?}", task.provider),
-                ))),
-                ..TaskUpdate::default()
-            };
-            return self
-                .apply(&task, Event::Rejected, true, update)
-                .await
-                .map(|_| ());
+            return Ok(Outcome::GiveUp(Reason::free(
+                JobCode::ProviderUnavailable,
+                format!("this darkroom has no provider {:?}", task.provider),
+            )));
         };
         // Only a provider that reports later gets a callback URL (and its token).
         let (task, callback_url) = match provider.delivery() {
@@ -48,7 +59,7 @@ impl Engine {
                     ..TaskUpdate::default()
                 };
                 let Some(task) = self.touch(&task, armed).await? else {
-                    return Ok(());
+                    return Ok(Outcome::Done);
                 };
                 let url = self.callback_url(&task.id, &token);
                 (task, Some(url))
@@ -98,7 +109,13 @@ impl Engine {
             }
             Ok(Submission::Completed(generated)) => self.completed_inline(&task, generated).await,
             Ok(Submission::Failed { code, message }) => {
-                self.generation_refused(&task, code, message).await
+                // No image will come of it (blocked prompt, safety stop, text-only reply,
+                // unusable input): the task fails with the provider's reason.
+                tracing::warn!(task_id = %task.id, code = %code, reason = %message, "provider generated no image");
+                Ok(Outcome::GiveUp(Reason::spent(
+                    JobCode::Provider(code),
+                    message,
+                )))
             }
             Err(error) => {
                 // A callback may have proved the task exists even though the create answer
@@ -112,45 +129,28 @@ impl Engine {
         }
     }
 
-    /// The provider answered that this task yields no image (blocked prompt, safety stop,
-    /// text-only reply, unusable input): it fails with the provider's reason.
-    async fn generation_refused(
-        &self,
-        task: &Task,
-        code: String,
-        message: String,
-    ) -> Result<(), RepoError> {
-        tracing::warn!(task_id = %task.id, code = %code, reason = %message, "provider generated no image");
-        let update = TaskUpdate {
-            add_attempt: true,
-            submitted_at: Some(now_ms()),
-            error: Some(Some((code, message))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::ProviderFailed, true, update)
-            .await
-            .map(|_| ())
-    }
-
     /// Records an accepted create. The provider has the task (and bills it) now, so a
     /// storage fault (disk full, read-only) does not drop what it answered: the write is
     /// retried with backoff for up to `RECORD_ACCEPTED_FOR`. Giving up leaves the task to the
     /// unconfirmed-create path, with the provider's id in the log for the operator.
-    async fn accepted(&self, task: &Task, provider_task_id: String) -> Result<(), RepoError> {
+    async fn accepted(&self, task: &Task, provider_task_id: String) -> Result<Outcome, RepoError> {
         let started = std::time::Instant::now();
-        let mut wait = Duration::from_millis(200);
+        let mut failed = 0;
         loop {
             match self.record_accepted(task, &provider_task_id).await {
                 Err(e) if e.fault().is_some() && started.elapsed() < RECORD_ACCEPTED_FOR => {
+                    failed += 1;
+                    let wait = RECORD_ACCEPTED_RETRY
+                        .delay(failed)
+                        .unwrap_or(RECORD_ACCEPTED_RETRY.cap);
                     tracing::warn!(task_id = %task.id, provider_task_id = %provider_task_id, error = %e, retry_in_ms = wait.as_millis() as u64, "recording an accepted create failed; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
                     tracing::error!(task_id = %task.id, provider_task_id = %provider_task_id, error = %e, "recording an accepted create failed; the task is left to the unconfirmed-create path");
                     return Err(e);
                 }
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Outcome::Done),
             }
         }
     }
@@ -191,12 +191,14 @@ impl Engine {
         }
     }
 
-    async fn submit_failed(&self, task: &Task, error: ProviderError) -> Result<(), RepoError> {
+    /// What a failed create amounts to. An account problem (429, 402) pauses the provider
+    /// and one that cannot be reached opens its circuit: the task waits without spending an
+    /// attempt. An unconfirmed create moves on to wait for a callback.
+    async fn submit_failed(&self, task: &Task, error: ProviderError) -> Result<Outcome, RepoError> {
         // Nothing was sent: no attempt spent, and the circuit (not each task) says so.
         if let ProviderError::Unreachable(reason) = &error {
-            return self.submit_unreachable(task, reason).await;
+            return Ok(self.submit_unreachable(task, reason));
         }
-        let now = now_ms();
         let attempts = task.attempts + 1;
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
         // A 429 or a 402 is about the account, not this task: the whole provider (this task's
@@ -217,71 +219,52 @@ impl Engine {
                     pause.as_secs()
                 ),
             };
-            let update = TaskUpdate {
-                run_at: Some(after(now, pause)),
-                release_lease: true,
-                error: Some(Some(("provider_paused".to_owned(), message))),
-                ..TaskUpdate::default()
-            };
-            return self
-                .apply(task, Event::RetryLater, true, update)
-                .await
-                .map(|_| ());
+            return Ok(Outcome::RetryIn {
+                delay: pause,
+                reason: Reason::free(JobCode::ProviderPaused, message),
+            });
         }
-        let (event, update) = match &error {
-            ProviderError::Retryable { retry_after, .. }
-                if attempts < self.settings.max_attempts =>
-            {
-                (
-                    Event::RetryLater,
-                    TaskUpdate {
-                        run_at: Some(after(now, backoff(attempts, *retry_after))),
-                        error: Some(Some(("provider_retrying".to_owned(), error.to_string()))),
-                        ..TaskUpdate::default()
+        let outcome = match &error {
+            ProviderError::Retryable { retry_after, .. } => {
+                match self.create_retry().delay(attempts) {
+                    Some(delay) => Outcome::RetryIn {
+                        delay: retry_after.map_or(delay, |floor| delay.max(floor)),
+                        reason: Reason::spent(JobCode::ProviderRetrying, error.to_string()),
                     },
-                )
-            }
-            ProviderError::Retryable { .. } => (
-                Event::Rejected,
-                TaskUpdate {
-                    error: Some(Some((
-                        "provider_unavailable".to_owned(),
+                    None => Outcome::GiveUp(Reason::spent(
+                        JobCode::ProviderUnavailable,
                         format!("gave up after {attempts} attempts: {error}"),
-                    ))),
-                    ..TaskUpdate::default()
-                },
-            ),
-            ProviderError::Permanent { code, .. } => (
-                Event::Rejected,
-                TaskUpdate {
-                    error: Some(Some((format!("provider_{code}"), error.to_string()))),
-                    ..TaskUpdate::default()
-                },
-            ),
+                    )),
+                }
+            }
+            ProviderError::Permanent { code, .. } => Outcome::GiveUp(Reason::spent(
+                JobCode::Provider(format!("provider_{code}")),
+                error.to_string(),
+            )),
             // Never here: an unreachable provider returned above, spending no attempt.
-            ProviderError::Unreachable(_) => (
-                Event::RetryLater,
-                TaskUpdate {
-                    run_at: Some(now),
-                    ..TaskUpdate::default()
-                },
-            ),
-            ProviderError::Ambiguous(_) => (
-                Event::Ambiguous,
-                TaskUpdate {
-                    submitted_at: Some(now),
-                    run_at: Some(after(now, self.settings.first_poll)),
-                    error: Some(Some(("submit_ambiguous".to_owned(), error.to_string()))),
-                    ..TaskUpdate::default()
-                },
-            ),
+            ProviderError::Unreachable(reason) => self.submit_unreachable(task, reason),
+            ProviderError::Ambiguous(_) => {
+                let reason = Reason::spent(JobCode::SubmitAmbiguous, error.to_string());
+                return self.wait_for_callback(task, reason).await;
+            }
         };
+        Ok(outcome)
+    }
+
+    /// A create that may or may not have reached the provider is never sent again blindly:
+    /// the task waits as `submitted` (without a provider id) for a callback to settle it.
+    async fn wait_for_callback(&self, task: &Task, reason: Reason) -> Result<Outcome, RepoError> {
+        let now = now_ms();
         let update = TaskUpdate {
-            add_attempt: true,
+            submitted_at: Some(now),
+            run_at: Some(after(now, self.settings.first_poll)),
             release_lease: true,
-            ..update
+            add_attempt: reason.attempt == Attempt::Spent,
+            error: Some(Some((reason.code.as_str().to_owned(), reason.message))),
+            ..TaskUpdate::default()
         };
-        self.apply(task, event, true, update).await.map(|_| ())
+        self.apply(task, Event::Ambiguous, true, update).await?;
+        Ok(Outcome::Done)
     }
 
     /// How many queued tasks of `provider` may be claimed now: free call slots, within the
@@ -349,46 +332,30 @@ impl Engine {
     /// provider. For a provider that reports later it waits as `submitted` for a callback
     /// until the deadline. A synchronous provider will never say anything more: the answer
     /// went down with the dispatcher, so the task is queued again (attempts still count).
-    pub(super) async fn settle_interrupted(&self, task: &Task) -> Result<(), RepoError> {
-        let now = now_ms();
+    pub(super) async fn settle_interrupted(&self, task: &Task) -> Result<Outcome, RepoError> {
         if self.delivery_of(task) == Delivery::Inline {
             let attempts = task.attempts + 1;
             tracing::warn!(task_id = %task.id, attempt = attempts, "dispatcher lease lapsed during a synchronous generation; requesting it again");
-            let give_up = attempts >= self.settings.max_attempts;
-            let (event, message) = if give_up {
-                (
-                    Event::Rejected,
+            if self.create_retry().exhausted(attempts) {
+                return Ok(Outcome::GiveUp(Reason::spent(
+                    JobCode::SubmitInterrupted,
                     format!("darkroom stopped during generation {attempts} times; giving up"),
-                )
-            } else {
-                (
-                    Event::RetryLater,
-                    "darkroom stopped while the image was being generated; it is requested again"
-                        .to_owned(),
-                )
-            };
-            let update = TaskUpdate {
-                run_at: Some(now),
-                release_lease: true,
-                add_attempt: true,
-                error: Some(Some(("submit_interrupted".to_owned(), message))),
-                ..TaskUpdate::default()
-            };
-            return self.apply(task, event, true, update).await.map(|_| ());
+                )));
+            }
+            // At once: the wait was the lease that had to run out.
+            return Ok(Outcome::RetryIn {
+                delay: Duration::ZERO,
+                reason: Reason::spent(
+                    JobCode::SubmitInterrupted,
+                    "darkroom stopped while the image was being generated; it is requested again",
+                ),
+            });
         }
         tracing::warn!(task_id = %task.id, "dispatcher lease lapsed during create; waiting for the provider instead of resubmitting");
-        let update = TaskUpdate {
-            submitted_at: Some(now),
-            run_at: Some(after(now, self.settings.first_poll)),
-            release_lease: true,
-            error: Some(Some((
-                "submit_interrupted".to_owned(),
-                "darkroom stopped while creating this task; it is not resubmitted, to avoid paying twice".to_owned(),
-            ))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::Ambiguous, true, update)
-            .await
-            .map(|_| ())
+        let reason = Reason::free(
+            JobCode::SubmitInterrupted,
+            "darkroom stopped while creating this task; it is not resubmitted, to avoid paying twice",
+        );
+        self.wait_for_callback(task, reason).await
     }
 }

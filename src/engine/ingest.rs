@@ -11,17 +11,21 @@
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{Engine, after, backoff, now_ms};
-use crate::domain::Event;
+use std::time::Duration;
+
+use super::Engine;
+use super::job::{Outcome, Reason, RetryPolicy};
 use crate::domain::image::ImageKind;
+use crate::domain::{Event, JobCode};
 use crate::net::FetchError;
 use crate::spool::{SpoolWriter, Spooled};
 use crate::storage::keys::{self, ObjectSpec};
 use crate::storage::{BlobError, RepoError, StorageFault, Task, TaskUpdate};
 
-/// A task whose result the bucket refused tries again after `backoff(2)` (8 s ± 20 %):
-/// soon enough that recovery shows within seconds, and no attempt is spent meanwhile.
-const STORAGE_RETRY_STEP: u32 = 2;
+/// A task whose result the bucket refused tries again after 8 s (± 20 %), however long it
+/// takes: soon enough that recovery shows within seconds, and no attempt is spent meanwhile.
+pub(super) const BUCKET_WAIT: RetryPolicy =
+    RetryPolicy::doubling(Duration::from_secs(8), Duration::from_secs(8), None);
 
 /// Stands for image n of a synchronous provider's answer among a task's result sources
 /// (`inline:{n}`): there is nothing to download, but their number tells an ingest after a
@@ -30,7 +34,7 @@ pub(super) const INLINE_SOURCE: &str = "inline:";
 
 /// Why one result could not be stored, and whether trying again may help.
 pub(super) struct IngestFailure {
-    pub(super) code: &'static str,
+    pub(super) code: JobCode,
     pub(super) message: String,
     pub(super) retryable: bool,
     /// The bucket refused: waited out without spending an attempt.
@@ -38,7 +42,7 @@ pub(super) struct IngestFailure {
 }
 
 impl IngestFailure {
-    pub(super) fn permanent(code: &'static str, message: String) -> Self {
+    pub(super) fn permanent(code: JobCode, message: String) -> Self {
         Self {
             code,
             message,
@@ -53,7 +57,7 @@ impl IngestFailure {
     fn bucket(what: &str, e: &BlobError) -> Self {
         let fault = e.fault().unwrap_or(StorageFault::Failing);
         Self {
-            code: fault.code(),
+            code: fault.job_code(),
             message: format!(
                 "the bucket refused {what}: {e}; the task waits for it to accept writes again, without spending an attempt"
             ),
@@ -66,7 +70,7 @@ impl IngestFailure {
 impl From<FetchError> for IngestFailure {
     fn from(e: FetchError) -> Self {
         Self {
-            code: "result_download_failed",
+            code: JobCode::ResultDownloadFailed,
             retryable: e.is_retryable(),
             message: e.to_string(),
             storage: false,
@@ -76,10 +80,23 @@ impl From<FetchError> for IngestFailure {
 
 fn local_failure(e: std::io::Error) -> IngestFailure {
     IngestFailure {
-        code: "spool_failed",
+        code: JobCode::SpoolFailed,
         message: format!("the temporary download file could not be used: {e}"),
         retryable: true,
         storage: false,
+    }
+}
+
+/// The bucket refused a result: the task is due again shortly, its lease handed back, no
+/// attempt spent, and the reason on the task. Logged once a minute with a count.
+fn wait_for_bucket(task: &Task, failure: IngestFailure) -> Outcome {
+    let summary = format!("ingest: the bucket refuses results ({})", failure.code);
+    if let Some(repeated) = crate::log_throttle::errors().admit(&summary) {
+        tracing::warn!(task_id = %task.id, code = %failure.code, error = %failure.message, repeated, "the bucket refused a result; the task waits without spending an attempt");
+    }
+    Outcome::RetryIn {
+        delay: BUCKET_WAIT.delay(1).unwrap_or(BUCKET_WAIT.cap),
+        reason: Reason::free(failure.code, failure.message),
     }
 }
 
@@ -91,43 +108,48 @@ fn kind_of_source(source: &str) -> Option<ImageKind> {
 }
 
 impl Engine {
-    pub(super) async fn ingest(&self, task: Task) -> Result<(), RepoError> {
+    /// Downloads (4 s doubling to about 2 min, ±20 %) get twice the attempts of creates:
+    /// the task is already paid for. The count is the task's, creates included.
+    pub(super) fn download_retry(&self) -> RetryPolicy {
+        RetryPolicy::doubling(
+            Duration::from_secs(4),
+            Duration::from_secs(128),
+            Some(self.settings.max_attempts * 2),
+        )
+    }
+
+    pub(super) async fn ingest(&self, task: Task) -> Result<Outcome, RepoError> {
         let (failure, stored) = match self.store_results(&task).await {
-            Ok(stored) => return self.ingested(&task, stored).await,
+            Ok(stored) => {
+                self.ingested(&task, stored).await?;
+                return Ok(Outcome::Done);
+            }
             Err(failed) => failed,
         };
         if failure.storage {
-            return self.wait_for_bucket(&task, failure).await;
+            return Ok(wait_for_bucket(&task, failure));
         }
         let attempts = task.attempts + 1;
-        // Downloads get more tries than creates: the task is already paid for.
-        let give_up = !failure.retryable || attempts >= self.settings.max_attempts * 2;
-        tracing::warn!(task_id = %task.id, attempt = attempts, give_up, error = %failure.message, "storing results failed");
-        let error = Some(Some((failure.code.to_owned(), failure.message)));
-        if give_up {
-            let update = TaskUpdate {
-                error,
-                add_attempt: true,
-                ..TaskUpdate::default()
-            };
-            if self
-                .apply(&task, Event::IngestFailed, true, update)
-                .await?
-                .is_some()
-            {
-                self.remove_results(&task, &stored).await;
-            }
-            Ok(())
+        let delay = if failure.retryable {
+            self.download_retry().delay(attempts)
         } else {
-            let update = TaskUpdate {
-                run_at: Some(after(now_ms(), backoff(attempts.min(6), None))),
-                release_lease: true,
-                add_attempt: true,
-                error,
-                ..TaskUpdate::default()
-            };
-            self.touch(&task, update).await.map(|_| ())
+            None
+        };
+        tracing::warn!(task_id = %task.id, attempt = attempts, give_up = delay.is_none(), error = %failure.message, "storing results failed");
+        let reason = Reason::spent(failure.code, failure.message);
+        if let Some(delay) = delay {
+            return Ok(Outcome::RetryIn { delay, reason });
         }
+        // Settled here, not by the worker: once the task has failed, the results it had
+        // stored go with it.
+        if self
+            .settle(&task, Outcome::GiveUp(reason), true)
+            .await?
+            .is_some()
+        {
+            self.remove_results(&task, &stored).await;
+        }
+        Ok(Outcome::Done)
     }
 
     /// Every result is stored: the task succeeds with their keys and URLs.
@@ -148,22 +170,6 @@ impl Engine {
             .map(|_| ())
     }
 
-    /// The bucket refused a result: the task is due again shortly, its lease handed back,
-    /// no attempt spent, and the reason on the task. Logged once a minute with a count.
-    async fn wait_for_bucket(&self, task: &Task, failure: IngestFailure) -> Result<(), RepoError> {
-        let summary = format!("ingest: the bucket refuses results ({})", failure.code);
-        if let Some(repeated) = crate::log_throttle::errors().admit(&summary) {
-            tracing::warn!(task_id = %task.id, code = failure.code, error = %failure.message, repeated, "the bucket refused a result; the task waits without spending an attempt");
-        }
-        let update = TaskUpdate {
-            run_at: Some(after(now_ms(), backoff(STORAGE_RETRY_STEP, None))),
-            release_lease: true,
-            error: Some(Some((failure.code.to_owned(), failure.message))),
-            ..TaskUpdate::default()
-        };
-        self.touch(task, update).await.map(|_| ())
-    }
-
     /// Removes the results a task that failed had stored: no object outlives its task's
     /// failure unannounced. A removal that fails is logged.
     pub(super) async fn remove_results(&self, task: &Task, keys: &[String]) {
@@ -182,7 +188,7 @@ impl Engine {
     ) -> Result<Vec<(String, String)>, (IngestFailure, Vec<String>)> {
         if task.result_source_urls.is_empty() {
             let failure = IngestFailure::permanent(
-                "no_results",
+                JobCode::NoResults,
                 "the provider reported success without any result URL".to_owned(),
             );
             return Err((failure, Vec::new()));
@@ -213,7 +219,7 @@ impl Engine {
         }
         if source.starts_with(INLINE_SOURCE) {
             return Err(IngestFailure::permanent(
-                "results_lost",
+                JobCode::ResultsLost,
                 format!(
                     "the images {} generated were lost before they were stored (darkroom stopped while storing them); generate again",
                     task.provider
@@ -338,7 +344,7 @@ impl Engine {
         let started = std::time::Instant::now();
         if bytes.len() as u64 > self.settings.max_result_bytes {
             return Err(IngestFailure::permanent(
-                "result_too_large",
+                JobCode::ResultTooLarge,
                 format!(
                     "result {index} is larger than the {}-byte limit",
                     self.settings.max_result_bytes
@@ -364,7 +370,7 @@ impl Engine {
             .map_err(local_failure)?;
         let info = checked.map_err(|e| {
             IngestFailure::permanent(
-                "result_not_an_image",
+                JobCode::ResultNotAnImage,
                 format!("result {index} is not a usable image: {e}"),
             )
         })?;

@@ -6,17 +6,23 @@
 //! found `ingesting` by anyone else completes from the bucket if every image was stored
 //! before its worker stopped, and otherwise has lost its images and fails saying so.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::ingest::{INLINE_SOURCE, IngestFailure};
-use super::{Engine, after, backoff, now_ms};
-use crate::domain::Event;
+use super::job::{Outcome, Reason, RetryPolicy};
+use super::{Engine, after, now_ms};
+use crate::domain::{Event, JobCode};
 use crate::providers::Generated;
 use crate::storage::{RepoError, Task, TaskUpdate};
 
-/// Storage retries for inline images get the same budget as downloads, with shorter waits:
-/// the bytes are held in memory (and a provider slot is held) meanwhile.
-const MAX_STORE_BACKOFF_STEP: u32 = 4;
+/// Storage retries for inline images get the same budget as downloads, with shorter waits
+/// (4 s doubling to 32 s): the bytes are held in memory (and a provider slot is held)
+/// meanwhile. The waits happen here, holding the lease, not in the queue: the images
+/// exist nowhere else.
+const STORE_RETRY: RetryPolicy =
+    RetryPolicy::doubling(Duration::from_secs(4), Duration::from_secs(32), None);
 
 impl Engine {
     /// The provider generated the images: the task moves to `ingesting` (keeping the lease,
@@ -25,7 +31,7 @@ impl Engine {
         &self,
         task: &Task,
         generated: Generated,
-    ) -> Result<(), RepoError> {
+    ) -> Result<Outcome, RepoError> {
         let now = now_ms();
         // One source per image: how many to look for in the bucket if this worker stops.
         let sources = (0..generated.images.len())
@@ -48,13 +54,15 @@ impl Engine {
             .apply(task, Event::ProviderSucceeded, true, update)
             .await?
         else {
-            return Ok(());
+            return Ok(Outcome::Done);
         };
-        self.store_inline(ingesting, generated.images).await
+        self.store_inline(ingesting, generated.images).await?;
+        Ok(Outcome::Done)
     }
 
+    /// Stores the images, waiting in place between tries; settles the task itself, since
+    /// it has moved on to `ingesting` since it was claimed.
     async fn store_inline(&self, mut task: Task, images: Vec<Bytes>) -> Result<(), RepoError> {
-        let max_attempts = self.settings.max_attempts * 2;
         let mut attempt = 0;
         let mut waits = 0;
         loop {
@@ -68,16 +76,13 @@ impl Engine {
             if !failure.storage {
                 attempt += 1;
             }
-            let give_up = !failure.retryable || attempt >= max_attempts;
-            tracing::warn!(task_id = %task.id, attempt, give_up, code = failure.code, error = %failure.message, "storing inline results failed");
-            let error = Some(Some((failure.code.to_owned(), failure.message)));
+            let give_up = !failure.retryable || self.download_retry().exhausted(attempt);
+            tracing::warn!(task_id = %task.id, attempt, give_up, code = %failure.code, error = %failure.message, "storing inline results failed");
             if give_up {
-                let update = TaskUpdate {
-                    error,
-                    ..TaskUpdate::default()
-                };
+                // The attempt was counted when the images came.
+                let reason = Reason::free(failure.code, failure.message);
                 if self
-                    .apply(&task, Event::IngestFailed, true, update)
+                    .settle(&task, Outcome::GiveUp(reason), true)
                     .await?
                     .is_some()
                 {
@@ -85,7 +90,8 @@ impl Engine {
                 }
                 return Ok(());
             }
-            let wait = backoff(waits.min(MAX_STORE_BACKOFF_STEP), None);
+            let error = Some(Some((failure.code.as_str().to_owned(), failure.message)));
+            let wait = STORE_RETRY.delay(waits).unwrap_or(STORE_RETRY.cap);
             // The lease stays (the heartbeat extends it); the error shows why it waits.
             let keep = TaskUpdate {
                 error,
@@ -108,7 +114,7 @@ impl Engine {
     ) -> Result<Vec<(String, String)>, (IngestFailure, Vec<String>)> {
         if images.is_empty() {
             let failure = IngestFailure::permanent(
-                "no_results",
+                JobCode::NoResults,
                 "the provider reported success without any image".to_owned(),
             );
             return Err((failure, Vec::new()));
@@ -127,7 +133,7 @@ impl Engine {
     /// lease ran out mid-store). If it had stored every image before it stopped, the task
     /// completes from the bucket (ingest looks there first; the task's `inline:{n}` sources
     /// say how many images there were); otherwise the images went with it.
-    pub(super) async fn inline_results_lost(&self, task: &Task) -> Result<(), RepoError> {
+    pub(super) async fn inline_results_lost(&self, task: &Task) -> Result<Outcome, RepoError> {
         if task
             .result_source_urls
             .iter()
@@ -136,18 +142,12 @@ impl Engine {
             return self.ingest(task.clone()).await;
         }
         tracing::warn!(task_id = %task.id, provider = %task.provider, "inline results were lost before they were stored");
-        let update = TaskUpdate {
-            error: Some(Some((
-                "results_lost".to_owned(),
-                format!(
-                    "the images {} generated were lost before they were stored (darkroom stopped while storing them); generate again",
-                    task.provider
-                ),
-            ))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::IngestFailed, true, update)
-            .await
-            .map(|_| ())
+        Ok(Outcome::GiveUp(Reason::free(
+            JobCode::ResultsLost,
+            format!(
+                "the images {} generated were lost before they were stored (darkroom stopped while storing them); generate again",
+                task.provider
+            ),
+        )))
     }
 }

@@ -1,19 +1,21 @@
 //! The background engine: the dispatcher submits queued tasks to the provider each task
 //! names, the reconciler asks asynchronous providers about tasks whose answer is due (a
 //! callback arrived, or it is overdue), and ingest copies results into the bucket, whether
-//! downloaded or handed over inline by a synchronous provider. All of them claim work from
-//! the database under a lease and change state only through guarded updates.
+//! downloaded or handed over inline by a synchronous provider; the webhook lane delivers
+//! webhooks of final tasks. All of them claim work from the database under a lease, end
+//! each try with an outcome (`job.rs`) and change state only through guarded updates.
 
 pub mod circuit;
-mod clock;
 mod dispatch;
 mod ingest;
 mod inline;
 mod inputs;
+pub mod job;
 pub mod limits;
 mod reconcile;
 mod registry;
 mod tokens;
+mod webhook;
 mod worker;
 
 pub use registry::{ProviderRegistry, Registered};
@@ -21,7 +23,6 @@ pub use registry::{ProviderRegistry, Registered};
 pub use inputs::InputRoute;
 
 pub use crate::clock::{after, now_ms};
-pub use clock::backoff;
 pub use tokens::{hash_token, new_callback_token, token_matches};
 
 use std::sync::Arc;
@@ -33,13 +34,14 @@ use url::Url;
 
 use crate::domain::image::ImageLimits;
 use crate::domain::task::transition;
-use crate::domain::{Event, TaskId, TaskState};
+use crate::domain::{Event, JobCode, TaskId, TaskState};
 use crate::events::EventBus;
 use crate::net::Fetcher;
 use crate::providers::Delivery;
 use crate::status::{StatusBoard, task_record};
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, Repo, RepoError, Task, TaskUpdate};
+use crate::webhooks::Deliverer;
 use limits::Pause;
 use registry::Pool;
 
@@ -108,9 +110,13 @@ pub struct Engine {
     settings: EngineSettings,
     reconcile_slots: Pool,
     ingest_slots: Pool,
+    /// Makes webhook attempts; without it the webhook lane claims nothing.
+    webhooks: Option<Arc<Deliverer>>,
+    webhook_slots: Pool,
     dispatch_wake: Notify,
     reconcile_wake: Notify,
     ingest_wake: Notify,
+    webhook_wake: Notify,
 }
 
 impl Engine {
@@ -133,10 +139,19 @@ impl Engine {
             fetcher,
             board,
             settings,
+            webhooks: None,
+            webhook_slots: Pool::new(webhook::WEBHOOK_CONCURRENCY),
             dispatch_wake: Notify::new(),
             reconcile_wake: Notify::new(),
             ingest_wake: Notify::new(),
+            webhook_wake: Notify::new(),
         }
+    }
+
+    /// Delivers outbound webhooks with `deliverer`, in the webhook lane.
+    pub fn with_webhooks(mut self, deliverer: Arc<Deliverer>) -> Self {
+        self.webhooks = Some(deliverer);
+        self
     }
 
     /// Names of the providers tasks may name, in registration order.
@@ -184,7 +199,7 @@ impl Engine {
             }
             let update = TaskUpdate {
                 error: Some(Some((
-                    "canceled".to_owned(),
+                    JobCode::Canceled.as_str().to_owned(),
                     "canceled by the client".to_owned(),
                 ))),
                 ..TaskUpdate::default()
@@ -352,6 +367,10 @@ impl Engine {
     async fn published(&self, task: &Task) {
         self.board.update(task);
         self.events.publish(task);
+        if task.state.is_terminal() {
+            // Its webhook, if it asked for one, is due now.
+            self.webhook_wake.notify_one();
+        }
         write_record(&self.blobs, task).await;
     }
 
@@ -390,7 +409,8 @@ impl Engine {
         };
         tracing::info!(task_id = %noted.id, remote_state = %record.state, "callback received");
         if trust_body && !self.settings.verify_callbacks {
-            self.apply_remote(&noted, record.status, false).await?;
+            let outcome = self.apply_remote(&noted, record.status, false).await?;
+            self.settle(&noted, outcome, false).await?;
         }
         self.reconcile_wake.notify_one();
         Ok(())

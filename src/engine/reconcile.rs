@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use super::circuit::{Admission, Circuit, provider_label};
-use super::{Engine, after, backoff, now_ms};
-use crate::domain::{Event, TaskState};
+use super::job::{Outcome, Reason, RetryPolicy};
+use super::{Engine, after, now_ms};
+use crate::domain::{Event, JobCode, TaskState};
 use crate::providers::{Delivery, ProviderError, RemoteStatus};
 use crate::storage::{RepoError, Task, TaskUpdate};
 
@@ -23,8 +24,19 @@ fn next_poll_delay(age: Duration) -> Duration {
     }
 }
 
+/// A status query that failed is asked again later, backing off (never giving up: the
+/// deadline does that); it never comes sooner than the polling schedule.
+const QUERY_RETRY: RetryPolicy =
+    RetryPolicy::doubling(Duration::from_secs(4), Duration::from_secs(32), None);
+
 impl Engine {
-    pub(super) async fn reconcile(&self, task: Task) -> Result<(), RepoError> {
+    /// Polls again after the stage's own schedule: not a retry, the task is fine.
+    async fn poll_later(&self, task: &Task, update: TaskUpdate) -> Result<Outcome, RepoError> {
+        self.touch(task, update).await?;
+        Ok(Outcome::Done)
+    }
+
+    pub(super) async fn reconcile(&self, task: Task) -> Result<Outcome, RepoError> {
         let now = now_ms();
         let since = task.submitted_at.unwrap_or(task.created_at);
         let age = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
@@ -38,7 +50,7 @@ impl Engine {
             if age >= self.settings.unconfirmed_window {
                 return self.settle_unconfirmed(&task).await;
             }
-            return self.touch(&task, later).await.map(|_| ());
+            return self.poll_later(&task, later).await;
         };
         let past_deadline = age >= self.settings.task_deadline;
         // Only providers that report later can be asked; a task of any other is left to
@@ -50,10 +62,10 @@ impl Engine {
             .filter(|p| p.delivery() == Delivery::Later)
         else {
             if past_deadline {
-                return self.expire(&task).await;
+                return Ok(self.expire());
             }
             tracing::warn!(task_id = %task.id, provider = %task.provider, "no provider to ask about this task; waiting for its deadline");
-            return self.touch(&task, later).await.map(|_| ());
+            return self.poll_later(&task, later).await;
         };
         // While the provider cannot be reached nothing is asked and nothing expires: the
         // deadline is about the provider taking too long, and whether it has is unknown
@@ -65,7 +77,7 @@ impl Engine {
                 run_at: Some(outage.next_probe_ms().max(now)),
                 ..later
             };
-            return self.touch(&task, update).await.map(|_| ());
+            return self.poll_later(&task, update).await;
         }
         match provider.query(&provider_task_id).await {
             Err(ProviderError::Unreachable(reason)) => {
@@ -77,24 +89,28 @@ impl Engine {
                     run_at: Some(run_at.max(now)),
                     ..later
                 };
-                self.touch(&task, update).await.map(|_| ())
+                self.poll_later(&task, update).await
             }
             Err(error) => {
                 self.provider_reached(&task.provider);
                 if past_deadline {
-                    return self.expire(&task).await;
+                    return Ok(self.expire());
                 }
                 tracing::warn!(task_id = %task.id, error = %error, "provider query failed");
                 let retry_after = match &error {
                     ProviderError::Retryable { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let delay = backoff(task.attempts.min(4), retry_after).max(next_poll_delay(age));
+                // The task itself is fine, so no reason is shown on it: it polls later.
+                let backoff = QUERY_RETRY.delay(task.attempts).unwrap_or(QUERY_RETRY.cap);
+                let delay = retry_after
+                    .map_or(backoff, |floor| backoff.max(floor))
+                    .max(next_poll_delay(age));
                 let update = TaskUpdate {
                     run_at: Some(after(now, delay)),
                     ..later
                 };
-                self.touch(&task, update).await.map(|_| ())
+                self.poll_later(&task, update).await
             }
             Ok(status) => {
                 self.provider_reached(&task.provider);
@@ -103,7 +119,7 @@ impl Engine {
                     RemoteStatus::Succeeded { .. } | RemoteStatus::Failed { .. }
                 );
                 if past_deadline && !finished {
-                    return self.expire(&task).await;
+                    return Ok(self.expire());
                 }
                 self.apply_remote(&task, status, true).await
             }
@@ -111,18 +127,12 @@ impl Engine {
     }
 
     /// The deadline passed and the provider has no result for the task.
-    async fn expire(&self, task: &Task) -> Result<(), RepoError> {
+    fn expire(&self) -> Outcome {
         let minutes = self.settings.task_deadline.as_secs() / 60;
-        let update = TaskUpdate {
-            error: Some(Some((
-                "deadline_exceeded".to_owned(),
-                format!("no result from the provider within {minutes} minutes"),
-            ))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::Expire, true, update)
-            .await
-            .map(|_| ())
+        Outcome::GiveUp(Reason::free(
+            JobCode::DeadlineExceeded,
+            format!("no result from the provider within {minutes} minutes"),
+        ))
     }
 
     /// The provider says it has no such task. Once may be the provider catching up on a
@@ -133,7 +143,7 @@ impl Engine {
         task: &Task,
         message: String,
         later: TaskUpdate,
-    ) -> Result<(), RepoError> {
+    ) -> Result<Outcome, RepoError> {
         let answers = task.missing_answers.saturating_add(1);
         let limit = self.settings.missing_task_answers.max(1);
         if answers < limit {
@@ -142,29 +152,22 @@ impl Engine {
                 missing_answers: Some(answers),
                 ..later
             };
-            return self.touch(task, update).await.map(|_| ());
+            return self.poll_later(task, update).await;
         }
         tracing::warn!(task_id = %task.id, answers, "the provider has no record of this task; it fails");
         let label = provider_label(&task.provider);
-        let update = TaskUpdate {
-            missing_answers: Some(answers),
-            error: Some(Some((
-                "provider_task_missing".to_owned(),
-                format!(
-                    "{label} accepted this task as {} but answered {answers} times in a row that it has no such task \
-                     ({message}); no result will come from it",
-                    task.provider_task_id.as_deref().unwrap_or("?"),
-                ),
-            ))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::ProviderFailed, true, update)
-            .await
-            .map(|_| ())
+        Ok(Outcome::GiveUp(Reason::free(
+            JobCode::ProviderTaskMissing,
+            format!(
+                "{label} accepted this task as {} but answered {answers} times in a row that it has no such task \
+                 ({message}); no result will come from it",
+                task.provider_task_id.as_deref().unwrap_or("?"),
+            ),
+        )))
     }
 
     /// The window for a create with no answer has passed and no callback named the task.
-    async fn settle_unconfirmed(&self, task: &Task) -> Result<(), RepoError> {
+    async fn settle_unconfirmed(&self, task: &Task) -> Result<Outcome, RepoError> {
         // Opting in to resubmission still spends attempts: a provider that never answers
         // must not be paid again and again.
         if self.settings.resubmit_unconfirmed && task.attempts < self.settings.max_attempts {
@@ -173,7 +176,7 @@ impl Engine {
                 run_at: Some(now_ms()),
                 release_lease: true,
                 error: Some(Some((
-                    "resubmitted_unconfirmed".to_owned(),
+                    JobCode::ResubmittedUnconfirmed.as_str().to_owned(),
                     "the first create got no answer and no callback came; submitted again"
                         .to_owned(),
                 ))),
@@ -183,30 +186,24 @@ impl Engine {
             if moved.is_some() {
                 self.dispatch_wake.notify_one();
             }
-            return Ok(());
+            return Ok(Outcome::Done);
         }
         let minutes = self.settings.unconfirmed_window.as_secs().div_ceil(60);
-        let update = TaskUpdate {
-            error: Some(Some((
-                "submit_unconfirmed".to_owned(),
-                if self.settings.resubmit_unconfirmed {
-                    format!(
-                        "{} create requests got no answer and the provider never called back within {minutes} min \
-                         of the last; the attempts are used up (DARKROOM_MAX_ATTEMPTS)",
-                        task.attempts
-                    )
-                } else {
-                    format!(
-                        "the create request got no answer and the provider never called back within {minutes} min; \
-                         it was not resubmitted, to avoid paying twice (DARKROOM_RESUBMIT_UNCONFIRMED)"
-                    )
-                },
-            ))),
-            ..TaskUpdate::default()
-        };
-        self.apply(task, Event::ProviderFailed, true, update)
-            .await
-            .map(|_| ())
+        Ok(Outcome::GiveUp(Reason::free(
+            JobCode::SubmitUnconfirmed,
+            if self.settings.resubmit_unconfirmed {
+                format!(
+                    "{} create requests got no answer and the provider never called back within {minutes} min \
+                     of the last; the attempts are used up (DARKROOM_MAX_ATTEMPTS)",
+                    task.attempts
+                )
+            } else {
+                format!(
+                    "the create request got no answer and the provider never called back within {minutes} min; \
+                     it was not resubmitted, to avoid paying twice (DARKROOM_RESUBMIT_UNCONFIRMED)"
+                )
+            },
+        )))
     }
 
     /// Moves a task according to the provider's word, from a query or a trusted callback.
@@ -215,7 +212,7 @@ impl Engine {
         task: &Task,
         status: RemoteStatus,
         leased: bool,
-    ) -> Result<(), RepoError> {
+    ) -> Result<Outcome, RepoError> {
         let now = now_ms();
         let since = task.submitted_at.unwrap_or(task.created_at);
         let age = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
@@ -228,12 +225,13 @@ impl Engine {
         };
         match status {
             RemoteStatus::Missing { message } => self.missing_answer(task, message, later).await,
-            RemoteStatus::Waiting => self.touch(task, later).await.map(|_| ()),
-            RemoteStatus::Generating if task.state == TaskState::Submitted => self
-                .apply(task, Event::ProviderProgress, leased, later)
-                .await
-                .map(|_| ()),
-            RemoteStatus::Generating => self.touch(task, later).await.map(|_| ()),
+            RemoteStatus::Waiting => self.poll_later(task, later).await,
+            RemoteStatus::Generating if task.state == TaskState::Submitted => {
+                self.apply(task, Event::ProviderProgress, leased, later)
+                    .await?;
+                Ok(Outcome::Done)
+            }
+            RemoteStatus::Generating => self.poll_later(task, later).await,
             RemoteStatus::Succeeded {
                 result_urls,
                 credits,
@@ -255,23 +253,15 @@ impl Engine {
                 {
                     self.ingest_wake.notify_one();
                 }
-                Ok(())
+                Ok(Outcome::Done)
             }
-            RemoteStatus::Failed { code, message } => {
-                let update = TaskUpdate {
-                    error: Some(Some((
-                        "provider_failed".to_owned(),
-                        format!(
-                            "{} task failed (failCode {code}): {message}",
-                            task.provider.to_uppercase()
-                        ),
-                    ))),
-                    ..TaskUpdate::default()
-                };
-                self.apply(task, Event::ProviderFailed, leased, update)
-                    .await
-                    .map(|_| ())
-            }
+            RemoteStatus::Failed { code, message } => Ok(Outcome::GiveUp(Reason::free(
+                JobCode::ProviderFailed,
+                format!(
+                    "{} task failed (failCode {code}): {message}",
+                    task.provider.to_uppercase()
+                ),
+            ))),
         }
     }
 }

@@ -1,17 +1,21 @@
-//! The worker machinery: one loop per kind of work claims due tasks under a lease and
-//! starts a job for each in its own spawned task, heartbeated until it ends; `run` drains
-//! them at shutdown and `run_pending` steps them deterministically for tests.
+//! The worker machinery: one loop per kind of work (a lane) claims due work under a lease
+//! and starts a job for each claim in its own spawned task (a panic stays there and is
+//! logged), heartbeated until it ends; `run` drains them at shutdown and `run_pending`
+//! steps them deterministically for tests. A task job's outcome is settled here
+//! (`Engine::settle`); a webhook job records its own.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use tokio::sync::OwnedSemaphorePermit;
+use futures::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Registered, after, now_ms};
 use crate::domain::{TaskId, TaskState};
 use crate::providers::Delivery;
-use crate::storage::{RepoError, Task};
+use crate::storage::{RepoError, Task, WebhookDelivery};
 
 /// What a claimed task needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,13 +32,25 @@ enum Work {
     Dispatch,
     Reconcile,
     Ingest,
+    Webhook,
+}
+
+impl Work {
+    const ALL: [Work; 4] = [Work::Dispatch, Work::Reconcile, Work::Ingest, Work::Webhook];
+}
+
+/// What a job holds under its lease.
+enum Claim {
+    Task(Box<Task>, Job),
+    /// A webhook delivery's lease is its `run_at`, set to `lease_until` by the claim.
+    Webhook(WebhookDelivery, i64),
 }
 
 impl Engine {
     /// Runs the workers until `shutdown`, then waits (bounded) for in-flight jobs.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut loops = JoinSet::new();
-        for work in [Work::Dispatch, Work::Reconcile, Work::Ingest] {
+        for work in Work::ALL {
             loops.spawn(self.clone().work_loop(work, shutdown.clone()));
         }
         while loops.join_next().await.is_some() {}
@@ -44,6 +60,7 @@ impl Engine {
             }
             self.reconcile_slots.drain().await;
             self.ingest_slots.drain().await;
+            self.webhook_slots.drain().await;
         };
         if tokio::time::timeout(self.settings.shutdown_grace, drain)
             .await
@@ -51,6 +68,7 @@ impl Engine {
         {
             // Hand the work back now rather than when the leases run out. A create that is
             // still in flight keeps its lease: whether it reached the provider is unknown.
+            // So does a webhook attempt: it is tried again when its lease runs out.
             match self.repo.release_leases(&self.settings.worker_id).await {
                 Ok(released) => tracing::warn!(
                     released,
@@ -87,16 +105,21 @@ impl Engine {
             if claimed > 0 {
                 continue;
             }
-            let wake = match work {
-                Work::Dispatch => &self.dispatch_wake,
-                Work::Reconcile => &self.reconcile_wake,
-                Work::Ingest => &self.ingest_wake,
-            };
+            let wake = self.wake(work);
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(self.settings.tick) => {}
                 () = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    fn wake(&self, work: Work) -> &Notify {
+        match work {
+            Work::Dispatch => &self.dispatch_wake,
+            Work::Reconcile => &self.reconcile_wake,
+            Work::Ingest => &self.ingest_wake,
+            Work::Webhook => &self.webhook_wake,
         }
     }
 
@@ -127,8 +150,8 @@ impl Engine {
                     }
                     // Unused permits go back when the rest of the vector drops.
                     for (task, permit) in queued.into_iter().zip(permits) {
-                        self.clone()
-                            .start(&mut jobs, work, task, Job::Submit, Some(permit));
+                        let claim = Claim::Task(Box::new(task), Job::Submit);
+                        self.clone().start(&mut jobs, work, claim, Some(permit));
                     }
                 }
                 // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
@@ -144,8 +167,8 @@ impl Engine {
                     )
                     .await?;
                 for task in stale {
-                    self.clone()
-                        .start(&mut jobs, work, task, Job::SettleInterrupted, None);
+                    let claim = Claim::Task(Box::new(task), Job::SettleInterrupted);
+                    self.clone().start(&mut jobs, work, claim, None);
                 }
             }
             Work::Reconcile => {
@@ -184,8 +207,8 @@ impl Engine {
                 }
                 for task in claimed {
                     let permit = permits.pop();
-                    self.clone()
-                        .start(&mut jobs, work, task, Job::Reconcile, permit);
+                    let claim = Claim::Task(Box::new(task), Job::Reconcile);
+                    self.clone().start(&mut jobs, work, claim, permit);
                 }
             }
             Work::Ingest => {
@@ -203,8 +226,27 @@ impl Engine {
                         .await?;
                     for task in due {
                         let permit = permits.pop();
-                        self.clone()
-                            .start(&mut jobs, work, task, Job::Ingest, permit);
+                        let claim = Claim::Task(Box::new(task), Job::Ingest);
+                        self.clone().start(&mut jobs, work, claim, permit);
+                    }
+                }
+            }
+            Work::Webhook => {
+                let mut permits = self.webhook_slots.take_free();
+                if self.webhooks.is_some() && !permits.is_empty() {
+                    let due = self.repo.due_webhooks(now, permits.len()).await?;
+                    for delivery in due {
+                        // Another worker may have taken it since it was listed.
+                        if !self
+                            .repo
+                            .claim_webhook(&delivery.id, now, lease_until)
+                            .await?
+                        {
+                            continue;
+                        }
+                        let permit = permits.pop();
+                        let claim = Claim::Webhook(delivery, lease_until);
+                        self.clone().start(&mut jobs, work, claim, permit);
                     }
                 }
             }
@@ -212,49 +254,77 @@ impl Engine {
         Ok(jobs)
     }
 
+    /// Runs a task's job and settles its outcome.
+    async fn run_task_job(&self, task: Task, job: Job) -> Result<(), RepoError> {
+        let outcome = match job {
+            Job::Submit => self.submit(task.clone()).await?,
+            Job::SettleInterrupted => self.settle_interrupted(&task).await?,
+            Job::Reconcile => self.reconcile(task.clone()).await?,
+            // Inline results live only in the memory of the dispatcher that received
+            // them; a task found here without one has lost them.
+            Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
+                self.inline_results_lost(&task).await?
+            }
+            Job::Ingest => self.ingest(task.clone()).await?,
+        };
+        self.settle(&task, outcome, true).await.map(|_| ())
+    }
+
     /// Runs one job in its own task (a panic stays there), holding `permit` until it ends.
     fn start(
         self: Arc<Self>,
         jobs: &mut JoinSet<()>,
         work: Work,
-        task: Task,
-        job: Job,
+        claim: Claim,
         permit: Option<OwnedSemaphorePermit>,
     ) {
         jobs.spawn(async move {
-            let id = task.id.clone();
-            let job_future = async {
-                match job {
-                    Job::Submit => self.submit(task).await,
-                    Job::SettleInterrupted => self.settle_interrupted(&task).await,
-                    Job::Reconcile => self.reconcile(task).await,
-                    // Inline results live only in the memory of the dispatcher that received
-                    // them; a task found here without one has lost them.
-                    Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
-                        self.inline_results_lost(&task).await
-                    }
-                    Job::Ingest => self.ingest(task).await,
-                }
+            let subject = match &claim {
+                Claim::Task(task, _) => task.id.to_string(),
+                Claim::Webhook(delivery, _) => delivery.id.clone(),
             };
             // The heartbeat keeps the lease alive while the job runs (a slow provider, a
-            // minute-long generation, a large download), so no other worker takes the task.
-            let result = tokio::select! {
-                result = job_future => result,
-                () = self.heartbeat(&id) => Ok(()),
+            // minute-long generation, a large download, a slow receiver), so no other
+            // worker takes the work.
+            let job = async {
+                match claim {
+                    Claim::Task(task, job) => {
+                        let id = task.id.clone();
+                        tokio::select! {
+                            result = self.run_task_job(*task, job) => result,
+                            () = self.heartbeat(&id) => Ok(()),
+                        }
+                    }
+                    Claim::Webhook(delivery, held_until) => {
+                        let Some(deliverer) = self.webhooks.clone() else {
+                            return Ok(());
+                        };
+                        tokio::select! {
+                            result = self.deliver(&deliverer, &delivery) => result,
+                            () = self.webhook_heartbeat(&delivery.id, held_until) => Ok(()),
+                        }
+                    }
+                }
             };
-            if let Err(e) = result {
-                let message = e.to_string();
-                if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
-                    tracing::error!(task_id = %id, work = ?work, error = %message, repeated, "job failed; the lease will expire and it will run again");
+            match AssertUnwindSafe(job).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let message = e.to_string();
+                    if let Some(repeated) = crate::log_throttle::errors().admit(&message) {
+                        tracing::error!(subject = %subject, work = ?work, error = %message, repeated, "job failed; the lease will expire and it will run again");
+                    }
+                }
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(subject = %subject, work = ?work, panic = %message, "job panicked; the lease will expire and it will run again");
                 }
             }
             drop(permit);
-            let wake = match work {
-                Work::Dispatch => &self.dispatch_wake,
-                Work::Reconcile => &self.reconcile_wake,
-                Work::Ingest => &self.ingest_wake,
-            };
-            wake.notify_one();
+            self.wake(work).notify_one();
         });
     }
 
@@ -278,13 +348,33 @@ impl Engine {
         }
     }
 
+    /// Extends a webhook attempt's lease every third of the lease (an attempt may outlast
+    /// one: the POST's timeout is the fetch timeout); never returns.
+    async fn webhook_heartbeat(&self, id: &str, mut held_until: i64) {
+        let period = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let until = after(now_ms(), self.settings.lease);
+            match self.repo.extend_webhook_lease(id, held_until, until).await {
+                Ok(true) => held_until = until,
+                Ok(false) => {
+                    tracing::warn!(webhook_id = %id, "webhook lease lost while delivering; another worker may attempt it too");
+                    return std::future::pending().await;
+                }
+                Err(e) => {
+                    tracing::warn!(webhook_id = %id, error = %e, "extending the webhook lease failed");
+                }
+            }
+        }
+    }
+
     /// Runs every kind of due work until none is left, waiting for each job. For tests and
     /// tools that drive the engine without its background loops.
     pub async fn run_pending(self: &Arc<Self>) -> Result<usize, RepoError> {
         let mut total = 0;
         loop {
             let mut ran = 0;
-            for work in [Work::Dispatch, Work::Reconcile, Work::Ingest] {
+            for work in Work::ALL {
                 let mut jobs = self.clone().step(work).await?;
                 ran += jobs.len();
                 while jobs.join_next().await.is_some() {}

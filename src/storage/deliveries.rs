@@ -44,6 +44,16 @@ pub trait DeliveryRepo: Send + Sync + 'static {
     /// `lease_until`): false when another worker took it first.
     async fn claim_webhook(&self, id: &str, now: i64, lease_until: i64) -> Result<bool, RepoError>;
 
+    /// Extends the lease of an attempt that is still running, from `held_until` (what its
+    /// claim or last extension set) to `until`: false when the lease was lost (it ran out
+    /// and another worker claimed the delivery, or the attempt was recorded).
+    async fn extend_webhook_lease(
+        &self,
+        id: &str,
+        held_until: i64,
+        until: i64,
+    ) -> Result<bool, RepoError>;
+
     /// Records an attempt's outcome.
     async fn finish_webhook(
         &self,

@@ -6,7 +6,7 @@
 use std::error::Error as StdError;
 use std::io;
 
-use crate::domain::ErrorCode;
+use crate::domain::{ErrorCode, JobCode};
 
 /// Why storage refused a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +26,15 @@ impl StorageFault {
             Self::Full => ErrorCode::StorageFull,
             Self::ReadOnly => ErrorCode::StorageReadOnly,
             Self::Failing => ErrorCode::StorageUnavailable,
+        }
+    }
+
+    /// The code a task waiting for storage shows.
+    pub fn job_code(self) -> JobCode {
+        match self {
+            Self::Full => JobCode::StorageFull,
+            Self::ReadOnly => JobCode::StorageReadOnly,
+            Self::Failing => JobCode::StorageUnavailable,
         }
     }
 

@@ -57,6 +57,25 @@ impl DeliveryRepo for SqliteRepo {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn extend_webhook_lease(
+        &self,
+        id: &str,
+        held_until: i64,
+        until: i64,
+    ) -> Result<bool, RepoError> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET run_at = ?
+             WHERE id = ? AND state = 'pending' AND run_at = ?",
+        )
+        .bind(until)
+        .bind(id)
+        .bind(held_until)
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn finish_webhook(
         &self,
         id: &str,

@@ -289,6 +289,39 @@ async fn webhook_delivered_after_one_failure_and_once_per_batch_task() {
 }
 
 #[tokio::test]
+async fn run_pending_drives_deliveries_without_the_workers_or_real_time() {
+    let (host, log) = receiver(1).await;
+    let app = spawn_app(&[
+        ("DARKROOM_WORKERS", "false"),
+        ("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str()),
+        ("DARKROOM_WEBHOOK_SECRET", SECRET),
+        ("DARKROOM_WEBHOOK_FIRST_RETRY_MS", "0"),
+    ])
+    .await;
+    let ids = app
+        .generate_many(1, json!({"webhookUrl": format!("http://{host}/hook")}))
+        .await;
+    let (code, canceled) = app
+        .post_json(&format!("/api/tasks/{}/cancel", ids[0]), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{canceled}");
+    // The webhook lane is stepped like the others: a 500, the retry due at once, a 204.
+    app.engine.run_pending().await.unwrap();
+    let calls = log.lock().unwrap().clone();
+    let answers: Vec<u16> = calls.iter().map(|c| c.answered).collect();
+    assert_eq!(answers, [500, 204], "{calls:?}");
+    assert!(calls.iter().all(verify));
+    assert_eq!(
+        calls[0].id, calls[1].id,
+        "the same webhook-id on every attempt"
+    );
+    let body: Value = serde_json::from_slice(&calls[1].body).unwrap();
+    assert_eq!(body["type"], "task.canceled");
+    app.engine.run_pending().await.unwrap();
+    assert_eq!(log.lock().unwrap().len(), 2, "nothing is delivered twice");
+}
+
+#[tokio::test]
 async fn webhook_to_a_private_address_is_refused_not_retried() {
     // Not in DARKROOM_TRUSTED_FETCH_HOSTS: loopback over http is refused by the guard.
     let (host, log) = receiver(0).await;

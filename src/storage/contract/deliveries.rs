@@ -82,6 +82,28 @@ pub async fn a_delivery_is_claimed_once_per_attempt(repo: &dyn Repo) {
     );
 }
 
+pub async fn a_running_attempt_extends_its_lease_while_it_holds_it(repo: &dyn Repo) {
+    final_task_with_webhook(repo, 1).await;
+    let id = repo.due_webhooks(10, 10).await.unwrap()[0].id.clone();
+    assert!(repo.claim_webhook(&id, 10, 100).await.unwrap());
+    assert!(repo.extend_webhook_lease(&id, 100, 300).await.unwrap());
+    assert!(
+        repo.due_webhooks(200, 10).await.unwrap().is_empty(),
+        "held until the extended lease"
+    );
+    assert!(
+        !repo.extend_webhook_lease(&id, 100, 400).await.unwrap(),
+        "only from the lease it holds"
+    );
+    // The lease ran out and another worker took it: the first one's heartbeat is refused.
+    assert!(repo.claim_webhook(&id, 300, 500).await.unwrap());
+    assert!(!repo.extend_webhook_lease(&id, 300, 600).await.unwrap());
+    repo.finish_webhook(&id, &DeliveryOutcome::Delivered { status: 200 }, 400)
+        .await
+        .unwrap();
+    assert!(!repo.extend_webhook_lease(&id, 500, 700).await.unwrap());
+}
+
 pub async fn retries_come_back_when_due_and_finished_ones_do_not(repo: &dyn Repo) {
     final_task_with_webhook(repo, 1).await;
     final_task_with_webhook(repo, 2).await;

@@ -75,6 +75,7 @@ macro_rules! repo_contract_tests {
                 batches::batch_counts_follow_task_states,
                 deliveries::deliveries_wait_for_a_final_task,
                 deliveries::a_delivery_is_claimed_once_per_attempt,
+                deliveries::a_running_attempt_extends_its_lease_while_it_holds_it,
                 deliveries::retries_come_back_when_due_and_finished_ones_do_not,
                 access::keys_are_created_and_revoked,
                 access::uploads_have_owners,
