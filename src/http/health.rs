@@ -64,7 +64,11 @@ impl ProviderHealth {
         if let Some(outage) = engine.provider_outage(name) {
             return Self {
                 status: "unreachable",
-                code: Some("provider_unreachable".to_owned()),
+                code: Some(
+                    crate::domain::JobCode::ProviderUnreachable
+                        .as_str()
+                        .to_owned(),
+                ),
                 reason: Some(format!(
                     "{} cannot be reached: {}",
                     crate::engine::circuit::provider_label(name),
