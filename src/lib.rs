@@ -3,6 +3,7 @@
 //! later by callback; Gemini, answering inline), copies results into the operator's bucket
 //! and reports progress.
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;

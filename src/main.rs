@@ -1,7 +1,10 @@
 //! The `darkroom` command: parse the CLI, load configuration, install logging, call the
-//! library.
+//! library. The client commands (`generate`, `tasks`, `batches`) live in
+//! `darkroom::client`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,8 +31,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default). Without configuration: SQLite and a bucket directory
-    /// under ./data and the built-in KIE simulator, on 127.0.0.1:3000.
-    Serve,
+    /// under ./data and the built-in KIE and Gemini simulators, on 127.0.0.1:3000.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Generate images on a running darkroom: upload files, submit, follow, download.
+    Generate(Box<darkroom::client::GenerateArgs>),
+    /// List, show, cancel, retry or wait for tasks on a running darkroom.
+    Tasks(darkroom::client::TasksArgs),
+    /// Show a batch or download its results as a ZIP from a running darkroom.
+    Batches(darkroom::client::BatchesArgs),
     /// Run the KIE-compatible simulator on its own.
     KieSim(Box<KieSimArgs>),
     /// Run the Gemini-compatible simulator (generateContent) on its own.
@@ -41,6 +51,58 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+/// `serve --help`'s last words: the variables people set first.
+const SERVE_HELP: &str = "\
+Each flag wins over its variable; every other setting is a variable or a key of the
+configuration file. The ones most often set:
+  DARKROOM_LISTEN / PORT     host:port / port only (default 127.0.0.1:3000)
+  DARKROOM_DATA_DIR          SQLite database and local bucket (default ./data)
+  DARKROOM_CONFIG            TOML configuration file (default ./darkroom.toml if present)
+  DARKROOM_PUBLIC_URL        how clients and KIE reach this server
+  DARKROOM_API_KEYS          name:key,... : require API keys
+  KIE_API_TOKEN, KIE_CALLBACK_URL   real KIE instead of the simulator
+  GEMINI_API_KEY             real Gemini instead of the simulator
+  R2_ACCOUNT_ID, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_BUCKET_NAME   an R2/S3 bucket
+  DARKROOM_LOG               log filter (default info)
+.env.local and .env in the working directory are read too. darkroom.example.toml lists
+every key with its variable and default.";
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Listen on this port, on the configured host [env: PORT].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Listen on this HOST:PORT [env: DARKROOM_LISTEN].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// Keep the SQLite database and the local bucket here [env: DARKROOM_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read this TOML configuration file [env: DARKROOM_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The flags as the variables they stand for, which they win over.
+    fn as_variables(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if let Some(listen) = self.listen {
+            vars.push(("DARKROOM_LISTEN", listen.to_string()));
+        }
+        if let Some(dir) = &self.data_dir {
+            vars.push(("DARKROOM_DATA_DIR", dir.display().to_string()));
+        }
+        if let Some(file) = &self.config {
+            vars.push((
+                darkroom::config::CONFIG_FILE_VAR,
+                file.display().to_string(),
+            ));
+        }
+        vars
+    }
 }
 
 #[derive(Subcommand)]
@@ -206,15 +268,25 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve().await,
-        Command::KieSim(args) => kie_sim(*args).await,
-        Command::GeminiSim(args) => gemini_sim(*args).await,
-        Command::Migrate => migrate().await,
-        Command::Keys { command } => keys(command).await,
+    let serve_defaults = ServeArgs {
+        port: None,
+        listen: None,
+        data_dir: None,
+        config: None,
+    };
+    match cli.command.unwrap_or(Command::Serve(serve_defaults)) {
+        Command::Serve(args) => serve(&args).await?,
+        Command::KieSim(args) => kie_sim(*args).await?,
+        Command::GeminiSim(args) => gemini_sim(*args).await?,
+        Command::Migrate => migrate().await?,
+        Command::Keys { command } => keys(command).await?,
+        Command::Generate(args) => return Ok(darkroom::client::generate(*args).await.into()),
+        Command::Tasks(args) => return Ok(darkroom::client::tasks(args).await.into()),
+        Command::Batches(args) => return Ok(darkroom::client::batches(args).await.into()),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config() -> anyhow::Result<Config> {
@@ -222,8 +294,11 @@ fn load_config() -> anyhow::Result<Config> {
     Config::load().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn serve() -> anyhow::Result<()> {
-    let config = load_config()?;
+async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load_with(&args.as_variables()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(port) = args.port {
+        config.server.listen.set_port(port);
+    }
     init_tracing(&config.log);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     for name in Config::unknown_darkroom_vars(&env) {
@@ -233,7 +308,7 @@ async fn serve() -> anyhow::Result<()> {
         .await
         .with_context(|| {
             format!(
-                "cannot listen on {} (DARKROOM_LISTEN / PORT)",
+                "cannot listen on {} (--listen / --port, DARKROOM_LISTEN / PORT)",
                 config.server.listen
             )
         })?;

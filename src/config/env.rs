@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use url::Url;
 
-use super::keys::{CONFIG_FILE_VAR, KEYS, S3_KEYS};
+use super::keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, S3_KEYS};
 use super::types::{Raw, Secret, parse_http_url};
 use super::{Config, ConfigError, S3Config, invalid};
 
@@ -79,6 +79,7 @@ pub(super) fn known_darkroom_vars() -> impl Iterator<Item = &'static str> {
     KEYS.iter()
         .flat_map(|key| key.env.iter().copied())
         .chain([CONFIG_FILE_VAR])
+        .chain(CLIENT_VARS)
         .filter(|var| var.starts_with("DARKROOM_"))
 }
 

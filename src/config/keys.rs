@@ -88,6 +88,11 @@ macro_rules! key {
 /// The variable naming the configuration file; not a key itself.
 pub const CONFIG_FILE_VAR: &str = "DARKROOM_CONFIG";
 
+/// Variables of the command-line client (`darkroom generate`, `tasks`, `batches`): the
+/// server's URL and the API key it sends. The server does not read them, but they are
+/// ours, so a shell that sets them does not make `serve` warn.
+pub const CLIENT_VARS: [&str; 2] = ["DARKROOM_SERVER", "DARKROOM_KEY"];
+
 /// `[storage.s3]` is read as a whole: from the file, or from the original's `R2_*`
 /// variables as a group (see `env.rs`). Its fields and the variables that fill them.
 pub const S3_KEYS: [(&str, &[&str]); 5] = [

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::domain::image::ImageLimits;
 use crate::domain::request::ProviderName;
-pub use keys::{KEYS, Key};
+pub use keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, Key};
 use types::Raw;
 pub use types::{
     ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin, Secret,
@@ -382,6 +382,12 @@ impl Config {
     /// Loads from the process environment, after reading `.env.local` and `.env` from the
     /// working directory (variables already set win, as with the original Next.js app).
     pub fn load() -> Result<Self, ConfigError> {
+        Self::load_with(&[])
+    }
+
+    /// [`load`](Self::load) with `overrides` winning over the environment: `serve`'s flags
+    /// (`--listen` is `DARKROOM_LISTEN`, `--data-dir` is `DARKROOM_DATA_DIR`, …).
+    pub fn load_with(overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
         for file in [".env.local", ".env"] {
             if Path::new(file).exists()
                 && let Err(e) = dotenvy::from_filename(file)
@@ -392,7 +398,10 @@ impl Config {
                 });
             }
         }
-        let env: HashMap<String, String> = std::env::vars().collect();
+        let mut env: HashMap<String, String> = std::env::vars().collect();
+        for (var, value) in overrides {
+            env.insert((*var).to_owned(), value.clone());
+        }
         Self::from_env(&env)
     }
 

@@ -157,8 +157,13 @@ fn gemini_is_simulated_until_a_key_is_set() {
 
 #[test]
 fn unknown_darkroom_variables_are_reported() {
-    let unknown =
-        Config::unknown_darkroom_vars(&env(&[("DARKROOM_LISTN", "x"), ("DARKROOM_LISTEN", "y")]));
+    let unknown = Config::unknown_darkroom_vars(&env(&[
+        ("DARKROOM_LISTN", "x"),
+        ("DARKROOM_LISTEN", "y"),
+        // The command-line client's: ours, though the server does not read them.
+        ("DARKROOM_SERVER", "http://127.0.0.1:3000"),
+        ("DARKROOM_KEY", "dk_x"),
+    ]));
     assert_eq!(unknown, vec!["DARKROOM_LISTN".to_owned()]);
 }
 

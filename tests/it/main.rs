@@ -11,6 +11,7 @@ mod harness;
 mod bad_input;
 mod batches;
 mod cli;
+mod client;
 mod crash;
 mod fuzz_parsers;
 mod gemini;
