@@ -13,49 +13,99 @@ use super::follow::{Follow, Snapshot};
 use super::progress::Progress;
 use super::{EXIT_OK, EXIT_TASK_FAILED, GenerateArgs, Watching, say};
 use crate::domain::TaskState;
+use crate::domain::request::MAX_SOURCES;
 
 pub(super) async fn run(args: &GenerateArgs) -> Result<u8, ClientError> {
     let api = Api::new(&args.connection.server, args.connection.key.clone())?;
-    let mut urls = Vec::new();
+    if args.batch && args.images.len() > MAX_SOURCES {
+        return Err(ClientError::Usage(format!(
+            "a batch takes at most {MAX_SOURCES} images; without --batch they are submitted {MAX_SOURCES} at a time"
+        )));
+    }
     let mut files = Vec::new();
-    for image in &args.images {
-        if image.starts_with("http://") || image.starts_with("https://") {
-            urls.push(image.clone());
-        } else if Path::new(image).is_file() {
-            files.push(PathBuf::from(image));
-        } else {
+    for image in args.images.iter().filter(|i| !is_url(i)) {
+        if !Path::new(image).is_file() {
             return Err(ClientError::Usage(format!(
                 "{image} is neither a readable file nor an http(s) URL"
             )));
         }
+        files.push(PathBuf::from(image));
     }
     make_dir(&args.out)?;
-    let uploaded = api.upload(&files).await?;
-    let mut body = json!({"prompt": args.prompt});
-    if !uploaded.is_empty() {
-        body["uploads"] = uploaded
-            .iter()
-            .map(|u| json!({"key": u["key"], "url": u["url"]}))
-            .collect();
+    let mut uploaded = api.upload(&files).await?.into_iter();
+    // Each image in the order given: an upload entry or an image URL.
+    let sources: Vec<(bool, Value)> = args
+        .images
+        .iter()
+        .map(|image| {
+            if is_url(image) {
+                (false, json!(image))
+            } else {
+                let u = uploaded.next().unwrap_or_default();
+                (true, json!({"key": u["key"], "url": u["url"]}))
+            }
+        })
+        .collect();
+    let mut batch_id = None;
+    let mut submitted = Vec::new();
+    // A request takes at most MAX_SOURCES images: more are submitted in turns.
+    for chunk in sources.chunks(MAX_SOURCES) {
+        let mut body = json!({"prompt": args.prompt});
+        let pick = |upload: bool| -> Vec<Value> {
+            chunk
+                .iter()
+                .filter(|(u, _)| *u == upload)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        for (field, values) in [("uploads", pick(true)), ("imageUrls", pick(false))] {
+            if !values.is_empty() {
+                body[field] = values.into();
+            }
+        }
+        for (field, value) in [
+            ("provider", &args.provider),
+            ("aspectRatio", &args.aspect_ratio),
+            ("outputFormat", &args.format),
+        ] {
+            if let Some(value) = value {
+                body[field] = json!(value);
+            }
+        }
+        let (batch, tasks) = submit(&api, args, &body).await?;
+        batch_id = batch_id.or(batch);
+        submitted.extend(tasks);
     }
-    if !urls.is_empty() {
-        body["imageUrls"] = json!(urls);
-    }
-    for (field, value) in [
-        ("provider", &args.provider),
-        ("aspectRatio", &args.aspect_ratio),
-        ("outputFormat", &args.format),
-    ] {
-        if let Some(value) = value {
-            body[field] = json!(value);
+    let json = args.connection.json;
+    if !json {
+        match &batch_id {
+            Some(batch) => say(&format!("batch {batch}: {} task(s)", submitted.len())),
+            None => say(&format!("{} task(s) submitted", submitted.len())),
         }
     }
+    let finished = watch(&api, submitted, Some(&args.out), &args.watching, json).await?;
+    let mut extra = Map::new();
+    extra.insert("batchId".into(), json!(batch_id));
+    Ok(report(extra, &finished, &args.watching, json))
+}
+
+fn is_url(image: &str) -> bool {
+    image.starts_with("http://") || image.starts_with("https://")
+}
+
+/// One request (`/api/generate`, or `/api/batches` with `--batch`): the batch id and the
+/// tasks it made, with their providers.
+async fn submit(
+    api: &Api,
+    args: &GenerateArgs,
+    body: &Value,
+) -> Result<(Option<String>, Vec<Snapshot>), ClientError> {
     let path = if args.batch {
         "api/batches"
     } else {
         "api/generate"
     };
-    let answer = api.post(path, &body).await?;
+    let answer = api.post(path, body).await?;
     let batch_id = answer["batchId"].as_str().map(str::to_owned);
     // `/api/generate` names each task's provider; for a batch, its view does.
     let tasks = match &batch_id {
@@ -87,17 +137,7 @@ pub(super) async fn run(args: &GenerateArgs) -> Result<u8, ClientError> {
             reason: format!("no taskIds in {answer}"),
         });
     }
-    let json = args.connection.json;
-    if !json {
-        match &batch_id {
-            Some(batch) => say(&format!("batch {batch}: {} task(s)", submitted.len())),
-            None => say(&format!("{} task(s) submitted", submitted.len())),
-        }
-    }
-    let finished = watch(&api, submitted, Some(&args.out), &args.watching, json).await?;
-    let mut extra = Map::new();
-    extra.insert("batchId".into(), json!(batch_id));
-    Ok(report(extra, &finished, &args.watching, json))
+    Ok((batch_id, submitted))
 }
 
 fn make_dir(dir: &Path) -> Result<(), ClientError> {

@@ -78,7 +78,8 @@ async fn generate_one(app: &TestApp, dir: &Path, extra: &[&str]) -> (String, Out
 async fn generate_uploads_files_follows_the_tasks_and_downloads_the_results() {
     let app = spawn_app(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let files = pngs(dir.path(), 2);
+    // Eleven: more than one upload request and one generate request take (ten each).
+    let files = pngs(dir.path(), 11);
     let out = dir.path().join("results");
     let mut args = vec!["generate", "--prompt", "a red linen dress", "--out"];
     let out_arg = out.display().to_string();
@@ -87,13 +88,13 @@ async fn generate_uploads_files_follows_the_tasks_and_downloads_the_results() {
     let run = darkroom(&app.base, &args, &[]).await;
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
-        stderr(&run).contains("2 of 2 task(s) succeeded"),
+        stderr(&run).contains("11 of 11 task(s) succeeded"),
         "{}",
         stderr(&run)
     );
     // stdout is the result files, one a line, named <taskId>-<n>.<ext>.
     let printed: Vec<String> = stdout(&run).lines().map(str::to_owned).collect();
-    assert_eq!(printed.len(), 2, "{printed:?}");
+    assert_eq!(printed.len(), 11, "{printed:?}");
     for line in &printed {
         let path = Path::new(line);
         let name = path.file_name().unwrap().to_str().unwrap();
@@ -106,7 +107,7 @@ async fn generate_uploads_files_follows_the_tasks_and_downloads_the_results() {
         assert!(image.width() > 0);
     }
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
-    assert_eq!(left.len(), 2, "no .part file is left behind");
+    assert_eq!(left.len(), 11, "no .part file is left behind");
 }
 
 #[tokio::test]
@@ -266,6 +267,17 @@ async fn unreachable_servers_missing_keys_and_refused_requests_say_so() {
     let run = darkroom(&app.base, &["generate", "-p", "x", "missing.png"], &[]).await;
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert!(stderr(&run).contains("missing.png"), "{}", stderr(&run));
+    // A batch is one request: more images than one takes are refused before uploading.
+    let many = pngs(dir.path(), 11);
+    let mut args = vec!["generate", "--batch", "-p", "x"];
+    args.extend(many.iter().map(String::as_str));
+    let run = darkroom(&app.base, &args, &[]).await;
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("at most 10 images"),
+        "{}",
+        stderr(&run)
+    );
 }
 
 #[tokio::test]
