@@ -111,6 +111,11 @@ pub struct Engine {
     dispatch_wake: Notify,
     reconcile_wake: Notify,
     ingest_wake: Notify,
+    /// Held shared from a queue insert until its `queued` events are published, and
+    /// exclusively by the dispatcher while it claims queued tasks: a task is never claimed
+    /// (and moved on) before its first event is out, so that event says `queued` and comes
+    /// first.
+    enqueue_gate: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
@@ -136,6 +141,7 @@ impl Engine {
             dispatch_wake: Notify::new(),
             reconcile_wake: Notify::new(),
             ingest_wake: Notify::new(),
+            enqueue_gate: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -247,6 +253,7 @@ impl Engine {
 
     /// Queues new tasks (one transaction) and wakes the dispatcher.
     pub async fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
+        let _gate = self.enqueue_gate.read().await;
         self.repo.insert(tasks).await?;
         self.queued(tasks).await
     }
@@ -257,6 +264,7 @@ impl Engine {
         batch: &crate::storage::Batch,
         tasks: &[NewTask],
     ) -> Result<Vec<Task>, RepoError> {
+        let _gate = self.enqueue_gate.read().await;
         self.repo.insert_batch(batch, tasks).await?;
         self.queued(tasks).await
     }
