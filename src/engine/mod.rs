@@ -117,6 +117,11 @@ pub struct Engine {
     reconcile_wake: Notify,
     ingest_wake: Notify,
     webhook_wake: Notify,
+    /// Held shared from a queue insert until its `queued` events are published, and
+    /// exclusively by the dispatcher while it claims queued tasks: a task is never claimed
+    /// (and moved on) before its first event is out, so that event says `queued` and comes
+    /// first.
+    enqueue_gate: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
@@ -145,6 +150,7 @@ impl Engine {
             reconcile_wake: Notify::new(),
             ingest_wake: Notify::new(),
             webhook_wake: Notify::new(),
+            enqueue_gate: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -262,6 +268,7 @@ impl Engine {
 
     /// Queues new tasks (one transaction) and wakes the dispatcher.
     pub async fn enqueue(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
+        let _gate = self.enqueue_gate.read().await;
         self.repo.insert(tasks).await?;
         self.queued(tasks).await
     }
@@ -272,6 +279,7 @@ impl Engine {
         batch: &crate::storage::Batch,
         tasks: &[NewTask],
     ) -> Result<Vec<Task>, RepoError> {
+        let _gate = self.enqueue_gate.read().await;
         self.repo.insert_batch(batch, tasks).await?;
         self.queued(tasks).await
     }

@@ -140,10 +140,12 @@ impl Engine {
                         continue;
                     }
                     permits.truncate(room);
-                    let queued = self
-                        .repo
-                        .claim_queued(provider.name(), now, room, &worker, lease_until)
-                        .await?;
+                    let queued = {
+                        let _gate = self.enqueue_gate.write().await;
+                        self.repo
+                            .claim_queued(provider.name(), now, room, &worker, lease_until)
+                            .await?
+                    };
                     provider.gate().creates.release(room - queued.len());
                     if queued.is_empty() {
                         provider.gate().circuit.return_probe();

@@ -14,6 +14,7 @@
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -24,9 +25,10 @@ const ROOT = resolve(import.meta.dirname, '..', '..');
 const BINARY = process.env.DARKROOM_BINARY || join(ROOT, 'target', 'debug', 'darkroom');
 const CHROMIUM = '/usr/bin/chromium';
 const TIMEOUT_MS = 60_000;
-// Gemini tasks (made through the API below) take this long in the built-in simulator: long
-// enough to still be running when a freshly loaded page lists them.
-const GEMINI_LATENCY_MS = '3000-3500';
+// Gemini tasks (made through the API below) in the built-in simulator. They are held
+// unfinished by an input image the test serves only when it says so (heldInput), not by
+// the simulator's latency.
+const GEMINI_LATENCY_MS = '200-500';
 const API_KEY = 'dk_browser_test_key_0123456789';
 const OTHER_KEY = 'dk_browser_other_key_0123456789';
 
@@ -99,6 +101,38 @@ async function waitForServer(url, child) {
   throw new Error(`darkroom did not answer at ${url} within 30 s`);
 }
 
+/**
+ * A loopback server whose one image, `/held.png`, is answered only after `release()`: a
+ * Gemini task given it as a reference cannot finish before then, however slow the machine.
+ * `requests` counts the requests that came in.
+ */
+async function heldInput() {
+  const image = png(24, 24, [90, 90, 220]);
+  let release;
+  const released = new Promise((ok) => { release = ok; });
+  const state = { requests: 0 };
+  const server = createHttpServer((request, response) => {
+    state.requests += 1;
+    released.then(() => {
+      response.writeHead(200, { 'Content-Type': 'image/png', 'Content-Length': image.length });
+      response.end(image);
+    });
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const host = `127.0.0.1:${server.address().port}`;
+  return {
+    host,
+    url: `http://${host}/held.png`,
+    state,
+    release,
+    close() {
+      release();
+      server.closeAllConnections();
+      return new Promise((ok) => server.close(ok));
+    },
+  };
+}
+
 /** A JSON call to darkroom's API from node (not the page); throws on a non-2xx answer. */
 async function call(base, path, { method = 'GET', json, form, key } = {}) {
   const headers = { Accept: 'application/json' };
@@ -126,10 +160,15 @@ async function uploadPng(base, key) {
 }
 
 /** Creates one task through the API; returns its id. */
-async function createTask(base, upload, { provider, key } = {}) {
+async function createTask(base, upload, { provider, key, referenceUrls } = {}) {
   const data = await call(base, '/api/generate', {
     method: 'POST',
-    json: { prompt: 'made through the API', uploads: [upload], ...(provider ? { provider } : {}) },
+    json: {
+      prompt: 'made through the API',
+      uploads: [upload],
+      ...(provider ? { provider } : {}),
+      ...(referenceUrls ? { referenceUrls } : {}),
+    },
     key,
   });
   return data.taskIds[0];
@@ -200,7 +239,8 @@ async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-'));
   const profileDir = mkdtempSync(join(tmpdir(), 'darkroom-chromium-'));
   const url = `http://127.0.0.1:${port}`;
-  const server = startServer(port, dataDir);
+  const held = await heldInput();
+  const server = startServer(port, dataDir, { DARKROOM_TRUSTED_FETCH_HOSTS: held.host });
   const keyedDataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-keyed-'));
   let keyedServer;
   const creditDataDir = mkdtempSync(join(tmpdir(), 'darkroom-browser-credits-'));
@@ -315,19 +355,23 @@ async function main() {
 
     // --- Load more, a past task still running, a canceled one ---------------------------
     // Made through the API (not this page): a Gemini task to cancel, then one that is still
-    // running (the Gemini simulator takes GEMINI_LATENCY_MS) when the page lists it.
+    // running when the page lists it. Both wait for the held reference image, so neither
+    // can finish before the test releases it.
     const upload = await uploadPng(url, undefined);
-    const canceledId = await createTask(url, upload, { provider: 'gemini' });
+    const referenceUrls = [held.url];
+    const canceledId = await createTask(url, upload, { provider: 'gemini', referenceUrls });
     await call(url, `/api/tasks/${canceledId}/cancel`, { method: 'POST', json: {} });
-    const runningId = await createTask(url, upload, { provider: 'gemini' });
+    const runningId = await createTask(url, upload, { provider: 'gemini', referenceUrls });
     posts = 0;
     await page.goto(`${url}/?pageSize=2`, { waitUntil: 'domcontentloaded' });
     await page.waitForSelector(`#task-list li.task-card[data-task-id="${canceledId}"]`, { timeout: TIMEOUT_MS });
+    await page.waitForSelector(`#task-list li.task-card[data-task-id="${runningId}"]`, { timeout: TIMEOUT_MS });
     const firstPage = await cards(page);
     if (Object.keys(firstPage).length !== 2) throw new Error(`pageSize=2 showed ${Object.keys(firstPage).length} cards`);
     if (firstPage[runningId].status === 'completed' || !firstPage[runningId].cancelShown) {
       throw new Error(`the running past task should be listed unfinished with Cancel, saw ${JSON.stringify(firstPage[runningId])}`);
     }
+    const heldRequests = held.state.requests;
     let pagesRead = 1;
     while (await page.isVisible('#tasks-more')) {
       const before = await page.$$eval('#task-list li.task-card', (list) => list.length);
@@ -346,7 +390,8 @@ async function main() {
     if (pagesRead !== 3 || allIds.join() !== expectedIds.join()) {
       throw new Error(`"Load more" read ${pagesRead} pages and showed ${allIds.join()}; expected 3 pages and ${expectedIds.join()}`);
     }
-    // The running one finishes on the page over SSE (no reload, no polling).
+    // Released, the running one finishes on the page over SSE (no reload, no polling).
+    held.release();
     await page.waitForSelector(`#task-list li.task-card[data-task-id="${runningId}"][data-status="completed"] img.result-image`, { timeout: TIMEOUT_MS });
     const paged = await cards(page);
     const canceled = paged[canceledId];
@@ -468,9 +513,10 @@ async function main() {
 
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task (held on its input, ${heldRequests} held input requests when listed) finished live once released, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
+    await held.close();
     await stopServer(server);
     await stopServer(keyedServer);
     await stopServer(creditServer);

@@ -380,13 +380,19 @@ async fn mixed_kie_and_gemini_tasks_in_one_request_each_complete_through_their_o
     assert_eq!(record(&app, &ids[2]).await["provider"], "gemini");
 }
 
+/// Gemini calls that would take an hour: KIE tasks complete meanwhile (none of the Gemini
+/// tasks can have, whatever the machine's speed), at most `DARKROOM_GEMINI_CONCURRENCY` calls
+/// run at once, and each is cut at `DARKROOM_GEMINI_TIMEOUT_SECS` and retried; once the
+/// simulator is quick again every Gemini task completes.
 #[tokio::test]
 async fn slow_gemini_calls_are_bounded_and_do_not_hold_up_kie_tasks() {
     let app = spawn_app(&[
-        ("DARKROOM_GEMINI_SIM_LATENCY_MS", "2000"),
+        ("DARKROOM_GEMINI_SIM_LATENCY_MS", "3600000"),
         ("DARKROOM_GEMINI_CONCURRENCY", "2"),
+        ("DARKROOM_GEMINI_TIMEOUT_SECS", "2"),
     ])
     .await;
+    let gemini = app.gemini_sim.clone().unwrap();
     let up = uploads(&app, 8).await;
     let sources: Vec<Value> = up
         .iter()
@@ -396,23 +402,55 @@ async fn slow_gemini_calls_are_bounded_and_do_not_hold_up_kie_tasks() {
     let answer = generate(&app, json!({"prompt": "p", "uploads": sources})).await;
     let ids = task_ids(&answer);
     let (gemini_ids, kie_ids) = ids.split_at(5);
+    let started = Instant::now();
     for id in kie_ids {
         assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
     }
-    // Every KIE task is done while Gemini, two at a time, is still working.
-    let mut unfinished = 0;
+    let kie_done = started.elapsed();
+    // Every KIE task is done while Gemini's two slots are taken by calls that cannot end.
+    wait_until("both Gemini slots in use", || gemini.stats().in_flight == 2).await;
+    let mut completed = 0;
     for id in gemini_ids {
-        if app.status(id).await["status"] != "completed" {
-            unfinished += 1;
+        if app.status(id).await["status"] == "completed" {
+            completed += 1;
         }
     }
-    assert!(unfinished >= 3, "{unfinished} Gemini tasks still running");
+    let held = gemini.stats();
+    assert_eq!(completed, 0, "a Gemini call that takes an hour completed");
+    assert_eq!(held.generated, 0, "{held:?}");
+    assert_eq!(held.max_in_flight, 2, "{held:?}");
+
+    // The calls are cut at the timeout and retried; answered quickly now, all complete.
+    gemini.configure(|c| c.latency_ms = (20, 60));
     for id in gemini_ids {
         assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
     }
-    let stats = app.gemini_sim.as_ref().unwrap().stats();
+    let all_done = started.elapsed();
+    let stats = gemini.stats();
+    let mut retried = 0;
+    for id in gemini_ids {
+        if record(&app, id).await["attempts"].as_u64() > Some(1) {
+            retried += 1;
+        }
+    }
+    println!(
+        "slow_gemini_calls: {} KIE tasks completed {:.2} s after the request while the Gemini calls hung ({} in flight, at most {} at once, {completed} of {} Gemini tasks completed); cut at the timeout, {retried} were retried; {} generated after {:.2} s from {} Gemini requests, at most {} at once",
+        kie_ids.len(),
+        kie_done.as_secs_f64(),
+        held.in_flight,
+        held.max_in_flight,
+        gemini_ids.len(),
+        stats.generated,
+        all_done.as_secs_f64(),
+        stats.requests,
+        stats.max_in_flight,
+    );
     assert_eq!(stats.generated, 5);
     assert_eq!(stats.max_in_flight, 2, "{stats:?}");
+    assert!(
+        retried >= 2,
+        "the hour-long calls were cut and retried: {retried}"
+    );
 }
 
 #[tokio::test]
