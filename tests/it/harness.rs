@@ -474,6 +474,33 @@ impl TestApp {
         counts
     }
 
+    /// With workers off (`DARKROOM_WORKERS=false`): steps the engine until every task is in
+    /// a final compatible status, failing after `timeout`; their statuses, in order.
+    pub async fn step_until_final(&self, ids: &[String], timeout: Duration) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            self.engine
+                .run_pending()
+                .await
+                .expect("stepping the engine");
+            let mut statuses = Vec::with_capacity(ids.len());
+            for id in ids {
+                statuses.push(self.status(id).await);
+            }
+            if statuses
+                .iter()
+                .all(|s| matches!(s["status"].as_str(), Some("completed" | "failed")))
+            {
+                return statuses;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "not all final after {timeout:?}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the task reaches a final compatible status.
     pub async fn wait_final(&self, task_id: &str, timeout: Duration) -> Value {
         let start = Instant::now();
