@@ -474,28 +474,34 @@ impl TestApp {
         counts
     }
 
-    /// With workers off (`DARKROOM_WORKERS=false`): steps the engine until every task is in
-    /// a final compatible status, failing after `timeout`; their statuses, in order.
-    pub async fn step_until_final(&self, ids: &[String], timeout: Duration) -> Vec<Value> {
+    /// With workers off (`DARKROOM_WORKERS=false`): steps the engine until every task is
+    /// final, failing after `timeout`; their rows, in order. Reads the repository, so it
+    /// works with API keys on too.
+    pub async fn step_until_final(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Vec<darkroom::storage::Task> {
+        let ids: Vec<darkroom::domain::TaskId> = ids
+            .iter()
+            .map(|id| darkroom::domain::TaskId::parse(id).expect("a task id"))
+            .collect();
         let start = Instant::now();
         loop {
             self.engine
                 .run_pending()
                 .await
                 .expect("stepping the engine");
-            let mut statuses = Vec::with_capacity(ids.len());
-            for id in ids {
-                statuses.push(self.status(id).await);
+            let mut tasks = Vec::with_capacity(ids.len());
+            for id in &ids {
+                tasks.push(self.repo.get(id).await.unwrap().expect("the task exists"));
             }
-            if statuses
-                .iter()
-                .all(|s| matches!(s["status"].as_str(), Some("completed" | "failed")))
-            {
-                return statuses;
+            if tasks.iter().all(|t| t.state.is_terminal()) {
+                return tasks;
             }
             assert!(
                 start.elapsed() < timeout,
-                "not all final after {timeout:?}: {statuses:?}"
+                "not all final after {timeout:?}: {tasks:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

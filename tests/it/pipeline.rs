@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::harness::{callbacks_answered, png, spawn_app};
+use darkroom::domain::TaskState;
 use serde_json::json;
 
 const FINAL: Duration = Duration::from_secs(30);
@@ -108,8 +109,8 @@ async fn a_callback_delivered_five_times_stores_one_result_set() {
     ])
     .await;
     let ids = app.generate_from_upload(3, json!({})).await;
-    for status in app.step_until_final(&ids, FINAL).await {
-        assert_eq!(status["status"], "completed", "{status}");
+    for task in app.step_until_final(&ids, FINAL).await {
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     }
     // Every delivery of the simulator's own has been answered and what it made due has run.
     let sim = app.sim.clone().unwrap();
@@ -273,6 +274,6 @@ async fn forged_callbacks_change_nothing() {
     let genuine = sim.callback_url(&pid).expect("the callback URL");
     let response = app.http.post(&genuine).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let status = app.step_until_final(&ids, FINAL).await;
-    assert_eq!(status[0]["status"], "completed", "{}", status[0]);
+    let tasks = app.step_until_final(&ids, FINAL).await;
+    assert_eq!(tasks[0].state, TaskState::Succeeded, "{:?}", tasks[0]);
 }
