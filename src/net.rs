@@ -80,6 +80,10 @@ struct Trusted {
 pub struct Fetcher {
     client: reqwest::Client,
     trusted: Arc<Trusted>,
+    /// Where names are looked up, by the check and by the client's resolver alike.
+    lookup: Arc<dyn Resolve>,
+    connect_timeout: Duration,
+    timeout: Duration,
     /// `DARKROOM_RESULT_HOSTS`: `host` or `*.domain` patterns; empty allows every public host.
     allowed_hosts: Arc<Vec<String>>,
 }
@@ -119,16 +123,24 @@ impl Fetcher {
             trusted.pairs.insert((host, port));
         }
         let trusted = Arc::new(trusted);
-        let client = client_builder(connect_timeout, timeout)
-            .dns_resolver(Arc::new(PublicOnlyResolver {
-                trusted: trusted.clone(),
-            }))
-            .build()?;
+        let lookup: Arc<dyn Resolve> = Arc::new(SystemLookup);
         Ok(Self {
-            client,
+            client: guarded_client(&trusted, &lookup, connect_timeout, timeout)?,
             trusted,
+            lookup,
+            connect_timeout,
+            timeout,
             allowed_hosts: Arc::new(Vec::new()),
         })
+    }
+
+    /// Looks names up with `resolver` instead of the system's, both when a URL is checked
+    /// and when the client connects (whose answers are filtered as ever). Tests use it to
+    /// stand in for DNS, e.g. a name whose answer changes between two lookups.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Result<Self, reqwest::Error> {
+        self.client = guarded_client(&self.trusted, &resolver, self.connect_timeout, self.timeout)?;
+        self.lookup = resolver;
+        Ok(self)
     }
 
     /// Fetches only from hosts matching `patterns` (`host`, or `*.domain` for any
@@ -206,16 +218,21 @@ impl Fetcher {
                 "the host is not in DARKROOM_RESULT_HOSTS".to_owned(),
             ));
         }
-        let port = url.port_or_known_default().unwrap_or(443);
         match url.host() {
             None => Err(Refusal::Rule("the URL has no host".to_owned())),
             // The resolver is skipped for literals, so they are checked here.
             Some(Host::Ipv4(ip)) => public_or_refuse(IpAddr::V4(ip)).map_err(Refusal::Rule),
             Some(Host::Ipv6(ip)) => public_or_refuse(IpAddr::V6(ip)).map_err(Refusal::Rule),
             Some(Host::Domain(name)) => {
-                let addrs = tokio::net::lookup_host((name, port))
+                let does_not_resolve = |e: &dyn std::fmt::Display| {
+                    Refusal::Lookup(format!("{name} does not resolve: {e}"))
+                };
+                let host: Name = name.parse().map_err(|e| does_not_resolve(&e))?;
+                let addrs = self
+                    .lookup
+                    .resolve(host)
                     .await
-                    .map_err(|e| Refusal::Lookup(format!("{name} does not resolve: {e}")))?;
+                    .map_err(|e| does_not_resolve(&e))?;
                 for addr in addrs {
                     public_or_refuse(addr.ip()).map_err(Refusal::Rule)?;
                 }
@@ -430,18 +447,50 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0..6] == [0, 0, 0, 0, 0, 0])) // IPv4-compatible (deprecated)
 }
 
+/// The fetcher's client: [`client_builder`] with the public-only resolver over `lookup`.
+fn guarded_client(
+    trusted: &Arc<Trusted>,
+    lookup: &Arc<dyn Resolve>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    client_builder(connect_timeout, timeout)
+        .dns_resolver(Arc::new(PublicOnlyResolver {
+            trusted: trusted.clone(),
+            lookup: lookup.clone(),
+        }))
+        .build()
+}
+
+/// The system's resolver (`getaddrinfo` through tokio).
+struct SystemLookup;
+
+impl Resolve for SystemLookup {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 /// Resolves names and drops every non-public address, so a name that resolves to a private
 /// address cannot be reached even if it changes between the check and the connection.
 struct PublicOnlyResolver {
     trusted: Arc<Trusted>,
+    lookup: Arc<dyn Resolve>,
 }
 
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_ascii_lowercase();
         let trusted = self.trusted.names.contains(&host);
+        let lookup = self.lookup.resolve(name);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = lookup
                 .await?
                 .filter(|addr| trusted || is_public(addr.ip()))
                 .collect();

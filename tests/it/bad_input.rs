@@ -326,13 +326,17 @@ async fn no_bad_input_produces_a_5xx() {
                 "{method} {path} with {content_type} {:?} -> {status}",
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             );
+            status
         })
         .buffer_unordered(8)
-        .count()
+        .collect::<Vec<u16>>()
         .await;
-    assert_eq!(answered, total);
+    let mut by_status = std::collections::BTreeMap::new();
+    for status in &answered {
+        *by_status.entry(*status).or_insert(0usize) += 1;
+    }
     println!(
-        "R10: {answered} malformed requests ({ROUNDS} on each of {} routes, keys off and on) answered without a 5xx",
+        "R10: {total} malformed requests sent ({ROUNDS} rounds over {} routes, keys off and on); answers by status: {by_status:?}",
         routes.len()
     );
 }

@@ -202,6 +202,33 @@ impl TestSim {
     }
 }
 
+/// Waits until the simulator has started the callbacks of `tasks` tasks and darkroom has
+/// answered every delivery (2xx or not), failing after `timeout`: from then on no callback
+/// of theirs is in flight, so what darkroom does with them has been done. Returns the
+/// simulator's figures at that point.
+pub async fn callbacks_answered(
+    sim: &KieSim,
+    tasks: u64,
+    timeout: Duration,
+) -> darkroom::providers::sim::SimStats {
+    let start = Instant::now();
+    loop {
+        // One snapshot reads `callbacks_sent` before the counters bumped after it.
+        let stats = sim.stats();
+        let started = stats.callbacks_sent.saturating_sub(stats.duplicates_sent);
+        if started >= tasks
+            && stats.callbacks_delivered + stats.callback_failures == stats.callbacks_sent
+        {
+            return stats;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "callbacks not all answered after {timeout:?}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A fast KIE simulator with no rate limit of its own.
 pub fn quick_sim() -> darkroom::providers::sim::KieSimConfig {
     darkroom::providers::sim::KieSimConfig {
@@ -445,6 +472,39 @@ impl TestApp {
                 .or_insert(0) += 1;
         }
         counts
+    }
+
+    /// With workers off (`DARKROOM_WORKERS=false`): steps the engine until every task is
+    /// final, failing after `timeout`; their rows, in order. Reads the repository, so it
+    /// works with API keys on too.
+    pub async fn step_until_final(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Vec<darkroom::storage::Task> {
+        let ids: Vec<darkroom::domain::TaskId> = ids
+            .iter()
+            .map(|id| darkroom::domain::TaskId::parse(id).expect("a task id"))
+            .collect();
+        let start = Instant::now();
+        loop {
+            self.engine
+                .run_pending()
+                .await
+                .expect("stepping the engine");
+            let mut tasks = Vec::with_capacity(ids.len());
+            for id in &ids {
+                tasks.push(self.repo.get(id).await.unwrap().expect("the task exists"));
+            }
+            if tasks.iter().all(|t| t.state.is_terminal()) {
+                return tasks;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "not all final after {timeout:?}: {tasks:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the task reaches a final compatible status.

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::harness::{png, spawn_app};
+use crate::harness::{callbacks_answered, png, spawn_app};
+use darkroom::domain::TaskState;
 use serde_json::json;
 
 const FINAL: Duration = Duration::from_secs(30);
@@ -100,17 +101,22 @@ async fn the_original_debugging_examples_get_clean_404s() {
 
 #[tokio::test]
 async fn a_callback_delivered_five_times_stores_one_result_set() {
+    // Workers off: the engine moves only when the test steps it.
     let app = spawn_app(&[
+        ("DARKROOM_WORKERS", "false"),
         ("DARKROOM_SIM_DUPLICATE_RATE", "1"),
         ("DARKROOM_SIM_DUPLICATE_COUNT", "5"),
     ])
     .await;
     let ids = app.generate_from_upload(3, json!({})).await;
-    for id in &ids {
-        assert_eq!(app.wait_final(id, FINAL).await["status"], "completed");
+    for task in app.step_until_final(&ids, FINAL).await {
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     }
-    // Replay each callback five more times at once after completion.
+    // Every delivery of the simulator's own has been answered and what it made due has run.
     let sim = app.sim.clone().unwrap();
+    callbacks_answered(&sim, ids.len() as u64, FINAL).await;
+    app.engine.run_pending().await.unwrap();
+    // Replay each callback five more times at once after completion.
     let (served_before, queries_before) = (sim.stats().files_served, sim.stats().queries);
     let mut events = app.events.subscribe();
     for id in &ids {
@@ -129,16 +135,16 @@ async fn a_callback_delivered_five_times_stores_one_result_set() {
         }
     }
     // Result keys are deterministic, so counting objects cannot see a second ingest;
-    // downloads of results and state changes can. Replays are answered before this point,
-    // and an ingest would start at once: give it time to show, then count.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // downloads of results and state changes can. Every replay has been answered; now all
+    // the work they made due runs, and only then is it counted.
+    let ran = app.engine.run_pending().await.unwrap();
     let downloads = sim.stats().files_served - served_before;
     let mut changes = 0;
     while events.try_recv().is_ok() {
         changes += 1;
     }
     println!(
-        "replayed callbacks after completion: {} recordInfo queries, {downloads} result downloads, {changes} state changes",
+        "replayed callbacks after completion: {ran} jobs ran, {} recordInfo queries, {downloads} result downloads, {changes} state changes",
         sim.stats().queries - queries_before
     );
     assert_eq!(
@@ -199,22 +205,33 @@ async fn a_dropped_callback_is_healed_by_polling_record_info() {
 
 #[tokio::test]
 async fn forged_callbacks_change_nothing() {
+    // Workers off: the engine moves only when the test steps it. The simulator's own
+    // callback is dropped, so only the ones sent here arrive.
     let app = spawn_app(&[
+        ("DARKROOM_WORKERS", "false"),
         ("DARKROOM_SIM_DROP_RATE", "1"),
         ("DARKROOM_FIRST_POLL_MS", "600000"),
     ])
     .await;
+    let sim = app.sim.clone().unwrap();
     let ids = app.generate_from_upload(1, json!({})).await;
     let id = &ids[0];
-    // Wait until the dispatcher has submitted it.
+    app.engine.run_pending().await.unwrap();
+    let before = app.status(id).await;
+    let pid = before["providerTaskId"]
+        .as_str()
+        .expect("submitted")
+        .to_owned();
+    // The provider has finished (its callback dropped): a callback taken for real would
+    // now lead to a result.
     let start = std::time::Instant::now();
-    while app.status(id).await["providerTaskId"].is_null() {
-        assert!(start.elapsed() < FINAL);
+    while sim.stats().dropped == 0 {
+        assert!(start.elapsed() < FINAL, "the simulator never finished");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = app.status(id).await;
-    let body = json!({"code": 200, "data": {"taskId": before["providerTaskId"], "state": "success",
+    let body = json!({"code": 200, "data": {"taskId": pid, "state": "success",
         "resultJson": "{\"resultUrls\":[\"https://example.com/x.png\"]}"}});
+    let mut forged = 0;
     for query in [
         "",
         "?token=",
@@ -226,6 +243,7 @@ async fn forged_callbacks_change_nothing() {
             .await;
         assert_eq!(code, 401, "{query}: {answer}");
         assert_eq!(answer["code"], "invalid_callback_token");
+        forged += 1;
     }
     let (code, _) = app
         .post_json(
@@ -234,8 +252,28 @@ async fn forged_callbacks_change_nothing() {
         )
         .await;
     assert_eq!(code, 404);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    forged += 1;
+    // Every forged callback has been answered; run whatever they made due, then judge.
+    let ran = app.engine.run_pending().await.unwrap();
     let after = app.status(id).await;
+    let queries = sim.stats().queries;
+    let stored = app.blobs.list("generated").await.unwrap();
+    println!(
+        "forged callbacks: {forged} refused; then {ran} jobs ran, {queries} recordInfo queries, {} objects stored, state {} -> {}",
+        stored.len(),
+        before["state"],
+        after["state"]
+    );
     assert_eq!(after["state"], before["state"]);
-    assert!(app.blobs.list("generated").await.unwrap().is_empty());
+    assert_eq!(
+        queries, 0,
+        "a forged callback made darkroom ask the provider"
+    );
+    assert!(stored.is_empty(), "{stored:?}");
+    // The control: the genuine callback, with the task's token, completes it.
+    let genuine = sim.callback_url(&pid).expect("the callback URL");
+    let response = app.http.post(&genuine).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let tasks = app.step_until_final(&ids, FINAL).await;
+    assert_eq!(tasks[0].state, TaskState::Succeeded, "{:?}", tasks[0]);
 }

@@ -4,16 +4,27 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{quick_sim, spawn_app_env, spawn_sim};
+use crate::harness::{callbacks_answered, quick_sim, spawn_app_env, spawn_sim};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::json;
+use tokio::sync::broadcast::error::TryRecvError;
 
-/// Darkroom with its own limits off and fast polling, pointed at `sim`.
+/// Darkroom with its own limits off and fast polling, pointed at `sim`. The callback routes'
+/// rate limit is off too: a duplicate refused with 429 never reaches the code under test.
 fn unthrottled(
     sim: &crate::harness::TestSim,
     extra: &[(&'static str, &str)],
 ) -> Vec<(&'static str, String)> {
-    crate::harness::unthrottled_env(sim, 16, extra)
+    let mut env = crate::harness::unthrottled_env(
+        sim,
+        16,
+        &[
+            ("DARKROOM_CALLBACK_RATE_PER_SEC", "1000000"),
+            ("DARKROOM_CALLBACK_RATE_BURST", "1000000"),
+        ],
+    );
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
 }
 
 async fn r1(concurrent: bool) {
@@ -31,8 +42,13 @@ async fn r1(concurrent: bool) {
     let counts = app.wait_all_final(&ids, Duration::from_secs(240)).await;
     let took = started.elapsed();
     assert_eq!(counts.get("completed"), Some(&1000), "{counts:?}");
+    // A second download would follow a duplicate: count once every delivery has been
+    // answered and the server has stopped, finishing the jobs it had in flight.
+    callbacks_answered(&sim.sim, ids.len() as u64, Duration::from_secs(120)).await;
+    let blobs = app.blobs.clone();
+    let _data = app.stop().await;
 
-    let stored = app.blobs.list("generated").await.unwrap();
+    let stored = blobs.list("generated").await.unwrap();
     let mut per_task: HashMap<&str, usize> = HashMap::new();
     for key in &stored {
         let id = key
@@ -50,9 +66,11 @@ async fn r1(concurrent: bool) {
         "sequentially"
     };
     println!(
-        "R1 ({mode}): 1000 tasks, {} callbacks delivered ({} duplicates), {} results downloaded, {} objects stored, {} tasks with duplicate objects, {:.1} s",
+        "R1 ({mode}): 1000 tasks, {} callback deliveries ({} duplicates; {} answered 2xx, {} not), {} results downloaded, {} objects stored, {} tasks with duplicate objects, {:.1} s",
         stats.callbacks_sent,
         stats.duplicates_sent,
+        stats.callbacks_delivered,
+        stats.callback_failures,
         stats.files_served,
         stored.len(),
         duplicate_objects,
@@ -69,6 +87,10 @@ async fn r1(concurrent: bool) {
     assert!(
         stats.duplicates_sent >= 1000,
         "every callback was delivered at least twice"
+    );
+    assert_eq!(
+        stats.callback_failures, 0,
+        "every delivery, duplicates included, was accepted by darkroom"
     );
 }
 
@@ -97,19 +119,41 @@ async fn r1_one_completion_event_per_task() {
     let ids = app.generate_many(200, json!({})).await;
     let counts = app.wait_all_final(&ids, Duration::from_secs(120)).await;
     assert_eq!(counts.get("completed"), Some(&200), "{counts:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every duplicate delivery has been answered; then the server stops, finishing the jobs
+    // it has in flight. No event can come after this point, so the count below is final.
+    let stats = callbacks_answered(&sim.sim, ids.len() as u64, Duration::from_secs(60)).await;
+    app.stop().await;
     let mut completions: HashMap<String, usize> = HashMap::new();
-    while let Ok(event) = events.try_recv() {
-        if event.state == "succeeded" {
-            *completions.entry(event.task_id.to_string()).or_insert(0) += 1;
+    loop {
+        match events.try_recv() {
+            Ok(event) if event.state == "succeeded" => {
+                *completions.entry(event.task_id.to_string()).or_insert(0) += 1;
+            }
+            Ok(_) => {}
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            Err(TryRecvError::Lagged(missed)) => panic!("{missed} events were not counted"),
         }
     }
     let repeated = completions.values().filter(|n| **n > 1).count();
     println!(
-        "R1 events: 200 tasks, {} completion events, {repeated} tasks completed twice",
-        completions.values().sum::<usize>()
+        "R1 events: {} tasks, {} callback deliveries ({} duplicates; {} answered 2xx, {} not), all answered before counting; {} completion events for {} tasks, {repeated} tasks completed twice",
+        ids.len(),
+        stats.callbacks_sent,
+        stats.duplicates_sent,
+        stats.callbacks_delivered,
+        stats.callback_failures,
+        completions.values().sum::<usize>(),
+        completions.len()
     );
-    assert_eq!(completions.len(), 200);
+    assert!(
+        stats.duplicates_sent >= 4 * ids.len() as u64,
+        "every callback was delivered at least 5 times"
+    );
+    assert_eq!(
+        stats.callback_failures, 0,
+        "every delivery, duplicates included, was accepted by darkroom"
+    );
+    assert_eq!(completions.len(), ids.len());
     assert_eq!(repeated, 0);
 }
 
@@ -220,9 +264,11 @@ async fn an_unconfirmed_create_is_failed_after_its_window_not_resubmitted() {
         ..quick_sim()
     })
     .await;
+    // Workers off: the engine moves only when the test steps it.
     let app = spawn_app_env(&unthrottled(
         &sim,
         &[
+            ("DARKROOM_WORKERS", "false"),
             ("DARKROOM_KIE_TIMEOUT_SECS", "1"),
             ("DARKROOM_UNCONFIRMED_WINDOW_SECS", "2"),
             ("DARKROOM_FIRST_POLL_MS", "200"),
@@ -230,20 +276,51 @@ async fn an_unconfirmed_create_is_failed_after_its_window_not_resubmitted() {
     ))
     .await;
     let ids = app.generate_many(2, json!({})).await;
-    // While it waits, the task says what it is waiting for.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, task) = app.get_json(&format!("/api/tasks/{}", ids[0])).await;
-    assert_eq!(task["unconfirmed"], true, "{task}");
-    assert_eq!(task["error"]["code"], "submit_ambiguous", "{task}");
+    // The dispatcher submits both; each create times out after 1 s. `run_pending` returns
+    // as soon as nothing is due (the next look is 200 ms later), long before the 2 s window
+    // ends, and nothing moves between steps: the tasks are waiting and say what for.
+    app.engine.run_pending().await.unwrap();
     for id in &ids {
-        let status = app.wait_final(id, Duration::from_secs(30)).await;
+        let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+        assert_eq!(task["state"], "submitted", "{task}");
+        assert_eq!(task["unconfirmed"], true, "{task}");
+        assert_eq!(task["error"]["code"], "submit_ambiguous", "{task}");
+    }
+    // Real time is the point now: step until the window has passed and both are settled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut waited = Vec::new();
+    for id in &ids {
+        let status = loop {
+            app.engine.run_pending().await.unwrap();
+            let status = app.status(id).await;
+            if matches!(status["status"].as_str(), Some("completed" | "failed")) {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not settled after 30 s: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(status["status"], "failed");
         assert_eq!(status["errorCode"], "submit_unconfirmed", "{status}");
+        // Not before the window: failed no sooner than 2 s after the create timed out.
+        let row = app
+            .repo
+            .get(&darkroom::domain::TaskId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let waited_ms = row.completed_at.unwrap_or(row.updated_at) - row.submitted_at.unwrap();
+        assert!(waited_ms >= 2000, "failed after {waited_ms} ms: {row:?}");
+        waited.push(waited_ms);
     }
     let stats = sim.sim.stats();
     println!(
-        "unconfirmed: 2 tasks, {} creates at the simulator, {} duplicates",
-        stats.created, stats.duplicate_creates
+        "unconfirmed: {} tasks failed submit_unconfirmed {waited:?} ms after their creates timed out; {} creates at the simulator, {} duplicates",
+        ids.len(),
+        stats.created,
+        stats.duplicate_creates
     );
     assert_eq!(stats.created, 2);
     assert_eq!(stats.duplicate_creates, 0);

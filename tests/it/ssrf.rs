@@ -1,8 +1,10 @@
 //! R8: the guarded fetcher refuses every probe of RELIABILITY.md's list, directly and
 //! through redirects from an allowed host, before connecting: a loopback listener standing
-//! where the probes point counts 0 connections, and 0 bytes are stored.
+//! where the probes point counts 0 connections, and 0 bytes are stored. A name whose answer
+//! changes from a public address to loopback between the check and the connection (DNS
+//! rebinding) is not connected to either.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,8 +16,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use darkroom::net::{FetchError, Fetcher};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A listener that counts every connection and answers each with a tiny PNG, so a probe
@@ -39,6 +42,16 @@ async fn counter() -> Counter {
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
+                // Read the request's head first: closing on unread bytes resets the
+                // connection, and the client would see an error instead of the image.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let body = crate::harness::png(2, 2);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\n\r\n",
@@ -138,39 +151,35 @@ async fn every_probe_is_refused_directly_and_through_redirects_with_zero_connect
         Duration::from_secs(5),
     )
     .unwrap();
-    let mut refused = 0;
-    let mut stored_bytes = 0u64;
     let list = probes(counter.port);
+    let mut fetches = 0;
     for probe in &list {
         let via = format!("http://{redirect_addr}/to?u={}", encode(probe));
         for (how, url) in [("direct", probe.as_str()), ("redirect", via.as_str())] {
-            let result = fetcher.download_spooled(url, 1024 * 1024).await;
-            match result {
+            fetches += 1;
+            match fetcher.download_spooled(url, 1024 * 1024).await {
                 Err(FetchError::Forbidden { reason, .. }) => {
-                    refused += 1;
                     println!("{how:8} {probe:50} refused: {reason}");
                 }
                 Err(other) => {
                     panic!("{how} {probe}: expected a refusal before connecting, got {other:?}")
                 }
-                Ok(spooled) => {
-                    stored_bytes += spooled.len().unwrap_or(0);
-                    panic!("{how} {probe}: fetched {stored_bytes} bytes")
-                }
+                Ok(spooled) => panic!(
+                    "{how} {probe}: fetched {} bytes",
+                    spooled.len().unwrap_or(0)
+                ),
             }
         }
     }
     let connections = counter.connections.load(Ordering::SeqCst);
+    let redirects = redirects_served.load(Ordering::SeqCst);
     println!(
-        "R8: {} probes x (direct, via redirect) = {refused} refused; connections to the probe listener: {connections}; bytes stored: {stored_bytes}; redirects served by the allowed host: {}",
-        list.len(),
-        redirects_served.load(Ordering::SeqCst)
+        "R8: {} probes, {fetches} fetches (direct and via a redirect), each refused before connecting; connections to the probe listener: {connections}; redirects served by the allowed host: {redirects}",
+        list.len()
     );
-    assert_eq!(refused, list.len() * 2);
     assert_eq!(connections, 0);
-    assert_eq!(stored_bytes, 0);
     // Every redirect probe really went through the allowed host first.
-    assert_eq!(redirects_served.load(Ordering::SeqCst), list.len());
+    assert_eq!(redirects, list.len());
 }
 
 #[tokio::test]
@@ -225,16 +234,21 @@ async fn callbacks_naming_private_results_store_nothing() {
         ),
     ];
     let ids = app.generate_from_upload(results.len(), json!({})).await;
-    // Wait until the simulator knows every task (the dispatcher has submitted them).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sim.task_ids().len() < ids.len() {
-        assert!(std::time::Instant::now() < deadline, "tasks not submitted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut failed = 0;
     for (id, result) in ids.iter().zip(&results) {
-        let status = app.status(id).await;
-        let provider_id = status["providerTaskId"].as_str().unwrap().to_owned();
+        // The simulator knows a task before darkroom has stored the id it answered: wait for
+        // darkroom's record of it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let provider_id = loop {
+            let status = app.status(id).await;
+            if let Some(provider_id) = status["providerTaskId"].as_str() {
+                break provider_id.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} not submitted after 20 s: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let callback = sim.callback_url(&provider_id).expect("callback URL");
         let body = json!({"code": 200, "msg": "ok", "data": {
             "taskId": provider_id, "state": "success",
@@ -244,14 +258,132 @@ async fn callbacks_naming_private_results_store_nothing() {
         let status = app.wait_final(id, Duration::from_secs(20)).await;
         assert_eq!(status["status"], "failed", "{result}: {status}");
         assert_eq!(status["errorCode"], "result_download_failed", "{status}");
-        failed += 1;
     }
     let stored = app.blobs.list("generated").await.unwrap();
     let connections = counter.connections.load(Ordering::SeqCst);
     println!(
-        "R8 end to end: {failed} tasks with private result URLs failed; connections: {connections}; objects stored under generated/: {}",
+        "R8 end to end: {} tasks given private result URLs, each failed with result_download_failed; connections to the probe listener: {connections}; objects stored under generated/: {}",
+        ids.len(),
         stored.len()
     );
     assert_eq!(connections, 0);
     assert!(stored.is_empty(), "{stored:?}");
+}
+
+/// DNS as a rebinding attacker runs it: the first lookup answers `first`, every later one
+/// `then`. Counts the lookups.
+struct Rebinding {
+    first: Vec<IpAddr>,
+    then: Vec<IpAddr>,
+    lookups: AtomicUsize,
+}
+
+impl Rebinding {
+    fn new(first: &[IpAddr], then: &[IpAddr]) -> Arc<Self> {
+        Arc::new(Self {
+            first: first.to_vec(),
+            then: then.to_vec(),
+            lookups: AtomicUsize::new(0),
+        })
+    }
+
+    fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+}
+
+impl Resolve for Rebinding {
+    fn resolve(&self, _name: Name) -> Resolving {
+        let answer = if self.lookups.fetch_add(1, Ordering::SeqCst) == 0 {
+            &self.first
+        } else {
+            &self.then
+        };
+        let addrs: Vec<SocketAddr> = answer.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+        Box::pin(async move {
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// DNS rebinding: the check sees a public address, the connection would get loopback, where
+/// the counting listener stands. The fetcher checks what the client's resolver answers too,
+/// so the loopback answer is refused before any connection is made. The public address is
+/// never dialled: the check only reads it, and the client is only handed the second answer.
+///
+/// The test fails if the fetcher connects to an answer it did not check (the listener counts
+/// the connection), and it cannot pass without the rebinding being tried: it requires that
+/// the public answer passed the check and that the client asked again (two lookups).
+#[tokio::test]
+async fn a_name_rebound_to_loopback_after_the_check_is_never_connected() {
+    let counter = counter().await;
+    let p = counter.port;
+    // Public (so the check passes) and never connected to by this test.
+    let public = IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1));
+    let loopback = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+
+    // The control: the same listener, reached through an injected resolver for a name the
+    // operator trusts, counts the connection. So a rebound fetch that got through would show.
+    let trusted = Fetcher::new(
+        [("rebind.test".to_owned(), p)],
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_resolver(Rebinding::new(&loopback[..1], &loopback[..1]))
+    .unwrap();
+    let bytes = trusted
+        .get_bytes(&format!("http://rebind.test:{p}/a.png"), 1024 * 1024)
+        .await
+        .expect("the trusted control reaches the listener");
+    let control_connections = counter.connections.swap(0, Ordering::SeqCst);
+    assert_eq!(control_connections, 1, "the listener counts connections");
+    assert!(!bytes.is_empty());
+
+    let mut probes = 0;
+    for then in [&loopback[..1], &loopback[1..], &loopback[..]] {
+        for how in ["download", "webhook"] {
+            let dns = Rebinding::new(&[public], then);
+            let fetcher = Fetcher::new([], Duration::from_secs(2), Duration::from_secs(5))
+                .unwrap()
+                .with_resolver(dns.clone())
+                .unwrap();
+            let url = format!("https://rebind.test:{p}/a.png");
+            let result = match how {
+                "download" => fetcher.get_bytes(&url, 1024 * 1024).await.map(|b| b.len()),
+                _ => fetcher
+                    .post(&url, Default::default(), "{}".into())
+                    .await
+                    .map(usize::from),
+            };
+            probes += 1;
+            let err = result.expect_err("a rebound name must not be fetched");
+            println!(
+                "{how:8} public, then {then:?}: {} lookups; {err}",
+                dns.lookups()
+            );
+            assert_eq!(
+                dns.lookups(),
+                2,
+                "{how}, then {then:?}: the public answer passes the check and the client looks the name up again"
+            );
+            assert!(
+                matches!(err, FetchError::Transport { .. }),
+                "{how}, then {then:?}: {err:?}"
+            );
+            assert_eq!(
+                counter.connections.load(Ordering::SeqCst),
+                0,
+                "{how}, then {then:?}: connected to the rebound address"
+            );
+        }
+    }
+    println!(
+        "R8 DNS rebinding: control through a trusted name: {control_connections} connection; {probes} rebound fetches (download and webhook POST; loopback v4, v6, both) refused; connections to the listener: {}",
+        counter.connections.load(Ordering::SeqCst)
+    );
 }

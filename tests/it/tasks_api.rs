@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{spawn_app, spawn_app_env, spawn_sim};
+use crate::harness::{callbacks_answered, spawn_app, spawn_app_env, spawn_sim};
 use darkroom::providers::sim::KieSimConfig;
 use serde_json::json;
 
@@ -125,37 +125,44 @@ async fn a_canceled_queued_task_is_never_submitted() {
 #[tokio::test]
 async fn a_late_result_for_a_canceled_task_is_discarded() {
     let sim = spawn_sim(KieSimConfig {
-        latency_ms: (1500, 1500),
+        latency_ms: (500, 500),
         rate_limit: 0,
         image_long_side: 48,
         ..KieSimConfig::default()
     })
     .await;
-    let app = spawn_app_env(&sim.kie_env()).await;
+    // Workers off: the engine moves only when the test steps it.
+    let mut env = sim.kie_env();
+    env.push(("DARKROOM_WORKERS", "false".to_owned()));
+    let app = spawn_app_env(&env).await;
     let ids = app.generate_many(1, json!({})).await;
-    // Wait until it is at the provider, then cancel.
-    let start = std::time::Instant::now();
-    while app.status(&ids[0]).await["providerTaskId"].is_null() {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The dispatcher submits it; the provider is generating. Then cancel.
+    app.engine.run_pending().await.unwrap();
+    let (_, task) = app.get_json(&format!("/api/tasks/{}", ids[0])).await;
+    assert!(task["providerTaskId"].is_string(), "{task}");
     let (code, canceled) = app
         .post_json(&format!("/api/tasks/{}/cancel", ids[0]), &json!({}))
         .await;
     assert_eq!(code, 200, "{canceled}");
-    // The provider finishes and calls back; nothing is stored.
-    let start = std::time::Instant::now();
-    while sim.sim.stats().callbacks_sent == 0 {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The provider finishes and calls back, and darkroom has answered the callback; then
+    // all the work that became due runs. Only now can "nothing was stored" be judged.
+    let answered = callbacks_answered(&sim.sim, 1, Duration::from_secs(20)).await;
+    let ran = app.engine.run_pending().await.unwrap();
     let (_, task) = app.get_json(&format!("/api/tasks/{}", ids[0])).await;
-    assert_eq!(task["state"], "canceled");
-    assert!(
-        app.blobs.list("generated").await.unwrap().is_empty(),
-        "late result discarded"
+    let stored = app.blobs.list("generated").await.unwrap();
+    let stats = sim.sim.stats();
+    println!(
+        "late result for a canceled task: {} callback(s) answered 2xx; then {ran} jobs ran, {} recordInfo queries, {} result downloads, {} objects stored; state {}",
+        answered.callbacks_delivered,
+        stats.queries,
+        stats.files_served,
+        stored.len(),
+        task["state"]
     );
+    assert_eq!(answered.callbacks_delivered, 1, "{answered:?}");
+    assert_eq!(task["state"], "canceled");
+    assert_eq!(stats.files_served, 0, "the late result was downloaded");
+    assert!(stored.is_empty(), "late result stored: {stored:?}");
 }
 
 #[tokio::test]

@@ -259,13 +259,55 @@ async fn webhook_delivered_after_one_failure_and_once_per_batch_task() {
         .await;
     assert_eq!(code, 200, "{batch}");
     // One 500, then both delivered: three calls, two distinct ids, each finally 2xx.
-    let calls = wait_for(&log, 3, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(&log, 3, Duration::from_secs(30)).await;
+    // Both deliveries are recorded as done; then the server stops, finishing any attempt in
+    // flight. Nothing can be sent after that, so the receiver's log is final, and the rows
+    // say whether anything was left to send.
+    let deliveries = |dir: std::path::PathBuf| async move {
+        let db = dir.join("darkroom.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, attempts FROM webhook_deliveries ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        rows
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deliveries(app.dir.path().to_owned())
+        .await
+        .iter()
+        .any(|(state, _)| state == "pending")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "deliveries still pending after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let data = app.stop().await;
+    let rows = deliveries(data.path().to_owned()).await;
     let calls_after = log.lock().unwrap().clone();
+    let attempts: i64 = rows.iter().map(|(_, n)| n).sum();
+    println!(
+        "webhook per batch task: deliveries {rows:?} (state, attempts) after the server stopped; calls received {}",
+        calls_after.len()
+    );
+    assert!(
+        rows.iter().all(|(state, _)| state == "delivered"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        calls_after.len() as i64,
+        attempts,
+        "each recorded attempt reached the receiver once: {calls_after:?}"
+    );
     assert_eq!(
         calls_after.len(),
         3,
-        "no delivery repeats after success: {calls:?}"
+        "no delivery repeats after success: {calls_after:?}"
     );
     let mut delivered: Vec<String> = calls_after
         .iter()

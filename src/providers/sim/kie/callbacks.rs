@@ -93,6 +93,7 @@ impl KieSim {
         }
         match request.send().await {
             Ok(response) if response.status().is_success() => {
+                Counters::bump(&self.counters.callbacks_delivered);
                 tracing::debug!(task_id = %task_id, %host, delivery, "kie-sim callback delivered");
             }
             Ok(response) => {

@@ -16,6 +16,9 @@ pub struct SimStats {
     pub callbacks_sent: u64,
     /// Deliveries that failed in transport or got a non-2xx answer.
     pub callback_failures: u64,
+    /// Deliveries answered 2xx. With `callback_failures`, every delivery that has ended:
+    /// when the two add up to `callbacks_sent`, none is in flight.
+    pub callbacks_delivered: u64,
     /// Deliveries beyond the first for duplicated callbacks.
     pub duplicates_sent: u64,
     pub dropped: u64,
@@ -47,6 +50,7 @@ pub(super) struct Counters {
     pub(super) rejected: AtomicU64,
     pub(super) callbacks_sent: AtomicU64,
     pub(super) callback_failures: AtomicU64,
+    pub(super) callbacks_delivered: AtomicU64,
     pub(super) duplicates_sent: AtomicU64,
     pub(super) dropped: AtomicU64,
     pub(super) succeeded: AtomicU64,
@@ -75,6 +79,7 @@ impl Counters {
             rejected: read(&self.rejected),
             callbacks_sent: read(&self.callbacks_sent),
             callback_failures: read(&self.callback_failures),
+            callbacks_delivered: read(&self.callbacks_delivered),
             duplicates_sent: read(&self.duplicates_sent),
             dropped: read(&self.dropped),
             succeeded: read(&self.succeeded),
