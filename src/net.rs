@@ -254,7 +254,7 @@ impl Fetcher {
             let response = self.client.get(current.clone()).send().await.map_err(|e| {
                 FetchError::Transport {
                     url: shown.clone(),
-                    message: e.without_url().to_string(),
+                    message: transport_message(e),
                 }
             })?;
             let status = response.status();
@@ -311,7 +311,7 @@ impl Fetcher {
             .await
             .map_err(|e| FetchError::Transport {
                 url: shown.clone(),
-                message: e.without_url().to_string(),
+                message: transport_message(e),
             })?;
         let status = response.status().as_u16();
         if response.status().is_success() {
@@ -368,7 +368,7 @@ async fn stream_capped(
     loop {
         let chunk = response.chunk().await.map_err(|e| FetchError::Transport {
             url: shown.to_owned(),
-            message: e.without_url().to_string(),
+            message: transport_message(e),
         })?;
         let Some(chunk) = chunk else { break };
         size += chunk.len() as u64;
@@ -441,10 +441,29 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64: embeds an IPv4 address
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64, well-known and local-use: embed IPv4
+        || (s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) // IPv4-translated (SIIT)
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
         || s[0] == 0x2002 // 6to4: embeds an IPv4 address
         || (s[0] == 0x2001 && s[1] == 0) // Teredo
         || (s[0..6] == [0, 0, 0, 0, 0, 0])) // IPv4-compatible (deprecated)
+}
+
+/// A client error as a sentence with its causes ("error sending request: … has no public
+/// address"), without the URL (which may carry a signature; callers add the redacted one).
+fn transport_message(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// The fetcher's client: [`client_builder`] with the public-only resolver over `lookup`.
@@ -543,6 +562,10 @@ mod tests {
             "fe80::1",
             "fc00::1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "100::1",
             "2002:a00:1::",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} should not be public");

@@ -375,6 +375,11 @@ async fn a_name_rebound_to_loopback_after_the_check_is_never_connected() {
                 matches!(err, FetchError::Transport { .. }),
                 "{how}, then {then:?}: {err:?}"
             );
+            assert!(
+                err.to_string()
+                    .contains("rebind.test has no public address"),
+                "{how}, then {then:?}: the error names the cause for the operator: {err}"
+            );
             assert_eq!(
                 counter.connections.load(Ordering::SeqCst),
                 0,
