@@ -12,3 +12,5 @@ pub fn now_ms() -> i64 {
 pub fn after(now: i64, delay: Duration) -> i64 {
     now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }
+
+pub use crate::domain::time::iso_time;

@@ -13,64 +13,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::domain::TaskId;
 use crate::domain::task_row::Task;
-use crate::status::iso_time;
+pub use crate::views::TaskEvent;
 
 /// Events kept in the broadcast channel for slow subscribers before they lag.
 const CAPACITY: usize = 4096;
 /// Events kept for resuming streams.
 pub const HISTORY: usize = 10_000;
-
-/// One state change of one task, as streams and webhooks carry it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskEvent {
-    /// Increases by one per event in this process (0 in a resynchronising snapshot).
-    pub seq: u64,
-    pub task_id: TaskId,
-    pub batch_id: Option<String>,
-    #[serde(skip)]
-    pub owner: Option<String>,
-    #[schema(value_type = crate::domain::TaskState)]
-    pub state: &'static str,
-    /// The original's word for the state.
-    #[schema(value_type = crate::domain::task::CompatStatus)]
-    pub status: &'static str,
-    /// The results in your bucket, once succeeded.
-    pub result_urls: Vec<String>,
-    pub error: Option<String>,
-    pub error_code: Option<String>,
-    #[schema(format = DateTime)]
-    pub at: String,
-}
-
-impl TaskEvent {
-    /// Builds an event for the task as it is now (not numbered: `seq` is 0). Used when a
-    /// stream resynchronises from the database.
-    pub fn snapshot(task: &Task) -> Self {
-        Self {
-            seq: 0,
-            task_id: task.id.clone(),
-            batch_id: task.batch_id.clone(),
-            owner: task.owner.clone(),
-            state: task.state.as_str(),
-            status: task.state.compat().as_str(),
-            result_urls: task.result_urls.clone(),
-            error: task.error_message.clone(),
-            error_code: task.error_code.clone(),
-            at: iso_time(task.updated_at),
-        }
-    }
-
-    /// Whether the task reached a state it never leaves.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.state, "succeeded" | "failed" | "canceled" | "expired")
-    }
-}
 
 /// Where a resuming subscriber stands relative to the history.
 #[derive(Debug)]
@@ -186,6 +137,7 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TaskId;
 
     #[test]
     fn wire_ids_round_trip_only_within_this_process() {

@@ -377,10 +377,10 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 println!("no API keys stored (DARKROOM_API_KEYS may still name some)");
             }
             for key in keys {
-                let created = darkroom::status::iso_time(key.created_at);
+                let created = darkroom::clock::iso_time(key.created_at);
                 let state = key.revoked_at.map_or_else(
                     || "live".to_owned(),
-                    |at| format!("revoked {}", darkroom::status::iso_time(at)),
+                    |at| format!("revoked {}", darkroom::clock::iso_time(at)),
                 );
                 println!("{}\t{}…\tcreated {created}\t{state}", key.name, key.hint);
             }
@@ -411,7 +411,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 if let Some(until) = record.previous_valid_until(now) {
                     println!(
                         "Until {}, deliveries are also signed with the previous secret.",
-                        darkroom::status::iso_time(until)
+                        darkroom::clock::iso_time(until)
                     );
                 }
             } else {

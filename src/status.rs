@@ -1,16 +1,13 @@
-//! The task views the outside world reads: the original service's status answer (kept
-//! ready in memory, since every polling client asks for it every two seconds) and the
-//! `kie-tasks/{taskId}.json` record in the bucket.
+//! The status board: the original service's status answer for each task, kept ready in
+//! memory (every polling client asks for it every two seconds), and darkroom ids by
+//! provider id. The answer itself is a view ([`crate::views::compat_status`]).
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
 use quick_cache::sync::Cache;
-use serde::Serialize;
-use serde_json::json;
 
-use crate::domain::task::CompatStatus;
+use crate::domain::TaskId;
 use crate::domain::task_row::Task;
-use crate::domain::{TaskId, TaskState};
+use crate::views::compat_status;
 
 /// A ready status answer and the owner it may be shown to. The owner travels with the
 /// answer so a cached answer is never handed out without the owner check.
@@ -56,106 +53,4 @@ impl StatusBoard {
         self.by_provider_id
             .get(&(provider.to_owned(), provider_task_id.to_owned()))
     }
-}
-
-pub fn iso_time(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn error_text(task: &Task) -> Option<String> {
-    match (&task.error_code, &task.error_message) {
-        (_, Some(message)) => Some(message.clone()),
-        (Some(code), None) => Some(code.clone()),
-        (None, None) => None,
-    }
-}
-
-/// `GET /api/task-status`'s answer: the original's shape and vocabulary, plus darkroom's
-/// richer `state`, the provider's id and a machine-readable `errorCode`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CompatStatusBody {
-    pub success: bool,
-    pub task_id: TaskId,
-    /// The original's word: pending, processing, completed or failed.
-    pub status: CompatStatus,
-    pub state: TaskState,
-    pub prompt: String,
-    /// The source image.
-    pub image_url: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    pub result_urls: Vec<String>,
-    /// Why it failed (failed, canceled and expired tasks only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub consume_credits: Option<i64>,
-    /// Seconds, as the provider reports it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_time: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_task_id: Option<String>,
-}
-
-/// The status answer, serialized once per change and kept ready.
-pub fn compat_status(task: &Task) -> Bytes {
-    let failed = task.state.compat() == CompatStatus::Failed;
-    let error = if failed { error_text(task) } else { None };
-    let body = CompatStatusBody {
-        success: true,
-        task_id: task.id.clone(),
-        status: task.state.compat(),
-        state: task.state,
-        prompt: task.prompt.clone(),
-        image_url: task.image_url.clone(),
-        created_at: iso_time(task.created_at),
-        updated_at: iso_time(task.updated_at),
-        result_urls: task.result_urls.clone(),
-        error_code: error.as_ref().and(task.error_code.clone()),
-        error,
-        consume_credits: task.credits,
-        // The original reported the callback's costTime, which KIE gives in seconds.
-        cost_time: task.cost_time_ms.map(|ms| ms / 1000),
-        provider_task_id: task.provider_task_id.clone(),
-    };
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
-}
-
-/// The archive copy in `kie-tasks/{taskId}.json`: everything but secrets and leases.
-pub fn task_record(task: &Task) -> Bytes {
-    let record = json!({
-        "taskId": task.id,
-        "provider": task.provider,
-        "providerTaskId": task.provider_task_id,
-        "model": task.model,
-        "state": task.state.as_str(),
-        "status": task.state.compat().as_str(),
-        "prompt": task.prompt,
-        "sourceKey": task.source,
-        "imageUrl": task.image_url,
-        "inputUrls": task.input_urls,
-        "aspectRatio": task.aspect_ratio,
-        "outputFormat": task.output_format,
-        "priority": task.priority,
-        "batchId": task.batch_id,
-        "attempts": task.attempts,
-        "resultKeys": task.result_keys,
-        "resultUrls": task.result_urls,
-        "error": error_text(task),
-        "errorCode": task.error_code,
-        "consumeCredits": task.credits,
-        "costTimeMs": task.cost_time_ms,
-        "createdAt": iso_time(task.created_at),
-        "updatedAt": iso_time(task.updated_at),
-        "submittedAt": task.submitted_at.map(iso_time),
-        "completedAt": task.completed_at.map(iso_time),
-    });
-    Bytes::from(serde_json::to_vec_pretty(&record).unwrap_or_default())
 }

@@ -285,7 +285,7 @@ impl Deliverer {
         let timestamp = now / 1000;
         let body = WebhookPayload {
             kind: format!("task.{}", task.state.as_str()),
-            timestamp: crate::status::iso_time(now),
+            timestamp: crate::clock::iso_time(now),
             data: crate::views::task_view(&task, None),
         };
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());

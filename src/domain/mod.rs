@@ -9,6 +9,7 @@ pub mod request;
 pub mod sanitize;
 pub mod task;
 pub mod task_row;
+pub mod time;
 pub mod webhook;
 pub mod whsec;
 

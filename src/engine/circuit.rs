@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::job::{Outcome, Reason};
 use super::{Engine, now_ms};
+use crate::clock::iso_time;
 use crate::domain::JobCode;
-use crate::status::iso_time;
 use crate::storage::Task;
 
 /// How long the circuit waits before each probe: `first`, doubling, at most `max`.

@@ -185,7 +185,7 @@ async fn batch_view(
         counts: counts.iter().map(|c| (c.state.as_str(), c.count)).collect(),
         credits,
         done,
-        created_at: crate::status::iso_time(batch.created_at),
+        created_at: crate::clock::iso_time(batch.created_at),
         tasks: tasks.map(|tasks| tasks.iter().map(|t| task_view(t, None)).collect()),
         canceled: None,
         retried: None,

@@ -74,7 +74,7 @@ impl ProviderHealth {
                     crate::engine::circuit::provider_label(name),
                     outage.reason
                 )),
-                since: Some(crate::status::iso_time(outage.since_ms)),
+                since: Some(crate::clock::iso_time(outage.since_ms)),
                 next_probe_in_secs: Some(
                     outage.next_probe.saturating_duration_since(now).as_secs(),
                 ),

@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::domain::ErrorCode;
 use crate::domain::TaskId;
-use crate::status::CompatStatusBody;
+use crate::views::CompatStatusBody;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(task_status))
@@ -79,7 +79,7 @@ async fn task_status(
     };
     let task = caller.visible(task).ok_or_else(not_found)?;
     state.board.update(&task);
-    Ok(json_response(crate::status::compat_status(&task)))
+    Ok(json_response(crate::views::compat_status(&task)))
 }
 
 fn json_response(body: bytes::Bytes) -> Response {

@@ -12,9 +12,9 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
+use crate::clock::iso_time;
 use crate::clock::now_ms;
 use crate::domain::ErrorCode;
-use crate::status::iso_time;
 use crate::storage::WebhookSecretRecord;
 use crate::webhooks::{key_secret, rotate_key_secret};
 

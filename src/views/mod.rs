@@ -1,14 +1,24 @@
 //! The outside views of a task: what `GET /api/tasks/{id}`, the task list, streams and
-//! outbound webhooks show. Built from the stored row alone (no I/O), so every layer that
-//! shows a task shows the same thing.
+//! outbound webhooks show ([`TaskView`]), the original service's status answer
+//! ([`compat_status`]), the archive record in the bucket ([`task_record`]) and the event
+//! of a state change ([`TaskEvent`]). Built from the stored row alone (no I/O), so every
+//! layer that shows a task shows the same thing.
+
+mod event;
+mod record;
+mod status_answer;
+
+pub use event::TaskEvent;
+pub use record::{TaskRecord, task_record};
+pub use status_answer::{CompatStatusBody, compat_status};
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::task::CompatStatus;
 use crate::domain::task_row::Task;
+use crate::domain::time::iso_time;
 use crate::domain::{TaskId, TaskState};
-use crate::status::iso_time;
 
 /// A task's error: a stable machine code and a sentence.
 #[derive(Clone, Debug, Serialize, ToSchema)]

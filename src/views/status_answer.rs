@@ -1,0 +1,75 @@
+//! The original service's status answer (`GET /api/task-status`), byte for byte what
+//! its front ends parse, plus darkroom's richer fields.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::domain::task::CompatStatus;
+use crate::domain::task_row::Task;
+use crate::domain::time::iso_time;
+use crate::domain::{TaskId, TaskState};
+
+/// The sentence shown for a task's error: its message, else its code.
+pub(super) fn error_text(task: &Task) -> Option<String> {
+    match (&task.error_code, &task.error_message) {
+        (_, Some(message)) => Some(message.clone()),
+        (Some(code), None) => Some(code.clone()),
+        (None, None) => None,
+    }
+}
+
+/// `GET /api/task-status`'s answer: the original's shape and vocabulary, plus darkroom's
+/// richer `state`, the provider's id and a machine-readable `errorCode`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompatStatusBody {
+    pub success: bool,
+    pub task_id: TaskId,
+    /// The original's word: pending, processing, completed or failed.
+    pub status: CompatStatus,
+    pub state: TaskState,
+    pub prompt: String,
+    /// The source image.
+    pub image_url: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    pub result_urls: Vec<String>,
+    /// Why it failed (failed, canceled and expired tasks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consume_credits: Option<i64>,
+    /// Seconds, as the provider reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_task_id: Option<String>,
+}
+
+/// The status answer, serialized once per change and kept ready.
+pub fn compat_status(task: &Task) -> Bytes {
+    let failed = task.state.compat() == CompatStatus::Failed;
+    let error = if failed { error_text(task) } else { None };
+    let body = CompatStatusBody {
+        success: true,
+        task_id: task.id.clone(),
+        status: task.state.compat(),
+        state: task.state,
+        prompt: task.prompt.clone(),
+        image_url: task.image_url.clone(),
+        created_at: iso_time(task.created_at),
+        updated_at: iso_time(task.updated_at),
+        result_urls: task.result_urls.clone(),
+        error_code: error.as_ref().and(task.error_code.clone()),
+        error,
+        consume_credits: task.credits,
+        // The original reported the callback's costTime, which KIE gives in seconds.
+        cost_time: task.cost_time_ms.map(|ms| ms / 1000),
+        provider_task_id: task.provider_task_id.clone(),
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
