@@ -94,6 +94,7 @@ catalogue! {
     FileNotFound = "file_not_found", 404, "no such object, or the URL's signature is wrong";
     AssetNotFound = "asset_not_found", 404, "no such asset of the page";
     RouteNotFound = "route_not_found", 404, "no such route";
+    MethodNotAllowed = "method_not_allowed", 405, "the route does not take this method (the Allow header lists those it takes)";
     TaskStateConflict = "task_state_conflict", 409, "the task's state does not allow this (cancel a finished task, retry a running one)";
     TaskMismatch = "task_mismatch", 409, "the callback names another provider task than the one this task has";
     // Callbacks.
@@ -107,6 +108,7 @@ catalogue! {
     RateLimited = "rate_limited", 429, "too many requests; wait as Retry-After says";
     TooManyPendingTasks = "too_many_pending_tasks", 429, "the key has as many unfinished tasks as it may";
     // Live streams (WebSocket messages).
+    WebsocketUpgradeRequired = "websocket_upgrade_required", 400, "`/api/ws` was asked without the headers of a WebSocket handshake";
     InvalidMessage = "invalid_message", 400, "a WebSocket message is not JSON of a known shape";
     UnknownMessageType = "unknown_message_type", 400, "a WebSocket message's `type` is not subscribe or unsubscribe";
     // Storage and internal faults.

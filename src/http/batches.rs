@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, parse_json};
 use super::generate::{build_tasks, request_policy};
+use super::path::PathParam;
 use super::tasks::{TaskView, task_view};
 use super::zip::ZipWriter;
 use crate::AppState;
@@ -51,7 +52,7 @@ pub fn download_router() -> OpenApiRouter<AppState> {
 }
 
 /// The `{id}` path parameter of the batch routes.
-#[derive(Deserialize, IntoParams)]
+#[derive(Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 struct BatchPath {
     /// A batch id (`bat_…`).
@@ -290,7 +291,7 @@ async fn list_batches(
 async fn get_batch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(BatchPath { id }): Path<BatchPath>,
+    PathParam(BatchPath { id }): PathParam<BatchPath>,
 ) -> Result<Json<BatchView>, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let tasks = batch_tasks(&state, &batch.id).await?;
@@ -305,7 +306,7 @@ async fn get_batch(
 async fn cancel_batch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(BatchPath { id }): Path<BatchPath>,
+    PathParam(BatchPath { id }): PathParam<BatchPath>,
 ) -> Result<Json<BatchView>, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let mut canceled = Vec::new();
@@ -334,7 +335,7 @@ async fn cancel_batch(
 async fn retry_batch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(BatchPath { id }): Path<BatchPath>,
+    PathParam(BatchPath { id }): PathParam<BatchPath>,
 ) -> Result<Json<BatchView>, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let tasks = batch_tasks(&state, &batch.id).await?;
@@ -382,7 +383,7 @@ fn entry_name(task: &Task, index: usize, key: &str) -> String {
 async fn download_zip(
     State(state): State<AppState>,
     caller: Caller,
-    Path(BatchPath { id }): Path<BatchPath>,
+    PathParam(BatchPath { id }): PathParam<BatchPath>,
 ) -> Result<Response, ApiError> {
     let batch = load_batch(&state, &caller, &id).await?;
     let mut tasks = batch_tasks(&state, &batch.id).await?;

@@ -12,7 +12,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::HeaderMap;
 use axum::middleware;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 
 use super::auth::limit_callbacks;
 use super::error::{ApiError, ErrorBody, parse_json};
+use super::path::PathParam;
 use crate::AppState;
 use crate::domain::ErrorCode;
 use crate::domain::TaskId;
@@ -119,7 +120,7 @@ fn unknown_task() -> ApiError {
     ))]
 async fn task_callback(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    PathParam(task_id): PathParam<String>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -11,12 +11,13 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::error::ApiError;
+use super::path::PathParam;
 use crate::AppState;
 use crate::config::UrlMode;
 use crate::domain::ErrorCode;
@@ -49,7 +50,7 @@ struct FileQuery {
     ))]
 async fn serve_file(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam<String>,
     query: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(ErrorCode::FileNotFound, "no such file");

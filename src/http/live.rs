@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,7 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::path::PathParam;
 use super::tasks::{TaskPath, TaskView, task_view};
 use crate::AppState;
 use crate::domain::ErrorCode;
@@ -343,7 +345,7 @@ struct WaitView {
 async fn wait_task(
     State(app): State<AppState>,
     caller: Caller,
-    Path(TaskPath { id }): Path<TaskPath>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WaitView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
@@ -403,17 +405,21 @@ fn wait_view(task: &crate::storage::Task, timed_out: bool) -> WaitView {
 /// TaskEvent}`, `{"type": "resync"}` and `{"type": "error", "code", "message"}`.
 #[utoipa::path(get, path = "/api/ws", tag = "live", responses(
     (status = 101, description = "Switching to the WebSocket protocol"),
-    (status = 400, description = "Not a WebSocket upgrade request"),
+    (status = 400, description = "Not a WebSocket upgrade request (`websocket_upgrade_required`)", body = ErrorBody),
 ))]
 async fn websocket(
     State(app): State<AppState>,
     caller: Caller,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // axum's own rejection is plain text; the API's errors carry a code.
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(ErrorCode::WebsocketUpgradeRequired, rejection.body_text())
+    })?;
     let owner = caller.owner().map(str::to_owned);
-    upgrade
+    Ok(upgrade
         .on_upgrade(move |socket| serve_socket(app, socket, owner))
-        .into_response()
+        .into_response())
 }
 
 /// A client message on the WebSocket.

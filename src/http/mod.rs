@@ -13,6 +13,7 @@ mod health;
 pub mod limits;
 mod live;
 mod openapi;
+mod path;
 pub mod readiness;
 mod status;
 mod tasks;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let api = routes
         .merge(pages)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.limits.max_json_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -139,6 +141,14 @@ fn cors(origins: &[crate::config::Origin]) -> Option<CorsLayer> {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::RouteNotFound, "no such route")
+}
+
+/// axum's own 405 is empty; the Allow header stays on this one.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take this method; the Allow header lists those it takes",
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

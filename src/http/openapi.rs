@@ -12,6 +12,7 @@
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
@@ -22,7 +23,9 @@ use utoipa::openapi::{ContentBuilder, Ref};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::auth::is_public_path;
+use super::error::ApiError;
 use crate::AppState;
+use crate::domain::ErrorCode;
 use crate::domain::request::Model;
 
 /// Where the document and the docs page are served.
@@ -274,5 +277,17 @@ pub fn router(document: utoipa::openapi::OpenApi) -> Router<AppState> {
     docs.layer(SetResponseHeaderLayer::overriding(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(DOCS_CSP),
+    ))
+    // Swagger UI's own refusals (an empty 404 for a file it does not have, a plain-text
+    // 400 for a path that does not decode) carry no code; the API's do.
+    .layer(axum::middleware::map_response(
+        |response: Response| async move {
+            if response.status().is_client_error() {
+                ApiError::new(ErrorCode::AssetNotFound, "no such file of the docs page")
+                    .into_response()
+            } else {
+                response
+            }
+        },
     ))
 }

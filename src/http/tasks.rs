@@ -4,7 +4,7 @@
 //! owner's task is the same 404 as a missing one, and listings are filtered by owner.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::path::PathParam;
 use crate::AppState;
 use crate::domain::ErrorCode;
 use crate::domain::{TaskId, TaskState};
@@ -60,7 +61,7 @@ struct ListQuery {
 }
 
 /// The `{id}` path parameter of the task routes.
-#[derive(Deserialize, IntoParams)]
+#[derive(Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct TaskPath {
     /// A task id (`tsk_…`).
@@ -155,7 +156,7 @@ async fn visible_task(state: &AppState, caller: &Caller, id: &TaskId) -> Result<
 async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
-    Path(TaskPath { id }): Path<TaskPath>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     let task = visible_task(&state, &caller, &id).await?;
@@ -176,7 +177,7 @@ async fn get_task(
 async fn cancel_task(
     State(state): State<AppState>,
     caller: Caller,
-    Path(TaskPath { id }): Path<TaskPath>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     visible_task(&state, &caller, &id).await?;
@@ -194,7 +195,7 @@ async fn cancel_task(
 async fn retry_task(
     State(state): State<AppState>,
     caller: Caller,
-    Path(TaskPath { id }): Path<TaskPath>,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     visible_task(&state, &caller, &id).await?;

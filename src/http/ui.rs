@@ -1,13 +1,13 @@
 //! The web page, embedded in the binary: nothing is fetched from another host.
 
 use axum::Router;
-use axum::extract::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::RustEmbed;
 
 use super::error::ApiError;
+use super::path::PathParam;
 use crate::AppState;
 use crate::domain::ErrorCode;
 
@@ -27,7 +27,7 @@ async fn index() -> Result<Response, ApiError> {
     serve("index.html")
 }
 
-async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
+async fn asset(PathParam(path): PathParam<String>) -> Result<Response, ApiError> {
     serve(&path)
 }
 

@@ -321,6 +321,21 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A PNG of noise, which does not compress: about `3 × side²` bytes.
+pub fn noisy_png(side: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, _| image::Rgb([(x * 3) as u8, 90, 200]));
     let mut out = Cursor::new(Vec::new());

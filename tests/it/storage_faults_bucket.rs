@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::harness::{TestApp, alone, png, spawn_app, spawn_app_in, spawn_sim};
+use crate::harness::{TestApp, alone, noisy_png, png, spawn_app, spawn_app_in, spawn_sim};
 use darkroom::domain::image::{ImageLimits, inspect};
 use darkroom::domain::{TaskId, TaskState};
 use darkroom::providers::sim::KieSimConfig;
@@ -151,21 +151,6 @@ fn fill(tmpfs: &Tmpfs, name: &str, leave: u64) -> Vec<PathBuf> {
         }
     }
     files
-}
-
-/// A PNG of noise, which does not compress: about `3 × side²` bytes.
-fn noisy_png(side: u32) -> Vec<u8> {
-    let mut state = 0x2545_f491_u32;
-    let img = image::RgbImage::from_fn(side, side, |_, _| {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let [a, b, c, _] = state.to_le_bytes();
-        image::Rgb([a, b, c])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 /// What the bucket and the database say, against what clients were told.
