@@ -35,6 +35,7 @@ use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
 use events::EventBus;
 use providers::sim::{GeminiSim, KieSim};
 use status::StatusBoard;
+use storage::postgres::PgRepo;
 use storage::sqlite::SqliteRepo;
 use storage::{AccessRepo, BlobStore, Repo};
 
@@ -93,8 +94,11 @@ pub struct App {
     pub gemini_simulator: Option<Arc<GeminiSim>>,
     /// Stops the in-process simulator when the app stops.
     sim_shutdown: CancellationToken,
-    /// The SQLite repository behind `state.repo`, for tools and tests (its size cap).
+    /// The SQLite repository behind `state.repo`, for tools and tests (its size cap);
+    /// `None` on PostgreSQL.
     pub sqlite: Option<Arc<SqliteRepo>>,
+    /// The PostgreSQL repository behind `state.repo`, when `DARKROOM_DATABASE_URL` names one.
+    pub postgres: Option<Arc<PgRepo>>,
 }
 
 /// The URL clients and the provider use to reach this server.
@@ -125,21 +129,30 @@ impl App {
             })?;
         }
         let database_url = config.database_url();
-        let sqlite = Arc::new(
-            SqliteRepo::connect(
-                &database_url,
-                config.database.max_connections,
-                match config.database.synchronous {
-                    config::Synchronous::Normal => storage::Durability::Normal,
-                    config::Synchronous::Full => storage::Durability::Full,
-                },
-            )
-            .await
-            .with_context(|| format!("cannot open the database {database_url}"))?,
-        );
-        let repo: Arc<dyn Repo> = sqlite.clone();
-        let access: Arc<dyn AccessRepo> = sqlite.clone();
-        tracing::info!(database = %database_url, "database ready (migrations applied)");
+        let shown_url = storage::redact_url(&database_url);
+        let opened = storage::open(
+            &database_url,
+            config.database.max_connections,
+            match config.database.synchronous {
+                config::Synchronous::Normal => storage::Durability::Normal,
+                config::Synchronous::Full => storage::Durability::Full,
+            },
+        )
+        .await
+        .with_context(|| format!("cannot open the database {shown_url}"))?;
+        let storage::Opened {
+            backend,
+            repo,
+            access,
+            sqlite,
+            postgres,
+        } = opened;
+        tracing::info!(database = %shown_url, backend = backend.name(), "database ready (migrations applied)");
+        if backend == storage::Backend::Postgres {
+            tracing::warn!(
+                "PostgreSQL backend: run one darkroom instance per database; rate windows, the status board and live events are still per process"
+            );
+        }
         let auth = Arc::new(http::auth::Auth::new(&config, access.clone()).await?);
 
         let mut blobs = BlobStore::from_config(&config, public_url.clone())?;
@@ -294,7 +307,8 @@ impl App {
             simulator,
             gemini_simulator,
             sim_shutdown,
-            sqlite: Some(sqlite),
+            sqlite,
+            postgres,
         })
     }
 

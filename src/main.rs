@@ -324,26 +324,30 @@ async fn migrate() -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let url = config.database_url();
-    darkroom::storage::sqlite::SqliteRepo::connect(&url, 1, darkroom::storage::Durability::Normal)
-        .await?;
-    tracing::info!(database = %url, "migrations applied");
+    let shown = darkroom::storage::redact_url(&url);
+    let opened = darkroom::storage::open(&url, 1, darkroom::storage::Durability::Normal)
+        .await
+        .with_context(|| format!("cannot open the database {shown}"))?;
+    opened.close().await;
+    tracing::info!(database = %shown, "migrations applied");
     Ok(())
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {
-    use darkroom::storage::AccessRepo;
     let config = load_config()?;
     if config.database.url.is_none() {
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let url = config.database_url();
-    let repo = darkroom::storage::sqlite::SqliteRepo::connect(
-        &url,
-        1,
-        darkroom::storage::Durability::Normal,
-    )
-    .await
-    .with_context(|| format!("cannot open the database {url}"))?;
+    let opened = darkroom::storage::open(&url, 1, darkroom::storage::Durability::Normal)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                darkroom::storage::redact_url(&url)
+            )
+        })?;
+    let repo = opened.access.clone();
     let now = chrono::Utc::now().timestamp_millis();
     match command {
         KeysCommand::Create { name } => {
@@ -365,7 +369,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 "Clients send it as: Authorization: Bearer <key>. A server that started without any key must be restarted to require keys."
             );
             // A name used before (by a revoked key) keeps its secret, as it keeps its tasks.
-            let secret = darkroom::webhooks::key_secret(&repo, &name, now).await?;
+            let secret = darkroom::webhooks::key_secret(repo.as_ref(), &name, now).await?;
             println!(
                 "Webhooks of its tasks are signed with this secret (also at GET /api/webhook-secret, or darkroom keys webhook-secret {name}):"
             );
@@ -405,7 +409,8 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 "no key named {name:?} (neither stored nor in DARKROOM_API_KEYS)"
             );
             if rotate {
-                let record = darkroom::webhooks::rotate_key_secret(&repo, &name, now).await?;
+                let record =
+                    darkroom::webhooks::rotate_key_secret(repo.as_ref(), &name, now).await?;
                 println!("Webhook secret of {name:?} rotated. The new secret:");
                 println!("{}", record.secret);
                 if let Some(until) = record.previous_valid_until(now) {
@@ -415,7 +420,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     );
                 }
             } else {
-                let record = darkroom::webhooks::key_secret(&repo, &name, now).await?;
+                let record = darkroom::webhooks::key_secret(repo.as_ref(), &name, now).await?;
                 println!("{}", record.secret);
             }
         }

@@ -145,8 +145,8 @@ pub static KEYS: &[Key] = &[
     key!("server.cors_origins", ["DARKROOM_CORS_ORIGINS"], Some(""), server.cors_origins;
         "Browser origins allowed to call the API; empty: no CORS headers."),
 
-    key!("database.url", ["DARKROOM_DATABASE_URL"], None, database.url, sqlite_url;
-        "The database; default sqlite://{data_dir}/darkroom.db."),
+    key!("database.url", ["DARKROOM_DATABASE_URL"], None, database.url, database_url;
+        "The database: sqlite://… or postgres://…; default sqlite://{data_dir}/darkroom.db."),
     key!("database.max_connections", ["DARKROOM_DATABASE_MAX_CONNECTIONS"], Some("8"), database.max_connections, positive;
         "Connection pool size."),
     key!("database.synchronous", ["DARKROOM_SQLITE_SYNCHRONOUS"], Some("normal"), database.synchronous;
@@ -382,11 +382,20 @@ fn whsec(secret: &Option<Secret>) -> Result<(), String> {
     }
 }
 
-fn sqlite_url(url: &Option<String>) -> Result<(), String> {
+/// SQLite (the embedded default) or PostgreSQL. Only the scheme is named in the error: the
+/// rest of a URL may hold a password.
+fn database_url(url: &Option<String>) -> Result<(), String> {
     match url {
-        Some(url) if !url.starts_with("sqlite:") => Err(format!(
-            "= {url:?}: only sqlite: URLs are supported in this version"
-        )),
+        Some(url)
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://")) =>
+        {
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(format!(
+                "has the scheme {scheme:?}: use sqlite://… (the default) or postgres://…"
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -17,6 +17,27 @@ fn zero_configuration_is_the_embedded_default() {
 }
 
 #[test]
+fn the_database_url_names_sqlite_or_postgres_and_errors_never_show_it() {
+    for url in [
+        "sqlite:///var/lib/darkroom/d.db",
+        "postgres://app:pw@db:5432/darkroom",
+        "postgresql://db/darkroom",
+    ] {
+        let config = Config::from_env(&env(&[("DARKROOM_DATABASE_URL", url)])).unwrap();
+        assert_eq!(config.database_url(), url);
+    }
+    let refused = Config::from_env(&env(&[(
+        "DARKROOM_DATABASE_URL",
+        "mysql://app:hunter2@db/darkroom",
+    )]))
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("DARKROOM_DATABASE_URL"), "{refused}");
+    assert!(refused.contains("postgres://"), "{refused}");
+    assert!(!refused.contains("hunter2"), "{refused}");
+}
+
+#[test]
 fn seed_variables_are_read_as_they_are() {
     let config = Config::from_env(&env(&[
         ("KIE_API_TOKEN", "secret-token"),

@@ -106,8 +106,14 @@ impl Engine {
                 continue;
             }
             let wake = self.wake(work);
+            // Work queued through another instance on the same database (PostgreSQL).
+            let elsewhere = match work {
+                Work::Dispatch => self.repo.queue_signal(),
+                _ => None,
+            };
             tokio::select! {
                 () = wake.notified() => {}
+                () = notified_if_any(elsewhere.as_deref()) => {}
                 () = tokio::time::sleep(self.settings.tick) => {}
                 () = shutdown.cancelled() => return,
             }
@@ -386,5 +392,13 @@ impl Engine {
             }
             total += ran;
         }
+    }
+}
+
+/// Waits for `signal`, or forever when there is none.
+async fn notified_if_any(signal: Option<&Notify>) {
+    match signal {
+        Some(signal) => signal.notified().await,
+        None => std::future::pending().await,
     }
 }

@@ -58,10 +58,15 @@ impl StorageFault {
         }
     }
 
-    /// The fault behind an SQLite error, by its result code.
+    /// The fault behind a database error: SQLite's result code, PostgreSQL's SQLSTATE, or
+    /// the I/O error under it (a lost or refused connection to PostgreSQL counts as
+    /// unavailable).
     pub fn of_sqlx(e: &sqlx::Error) -> Option<Self> {
         match e {
             sqlx::Error::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    return Self::of_sqlstate(pg.code());
+                }
                 let code: i64 = db.code()?.parse().ok()?;
                 // Extended result codes carry the primary code in their low byte.
                 match code & 0xff {
@@ -72,8 +77,36 @@ impl StorageFault {
                     _ => None,
                 }
             }
+            // A database server that cannot be reached (PostgreSQL down or restarting).
+            sqlx::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::NotConnected
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Some(Self::Failing)
+            }
             sqlx::Error::Io(io) => Self::of_io(io),
             other => Self::in_chain(other),
+        }
+    }
+
+    /// The fault behind a PostgreSQL error, by its SQLSTATE.
+    pub fn of_sqlstate(code: &str) -> Option<Self> {
+        match code {
+            "53100" => Some(Self::Full),     // disk_full
+            "25006" => Some(Self::ReadOnly), // read_only_sql_transaction (a standby, or read-only mode)
+            "58030" => Some(Self::Failing),  // io_error
+            // The server is going away or not accepting connections yet: admin_shutdown,
+            // crash_shutdown, cannot_connect_now, and class 08, connection exceptions.
+            "57P01" | "57P02" | "57P03" => Some(Self::Failing),
+            _ if code.starts_with("08") => Some(Self::Failing),
+            _ => None,
         }
     }
 
@@ -129,6 +162,27 @@ mod tests {
         struct Wrapper(#[source] io::Error);
         let wrapped = Wrapper(io::Error::from_raw_os_error(28));
         assert_eq!(StorageFault::in_chain(&wrapped), Some(StorageFault::Full));
+    }
+
+    #[test]
+    fn postgres_sqlstates_are_classified() {
+        assert_eq!(StorageFault::of_sqlstate("53100"), Some(StorageFault::Full));
+        assert_eq!(
+            StorageFault::of_sqlstate("25006"),
+            Some(StorageFault::ReadOnly)
+        );
+        assert_eq!(
+            StorageFault::of_sqlstate("57P01"),
+            Some(StorageFault::Failing)
+        );
+        assert_eq!(
+            StorageFault::of_sqlstate("08006"),
+            Some(StorageFault::Failing)
+        );
+        // A constraint violation is the caller's business, not a storage fault.
+        assert_eq!(StorageFault::of_sqlstate("23505"), None);
+        let refused = sqlx::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(StorageFault::of_sqlx(&refused), Some(StorageFault::Failing));
     }
 
     #[test]

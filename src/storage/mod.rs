@@ -2,6 +2,8 @@
 //! one place, and the repository, split by concern into one trait per file: tasks and the
 //! queue ([`TaskRepo`], `repo.rs`), batches ([`BatchRepo`], `batches.rs`), webhook
 //! deliveries ([`DeliveryRepo`], `deliveries.rs`) and access ([`AccessRepo`], `access.rs`).
+//! Two implementations: SQLite (`sqlite*.rs`, the embedded default) and PostgreSQL
+//! (`postgres*.rs`); [`open`] picks one by the database URL.
 //! [`Repo`] is all four, for components that hold one handle. `contract` holds the suites
 //! every implementation must pass, written once against the traits.
 
@@ -12,6 +14,13 @@ pub mod contract;
 pub mod deliveries;
 pub mod fault;
 pub mod keys;
+mod open;
+pub mod postgres;
+mod postgres_access;
+mod postgres_batches;
+mod postgres_deliveries;
+mod postgres_rows;
+mod postgres_wake;
 pub mod repo;
 pub mod sqlite;
 mod sqlite_access;
@@ -25,6 +34,7 @@ pub use batches::{Batch, BatchCount, BatchRepo};
 pub use blob::{BlobError, BlobStore};
 pub use deliveries::{DeliveryOutcome, DeliveryRepo, WebhookDelivery};
 pub use fault::StorageFault;
+pub use open::{Backend, Opened, open, redact_url};
 pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 pub use sqlite_writer::Durability;
 

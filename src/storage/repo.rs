@@ -147,4 +147,12 @@ pub trait TaskRepo: Send + Sync + 'static {
 
     /// 1-based place in the queue of a queued task, in claim order.
     async fn queue_position(&self, id: &TaskId) -> Result<Option<u64>, RepoError>;
+
+    /// Woken when tasks may have been queued through another process sharing the database
+    /// (PostgreSQL: `LISTEN/NOTIFY`), so the dispatcher need not wait for its next poll.
+    /// `None` (the default) when the backend has no such signal: on SQLite one process owns
+    /// the file and wakes its dispatcher in memory.
+    fn queue_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod postgres;
+pub use postgres::{PgDatabase, fresh_postgres};
+
 pub struct TestApp {
     pub base: String,
     pub events: Arc<darkroom::events::EventBus>,
@@ -26,6 +29,8 @@ pub struct TestApp {
     pub gemini_sim: Option<Arc<GeminiSim>>,
     /// The SQLite repository behind `repo` (its size cap fills the database in tests).
     pub sqlite: Option<Arc<darkroom::storage::sqlite::SqliteRepo>>,
+    /// The PostgreSQL repository behind `repo`, when the test chose one.
+    pub postgres: Option<Arc<darkroom::storage::postgres::PgRepo>>,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -77,6 +82,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) ->
     let repo = app.state.repo.clone();
     let gemini_sim = app.gemini_simulator.clone();
     let sqlite = app.sqlite.clone();
+    let postgres = app.postgres.clone();
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(app.serve(listener, shutdown.clone()));
     TestApp {
@@ -89,6 +95,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) ->
         sim,
         gemini_sim,
         sqlite,
+        postgres,
         dir,
         shutdown,
         served: Some(served),
@@ -113,6 +120,9 @@ impl TestApp {
         // otherwise hand it this instance's still-open file descriptors).
         if let Some(sqlite) = &self.sqlite {
             sqlite.close().await;
+        }
+        if let Some(postgres) = &self.postgres {
+            postgres.close().await;
         }
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }

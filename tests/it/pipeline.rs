@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{callbacks_answered, png, spawn_app};
+use crate::harness::{callbacks_answered, fresh_postgres, png, spawn_app};
 use darkroom::domain::TaskState;
 use serde_json::json;
 
@@ -276,4 +276,38 @@ async fn forged_callbacks_change_nothing() {
     assert_eq!(response.status(), 200);
     let tasks = app.step_until_final(&ids, FINAL).await;
     assert_eq!(tasks[0].state, TaskState::Succeeded, "{:?}", tasks[0]);
+}
+
+/// The same path with `DARKROOM_DATABASE_URL` naming PostgreSQL: upload, generate, the
+/// simulator's callback, completed with its result in the bucket; a restart on the same
+/// database keeps the task.
+#[tokio::test]
+async fn the_original_path_runs_on_postgres() {
+    let db = fresh_postgres().await;
+    let app = spawn_app(&[("DARKROOM_DATABASE_URL", db.url.as_str())]).await;
+    assert!(app.sqlite.is_none() && app.postgres.is_some());
+    let ids = app
+        .generate_from_upload(2, json!({"aspectRatio": "1:1"}))
+        .await;
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        let status = app.wait_final(id, FINAL).await;
+        assert_eq!(status["status"], "completed", "{status}");
+        assert_eq!(status["state"], "succeeded");
+        let stored = app.blobs.list("generated").await.unwrap();
+        assert!(
+            stored.contains(&format!("generated/kie-{id}-0.png")),
+            "{stored:?}"
+        );
+        let by_provider = app.status(status["providerTaskId"].as_str().unwrap()).await;
+        assert_eq!(by_provider["taskId"], id.as_str());
+    }
+    let (code, ready) = app.get_json("/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    let app = app
+        .restart(&[("DARKROOM_DATABASE_URL", db.url.as_str())])
+        .await;
+    let status = app.status(&ids[0]).await;
+    assert_eq!(status["status"], "completed", "after a restart: {status}");
+    app.stop().await;
 }

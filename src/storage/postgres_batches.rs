@@ -1,0 +1,90 @@
+//! [`BatchRepo`] on PostgreSQL.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::batches::{Batch, BatchCount, BatchRepo};
+use super::postgres::PgRepo;
+use super::postgres_rows::{batch_from_row, insert_tasks};
+use super::repo::{NewTask, RepoError};
+use crate::domain::TaskState;
+
+#[async_trait]
+impl BatchRepo for PgRepo {
+    async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&batch.id)
+        .bind(&batch.owner)
+        .bind(&batch.prompt)
+        .bind(&batch.webhook_url)
+        .bind(batch.total)
+        .bind(batch.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_tasks(&mut tx, tasks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_batch(&self, id: &str) -> Result<Option<Batch>, RepoError> {
+        let row = sqlx::query("SELECT * FROM batches WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    async fn list_batches(
+        &self,
+        owner: Option<Option<String>>,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Batch>, RepoError> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM batches WHERE TRUE");
+        match owner {
+            Some(Some(owner)) => {
+                q.push(" AND owner = ").push_bind(owner);
+            }
+            Some(None) => {
+                q.push(" AND owner IS NULL");
+            }
+            None => {}
+        }
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(batch_from_row).collect()
+    }
+
+    async fn batch_counts(&self, id: &str) -> Result<Vec<BatchCount>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n, COALESCE(SUM(credits), 0)::BIGINT AS credits
+             FROM tasks WHERE batch_id = $1 GROUP BY state",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(BatchCount {
+                    state: TaskState::from_str(&state).map_err(|_| RepoError::Corrupt {
+                        id: id.to_owned(),
+                        message: format!("unknown state {state:?} in batch"),
+                    })?,
+                    count: row.try_get("n")?,
+                    credits: row.try_get("credits")?,
+                })
+            })
+            .collect()
+    }
+}
