@@ -351,6 +351,19 @@ impl Engine {
                 ),
             });
         }
+        if task.callback_token_hash.is_empty() {
+            // The claim clears the token and the create is sent only once a fresh one is
+            // stored: this create was never sent (its dispatcher stopped, or storage refused
+            // the token), so it is sent now, without spending an attempt.
+            tracing::warn!(task_id = %task.id, "dispatcher lease lapsed before the create was sent; creating it now");
+            return Ok(Outcome::RetryIn {
+                delay: Duration::ZERO,
+                reason: Reason::free(
+                    JobCode::SubmitInterrupted,
+                    "darkroom stopped before sending this task to the provider; it is sent now",
+                ),
+            });
+        }
         tracing::warn!(task_id = %task.id, "dispatcher lease lapsed during create; waiting for the provider instead of resubmitting");
         let reason = Reason::free(
             JobCode::SubmitInterrupted,

@@ -128,7 +128,8 @@ impl TaskRepo for PgRepo {
                  LIMIT $4
                  FOR UPDATE OF t SKIP LOCKED
              )
-             UPDATE tasks SET state = 'submitting', lease_owner = $5, lease_until = $6, updated_at = $2
+             UPDATE tasks SET state = 'submitting', lease_owner = $5, lease_until = $6, updated_at = $2,
+                              callback_token_hash = ''
              FROM taken WHERE tasks.id = taken.id AND tasks.state = 'queued'
              RETURNING tasks.*",
         )

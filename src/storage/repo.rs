@@ -83,7 +83,9 @@ pub trait TaskRepo: Send + Sync + 'static {
 
     /// Moves up to `limit` due `queued` tasks of `provider` to `submitting` under a lease held
     /// by `worker`, highest priority first, oldest first within a priority. Claims are per
-    /// provider so each provider's own concurrency bound decides how many it takes.
+    /// provider so each provider's own concurrency bound decides how many it takes. The
+    /// claim clears the task's callback token: the dispatcher arms a fresh one before it
+    /// calls the provider, so a claimed task with no token was never sent.
     async fn claim_queued(
         &self,
         provider: &str,

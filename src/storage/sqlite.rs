@@ -121,7 +121,8 @@ impl TaskRepo for SqliteRepo {
         lease_until: i64,
     ) -> Result<Vec<Task>, RepoError> {
         let rows = sqlx::query(
-            "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?
+            "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?,
+                             callback_token_hash = ''
              WHERE id IN (
                  SELECT id FROM (
                      SELECT id, priority, created_at,

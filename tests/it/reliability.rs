@@ -413,3 +413,71 @@ async fn no_credits_pause_the_provider_and_show_in_readyz() {
     assert_eq!(waiting, 1);
     assert_eq!(stats.created, 2);
 }
+
+/// A dispatcher that stopped after its claim but before the create went out (it died, or
+/// storage refused the callback token it must store first) left a task in `submitting`
+/// with no token: that create was never sent, so it is sent now, once. One that stopped
+/// after arming its token may have reached the provider and is not sent again.
+#[tokio::test]
+async fn a_create_interrupted_before_it_was_sent_is_sent_once_not_left_waiting() {
+    let sim = spawn_sim(quick_sim()).await;
+    let app = spawn_app_env(&unthrottled(
+        &sim,
+        &[("DARKROOM_WORKERS", "false"), ("DARKROOM_LEASE_SECS", "1")],
+    ))
+    .await;
+    let ids = app.generate_many(2, json!({})).await;
+    // A dispatcher that is gone claims both; one of them got as far as storing its token.
+    let now = darkroom::clock::now_ms();
+    let claimed = app
+        .repo
+        .claim_queued("kie", now, 10, "a-dispatcher-that-died", now - 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let armed = &claimed[1];
+    let update = darkroom::storage::TaskUpdate {
+        callback_token_hash: Some(darkroom::engine::hash_token("a token it stored")),
+        ..darkroom::storage::TaskUpdate::default()
+    };
+    app.repo
+        .update(
+            &armed.id,
+            darkroom::domain::TaskState::Submitting,
+            Some("a-dispatcher-that-died"),
+            &update,
+            now,
+        )
+        .await
+        .unwrap()
+        .expect("the armed task");
+
+    let never_sent_id = claimed[0].id.as_str().to_owned();
+    assert!(ids.contains(&never_sent_id));
+    let tasks = app
+        .step_until_final(&[never_sent_id], Duration::from_secs(30))
+        .await;
+    let never_sent = &tasks[0];
+    assert_eq!(
+        never_sent.state,
+        darkroom::domain::TaskState::Succeeded,
+        "{never_sent:?}"
+    );
+    let (_, waiting) = app.get_json(&format!("/api/tasks/{}", armed.id)).await;
+    let stats = sim.sim.stats();
+    println!(
+        "interrupted creates: the one never sent was sent and {}; the armed one is {} ({}); {} creates at the simulator, {} duplicates",
+        never_sent.state.as_str(),
+        waiting["state"],
+        waiting["error"]["code"],
+        stats.created,
+        stats.duplicate_creates
+    );
+    assert_eq!(waiting["state"], "submitted", "{waiting}");
+    assert_eq!(waiting["error"]["code"], "submit_interrupted", "{waiting}");
+    assert_eq!(
+        stats.created, 1,
+        "only the create that was never sent is sent"
+    );
+    assert_eq!(stats.duplicate_creates, 0);
+}

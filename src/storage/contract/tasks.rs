@@ -45,13 +45,15 @@ pub async fn insert_is_all_or_nothing(repo: &dyn TaskRepo) {
 }
 
 pub async fn claims_by_priority_then_age(repo: &dyn TaskRepo) {
-    let tasks = vec![
+    let mut tasks = vec![
         new_task(None, 0, 1),
         new_task(None, 5, 2),
         new_task(None, 0, 3),
         new_task(None, 5, 4),
         new_task(None, -3, 0),
     ];
+    // A token left from an earlier attempt.
+    tasks[1].callback_token_hash = "an earlier attempt's".into();
     repo.insert(&tasks).await.unwrap();
     let claimed = repo.claim_queued("kie", 100, 10, "w", 1000).await.unwrap();
     let order: Vec<(i32, i64)> = claimed.iter().map(|t| (t.priority, t.created_at)).collect();
@@ -61,6 +63,10 @@ pub async fn claims_by_priority_then_age(repo: &dyn TaskRepo) {
         assert_eq!(
             (t.lease_owner.as_deref(), t.lease_until),
             (Some("w"), Some(1000))
+        );
+        assert_eq!(
+            t.callback_token_hash, "",
+            "a claim clears the callback token"
         );
     }
     assert!(
