@@ -8,7 +8,7 @@
 #   scripts/repeat.sh 5 --test it live::   # one area, 5 times
 #
 # Services are set up once, as scripts/test.sh does: moto on a free port when
-# DARKROOM_TEST_S3_URL is unset. The browser test and schemathesis are not repeated here.
+# DARKROOM_TEST_S3_URL is unset, PostgreSQL on 127.0.0.1:5432 (started if down). The browser test and schemathesis are not repeated here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,14 @@ if [ -z "${DARKROOM_TEST_S3_URL:-}" ]; then
     started_pid=$!
     export DARKROOM_TEST_S3_URL="http://127.0.0.1:$port"
     for _ in $(seq 1 100); do curl -s -o /dev/null "$DARKROOM_TEST_S3_URL" && break; sleep 0.2; done
+fi
+
+if [ -z "${DARKROOM_TEST_POSTGRES_URL:-}" ]; then
+    if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+        for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+    fi
+    export DARKROOM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:5432/test"
 fi
 
 cargo test --locked --no-run "$@" >"$logs/build.log" 2>&1 || { cat "$logs/build.log"; exit 1; }
