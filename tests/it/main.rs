@@ -15,6 +15,7 @@ mod client;
 mod crash;
 mod fuzz_parsers;
 mod gemini;
+mod jobs;
 mod live;
 mod no_secrets_in_logs;
 mod openapi;
