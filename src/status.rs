@@ -18,6 +18,11 @@ use crate::domain::{TaskId, TaskState};
 pub struct StatusEntry {
     pub owner: Option<String>,
     pub body: Bytes,
+    /// The provider of a queued task, whose own hold-ups (a pause, an outage, a full
+    /// window) the answer adds when they are the reason it waits.
+    pub queued_for: Option<String>,
+    /// Whether the answer already says why the task waits, with a time still ahead.
+    pub waiting_until: Option<i64>,
 }
 
 /// Ready-made status answers by darkroom id, and darkroom ids by provider id. Updated on
@@ -39,6 +44,8 @@ impl StatusBoard {
         let entry = StatusEntry {
             owner: task.owner.clone(),
             body: compat_status(task),
+            queued_for: (task.state == TaskState::Queued).then(|| task.provider.clone()),
+            waiting_until: waiting(task).map(|_| task.run_at),
         };
         self.by_id.insert(task.id.clone(), entry);
         if let Some(pid) = &task.provider_task_id {
@@ -72,6 +79,34 @@ fn error_text(task: &Task) -> Option<String> {
     }
 }
 
+/// Why an unfinished task is not moving yet, and when it is due to try again.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// Stable, machine-readable (`provider_retrying`, `provider_paused`,
+    /// `provider_unreachable`, `rate_window_full`, `input_unavailable`, `storage_full`, …).
+    pub code: String,
+    /// A sentence for a person.
+    pub message: String,
+    /// When the next attempt is due (or the next check, for a provider out of reach).
+    #[schema(format = DateTime)]
+    pub until: String,
+}
+
+/// Why `task` waits, from its own row: an unfinished task carrying a reason (its last try
+/// ended in a retry, a pause or a wait for storage) is due again at `run_at`.
+pub fn waiting(task: &Task) -> Option<Waiting> {
+    if task.state.is_terminal() {
+        return None;
+    }
+    let code = task.error_code.clone()?;
+    Some(Waiting {
+        code,
+        message: task.error_message.clone().unwrap_or_default(),
+        until: iso_time(task.run_at),
+    })
+}
+
 /// `GET /api/task-status`'s answer: the original's shape and vocabulary, plus darkroom's
 /// richer `state`, the provider's id and a machine-readable `errorCode`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -102,6 +137,9 @@ pub struct CompatStatusBody {
     pub cost_time: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_task_id: Option<String>,
+    /// Why a pending or processing task is not moving yet, and when it tries again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
 }
 
 /// The status answer, serialized once per change and kept ready.
@@ -124,6 +162,7 @@ pub fn compat_status(task: &Task) -> Bytes {
         // The original reported the callback's costTime, which KIE gives in seconds.
         cost_time: task.cost_time_ms.map(|ms| ms / 1000),
         provider_task_id: task.provider_task_id.clone(),
+        waiting: waiting(task),
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 use crate::domain::task::CompatStatus;
 use crate::domain::task_row::Task;
 use crate::domain::{TaskId, TaskState};
-use crate::status::iso_time;
+pub use crate::status::Waiting;
+use crate::status::{iso_time, waiting};
 
 /// A task's error: a stable machine code and a sentence.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -50,7 +51,11 @@ pub struct TaskView {
     pub unconfirmed: bool,
     /// The results in your bucket (or `/files/…` links to them).
     pub result_urls: Vec<String>,
+    /// Why it failed; on an unfinished task, why its last try did not go through.
     pub error: Option<TaskError>,
+    /// Why an unfinished task is not moving yet and when it tries again: its last try's
+    /// reason, or its provider's pause, outage or full create window.
+    pub waiting: Option<Waiting>,
     /// Credits the provider charged.
     pub consume_credits: Option<i64>,
     pub cost_time_ms: Option<i64>,
@@ -91,6 +96,7 @@ pub fn task_view(task: &Task, queue_position: Option<u64>) -> TaskView {
             code: code.clone(),
             message: task.error_message.clone(),
         }),
+        waiting: waiting(task),
         consume_credits: task.credits,
         cost_time_ms: task.cost_time_ms,
         retry_of: task.retry_of.clone(),

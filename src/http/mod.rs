@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
     let api = routes
         .merge(pages)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.limits.max_json_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -137,8 +138,25 @@ fn cors(origins: &[crate::config::Origin]) -> Option<CorsLayer> {
     )
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::RouteNotFound, "no such route")
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!(
+            "no such route: {method} {}; the API is described at /api/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// A route that exists, asked with a method it does not take (the router adds `Allow`).
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it takes",
+            uri.path()
+        ),
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

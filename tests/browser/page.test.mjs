@@ -306,6 +306,12 @@ async function main() {
     if (!(await resultImagesLoaded(page)).every(Boolean)) throw new Error('a past result image did not load');
     const downloads = await page.$$eval('#task-list a.result-download', (links) => links.length);
     if (downloads !== 4) throw new Error(`expected 4 download links on past tasks, saw ${downloads}`);
+    // The batch's two cards keep its ZIP link after the reload (read from each task's batchId).
+    const batchId = new URL(zipHref, url).pathname.split('/')[3];
+    const batchLinks = await page.$$eval('#task-list li.task-card a.task-batch-zip', (links) => links.map((a) => a.getAttribute('href')));
+    if (batchLinks.length !== 2 || !batchLinks.every((href) => href === `/api/batches/${batchId}/zip?wait=true`)) {
+      throw new Error(`after a reload expected the batch's 2 cards to link its ZIP, saw ${JSON.stringify(batchLinks)}`);
+    }
     const reloadedStats = await page.textContent('#task-stats');
     if (!reloadedStats.startsWith('4 tasks') || !reloadedStats.includes('4 completed')) {
       throw new Error(`the summary after a reload does not count the past tasks: "${reloadedStats}"`);
