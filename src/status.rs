@@ -96,7 +96,9 @@ pub struct Waiting {
 /// Why `task` waits, from its own row: an unfinished task carrying a reason (its last try
 /// ended in a retry, a pause or a wait for storage) is due again at `run_at`.
 pub fn waiting(task: &Task) -> Option<Waiting> {
-    if task.state.is_terminal() {
+    // A task being submitted is being worked on, not waiting (its reason is the last
+    // try's until the create answers).
+    if task.state.is_terminal() || task.state == TaskState::Submitting {
         return None;
     }
     let code = task.error_code.clone()?;

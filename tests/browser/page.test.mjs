@@ -474,7 +474,7 @@ async function main() {
 
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images (the batch's 2 cards with its ZIP link), "Load more" over ${pagesRead} pages of 2, a past running task finished live, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
     await stopServer(server);
