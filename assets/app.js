@@ -702,7 +702,8 @@ async function handleSubmit(event) {
       },
     });
 
-    const created = addTasksFromResponse(data, uploaded, prompt, outputFormat);
+    const batchId = asBatch ? str(data.batchId) : '';
+    const created = addTasksFromResponse(data, uploaded, prompt, outputFormat, batchId);
     const failureLines = applyGenerateFailures(data.failures, uploaded);
     if (failureLines.length > 0) showError('Some tasks could not be created.', '', failureLines);
     setFormStatus(str(data.message) || `Created ${created} task${created === 1 ? '' : 's'}.`);
@@ -715,16 +716,25 @@ async function handleSubmit(event) {
   }
 }
 
-/** Says which batch was created, with its ZIP download (results so far). */
-function showBatchLink(batchId, count) {
-  const link = h('a', 'batch-zip', 'download its results as a ZIP');
-  link.href = `/api/batches/${encodeURIComponent(batchId)}/zip`;
+/**
+ * A link to a batch's ZIP. The server answers it once the batch is finished; `?wait=true`
+ * lets it wait (a bounded while) for the last tasks, so the link works when clicked early.
+ */
+function batchZipLink(batchId, className, text) {
+  const link = h('a', className, text);
+  link.href = `/api/batches/${encodeURIComponent(batchId)}/zip?wait=true`;
   link.download = `${batchId}.zip`;
+  return link;
+}
+
+/** Says which batch was created, with its ZIP download (when it has finished). */
+function showBatchLink(batchId, count) {
+  const link = batchZipLink(batchId, 'batch-zip', 'download its results as a ZIP');
   els.formStatus.replaceChildren(`Batch ${batchId} created with ${count} task${count === 1 ? '' : 's'}; `, link, '.');
 }
 
 /** Creates task cards from the generate answer; files that got a task leave the selection. */
-function addTasksFromResponse(data, uploaded, prompt, outputFormat) {
+function addTasksFromResponse(data, uploaded, prompt, outputFormat, batchId) {
   let list = [];
   if (Array.isArray(data.tasks)) list = data.tasks;
   else if (Array.isArray(data.taskIds)) list = data.taskIds.map((taskId) => ({ taskId }));
@@ -740,7 +750,7 @@ function addTasksFromResponse(data, uploaded, prompt, outputFormat) {
       : list.length === uploaded.length && uploaded[index]) || null;
     const fileEntry = source && source.fileEntry;
     if (fileEntry) removeFile(fileEntry.id, { keepPreview: true }); // the card now owns the preview URL
-    addTask(createTask({ taskId, source, fileEntry, prompt, outputFormat }));
+    addTask(createTask({ taskId, source, fileEntry, prompt, outputFormat, batchId }));
     created += 1;
   });
   renderFiles();
@@ -767,10 +777,11 @@ function applyGenerateFailures(failures, uploaded) {
 // Tasks
 // ---------------------------------------------------------------------------
 
-function createTask({ taskId, source, fileEntry, prompt, outputFormat }) {
+function createTask({ taskId, source, fileEntry, prompt, outputFormat, batchId = '' }) {
   const now = Date.now();
   return {
     taskId,
+    batchId, // a batch made by /api/batches (bat_…): its card links the batch's ZIP
     sourceName: (fileEntry && fileEntry.file.name) || (source && source.filename) || '',
     thumbUrl: (fileEntry && fileEntry.previewUrl) || safeHttpUrl(source && source.url),
     prompt,
@@ -850,7 +861,20 @@ function buildTaskCard(task) {
   actions.append(cancel, retry);
 
   const results = h('div', 'task-results');
-  body.append(idLine, meta, sourceLine, promptLine, message, actions, results);
+  body.append(idLine, meta, sourceLine, promptLine);
+  // The batch's ZIP, on each of its cards: read from the task, so it is there after a reload.
+  if (/^bat_[0-9a-f]{32}$/.test(task.batchId)) {
+    const batchLine = h('p', 'task-batch');
+    batchLine.append(
+      h('span', 'task-label', 'Batch '),
+      h('code', 'task-batch-id', task.batchId),
+      ' · ',
+      batchZipLink(task.batchId, 'task-batch-zip', 'ZIP'),
+    );
+    batchLine.lastChild.setAttribute('aria-label', `Download the results of batch ${task.batchId} as a ZIP`);
+    body.append(batchLine);
+  }
+  body.append(message, actions, results);
   root.append(thumbWrap, body);
   return { root, status, elapsed, credits, message, cancel, retry, results };
 }
@@ -957,6 +981,7 @@ function taskFromView(view) {
     fileEntry: null,
     prompt: str(view.prompt),
     outputFormat: str(view.outputFormat) || 'png',
+    batchId: str(view.batchId),
   });
   task.thumbUrl = safeHttpUrl(view.imageUrl) || safeHttpUrl(inputs[0]);
   task.startedAt = parseTime(view.createdAt) || Date.now();

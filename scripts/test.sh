@@ -41,11 +41,21 @@ wait_for_http() {
     return 1
 }
 
-# The browser test needs Debian's chromium; say so before a long cargo test, not after.
+# The browser test needs Debian's chromium: installed here like moto (as root), else said
+# before a long cargo test, not after.
 CHROMIUM=/usr/bin/chromium
 if [ ! -x "$CHROMIUM" ]; then
-    log "$CHROMIUM is missing: the browser test needs Debian's chromium (apt-get install -y chromium; .ci/run installs it in CI)"
-    exit 1
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+        log "$CHROMIUM is missing: installing Debian's chromium for the browser test"
+        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; then
+            log "installing chromium failed: the browser test needs Debian's chromium (apt-get install -y chromium)"
+            exit 1
+        fi
+    else
+        log "$CHROMIUM is missing: the browser test needs Debian's chromium; run as root: apt-get install -y chromium"
+        exit 1
+    fi
 fi
 
 # --- S3: moto's server -------------------------------------------------------

@@ -212,7 +212,10 @@ impl App {
             tracing::warn!(callback_base = %callback_base, "KIE_CALLBACK_URL is not set; KIE must be able to reach this address, or tasks complete only through polling");
         }
         let input_route = input_route(&config, &blobs);
-        tracing::info!(route = %input_route, "input images reach the provider through {input_route}");
+        tracing::info!(
+            route = input_route.mode(),
+            "input images reach the provider through {input_route}"
+        );
         let board = Arc::new(StatusBoard::new(STATUS_BOARD_CAPACITY));
         let settings = EngineSettings {
             worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),

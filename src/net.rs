@@ -28,10 +28,14 @@ pub enum FetchError {
     Forbidden { url: String, reason: String },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
-    #[error("{url} is larger than the {max_bytes}-byte limit")]
+    #[error("{url} is larger than the {} limit", crate::domain::size::human(*max_bytes))]
     TooLarge { url: String, max_bytes: u64 },
     #[error("fetching {url} failed: {message}")]
     Transport { url: String, message: String },
+    /// The host name does not exist (NXDOMAIN, or a `.invalid` name). Whether that may pass
+    /// is the caller's call: a result host's DNS may recover, a client's typo will not.
+    #[error("fetching {url} failed: {message}")]
+    Unresolvable { url: String, message: String },
     #[error("{url} redirected more than {MAX_REDIRECTS} times")]
     TooManyRedirects { url: String },
 }
@@ -42,15 +46,16 @@ impl FetchError {
         match self {
             Self::Forbidden { .. } | Self::TooLarge { .. } | Self::TooManyRedirects { .. } => false,
             Self::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            Self::Transport { .. } => true,
+            Self::Transport { .. } | Self::Unresolvable { .. } => true,
         }
     }
 }
 
-/// Why a URL was not opened: a rule refused it (final), or its name did not resolve
-/// (perhaps only for now).
+/// Why a URL was not opened: a rule refused it (final), its name does not exist, or the
+/// lookup failed for now (no resolver answered).
 enum Refusal {
     Rule(String),
+    NoSuchName(String),
     Lookup(String),
 }
 
@@ -60,6 +65,10 @@ impl Refusal {
             Self::Rule(reason) => FetchError::Forbidden {
                 url: redact(url),
                 reason,
+            },
+            Self::NoSuchName(message) => FetchError::Unresolvable {
+                url: redact(url),
+                message,
             },
             Self::Lookup(message) => FetchError::Transport {
                 url: redact(url),
@@ -224,15 +233,20 @@ impl Fetcher {
             Some(Host::Ipv4(ip)) => public_or_refuse(IpAddr::V4(ip)).map_err(Refusal::Rule),
             Some(Host::Ipv6(ip)) => public_or_refuse(IpAddr::V6(ip)).map_err(Refusal::Rule),
             Some(Host::Domain(name)) => {
-                let does_not_resolve = |e: &dyn std::fmt::Display| {
-                    Refusal::Lookup(format!("{name} does not resolve: {e}"))
-                };
-                let host: Name = name.parse().map_err(|e| does_not_resolve(&e))?;
+                // RFC 6761: `.invalid` names never resolve, and resolver libraries should say
+                // so at once rather than ask the network.
+                let bare = name.trim_end_matches('.').to_ascii_lowercase();
+                if bare == "invalid" || bare.ends_with(".invalid") {
+                    return Err(Refusal::NoSuchName(format!(
+                        "{name} does not resolve: .invalid names never exist (RFC 6761)"
+                    )));
+                }
+                let host: Name = name.parse().map_err(|e| lookup_failure(name, &e))?;
                 let addrs = self
                     .lookup
                     .resolve(host)
                     .await
-                    .map_err(|e| does_not_resolve(&e))?;
+                    .map_err(|e| lookup_failure(name, &e))?;
                 for addr in addrs {
                     public_or_refuse(addr.ip()).map_err(Refusal::Rule)?;
                 }
@@ -321,6 +335,23 @@ impl Fetcher {
         }
     }
 
+    /// The first `len` bytes of `url`'s body (fewer if it is shorter); the rest is not
+    /// read. Enough to tell what kind of file it is without downloading it.
+    pub async fn get_prefix(&self, url: &str, len: usize) -> Result<Bytes, FetchError> {
+        let (mut response, shown) = self.open(url).await?;
+        let mut prefix = BytesMut::with_capacity(len);
+        while prefix.len() < len {
+            let chunk = response.chunk().await.map_err(|e| FetchError::Transport {
+                url: shown.clone(),
+                message: e.without_url().to_string(),
+            })?;
+            let Some(chunk) = chunk else { break };
+            prefix.extend_from_slice(&chunk);
+        }
+        prefix.truncate(len);
+        Ok(prefix.freeze())
+    }
+
     /// Downloads `url` into memory, at most `max_bytes`.
     pub async fn get_bytes(&self, url: &str, max_bytes: u64) -> Result<Bytes, FetchError> {
         let (response, shown) = self.open(url).await?;
@@ -381,6 +412,19 @@ async fn stream_capped(
         })?;
     }
     Ok(size)
+}
+
+/// A failed lookup: the name does not exist, or no resolver gave an answer for now
+/// (getaddrinfo's `EAI_AGAIN`, "Temporary failure in name resolution").
+fn lookup_failure(name: &str, e: &dyn std::fmt::Display) -> Refusal {
+    let text = e.to_string();
+    let message = format!("{name} does not resolve: {text}");
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("temporary failure") || lower.contains("try again") {
+        Refusal::Lookup(message)
+    } else {
+        Refusal::NoSuchName(message)
+    }
 }
 
 /// A URL as it may appear in logs and errors: no query string (it may carry a token).

@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 
-use crate::domain::TaskId;
 use crate::domain::task_row::Task;
-use crate::views::compat_status;
+use crate::domain::{TaskId, TaskState};
+use crate::views::{compat_status, waiting};
 
 /// A ready status answer and the owner it may be shown to. The owner travels with the
 /// answer so a cached answer is never handed out without the owner check.
@@ -15,6 +15,11 @@ use crate::views::compat_status;
 pub struct StatusEntry {
     pub owner: Option<String>,
     pub body: Bytes,
+    /// The provider of a queued task, whose own hold-ups (a pause, an outage, a full
+    /// window) the answer adds when they are the reason it waits.
+    pub queued_for: Option<String>,
+    /// Whether the answer already says why the task waits, with a time still ahead.
+    pub waiting_until: Option<i64>,
 }
 
 /// Ready-made status answers by darkroom id, and darkroom ids by provider id. Updated on
@@ -36,6 +41,8 @@ impl StatusBoard {
         let entry = StatusEntry {
             owner: task.owner.clone(),
             body: compat_status(task),
+            queued_for: (task.state == TaskState::Queued).then(|| task.provider.clone()),
+            waiting_until: waiting(task).map(|_| task.run_at),
         };
         self.by_id.insert(task.id.clone(), entry);
         if let Some(pid) = &task.provider_task_id {

@@ -201,46 +201,28 @@ pub(super) async fn batches(args: &BatchesArgs) -> Result<u8, ClientError> {
             }
             Ok(EXIT_OK)
         }
-        BatchesCommand::Zip {
-            id,
-            out,
-            wait,
-            watching,
-        } => {
+        BatchesCommand::Zip { id, out, wait } => {
             let id = segment(id)?;
-            let mut batch = api.get(&format!("api/batches/{id}")).await?;
-            if *wait && batch["done"] != json!(true) {
-                let unfinished: Vec<Snapshot> = batch["tasks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| !is_final(text(t, "state")))
-                    .map(|t| snapshot(t, &api))
-                    .collect::<Result<_, _>>()?;
-                watch(&api, unfinished, None, watching, json).await?;
-                batch = api.get(&format!("api/batches/{id}")).await?;
-            }
-            if batch["done"] != json!(true) {
-                let total = batch["total"].as_i64().unwrap_or(0);
-                let unfinished: i64 = batch["counts"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(state, _)| !is_final(state))
-                    .filter_map(|(_, n)| n.as_i64())
-                    .sum();
-                return Err(ClientError::Refused {
-                    status: 409,
-                    code: "batch_not_finished".to_owned(),
-                    message: format!(
-                        "batch {id} has {unfinished} unfinished task(s) of {total}; pass --wait, or try again when it is done"
-                    ),
-                });
-            }
             let to = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{id}.zip")));
-            let bytes = api.save(&format!("api/batches/{id}/zip"), &to).await?;
+            // The server refuses an unfinished batch (409 batch_not_finished, with the
+            // counts); `?wait=true` makes it wait for the batch, a bounded while at a time.
+            let path = if *wait {
+                format!("api/batches/{id}/zip?wait=true")
+            } else {
+                format!("api/batches/{id}/zip")
+            };
+            let bytes = loop {
+                match api.save(&path, &to).await {
+                    Err(ClientError::Refused { code, .. })
+                        if *wait && code == "batch_not_finished" =>
+                    {
+                        say("the batch is not finished yet; still waiting");
+                    }
+                    other => break other?,
+                }
+            };
             if json {
                 print_json(&json!({"batchId": id, "file": to, "bytes": bytes}));
             } else {
@@ -250,12 +232,6 @@ pub(super) async fn batches(args: &BatchesArgs) -> Result<u8, ClientError> {
             Ok(EXIT_OK)
         }
     }
-}
-
-fn is_final(state: &str) -> bool {
-    state
-        .parse::<crate::domain::TaskState>()
-        .is_ok_and(|s| s.is_terminal())
 }
 
 fn print_batch(batch: &Value) {

@@ -143,17 +143,15 @@ pub struct BatchesArgs {
 pub enum BatchesCommand {
     /// Show a batch: counts per state, credits, its tasks.
     Show { id: String },
-    /// Download the ZIP of a finished batch's results.
+    /// Download the ZIP of a finished batch's results (the server refuses an unfinished one).
     Zip {
         id: String,
         /// The file to write (default: `<batchId>.zip` here).
         #[arg(long, short)]
         out: Option<PathBuf>,
-        /// Wait for the batch to finish first.
+        /// Wait for the batch to finish first (the server holds the request meanwhile).
         #[arg(long)]
         wait: bool,
-        #[command(flatten)]
-        watching: Watching,
     },
 }
 

@@ -49,7 +49,8 @@ catalogue! {
     // Request bodies and queries.
     InvalidJson = "invalid_json", 400, "the body is not JSON, or not the JSON object the route reads";
     InvalidBody = "invalid_body", 400, "the body is not the object the route reads";
-    InvalidField = "invalid_field", 400, "a field has the wrong type or an unknown name";
+    InvalidField = "invalid_field", 400, "a field has the wrong type, or is misplaced";
+    UnknownField = "unknown_field", 400, "a field the route does not know (the message names the right spelling of a near miss)";
     UnreadableBody = "unreadable_body", 400, "the body could not be read";
     BodyTooLarge = "body_too_large", 413, "the body is larger than the route accepts";
     BodyTimeout = "body_timeout", 408, "the body arrived too slowly";
@@ -96,6 +97,7 @@ catalogue! {
     RouteNotFound = "route_not_found", 404, "no such route";
     MethodNotAllowed = "method_not_allowed", 405, "the route does not take this method (the Allow header lists those it takes)";
     TaskStateConflict = "task_state_conflict", 409, "the task's state does not allow this (cancel a finished task, retry a running one)";
+    BatchNotFinished = "batch_not_finished", 409, "the batch has unfinished tasks (the message counts them); ask again with `?wait=true` to wait";
     TaskMismatch = "task_mismatch", 409, "the callback names another provider task than the one this task has";
     // Callbacks.
     InvalidCallback = "invalid_callback", 400, "the callback body is not the provider's envelope";

@@ -18,6 +18,19 @@ pub enum JobCode {
     ProviderRetrying,
     /// The provider cannot be reached at all; nothing was sent.
     ProviderUnreachable,
+    /// The provider's create window is full: the task waits for a free slot.
+    RateWindowFull,
+    /// An input image's host name does not resolve (a typo, or a name that never existed).
+    InputUnreachable,
+    /// An input image's URL answered 4xx (404, 403, 410, …), or an upload is gone.
+    InputNotFound,
+    /// An input image's URL answered with something that is not an image.
+    InputNotImage,
+    /// An input image could not be read for now (5xx, timeout, connection trouble): retried.
+    InputUnavailable,
+    /// An input image is refused as it is (a private address, too large, too many
+    /// redirects, an image over the limits).
+    InputUnusable,
     /// The create request got no answer after it was sent.
     SubmitAmbiguous,
     /// darkroom stopped while the create request was out.
@@ -69,6 +82,12 @@ impl JobCode {
             Self::ProviderPaused => "provider_paused",
             Self::ProviderRetrying => "provider_retrying",
             Self::ProviderUnreachable => "provider_unreachable",
+            Self::RateWindowFull => "rate_window_full",
+            Self::InputUnreachable => "input_unreachable",
+            Self::InputNotFound => "input_not_found",
+            Self::InputNotImage => "input_not_image",
+            Self::InputUnavailable => "input_unavailable",
+            Self::InputUnusable => "input_unusable",
             Self::SubmitAmbiguous => "submit_ambiguous",
             Self::SubmitInterrupted => "submit_interrupted",
             Self::SubmitUnconfirmed => "submit_unconfirmed",

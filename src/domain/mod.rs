@@ -7,6 +7,7 @@ pub mod image;
 pub mod job_code;
 pub mod request;
 pub mod sanitize;
+pub mod size;
 pub mod task;
 pub mod task_row;
 pub mod time;

@@ -9,6 +9,7 @@ use super::job::{Attempt, Growth, Outcome, Reason, RetryPolicy};
 use super::limits::ProviderGate;
 use super::{Engine, Registered, after, new_callback_token, now_ms};
 use crate::domain::{Event, JobCode, TaskState};
+use crate::providers::inputs::InputError;
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
 use crate::storage::{RepoError, Task, TaskUpdate};
 
@@ -99,8 +100,12 @@ impl Engine {
             },
             "provider create answered"
         );
-        // Anything but a connection never made proves the provider is there.
-        if !matches!(outcome, Err(ProviderError::Unreachable(_))) {
+        // Anything but a connection never made (or inputs never read) proves the provider
+        // is there.
+        if !matches!(
+            outcome,
+            Err(ProviderError::Unreachable(_) | ProviderError::Input(_))
+        ) {
             self.provider_reached(&task.provider);
         }
         match outcome {
@@ -200,6 +205,9 @@ impl Engine {
             return Ok(self.submit_unreachable(task, reason));
         }
         let attempts = task.attempts + 1;
+        if let ProviderError::Input(input) = error {
+            return Ok(self.input_failed(task, attempts, input));
+        }
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
         // A 429 or a 402 is about the account, not this task: the whole provider (this task's
         // provider, not the others) pauses and the task waits its turn again without spending
@@ -241,14 +249,37 @@ impl Engine {
                 JobCode::Provider(format!("provider_{code}")),
                 error.to_string(),
             )),
-            // Never here: an unreachable provider returned above, spending no attempt.
+            // Never here: an unreachable provider and unreadable inputs returned above.
             ProviderError::Unreachable(reason) => self.submit_unreachable(task, reason),
+            ProviderError::Input(input) => {
+                Outcome::GiveUp(Reason::free(input.code.clone(), input.message.clone()))
+            }
             ProviderError::Ambiguous(_) => {
                 let reason = Reason::spent(JobCode::SubmitAmbiguous, error.to_string());
                 return self.wait_for_callback(task, reason).await;
             }
         };
         Ok(outcome)
+    }
+
+    /// An input image could not be read, so nothing went to the provider. A final problem
+    /// (no such host, a 4xx, not an image) fails the task at once with the input's code; one
+    /// that may pass is tried again like a create, and gives up with the same code.
+    fn input_failed(&self, task: &Task, attempts: u32, input: InputError) -> Outcome {
+        tracing::warn!(task_id = %task.id, attempt = attempts, code = %input.code, error = %input.message, "input image unreadable");
+        if !input.retryable {
+            return Outcome::GiveUp(Reason::free(input.code, input.message));
+        }
+        match self.create_retry().delay(attempts) {
+            Some(delay) => Outcome::RetryIn {
+                delay,
+                reason: Reason::spent(input.code, input.message),
+            },
+            None => Outcome::GiveUp(Reason::free(
+                input.code,
+                format!("gave up after {attempts} attempts: {}", input.message),
+            )),
+        }
     }
 
     /// A create that may or may not have reached the provider is never sent again blindly:

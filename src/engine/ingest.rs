@@ -305,8 +305,8 @@ impl Engine {
             "it is empty".to_owned()
         } else if size > self.settings.max_result_bytes {
             format!(
-                "it is larger than the {}-byte limit",
-                self.settings.max_result_bytes
+                "it is larger than the {} limit",
+                crate::domain::size::human(self.settings.max_result_bytes)
             )
         } else {
             let mut spool = SpoolWriter::new();
@@ -346,8 +346,8 @@ impl Engine {
             return Err(IngestFailure::permanent(
                 JobCode::ResultTooLarge,
                 format!(
-                    "result {index} is larger than the {}-byte limit",
-                    self.settings.max_result_bytes
+                    "result {index} is larger than the {} limit",
+                    crate::domain::size::human(self.settings.max_result_bytes)
                 ),
             ));
         }

@@ -1,6 +1,7 @@
 //! How a task's input images reach the provider. Inputs are stored as darkroom's own
 //! stable URLs; what the provider is handed is decided at dispatch time, so presigned URLs
 //! are fresh when the provider fetches them, however long the task waited in the queue.
+//! A client's own URL is passed on as it is, after a look at its first bytes.
 
 use std::time::Duration;
 
@@ -20,6 +21,18 @@ pub enum InputRoute {
     Proxy,
     /// Pushed through the provider's file upload API.
     ProviderUpload,
+}
+
+impl InputRoute {
+    /// The `storage.input_mode` value that names this route (`proxy`, `kie-upload`).
+    pub fn mode(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Presigned(_) => "presigned",
+            Self::Proxy => "proxy",
+            Self::ProviderUpload => "kie-upload",
+        }
+    }
 }
 
 impl std::fmt::Display for InputRoute {
@@ -50,8 +63,14 @@ impl Engine {
         provider: &dyn Provider,
     ) -> Result<Vec<String>, ProviderError> {
         let mut urls = Vec::with_capacity(task.input_urls.len());
-        for url in &task.input_urls {
+        for (index, url) in task.input_urls.iter().enumerate() {
             let Some(key) = self.blobs.key_for_url(url) else {
+                // A client's URL: what is certainly wrong with it (no such host, a 4xx, not
+                // an image) fails the task here, with the codes Gemini's inputs get.
+                self.inputs
+                    .probe(index, url)
+                    .await
+                    .map_err(ProviderError::Input)?;
                 urls.push(url.clone());
                 continue;
             };

@@ -38,6 +38,7 @@ use crate::domain::{Event, JobCode, TaskId, TaskState};
 use crate::events::EventBus;
 use crate::net::Fetcher;
 use crate::providers::Delivery;
+use crate::providers::inputs::InputLoader;
 use crate::status::StatusBoard;
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, Repo, RepoError, Task, TaskUpdate};
@@ -106,6 +107,8 @@ pub struct Engine {
     /// Providers by the name tasks store; each has its own call slots.
     providers: ProviderRegistry,
     fetcher: Fetcher,
+    /// Looks at client input URLs before a provider that fetches them itself is called.
+    inputs: InputLoader,
     board: Arc<StatusBoard>,
     events: Arc<EventBus>,
     settings: EngineSettings,
@@ -135,8 +138,15 @@ impl Engine {
         events: Arc<EventBus>,
         settings: EngineSettings,
     ) -> Self {
+        let inputs = InputLoader::new(
+            blobs.clone(),
+            fetcher.clone(),
+            settings.max_result_bytes,
+            settings.image_limits,
+        );
         Self {
             events,
+            inputs,
             reconcile_slots: Pool::new(settings.dispatch_concurrency),
             ingest_slots: Pool::new(settings.ingest_concurrency),
             repo,
@@ -181,6 +191,57 @@ impl Engine {
     /// Why submission to `provider` is paused right now, if it is.
     pub fn provider_pause(&self, provider: &str) -> Option<Pause> {
         self.providers.get(provider).and_then(|p| p.gate().paused())
+    }
+
+    /// Why queued tasks of `provider` are held back right now, and until when: a pause
+    /// (429, 402), an open circuit (until the next probe), or a full create window (until
+    /// a slot frees).
+    pub fn provider_hold(&self, provider: &str) -> Option<crate::views::Waiting> {
+        let registered = self.providers.get(provider)?;
+        let gate = registered.gate();
+        let label = circuit::provider_label(provider);
+        let in_ms = |left: Duration| {
+            now_ms().saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX))
+        };
+        let (code, message, until) = if let Some(pause) = gate.paused() {
+            let left = pause
+                .until
+                .saturating_duration_since(std::time::Instant::now());
+            let why = if pause.code == "402" {
+                "reports insufficient credits"
+            } else {
+                "is rate limiting"
+            };
+            (
+                JobCode::ProviderPaused,
+                format!(
+                    "{label} {why}, so submission is paused; the task waits its turn without spending an attempt ({})",
+                    pause.reason
+                ),
+                in_ms(left),
+            )
+        } else if let Some(outage) = gate.circuit.outage() {
+            (
+                JobCode::ProviderUnreachable,
+                circuit::unreachable_sentence(provider, &outage),
+                outage.next_probe_ms(),
+            )
+        } else if let Some(left) = gate.creates.next_free_in() {
+            (
+                JobCode::RateWindowFull,
+                format!(
+                    "{label}'s create window is full (darkroom keeps within {label}'s limit); the task goes out as slots free"
+                ),
+                in_ms(left),
+            )
+        } else {
+            return None;
+        };
+        Some(crate::views::Waiting {
+            code: code.as_str().to_owned(),
+            message,
+            until: crate::clock::iso_time(until),
+        })
     }
 
     pub fn events(&self) -> &Arc<EventBus> {

@@ -2,6 +2,7 @@
 //! its failed tasks and download its results as one ZIP streamed from the bucket.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -11,6 +12,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -206,7 +208,10 @@ async fn create_batch(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchCreated>, ApiError> {
-    let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
+    let request = GenerateRequest::from_json(
+        &parse_json(body, state.config.limits.max_json_body_bytes)?,
+        &request_policy(&state),
+    )?;
     if request.batch_id.is_some() {
         return Err(ApiError::new(
             ErrorCode::UnsupportedField,
@@ -365,37 +370,134 @@ async fn retry_batch(
     Ok(Json(view))
 }
 
-/// The name of a result in the archive: `<taskId>-<n>.<ext>` (the key's extension).
+/// The name of a result in the archive: its name in the bucket
+/// (`{provider}-{taskId}-{n}.{ext}`, `n` from 0), so the two can be matched.
 fn entry_name(task: &Task, index: usize, key: &str) -> String {
-    let ext = key
-        .rsplit_once('.')
-        .map(|(_, e)| e)
-        .filter(|e| e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .unwrap_or("bin");
-    format!("{}-{}.{ext}", task.id, index + 1)
+    match key.rsplit_once('/') {
+        Some((_, name)) if !name.is_empty() => name.to_owned(),
+        _ => format!("{}-{index}", task.id),
+    }
 }
 
-/// The batch's results as one ZIP (`<taskId>-<n>.<ext>`), streamed from the bucket.
-#[utoipa::path(get, path = "/api/batches/{id}/zip", tag = "batches", params(BatchPath), responses(
+/// One result in the archive: its name, its key, and when its task completed.
+struct ZipEntry {
+    name: String,
+    key: String,
+    modified_ms: i64,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ZipQuery {
+    /// Wait (up to 120 s) for an unfinished batch to finish instead of answering 409.
+    wait: Option<bool>,
+}
+
+/// The longest `?wait=true` holds the request: the long-poll's bound.
+const ZIP_WAIT: Duration = Duration::from_secs(120);
+
+/// Unfinished and total tasks of the batch, and the counts as a phrase
+/// (`2 succeeded, 1 running`).
+async fn unfinished(state: &AppState, batch: &Batch) -> Result<(i64, i64, String), ApiError> {
+    let counts = state.repo.batch_counts(&batch.id).await?;
+    let total = counts.iter().map(|c| c.count).sum();
+    let open = counts
+        .iter()
+        .filter(|c| !c.state.is_terminal())
+        .map(|c| c.count)
+        .sum();
+    let phrase = counts
+        .iter()
+        .filter(|c| c.count > 0)
+        .map(|c| format!("{} {}", c.count, c.state.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((open, total, phrase))
+}
+
+/// Answers once every task of the batch is final; with `wait`, first waits up to
+/// [`ZIP_WAIT`] for the last one (on the same event bus as the task long-poll), otherwise
+/// (or when the wait runs out) refuses with the counts.
+async fn ensure_finished(state: &AppState, batch: &Batch, wait: bool) -> Result<(), ApiError> {
+    // Subscribe before counting, so a task ending between the two is not missed.
+    let (mut receiver, _) = state.engine.events().subscribe_at();
+    let deadline = tokio::time::Instant::now() + ZIP_WAIT;
+    loop {
+        let (open, total, phrase) = unfinished(state, batch).await?;
+        if open == 0 {
+            return Ok(());
+        }
+        let waited = wait && tokio::time::Instant::now() < deadline;
+        let event_came = waited
+            && loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break false,
+                    () = state.streams_closing.cancelled() => break false,
+                    received = receiver.recv() => match received {
+                        Ok(event) if event.batch_id.as_deref() == Some(batch.id.as_str())
+                            && event.is_terminal() => break true,
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => break true,
+                        Err(RecvError::Closed) => break false,
+                    },
+                }
+            };
+        if !event_came {
+            let advice = if wait {
+                format!(
+                    "it did not finish within {} s of waiting; ask again",
+                    ZIP_WAIT.as_secs()
+                )
+            } else {
+                format!(
+                    "ask again when it is, or with ?wait=true to wait up to {} s",
+                    ZIP_WAIT.as_secs()
+                )
+            };
+            return Err(ApiError::new(
+                ErrorCode::BatchNotFinished,
+                format!(
+                    "batch {} is not finished: {open} of its {total} tasks are not final yet ({phrase}); {advice}",
+                    batch.id
+                ),
+            ));
+        }
+    }
+}
+
+/// The batch's results as one ZIP, streamed from the bucket: each result under its bucket
+/// name, dated when its task completed. Only a finished batch (409 otherwise, or wait
+/// with `?wait=true`).
+#[utoipa::path(get, path = "/api/batches/{id}/zip", tag = "batches", params(BatchPath, ZipQuery), responses(
     (status = 200, description = "The archive", content_type = "application/zip", body = Vec<u8>),
+    (status = 400, description = "Invalid query", body = ErrorBody),
     (status = 404, description = "No such batch", body = ErrorBody),
+    (status = 409, description = "The batch has unfinished tasks (the message counts them)", body = ErrorBody),
 ))]
 async fn download_zip(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(BatchPath { id }): PathParam<BatchPath>,
+    query: Result<Query<ZipQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let batch = load_batch(&state, &caller, &id).await?;
+    ensure_finished(&state, &batch, query.wait.unwrap_or(false)).await?;
     let mut tasks = batch_tasks(&state, &batch.id).await?;
     tasks.reverse(); // oldest first: the archive lists results in submission order
-    let entries: Vec<(String, String)> = tasks
+    let entries: Vec<ZipEntry> = tasks
         .iter()
         .filter(|t| t.state == TaskState::Succeeded)
         .flat_map(|t| {
+            let modified_ms = t.completed_at.unwrap_or(t.updated_at);
             t.result_keys
                 .iter()
                 .enumerate()
-                .map(move |(i, key)| (entry_name(t, i, key), key.clone()))
+                .map(move |(i, key)| ZipEntry {
+                    name: entry_name(t, i, key),
+                    key: key.clone(),
+                    modified_ms,
+                })
         })
         .collect();
     tracing::info!(batch_id = %batch.id, entries = entries.len(), "streaming batch ZIP");
@@ -445,13 +547,14 @@ enum ZipError {
 /// Writes the archive into `sender`, one bucket chunk at a time.
 async fn write_zip(
     blobs: &crate::storage::BlobStore,
-    entries: &[(String, String)],
+    entries: &[ZipEntry],
     sender: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), ZipError> {
     let send =
         |chunk: Bytes| async move { sender.send(Ok(chunk)).await.map_err(|_| ZipError::Gone) };
     let mut zip = ZipWriter::new();
-    for (name, key) in entries {
+    for entry in entries {
+        let key = &entry.key;
         let read_error = |message: String| ZipError::Read {
             key: key.clone(),
             message,
@@ -460,7 +563,7 @@ async fn write_zip(
             .get(key)
             .await
             .map_err(|e| read_error(e.to_string()))?;
-        send(zip.start(name)?).await?;
+        send(zip.start(&entry.name, entry.modified_ms)?).await?;
         let mut stream = object.into_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| read_error(e.to_string()))?;

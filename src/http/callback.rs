@@ -135,7 +135,7 @@ async fn task_callback(
             "the callback token is missing or wrong",
         ));
     }
-    let body = parse_json(body)?;
+    let body = parse_json(body, state.config.limits.max_callback_body_bytes)?;
     check_signature(&state, &headers, &body)?;
     accept(&state, &task, &body, true).await
 }
@@ -154,7 +154,7 @@ async fn original_callback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CallbackAck>, ApiError> {
-    let body = parse_json(body)?;
+    let body = parse_json(body, state.config.limits.max_callback_body_bytes)?;
     check_signature(&state, &headers, &body)?;
     let data = body.get("data").unwrap_or(&Value::Null);
     let provider_task_id = ["taskId", "task_id"]

@@ -174,18 +174,27 @@ pub async fn log_internal_errors(request: Request, next: Next) -> Response {
     response
 }
 
-/// Parses a JSON body already read as bytes (size limits apply before this).
+/// The 413 of a body over `limit` bytes, stating the limit.
+pub fn body_too_large(what: &str, limit: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::BodyTooLarge,
+        format!(
+            "{what} is larger than the {} this route accepts",
+            crate::domain::size::human(limit)
+        ),
+    )
+}
+
+/// Parses a JSON body already read as bytes; `limit` is the route's body limit (applied
+/// before this), named when the body passed it.
 pub fn parse_json(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
 ) -> Result<serde_json::Value, ApiError> {
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::with_status(
-                status,
-                ErrorCode::BodyTooLarge,
-                "the request body is larger than this route accepts",
-            )
+            body_too_large("the request body", limit as u64)
         } else {
             ApiError::with_status(status, ErrorCode::UnreadableBody, rejection.body_text())
         }

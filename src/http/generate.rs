@@ -182,7 +182,10 @@ async fn generate(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<GenerateAnswer>, ApiError> {
-    let request = GenerateRequest::from_json(&parse_json(body)?, &request_policy(&state))?;
+    let request = GenerateRequest::from_json(
+        &parse_json(body, state.config.limits.max_json_body_bytes)?,
+        &request_policy(&state),
+    )?;
     let tasks = build_tasks(&state, &caller, &request, request.batch_id.clone()).await?;
     // Held until the rows are written: the per-key cap cannot be passed by racing requests.
     let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;

@@ -28,7 +28,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::path::PathParam;
-use super::tasks::{TaskPath, TaskView, task_view};
+use super::tasks::{TaskPath, TaskView};
 use crate::AppState;
 use crate::domain::ErrorCode;
 use crate::domain::TaskId;
@@ -369,7 +369,7 @@ async fn wait_task(
             return Err(not_found());
         }
         if task.state.is_terminal() {
-            return Ok(Json(wait_view(&task, false)));
+            return Ok(Json(wait_view(&app, &task, false)));
         }
         // Wait for an event about this task that ends it (or a lag, then re-read).
         let ended = loop {
@@ -387,14 +387,14 @@ async fn wait_task(
         if !ended {
             let task = app.repo.get(&id).await?.ok_or_else(not_found)?;
             let done = task.state.is_terminal();
-            return Ok(Json(wait_view(&task, !done)));
+            return Ok(Json(wait_view(&app, &task, !done)));
         }
     }
 }
 
-fn wait_view(task: &crate::storage::Task, timed_out: bool) -> WaitView {
+fn wait_view(app: &AppState, task: &crate::storage::Task, timed_out: bool) -> WaitView {
     WaitView {
-        task: task_view(task, None),
+        task: super::tasks::live_view(app, task, None),
         timed_out,
     }
 }

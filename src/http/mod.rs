@@ -139,15 +139,24 @@ fn cors(origins: &[crate::config::Origin]) -> Option<CorsLayer> {
     )
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::RouteNotFound, "no such route")
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!(
+            "no such route: {method} {}; the API is described at /api/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
-/// axum's own 405 is empty; the Allow header stays on this one.
-async fn method_not_allowed() -> ApiError {
+/// A route that exists, asked with a method it does not take (the router adds `Allow`).
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
-        "this route does not take this method; the Allow header lists those it takes",
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it takes",
+            uri.path()
+        ),
     )
 }
 

@@ -14,6 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::domain::ErrorCode;
 use crate::domain::TaskId;
+use crate::status::StatusEntry;
 use crate::views::CompatStatusBody;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -62,7 +63,7 @@ async fn task_status(
         if !caller.may_see(entry.owner.as_deref()) {
             return Err(not_found());
         }
-        return Ok(json_response(entry.body));
+        return Ok(json_response(with_hold(&state, &entry)));
     }
     let task = match &id {
         Some(id) => state.repo.get(id).await?,
@@ -79,7 +80,35 @@ async fn task_status(
     };
     let task = caller.visible(task).ok_or_else(not_found)?;
     state.board.update(&task);
-    Ok(json_response(crate::views::compat_status(&task)))
+    match state.board.get(&task.id) {
+        Some(entry) => Ok(json_response(with_hold(&state, &entry))),
+        None => Ok(json_response(crate::views::compat_status(&task))),
+    }
+}
+
+/// The ready answer, plus `waiting` from the task's provider when a queued task is held
+/// back by it (a pause, an outage, a full create window) and has no reason of its own
+/// still ahead. Only then is the answer rebuilt; otherwise it goes out as it was cached.
+fn with_hold(state: &AppState, entry: &StatusEntry) -> bytes::Bytes {
+    let Some(provider) = &entry.queued_for else {
+        return entry.body.clone();
+    };
+    if entry
+        .waiting_until
+        .is_some_and(|until| until > crate::clock::now_ms())
+    {
+        return entry.body.clone();
+    }
+    let Some(hold) = state.engine.provider_hold(provider) else {
+        return entry.body.clone();
+    };
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&entry.body) else {
+        return entry.body.clone();
+    };
+    if let (Some(fields), Ok(waiting)) = (body.as_object_mut(), serde_json::to_value(hold)) {
+        fields.insert("waiting".to_owned(), waiting);
+    }
+    serde_json::to_vec(&body).map_or_else(|_| entry.body.clone(), bytes::Bytes::from)
 }
 
 fn json_response(body: bytes::Bytes) -> Response {

@@ -136,7 +136,7 @@ async fn list_tasks(
     tasks.truncate(limit);
     let next_cursor = more.then(|| tasks.last().map(|t| t.id.clone())).flatten();
     Ok(Json(TaskPage {
-        tasks: tasks.iter().map(|t| task_view(t, None)).collect(),
+        tasks: tasks.iter().map(|t| live_view(&state, t, None)).collect(),
         next_cursor,
     }))
 }
@@ -165,7 +165,21 @@ async fn get_task(
     } else {
         None
     };
-    Ok(Json(task_view(&task, position)))
+    Ok(Json(live_view(&state, &task, position)))
+}
+
+/// The task's view, and for a queued task that is due (or has no reason of its own), its
+/// provider's hold-up as the reason it waits: a pause, an outage, a full create window.
+pub(super) fn live_view(state: &AppState, task: &Task, position: Option<u64>) -> TaskView {
+    let mut view = task_view(task, position);
+    let own_reason_ahead = view.waiting.is_some() && task.run_at > crate::clock::now_ms();
+    if task.state == TaskState::Queued
+        && !own_reason_ahead
+        && let Some(hold) = state.engine.provider_hold(&task.provider)
+    {
+        view.waiting = Some(hold);
+    }
+    view
 }
 
 /// Cancel an unfinished task. A task already at the provider may still be billed there.

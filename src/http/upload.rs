@@ -27,22 +27,27 @@ use crate::AppState;
 use crate::config::Config;
 use crate::domain::ErrorCode;
 use crate::domain::image::{ImageError, ImageInfo, ImageLimits, inspect_reader};
+use crate::domain::size;
 use crate::storage::{StorageFault, keys};
 
 const FIELD: &str = "files";
 
 pub fn router(config: &Config) -> OpenApiRouter<AppState> {
-    let limits = &config.limits;
-    // Room for every allowed file at its cap, plus multipart framing.
-    let body_limit = (limits.max_upload_bytes as usize)
-        .saturating_mul(limits.max_upload_files)
-        .saturating_add(1024 * 1024);
+    let body_limit = body_limit(config);
     let (schemas, paths, method_router) = routes!(upload);
     OpenApiRouter::new().routes((
         schemas,
         paths,
         method_router.layer(DefaultBodyLimit::max(body_limit)),
     ))
+}
+
+/// Room for every allowed file at its cap, plus multipart framing.
+fn body_limit(config: &Config) -> usize {
+    let limits = &config.limits;
+    (limits.max_upload_bytes as usize)
+        .saturating_mul(limits.max_upload_files)
+        .saturating_add(1024 * 1024)
 }
 
 /// A 400 from `/api/upload`: the answer with every file's refusal when files were read,
@@ -436,7 +441,24 @@ async fn upload(
         &mut outcome,
         &mut stored,
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        // Said here, where the limit is known: how much a request may carry.
+        if e.code == ErrorCode::BodyTooLarge.as_str() {
+            let limits = &state.config.limits;
+            let mut e =
+                super::error::body_too_large("the upload", body_limit(&state.config) as u64);
+            e.message = format!(
+                "{} ({} files of at most {} each)",
+                e.message,
+                limits.max_upload_files,
+                size::human(limits.max_upload_bytes)
+            );
+            e
+        } else {
+            e
+        }
+    })?;
     if outcome.total == 0 {
         return Err(ApiError::new(
             ErrorCode::NoFiles,
@@ -497,7 +519,10 @@ async fn read_files(
                 outcome.refused(
                     filename,
                     ErrorCode::FileTooLarge.as_str(),
-                    format!("the file is larger than {} bytes", limits.max_upload_bytes),
+                    format!(
+                        "the file is larger than {}, the upload limit",
+                        size::human(limits.max_upload_bytes)
+                    ),
                 );
                 continue;
             }

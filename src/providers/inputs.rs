@@ -5,9 +5,14 @@
 
 use bytes::Bytes;
 
+use crate::domain::JobCode;
 use crate::domain::image::{ImageKind, ImageLimits, inspect};
-use crate::net::Fetcher;
+use crate::domain::size;
+use crate::net::{FetchError, Fetcher};
 use crate::storage::{BlobError, BlobStore, keys};
+
+/// How much of a client's URL the pre-flight check reads: enough to tell an image's type.
+const PROBE_BYTES: usize = 64;
 
 /// One input image, ready to send inline.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,12 +21,51 @@ pub struct InputImage {
     pub bytes: Bytes,
 }
 
-/// Why an input could not be read, and whether trying again may help.
+/// Why an input could not be read: a stable code (`input_not_found`, …), a sentence, and
+/// whether trying again may help.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InputError {
+    pub code: JobCode,
     pub message: String,
     pub retryable: bool,
+}
+
+impl InputError {
+    fn permanent(code: JobCode, message: String) -> Self {
+        Self {
+            code,
+            message,
+            retryable: false,
+        }
+    }
+
+    /// A fetch that failed, in input terms. A name that does not resolve, a 4xx and a refused
+    /// URL are the input's own fault and final; 5xx, 408, 429 and transport trouble may pass.
+    fn from_fetch(index: usize, e: &FetchError) -> Self {
+        let message = format!("input image {index} could not be fetched: {e}");
+        match e {
+            FetchError::Unresolvable { .. } => Self::permanent(JobCode::InputUnreachable, message),
+            _ if e.is_retryable() => Self {
+                code: JobCode::InputUnavailable,
+                message,
+                retryable: true,
+            },
+            FetchError::Status { status, .. } if *status >= 400 => {
+                Self::permanent(JobCode::InputNotFound, message)
+            }
+            _ => Self::permanent(JobCode::InputUnusable, message),
+        }
+    }
+
+    fn not_an_image(index: usize, url: &str, what: &str) -> Self {
+        let shown =
+            url::Url::parse(url).map_or_else(|_| url.to_owned(), |u| crate::net::redact(&u));
+        Self::permanent(
+            JobCode::InputNotImage,
+            format!("input image {index} ({shown}) is not an image: {what}"),
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -54,11 +98,12 @@ impl InputLoader {
     pub async fn load(&self, index: usize, url: &str) -> Result<InputImage, InputError> {
         let bytes = match self.own_key(url) {
             Some(key) => self.blobs.get_bytes(&key).await.map_err(|e| match e {
-                BlobError::NotFound(_) => InputError {
-                    message: format!("input image {index} ({key}) is no longer in the bucket"),
-                    retryable: false,
-                },
+                BlobError::NotFound(_) => InputError::permanent(
+                    JobCode::InputNotFound,
+                    format!("input image {index} ({key}) is no longer in the bucket"),
+                ),
                 other => InputError {
+                    code: JobCode::InputUnavailable,
                     message: format!(
                         "input image {index} could not be read from the bucket: {other}"
                     ),
@@ -69,29 +114,63 @@ impl InputLoader {
                 .fetcher
                 .get_bytes(url, self.max_bytes)
                 .await
-                .map_err(|e| InputError {
-                    retryable: e.is_retryable(),
-                    message: format!("input image {index} could not be fetched: {e}"),
-                })?,
+                .map_err(|e| InputError::from_fetch(index, &e))?,
         };
         if bytes.len() as u64 > self.max_bytes {
-            return Err(InputError {
-                message: format!(
-                    "input image {index} is {} bytes; at most {} are sent",
-                    bytes.len(),
-                    self.max_bytes
+            return Err(InputError::permanent(
+                JobCode::InputUnusable,
+                format!(
+                    "input image {index} is {}; at most {} are sent",
+                    size::human(bytes.len() as u64),
+                    size::human(self.max_bytes)
                 ),
-                retryable: false,
-            });
+            ));
         }
-        let info = inspect(&bytes, self.limits).map_err(|e| InputError {
-            message: format!("input image {index} is not a usable image: {e}"),
-            retryable: false,
+        if ImageKind::sniff(&bytes).is_none() {
+            return Err(InputError::not_an_image(
+                index,
+                url,
+                "its bytes are not JPEG, PNG or WebP",
+            ));
+        }
+        let info = inspect(&bytes, self.limits).map_err(|e| {
+            InputError::permanent(
+                JobCode::InputUnusable,
+                format!("input image {index} is not a usable image: {e}"),
+            )
         })?;
         Ok(InputImage {
             kind: info.kind,
             bytes,
         })
+    }
+
+    /// A pre-flight look at input `index`, a URL a client gave, for a provider that fetches
+    /// inputs itself (KIE): the same verdicts Gemini's inputs get, before the provider is
+    /// paid to find out. Only what is certain fails: the name does not resolve, the URL
+    /// answers 4xx, or its first bytes are not an image. Anything the guarded client may
+    /// not open (plain http, a private address, hosts outside `DARKROOM_RESULT_HOSTS`) or
+    /// cannot open right now is left to the provider, as before.
+    pub async fn probe(&self, index: usize, url: &str) -> Result<(), InputError> {
+        if self.own_key(url).is_some() {
+            return Ok(());
+        }
+        match self.fetcher.get_prefix(url, PROBE_BYTES).await {
+            Ok(prefix) if ImageKind::sniff(&prefix).is_some() => Ok(()),
+            Ok(_) => Err(InputError::not_an_image(
+                index,
+                url,
+                "its first bytes are not JPEG, PNG or WebP",
+            )),
+            Err(e) => {
+                let verdict = InputError::from_fetch(index, &e);
+                let certain = matches!(
+                    verdict.code,
+                    JobCode::InputUnreachable | JobCode::InputNotFound
+                );
+                if certain { Err(verdict) } else { Ok(()) }
+            }
+        }
     }
 }
 
@@ -149,6 +228,35 @@ mod tests {
             !err.retryable && err.message.contains("input image 1"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_final_at_once() {
+        let started = std::time::Instant::now();
+        let err = loader()
+            .load(0, "https://i.invalid/x.png")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, JobCode::InputUnreachable, "{err}");
+        assert!(
+            !err.retryable && err.message.contains("does not resolve"),
+            "{err}"
+        );
+        let err = loader()
+            .probe(1, "https://i.invalid/x.png")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, JobCode::InputUnreachable, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no lookup was made"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_probe_leaves_what_it_may_not_open_to_the_provider() {
+        // Plain http to loopback: the guarded client may not open it, the provider may.
+        assert_eq!(loader().probe(0, "http://127.0.0.1:9/x.png").await, Ok(()));
     }
 
     #[tokio::test]

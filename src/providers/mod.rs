@@ -113,6 +113,10 @@ pub enum ProviderError {
     /// created or billed.
     #[error("the provider could not be reached: {0}")]
     Unreachable(String),
+    /// An input image could not be read, so nothing went to the provider: the input's
+    /// fault (`input_not_found`, …), final or worth another try as it says.
+    #[error("{0}")]
+    Input(inputs::InputError),
 }
 
 impl ProviderError {
@@ -121,6 +125,7 @@ impl ProviderError {
             Self::Retryable { code, .. } | Self::Permanent { code, .. } => code,
             Self::Ambiguous(_) => "ambiguous",
             Self::Unreachable(_) => "unreachable",
+            Self::Input(e) => e.code.as_str(),
         }
     }
 }

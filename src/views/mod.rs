@@ -10,7 +10,7 @@ mod status_answer;
 
 pub use event::TaskEvent;
 pub use record::{TaskRecord, task_record};
-pub use status_answer::{CompatStatusBody, compat_status};
+pub use status_answer::{CompatStatusBody, Waiting, compat_status, waiting};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -60,7 +60,11 @@ pub struct TaskView {
     pub unconfirmed: bool,
     /// The results in your bucket (or `/files/…` links to them).
     pub result_urls: Vec<String>,
+    /// Why it failed; on an unfinished task, why its last try did not go through.
     pub error: Option<TaskError>,
+    /// Why an unfinished task is not moving yet and when it tries again: its last try's
+    /// reason, or its provider's pause, outage or full create window.
+    pub waiting: Option<Waiting>,
     /// Credits the provider charged.
     pub consume_credits: Option<i64>,
     pub cost_time_ms: Option<i64>,
@@ -101,6 +105,7 @@ pub fn task_view(task: &Task, queue_position: Option<u64>) -> TaskView {
             code: code.clone(),
             message: task.error_message.clone(),
         }),
+        waiting: waiting(task),
         consume_credits: task.credits,
         cost_time_ms: task.cost_time_ms,
         retry_of: task.retry_of.clone(),

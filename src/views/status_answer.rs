@@ -9,6 +9,36 @@ use crate::domain::task_row::Task;
 use crate::domain::time::iso_time;
 use crate::domain::{TaskId, TaskState};
 
+/// Why an unfinished task is not moving yet, and when it is due to try again.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// Stable, machine-readable (`provider_retrying`, `provider_paused`,
+    /// `provider_unreachable`, `rate_window_full`, `input_unavailable`, `storage_full`, …).
+    pub code: String,
+    /// A sentence for a person.
+    pub message: String,
+    /// When the next attempt is due (or the next check, for a provider out of reach).
+    #[schema(format = DateTime)]
+    pub until: String,
+}
+
+/// Why `task` waits, from its own row: an unfinished task carrying a reason (its last try
+/// ended in a retry, a pause or a wait for storage) is due again at `run_at`.
+pub fn waiting(task: &Task) -> Option<Waiting> {
+    // A task being submitted is being worked on, not waiting (its reason is the last
+    // try's until the create answers).
+    if task.state.is_terminal() || task.state == TaskState::Submitting {
+        return None;
+    }
+    let code = task.error_code.clone()?;
+    Some(Waiting {
+        code,
+        message: task.error_message.clone().unwrap_or_default(),
+        until: iso_time(task.run_at),
+    })
+}
+
 /// The sentence shown for a task's error: its message, else its code.
 pub(super) fn error_text(task: &Task) -> Option<String> {
     match (&task.error_code, &task.error_message) {
@@ -48,6 +78,9 @@ pub struct CompatStatusBody {
     pub cost_time: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_task_id: Option<String>,
+    /// Why a pending or processing task is not moving yet, and when it tries again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
 }
 
 /// The status answer, serialized once per change and kept ready.
@@ -70,6 +103,7 @@ pub fn compat_status(task: &Task) -> Bytes {
         // The original reported the callback's costTime, which KIE gives in seconds.
         cost_time: task.cost_time_ms.map(|ms| ms / 1000),
         provider_task_id: task.provider_task_id.clone(),
+        waiting: waiting(task),
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

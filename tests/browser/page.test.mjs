@@ -346,6 +346,12 @@ async function main() {
     if (!(await resultImagesLoaded(page)).every(Boolean)) throw new Error('a past result image did not load');
     const downloads = await page.$$eval('#task-list a.result-download', (links) => links.length);
     if (downloads !== 4) throw new Error(`expected 4 download links on past tasks, saw ${downloads}`);
+    // The batch's two cards keep its ZIP link after the reload (read from each task's batchId).
+    const batchId = new URL(zipHref, url).pathname.split('/')[3];
+    const batchLinks = await page.$$eval('#task-list li.task-card a.task-batch-zip', (links) => links.map((a) => a.getAttribute('href')));
+    if (batchLinks.length !== 2 || !batchLinks.every((href) => href === `/api/batches/${batchId}/zip?wait=true`)) {
+      throw new Error(`after a reload expected the batch's 2 cards to link its ZIP, saw ${JSON.stringify(batchLinks)}`);
+    }
     const reloadedStats = await page.textContent('#task-stats');
     if (!reloadedStats.startsWith('4 tasks') || !reloadedStats.includes('4 completed')) {
       throw new Error(`the summary after a reload does not count the past tasks: "${reloadedStats}"`);
@@ -513,7 +519,7 @@ async function main() {
 
     if (polls > 0) throw new Error(`the page polled /api/task-status ${polls} times; it must follow SSE`);
     if (errors.length > 0) throw new Error(`console errors:\n  ${errors.join('\n  ')}`);
-    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images, "Load more" over ${pagesRead} pages of 2, a past running task (held on its input, ${heldRequests} held input requests when listed) finished live once released, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
+    console.log(`browser test: ok: 2 single tasks + a batch of 2 → 4 results shown live (and the batch ZIP) in ${liveMs} ms at 390 px wide; after a reload the 4 past tasks with their images (the batch's 2 cards with its ZIP link), "Load more" over ${pagesRead} pages of 2, a past running task (held on its input, ${heldRequests} held input requests when listed) finished live once released, a canceled one shown; the list with an API key (a wrong key → "${refusal}"; another key swaps the list); the API docs page with ${operations} operations and 0 requests to other hosts; out of credits: "${pauseNotice.trim()}"; 0 polls, 0 console errors; summary "${stats}" → "${pagedStats}"`);
   } finally {
     if (browser) await browser.close();
     await held.close();

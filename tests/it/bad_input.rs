@@ -188,6 +188,12 @@ async fn generate_refuses_bad_requests_with_stable_codes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["code"], "body_too_large", "{answer}");
+    assert_eq!(
+        answer["error"],
+        "the request body is larger than the 256 KiB this route accepts"
+    );
     // Nothing was queued by any of it.
     assert!(app.blobs.list("kie-tasks").await.unwrap().is_empty());
 }
@@ -213,6 +219,10 @@ async fn callbacks_status_and_files_refuse_bad_input() {
     assert_eq!(
         (code, answer["code"].as_str()),
         (413, Some("body_too_large"))
+    );
+    assert_eq!(
+        answer["error"],
+        "the request body is larger than the 64 KiB this route accepts"
     );
     let (code, _) = app
         .post_json("/api/callback/not-a-task?token=x", &json!({}))
@@ -240,6 +250,127 @@ async fn callbacks_status_and_files_refuse_bad_input() {
     ] {
         let response = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{path}");
+    }
+}
+
+/// A misspelled field is refused with its name and the right spelling, not dropped (a
+/// 16:9 JPEG asked as `aspect_ratio`/`output_format` must not become a 1:1 PNG), on both
+/// generation routes; the one extra field the original's front end sends
+/// (`uploads[].url`) is still accepted.
+#[tokio::test]
+async fn unknown_fields_are_refused_with_the_right_spelling() {
+    let app = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
+    let (_, up) = app.upload(&[("a.png", png(20, 20))]).await;
+    let key = up["uploaded"][0]["key"].clone();
+    let url = up["uploaded"][0]["url"].clone();
+    let cases = [
+        (
+            json!({"prompt": "p", "uploads": [{"key": key}], "aspect_ratio": "16:9", "output_format": "jpeg"}),
+            "unknown field \"aspect_ratio\": did you mean \"aspectRatio\"?",
+        ),
+        (
+            json!({"prompt": "p", "uploads": [{"key": key}], "OutputFormat": "jpeg"}),
+            "unknown field \"OutputFormat\": did you mean \"outputFormat\"?",
+        ),
+        (
+            json!({"prompt": "p", "image_urls": ["https://e.com/a.png"]}),
+            "unknown field \"image_urls\": did you mean \"imageUrls\"?",
+        ),
+        (
+            json!({"prompt": "p", "imageUrls": [{"url": "https://e.com/a.png", "provder": "kie"}]}),
+            "unknown field \"imageUrls[0].provder\": did you mean \"imageUrls[0].provider\"?",
+        ),
+    ];
+    for route in ["/api/generate", "/api/batches"] {
+        for (body, message) in &cases {
+            let (code, answer) = app.post_json(route, body).await;
+            assert_eq!(code, 400, "{route} {body} -> {answer}");
+            assert_eq!(
+                answer["code"], "unknown_field",
+                "{route} {body} -> {answer}"
+            );
+            assert_eq!(answer["error"], *message, "{route} {body}");
+        }
+        let (code, answer) = app
+            .post_json(
+                route,
+                &json!({"prompt": "p", "uploads": [{"key": key}], "seed": 7}),
+            )
+            .await;
+        assert_eq!(
+            (code, answer["code"].as_str()),
+            (400, Some("unknown_field"))
+        );
+        assert!(
+            answer["error"].as_str().unwrap().starts_with(
+                "unknown field \"seed\"; the fields here are prompt, uploads, imageUrls"
+            ),
+            "{answer}"
+        );
+    }
+    let all = darkroom::storage::TaskFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        app.repo.list(&all).await.unwrap().is_empty(),
+        "nothing queued"
+    );
+    // What the original's front end sends: uploads with their URL.
+    let (code, answer) = app
+        .post_json(
+            "/api/generate",
+            &json!({"prompt": "p", "uploads": [{"key": key, "url": url}], "aspectRatio": "16:9", "outputFormat": "jpeg"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (_, task) = app
+        .get_json(&format!(
+            "/api/tasks/{}",
+            answer["taskIds"][0].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        (task["aspectRatio"].as_str(), task["outputFormat"].as_str()),
+        (Some("16:9"), Some("jpeg"))
+    );
+}
+
+/// Requests the router itself refuses (a method a route does not take, a path no route
+/// has) answer like every other error: JSON with a code and a sentence.
+#[tokio::test]
+async fn the_router_refuses_in_json() {
+    let app = spawn_app(&[]).await;
+    let response = app.http.get(app.url("/api/generate")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["code"], "method_not_allowed", "{answer}");
+    assert_eq!(answer["success"], false);
+    assert_eq!(
+        answer["error"],
+        "/api/generate does not take GET; the Allow header lists the methods it takes"
+    );
+    let response = app
+        .http
+        .delete(app.url("/api/tasks/tsk_00000000000000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["code"], "method_not_allowed", "{answer}");
+
+    for path in ["/nope", "/api/nope", "/api/tasks/x/y/z"] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["code"], "route_not_found", "{path}: {answer}");
+        assert_eq!(
+            answer["error"],
+            format!("no such route: GET {path}; the API is described at /api/openapi.json")
+        );
     }
 }
 

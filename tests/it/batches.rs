@@ -73,8 +73,10 @@ async fn batch_zip_holds_exactly_the_batch_results() {
     assert_eq!(view["tasks"].as_array().unwrap().len(), 3);
     assert!(view["credits"].as_i64().unwrap() >= 0);
 
-    // The expected archive: every result of every task of the batch, byte for byte.
+    // The expected archive: every result of every task of the batch, byte for byte, under
+    // its name in the bucket (`kie-{taskId}-0.png`), dated when its task completed.
     let mut expected = BTreeMap::new();
+    let mut dates = BTreeMap::new();
     for id in &task_ids {
         let task = app
             .repo
@@ -83,12 +85,16 @@ async fn batch_zip_holds_exactly_the_batch_results() {
             .unwrap()
             .unwrap();
         assert_eq!(task.batch_id.as_deref(), Some(batch.as_str()));
+        let completed = task
+            .completed_at
+            .expect("a succeeded task has completed_at")
+            / 1000;
         for (i, key) in task.result_keys.iter().enumerate() {
             let ext = key.rsplit_once('.').unwrap().1;
-            expected.insert(
-                format!("{id}-{}.{ext}", i + 1),
-                app.blobs.get_bytes(key).await.unwrap(),
-            );
+            let name = format!("kie-{id}-{i}.{ext}");
+            assert_eq!(key, &format!("generated/{name}"), "the bucket's own name");
+            dates.insert(name.clone(), completed);
+            expected.insert(name, app.blobs.get_bytes(key).await.unwrap());
         }
     }
     assert!(!expected.is_empty());
@@ -106,7 +112,8 @@ async fn batch_zip_holds_exactly_the_batch_results() {
     std::fs::write(&path, &archive).unwrap();
     let out_dir = app.dir.path().join("unzipped");
     // Python's zipfile checks every CRC (testzip) and extracts: an independent reader.
-    let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nbad = z.testzip()\nassert bad is None, bad\nz.extractall(sys.argv[2])\nprint('\\n'.join(sorted(z.namelist())))";
+    // Each entry's date as Python reads it (MS-DOS fields, UTC), in Unix seconds.
+    let script = "import sys, zipfile, calendar\nz = zipfile.ZipFile(sys.argv[1])\nbad = z.testzip()\nassert bad is None, bad\nz.extractall(sys.argv[2])\nprint('\\n'.join(i.filename + ' ' + str(calendar.timegm(i.date_time + (0, 0, 0))) for i in sorted(z.infolist(), key=lambda i: i.filename)))";
     let output = std::process::Command::new("python3")
         .args([
             "-c",
@@ -121,11 +128,23 @@ async fn batch_zip_holds_exactly_the_batch_results() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let names: Vec<String> = String::from_utf8(output.stdout)
+    let listed: Vec<(String, i64)> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
-        .map(str::to_owned)
+        .map(|line| {
+            let (name, at) = line.rsplit_once(' ').unwrap();
+            (name.to_owned(), at.parse().unwrap())
+        })
         .collect();
+    for (name, at) in &listed {
+        // MS-DOS time has 2 s steps.
+        let completed = dates[name];
+        assert!(
+            (completed - 2..=completed).contains(at),
+            "{name} is dated {at}, its task completed at {completed}"
+        );
+    }
+    let names: Vec<String> = listed.into_iter().map(|(name, _)| name).collect();
     assert_eq!(
         names,
         expected.keys().cloned().collect::<Vec<_>>(),
@@ -249,6 +268,62 @@ async fn batch_requests_are_validated() {
     );
 }
 
+#[tokio::test]
+async fn an_unfinished_batch_is_not_zipped_but_waited_for_on_request() {
+    let app = spawn_app(&[("DARKROOM_WORKERS", "false")]).await;
+    let (batch, _) = create_batch(&app, 2).await;
+    let zip = |query: &'static str| {
+        app.http
+            .get(app.url(&format!("/api/batches/{batch}/zip{query}")))
+            .send()
+    };
+    let refused = zip("").await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "batch_not_finished", "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("2 of its 2 tasks are not final yet (2 queued)")
+            && message.contains("?wait=true"),
+        "{message}"
+    );
+
+    // With ?wait=true the request waits for the batch: it finishes meanwhile.
+    let mut waiting = tokio::spawn(zip("?wait=true"));
+    // Nothing runs yet (workers off): the request is held, not answered 409.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "answered before the batch finished"
+    );
+    let stepper = {
+        let engine = app.engine.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                engine.run_pending().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the wait ends when the batch does")
+        .unwrap()
+        .unwrap();
+    stepper.abort();
+    assert_eq!(answer.status(), 200);
+    let archive = answer.bytes().await.unwrap();
+    // Two entries: the central directory's count in the end record.
+    let end = &archive[archive.len() - 22..];
+    assert_eq!(&end[..4], b"PK\x05\x06");
+    assert_eq!(u16::from_le_bytes([end[10], end[11]]), 2);
+    assert_eq!(
+        wait_done(&app, &batch).await["counts"],
+        json!({"succeeded": 2})
+    );
+}
+
 /// The README's claim for `GET /api/batches/{id}/zip`: the archive is streamed from the
 /// bucket as it is written, so memory stays at a few chunks whatever its size. Ten results
 /// of noise (about 3 MB each: the simulator renders 1024 px from a 1024 px noisy source) make
@@ -355,12 +430,12 @@ async fn batch_zip_of_30_mb_streams_in_bounded_memory() {
             .await
             .unwrap()
             .unwrap();
-        for (i, key) in stored.result_keys.iter().enumerate() {
+        for key in &stored.result_keys {
+            // Entries are named as in the bucket (`generated/kie-{taskId}-0.png`).
             let bytes = app.blobs.get_bytes(key).await.unwrap();
-            let ext = key.rsplit_once('.').unwrap().1;
+            let name = key.rsplit_once('/').map_or(key.as_str(), |(_, name)| name);
             expected.push(format!(
-                "{id}-{}.{ext} {} {}",
-                i + 1,
+                "{name} {} {}",
                 bytes.len(),
                 hex::encode(Sha256::digest(&bytes))
             ));

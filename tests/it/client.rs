@@ -456,8 +456,16 @@ async fn an_unfinished_batch_is_not_zipped_without_wait() {
     )
     .await;
     assert_eq!(run.status.code(), Some(3));
-    assert_eq!(document(&run)["error"]["code"], "batch_not_finished");
+    // The server's refusal, passed on: its code and its counts.
+    let refusal = document(&run);
+    assert_eq!(refusal["error"]["code"], "batch_not_finished", "{refusal}");
+    let message = refusal["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("1 of its 1 tasks are not final yet (1 queued)"),
+        "{refusal}"
+    );
     assert!(!Path::new(&zip).exists());
+    assert!(!Path::new(&format!("{zip}.part")).exists());
 }
 
 #[tokio::test]

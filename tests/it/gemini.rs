@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{BIN, Running, TestApp, free_port, png, spawn_app, task_ids};
+use crate::harness::{BIN, Running, TestApp, free_port, input_host, png, spawn_app, task_ids};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -626,4 +626,112 @@ async fn a_wrong_key_or_an_unknown_model_fails_with_geminis_reason() {
         error.contains("models/gemini-0-unknown is not found"),
         "{error}"
     );
+}
+
+/// Inputs that cannot be had fail the task at once with the input's own code, not as
+/// provider trouble after minutes of retries: a host name that does not exist (`.invalid`,
+/// RFC 6761: refused without a lookup), a 404, an HTML page where an image should be.
+/// Gemini is never called.
+#[tokio::test]
+async fn unreadable_inputs_fail_at_once_with_the_inputs_code() {
+    let stop = CancellationToken::new();
+    let host = input_host(stop.clone()).await;
+    let app = spawn_app(&[("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str())]).await;
+    let cases = [
+        (
+            "https://example.invalid/i.png".to_owned(),
+            "input_unreachable",
+            "does not resolve",
+        ),
+        (
+            format!("http://{host}/missing.png"),
+            "input_not_found",
+            "answered HTTP 404",
+        ),
+        (
+            format!("http://{host}/page.png"),
+            "input_not_image",
+            "is not an image",
+        ),
+    ];
+    for (url, code, words) in cases {
+        let started = Instant::now();
+        let answer = generate(
+            &app,
+            json!({"prompt": "p", "provider": "gemini", "imageUrls": [url]}),
+        )
+        .await;
+        let id = &task_ids(&answer)[0];
+        let status = app.wait_final(id, Duration::from_secs(10)).await;
+        assert_eq!(status["status"], "failed", "{url}: {status}");
+        assert_eq!(status["errorCode"], code, "{url}: {status}");
+        let error = status["error"].as_str().unwrap();
+        assert!(error.contains(words), "{url}: {error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url} took {:?}",
+            started.elapsed()
+        );
+        let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+        assert_eq!(task["error"]["code"], code, "{task}");
+        assert_eq!(
+            task["waiting"],
+            Value::Null,
+            "a failed task waits for nothing"
+        );
+    }
+    assert_eq!(app.gemini_sim.as_ref().unwrap().stats().requests, 0);
+    stop.cancel();
+}
+
+/// An input that may come back (its host answers 503) is tried again later, and while the
+/// task waits both views say why and until when.
+#[tokio::test]
+async fn a_waiting_task_says_why_and_until_when() {
+    let stop = CancellationToken::new();
+    let host = input_host(stop.clone()).await;
+    let app = spawn_app(&[("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str())]).await;
+    let answer = generate(
+        &app,
+        json!({"prompt": "p", "provider": "gemini", "imageUrls": [format!("http://{host}/busy.png")]}),
+    )
+    .await;
+    let id = task_ids(&answer)[0].clone();
+    let task = {
+        let started = Instant::now();
+        loop {
+            let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+            if task["attempts"].as_u64() >= Some(1) {
+                break task;
+            }
+            assert!(started.elapsed() < FINAL, "no attempt made: {task}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(task["state"], "queued", "{task}");
+    assert_eq!(task["waiting"]["code"], "input_unavailable", "{task}");
+    let message = task["waiting"]["message"].as_str().unwrap();
+    assert!(message.contains("answered HTTP 503"), "{message}");
+    let until = chrono::DateTime::parse_from_rfc3339(task["waiting"]["until"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let now = chrono::Utc::now().timestamp_millis();
+    // The first retry is 4 s ±20 % after the attempt.
+    assert!(
+        until > now && until < now + 6_000,
+        "until {until}, now {now}"
+    );
+    let status = app.status(&id).await;
+    assert_eq!(status["status"], "pending", "{status}");
+    assert_eq!(status["waiting"], task["waiting"], "{status}");
+    assert_eq!(
+        status["error"],
+        Value::Null,
+        "error is for failed tasks: {status}"
+    );
+    let (code, _) = app
+        .post_json(&format!("/api/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(code, 200);
+    stop.cancel();
 }

@@ -322,6 +322,48 @@ pub fn task_ids(answer: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A loopback host serving input images the way the internet may: `/input.png` an image,
+/// `/missing.png` a 404, `/page.png` an HTML page, `/busy.png` a 503. Returns `host:port`
+/// (trust it with `DARKROOM_TRUSTED_FETCH_HOSTS`: loopback is refused otherwise).
+pub async fn input_host(stop: CancellationToken) -> String {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let image = png(30, 60);
+    let router = axum::Router::new()
+        .route(
+            "/input.png",
+            get(move || {
+                let image = image.clone();
+                async move { ([("content-type", "image/png")], image) }
+            }),
+        )
+        .route(
+            "/missing.png",
+            get(|| async { (StatusCode::NOT_FOUND, "no such file") }),
+        )
+        .route(
+            "/page.png",
+            get(|| async {
+                (
+                    [("content-type", "text/html")],
+                    "<!doctype html><title>Sign in</title><p>Please sign in to see this image.",
+                )
+            }),
+        )
+        .route(
+            "/busy.png",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "try later") }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    addr.to_string()
+}
+
 pub fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x * 7) as u8, (y * 5) as u8, 120])

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use crate::harness::{callbacks_answered, fresh_postgres, png, spawn_app};
+use crate::harness::{callbacks_answered, fresh_postgres, input_host, png, spawn_app, task_ids};
 use darkroom::domain::TaskState;
 use serde_json::json;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const FINAL: Duration = Duration::from_secs(30);
 
@@ -310,4 +312,93 @@ async fn the_original_path_runs_on_postgres() {
     let status = app.status(&ids[0]).await;
     assert_eq!(status["status"], "completed", "after a restart: {status}");
     app.stop().await;
+}
+
+/// KIE fetches inputs itself, but a client's URL that certainly cannot work (no such host,
+/// a 404, not an image) fails the task before KIE is asked (and paid), with the codes
+/// Gemini's inputs get; a good one goes through.
+#[tokio::test]
+async fn kie_inputs_that_cannot_work_fail_before_kie_is_asked() {
+    let stop = CancellationToken::new();
+    let host = input_host(stop.clone()).await;
+    let app = spawn_app(&[("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str())]).await;
+    let cases = [
+        (
+            "https://example.invalid/i.png".to_owned(),
+            "input_unreachable",
+        ),
+        (format!("http://{host}/missing.png"), "input_not_found"),
+        (format!("http://{host}/page.png"), "input_not_image"),
+    ];
+    for (url, code) in cases {
+        let started = Instant::now();
+        let (status, answer) = app
+            .post_json("/api/generate", &json!({"prompt": "p", "imageUrls": [url]}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        let id = &task_ids(&answer)[0];
+        let body = app.wait_final(id, Duration::from_secs(10)).await;
+        assert_eq!(body["status"], "failed", "{url}: {body}");
+        assert_eq!(body["errorCode"], code, "{url}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        app.sim.as_ref().unwrap().stats().created,
+        0,
+        "KIE was never asked"
+    );
+    let (_, answer) = app
+        .post_json(
+            "/api/generate",
+            &json!({"prompt": "p", "imageUrls": [format!("http://{host}/input.png")]}),
+        )
+        .await;
+    let body = app.wait_final(&task_ids(&answer)[0], FINAL).await;
+    assert_eq!(body["status"], "completed", "{body}");
+    stop.cancel();
+}
+
+/// A queued task held back by its provider's limits says so, and until when: here KIE's
+/// create window (one create a minute) is full.
+#[tokio::test]
+async fn a_task_held_by_the_create_window_says_so() {
+    let app = spawn_app(&[
+        ("DARKROOM_KIE_CREATES_PER_WINDOW", "1"),
+        ("DARKROOM_KIE_CREATE_WINDOW_SECS", "60"),
+    ])
+    .await;
+    let ids = app.generate_from_upload(2, json!({})).await;
+    let started = Instant::now();
+    let (first, second) = loop {
+        let (_, a) = app.get_json(&format!("/api/tasks/{}", ids[0])).await;
+        let (_, b) = app.get_json(&format!("/api/tasks/{}", ids[1])).await;
+        if a["state"] != "queued" || b["state"] != "queued" {
+            break if a["state"] == "queued" {
+                (b, a)
+            } else {
+                (a, b)
+            };
+        }
+        assert!(started.elapsed() < FINAL, "nothing submitted: {a} {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(first["state"], "queued", "{first}");
+    assert_eq!(second["state"], "queued", "{second}");
+    assert_eq!(second["waiting"]["code"], "rate_window_full", "{second}");
+    let until = chrono::DateTime::parse_from_rfc3339(second["waiting"]["until"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(
+        until > now + 50_000 && until <= now + 61_000,
+        "until {until}, now {now}"
+    );
+    let id = second["taskId"].as_str().unwrap();
+    let status = app.status(id).await;
+    assert_eq!(status["status"], "pending", "{status}");
+    assert_eq!(status["waiting"]["code"], "rate_window_full", "{status}");
 }

@@ -10,7 +10,7 @@ use super::OutputFormat;
 /// with a stable code; this type is the wire description the OpenAPI document is built
 /// from, and a test checks that a body using every field of it parses.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)] // unknown fields: 400 unknown_field
 pub struct GenerateBody {
     /// What to do with the images (1–5000 characters).
     #[schema(min_length = 1, max_length = 5000)]
@@ -57,6 +57,7 @@ pub struct GenerateBody {
 
 /// An upload used as a source: the `key` `/api/upload` returned.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UploadRef {
     /// `uploads/…`.
     #[schema(
@@ -74,6 +75,7 @@ pub struct UploadRef {
 
 /// An upload sent as a reference with every task.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReferenceUpload {
     #[schema(
         pattern = "^uploads/[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$",

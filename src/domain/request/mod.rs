@@ -5,6 +5,7 @@
 //! values it is made of live in `values`, the documented wire body in `body`.
 
 mod body;
+mod fields;
 mod values;
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,7 @@ impl GenerateRequest {
         let obj = body.as_object().ok_or_else(|| {
             InputError::new("invalid_body", "the request body must be a JSON object")
         })?;
+        fields::refuse_unknown(obj)?;
 
         let prompt = Prompt::parse(required_str(obj, "prompt", "prompt_required")?)?;
         let provider = optional_str(obj, "provider")?
@@ -479,6 +481,14 @@ mod tests {
         let documented: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
         let sent: Vec<&String> = wire.as_object().unwrap().keys().collect();
         assert_eq!(documented.len(), sent.len(), "{documented:?} vs {sent:?}");
+        let mut known = fields::TOP_LEVEL.to_vec();
+        known.sort_unstable();
+        let mut documented: Vec<&str> = documented.iter().map(|k| k.as_str()).collect();
+        documented.sort_unstable();
+        assert_eq!(
+            known, documented,
+            "fields::TOP_LEVEL is the documented body"
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ use super::{
     Delivery, Generated, Provider, ProviderError, RemoteStatus, Submission, SubmitRequest,
 };
 use crate::config::Secret;
+use crate::domain::JobCode;
 use crate::domain::image::{ImageKind, ImageLimits, inspect};
+use crate::domain::size;
 
 pub use answer::{Answer, read_answer};
 pub use errors::classify_error;
@@ -122,8 +124,9 @@ impl GeminiClient {
                     return Ok(Err(Submission::Failed {
                         code: "inputs_too_large".to_owned(),
                         message: format!(
-                            "the prompt and the first {} input image(s) come to more than {limit} bytes encoded, Gemini's inline limit",
-                            images.len()
+                            "the prompt and the first {} input image(s) come to more than {} encoded, Gemini's inline limit",
+                            images.len(),
+                            size::human(limit)
                         ),
                     }));
                 }
@@ -131,24 +134,16 @@ impl GeminiClient {
             Ok::<_, InputError>(Ok(images))
         };
         match tokio::time::timeout(self.settings.inputs_timeout, all).await {
-            Err(_) => Err(ProviderError::Retryable {
-                code: "input_timeout".to_owned(),
+            Err(_) => Err(ProviderError::Input(InputError {
+                code: JobCode::InputUnavailable,
                 message: format!(
                     "the input images could not be read within {} s",
                     self.settings.inputs_timeout.as_secs()
                 ),
-                retry_after: None,
-            }),
-            Ok(Ok(loaded)) => Ok(loaded),
-            Ok(Err(e)) if e.retryable => Err(ProviderError::Retryable {
-                code: "input_unavailable".to_owned(),
-                message: e.message,
-                retry_after: None,
-            }),
-            Ok(Err(e)) => Ok(Err(Submission::Failed {
-                code: "input_unusable".to_owned(),
-                message: e.message,
+                retryable: true,
             })),
+            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Err(e)) => Err(ProviderError::Input(e)),
         }
     }
 
@@ -171,10 +166,10 @@ impl GeminiClient {
             return Ok(Submission::Failed {
                 code: "inputs_too_large".to_owned(),
                 message: format!(
-                    "the prompt and {} input image(s) come to {} bytes encoded; Gemini takes at most {} bytes inline",
+                    "the prompt and {} input image(s) come to {} encoded; Gemini takes at most {} inline",
                     images.len(),
-                    body.len(),
-                    self.settings.max_request_bytes
+                    size::human(body.len() as u64),
+                    size::human(self.settings.max_request_bytes)
                 ),
             });
         }
@@ -198,8 +193,8 @@ impl GeminiClient {
                 ReadError::TooLarge => ProviderError::Permanent {
                     code: "answer_too_large".to_owned(),
                     message: format!(
-                        "Gemini's answer is larger than {} bytes",
-                        self.settings.max_answer_bytes
+                        "Gemini's answer is larger than {}",
+                        size::human(self.settings.max_answer_bytes)
                     ),
                 },
                 ReadError::Transport(e) => self.transport_error(e),
