@@ -390,21 +390,38 @@ async fn no_credits_pause_the_provider_and_show_in_readyz() {
         assert!(start.elapsed() < Duration::from_secs(30), "{ready}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut waiting = 0;
-    for id in &ids {
-        let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
-        if task["state"] == "queued" {
-            waiting += 1;
-            assert_eq!(task["error"]["code"], "provider_paused", "{task}");
-            assert!(
-                task["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("insufficient credits"),
-                "{task}"
-            );
+    // The pause shows in /readyz as soon as the 402 is answered; the task that met it is
+    // handed back to the queue a moment later (its own write): wait for that, bounded.
+    let waiting = loop {
+        let mut waiting = 0;
+        let mut unsettled = 0;
+        for id in &ids {
+            let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+            match task["state"].as_str() {
+                Some("queued") => {
+                    waiting += 1;
+                    assert_eq!(task["error"]["code"], "provider_paused", "{task}");
+                    assert!(
+                        task["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("insufficient credits"),
+                        "{task}"
+                    );
+                }
+                Some("submitting") => unsettled += 1,
+                _ => {}
+            }
         }
-    }
+        if unsettled == 0 {
+            break waiting;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{unsettled} task(s) still submitting 30 s after the 402"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let stats = sim.sim.stats();
     println!(
         "402: {} tasks created, {waiting} waiting in the queue while submission is paused",
