@@ -233,6 +233,7 @@ impl App {
             input_route,
             unconfirmed_window: config.engine.unconfirmed_window_secs,
             resubmit_unconfirmed: config.engine.resubmit_unconfirmed,
+            check_client_inputs: config.engine.check_client_inputs,
             credits_pause: config.kie.credits_pause_secs,
             missing_task_answers: config.engine.missing_task_answers,
             shutdown_grace: config.engine.shutdown_grace_secs,

@@ -271,6 +271,8 @@ pub static KEYS: &[Key] = &[
         "How long an unanswered create waits for a callback, seconds."),
     key!("engine.resubmit_unconfirmed", ["DARKROOM_RESUBMIT_UNCONFIRMED"], Some("false"), engine.resubmit_unconfirmed;
         "After that window, submit again instead of failing."),
+    key!("engine.check_client_inputs", ["DARKROOM_CHECK_CLIENT_INPUTS"], Some("false"), engine.check_client_inputs;
+        "Before a KIE create, read the first bytes of each image URL a client gave."),
     key!("engine.unreachable_first_probe_ms", ["DARKROOM_UNREACHABLE_FIRST_PROBE_MS"], Some("5000"), engine.unreachable_first_probe_ms as Millis, nonzero;
         "First probe of an unreachable provider, milliseconds."),
     key!("engine.unreachable_max_probe_ms", ["DARKROOM_UNREACHABLE_MAX_PROBE_MS"], Some("60000"), engine.unreachable_max_probe_ms as Millis;

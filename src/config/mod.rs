@@ -284,6 +284,11 @@ pub struct EngineConfig {
     pub unconfirmed_window_secs: Duration,
     /// After that window, submit again (the provider may bill twice) instead of failing.
     pub resubmit_unconfirmed: bool,
+    /// Before a create for a provider that fetches inputs itself (KIE), read the first
+    /// bytes of each image URL a client gave, so a URL that cannot work (no such host, a 4xx,
+    /// not an image) fails the task before the provider is paid to find out. One outbound
+    /// request per such URL and task; off by default (KIE refuses such URLs itself).
+    pub check_client_inputs: bool,
     /// A provider that cannot be reached is probed after this long, milliseconds; the wait
     /// doubles after each failed probe, up to `unreachable_max_probe_ms`.
     pub unreachable_first_probe_ms: Duration,

@@ -65,12 +65,15 @@ impl Engine {
         let mut urls = Vec::with_capacity(task.input_urls.len());
         for (index, url) in task.input_urls.iter().enumerate() {
             let Some(key) = self.blobs.key_for_url(url) else {
-                // A client's URL: what is certainly wrong with it (no such host, a 4xx, not
-                // an image) fails the task here, with the codes Gemini's inputs get.
-                self.inputs
-                    .probe(index, url)
-                    .await
-                    .map_err(ProviderError::Input)?;
+                // A client's URL: when the operator asked for it, what is certainly wrong
+                // with it (no such host, a 4xx, not an image) fails the task here, with the
+                // codes Gemini's inputs get.
+                if self.settings.check_client_inputs {
+                    self.inputs
+                        .probe(index, url)
+                        .await
+                        .map_err(ProviderError::Input)?;
+                }
                 urls.push(url.clone());
                 continue;
             };

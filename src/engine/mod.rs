@@ -75,6 +75,9 @@ pub struct EngineSettings {
     pub unconfirmed_window: Duration,
     /// Settle an unconfirmed create by submitting again (may bill twice) instead of failing.
     pub resubmit_unconfirmed: bool,
+    /// Probe the image URLs clients gave before a create for a provider that fetches
+    /// inputs itself.
+    pub check_client_inputs: bool,
     /// How long a 402 (no credits) pauses submission.
     pub credits_pause: Duration,
     /// "No such task" answers in a row after which a task fails `provider_task_missing`.

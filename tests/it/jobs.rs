@@ -125,6 +125,7 @@ async fn a_panicking_job_stays_inside_it_and_its_task_is_taken_up_again() {
         input_route: InputRoute::Proxy,
         unconfirmed_window: Duration::from_secs(600),
         resubmit_unconfirmed: false,
+        check_client_inputs: false,
         credits_pause: Duration::from_secs(60),
         missing_task_answers: 3,
         shutdown_grace: Duration::from_secs(5),

@@ -321,7 +321,11 @@ async fn the_original_path_runs_on_postgres() {
 async fn kie_inputs_that_cannot_work_fail_before_kie_is_asked() {
     let stop = CancellationToken::new();
     let host = input_host(stop.clone()).await;
-    let app = spawn_app(&[("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str())]).await;
+    let app = spawn_app(&[
+        ("DARKROOM_TRUSTED_FETCH_HOSTS", host.as_str()),
+        ("DARKROOM_CHECK_CLIENT_INPUTS", "true"),
+    ])
+    .await;
     let cases = [
         (
             "https://example.invalid/i.png".to_owned(),
