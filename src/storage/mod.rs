@@ -28,6 +28,7 @@ mod sqlite_batches;
 mod sqlite_deliveries;
 mod sqlite_rows;
 mod sqlite_writer;
+mod update_sql;
 
 pub use access::{AccessRepo, ApiKeyRecord, WebhookSecretRecord};
 pub use batches::{Batch, BatchCount, BatchRepo};

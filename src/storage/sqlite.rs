@@ -191,62 +191,8 @@ impl TaskRepo for SqliteRepo {
         update: &TaskUpdate,
         now: i64,
     ) -> Result<Option<Task>, RepoError> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE tasks SET updated_at = ");
-        q.push_bind(now);
-        if let Some(state) = update.state {
-            q.push(", state = ").push_bind(state.as_str());
-        }
-        if let Some(run_at) = update.run_at {
-            q.push(", run_at = ").push_bind(run_at);
-        }
-        if update.release_lease {
-            q.push(", lease_owner = NULL, lease_until = NULL");
-        }
-        if update.add_attempt {
-            q.push(", attempts = attempts + 1");
-        }
-        if let Some(hash) = &update.callback_token_hash {
-            q.push(", callback_token_hash = ").push_bind(hash.clone());
-        }
-        if let Some(pid) = &update.provider_task_id {
-            q.push(", provider_task_id = ").push_bind(pid.clone());
-        }
-        for (column, list) in [
-            ("result_source_urls", &update.result_source_urls),
-            ("result_keys", &update.result_keys),
-            ("result_urls", &update.result_urls),
-        ] {
-            if let Some(list) = list {
-                q.push(format_args!(", {column} = "))
-                    .push_bind(to_json(list));
-            }
-        }
-        if let Some(credits) = update.credits {
-            q.push(", credits = ").push_bind(credits);
-        }
-        if let Some(cost) = update.cost_time_ms {
-            q.push(", cost_time_ms = ").push_bind(cost);
-        }
-        if let Some(error) = &update.error {
-            let (code, message) = error.clone().unzip();
-            q.push(", error_code = ").push_bind(code);
-            q.push(", error_message = ").push_bind(message);
-        }
-        if let Some(at) = update.submitted_at {
-            q.push(", submitted_at = ").push_bind(at);
-        }
-        if let Some(at) = update.completed_at {
-            q.push(", completed_at = ").push_bind(at);
-        }
-        if let Some(answers) = update.missing_answers {
-            q.push(", missing_answers = ").push_bind(i64::from(answers));
-        }
-        q.push(" WHERE id = ").push_bind(id.as_str());
-        q.push(" AND state = ").push_bind(from.as_str());
-        if let Some(worker) = lease {
-            q.push(" AND lease_owner = ").push_bind(worker.to_owned());
-        }
-        q.push(" RETURNING *");
+        let mut q: QueryBuilder<Sqlite> =
+            super::update_sql::guarded_update(id, from, lease, update, now, to_json);
         match q.build().fetch_optional(&self.writer.pool).await {
             Ok(row) => row.as_ref().map(task_from_row).transpose(),
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(

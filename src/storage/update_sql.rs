@@ -1,0 +1,85 @@
+//! The guarded task update as SQL, written once for every backend: `QueryBuilder` numbers
+//! the placeholders for each (`?` or `$n`), and only the way a list is stored differs
+//! (JSON text on SQLite, `TEXT[]` on PostgreSQL), so the caller says how to bind one.
+
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use super::TaskUpdate;
+use crate::domain::{TaskId, TaskState};
+
+/// `UPDATE tasks SET … WHERE id = … AND state = from [AND lease_owner = lease] RETURNING *`
+/// with the fields `update` sets; `list` turns a list into its stored form.
+pub(super) fn guarded_update<DB, L>(
+    id: &TaskId,
+    from: TaskState,
+    lease: Option<&str>,
+    update: &TaskUpdate,
+    now: i64,
+    list: impl Fn(&[String]) -> L,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    Option<String>: for<'t> Encode<'t, DB> + Type<DB>,
+    L: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new("UPDATE tasks SET updated_at = ");
+    q.push_bind(now);
+    if let Some(state) = update.state {
+        q.push(", state = ").push_bind(state.as_str().to_owned());
+    }
+    if let Some(run_at) = update.run_at {
+        q.push(", run_at = ").push_bind(run_at);
+    }
+    if update.release_lease {
+        q.push(", lease_owner = NULL, lease_until = NULL");
+    }
+    if update.add_attempt {
+        q.push(", attempts = attempts + 1");
+    }
+    if let Some(hash) = &update.callback_token_hash {
+        q.push(", callback_token_hash = ").push_bind(hash.clone());
+    }
+    if let Some(pid) = &update.provider_task_id {
+        q.push(", provider_task_id = ").push_bind(pid.clone());
+    }
+    for (column, values) in [
+        ("result_source_urls", &update.result_source_urls),
+        ("result_keys", &update.result_keys),
+        ("result_urls", &update.result_urls),
+    ] {
+        if let Some(values) = values {
+            q.push(format_args!(", {column} = "))
+                .push_bind(list(values));
+        }
+    }
+    if let Some(credits) = update.credits {
+        q.push(", credits = ").push_bind(credits);
+    }
+    if let Some(cost) = update.cost_time_ms {
+        q.push(", cost_time_ms = ").push_bind(cost);
+    }
+    if let Some(error) = &update.error {
+        let (code, message) = error.clone().unzip();
+        q.push(", error_code = ").push_bind(code);
+        q.push(", error_message = ").push_bind(message);
+    }
+    if let Some(at) = update.submitted_at {
+        q.push(", submitted_at = ").push_bind(at);
+    }
+    if let Some(at) = update.completed_at {
+        q.push(", completed_at = ").push_bind(at);
+    }
+    if let Some(answers) = update.missing_answers {
+        q.push(", missing_answers = ").push_bind(i64::from(answers));
+    }
+    q.push(" WHERE id = ").push_bind(id.as_str().to_owned());
+    q.push(" AND state = ").push_bind(from.as_str().to_owned());
+    if let Some(worker) = lease {
+        q.push(" AND lease_owner = ").push_bind(worker.to_owned());
+    }
+    q.push(" RETURNING *");
+    q
+}
