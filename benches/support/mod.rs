@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use darkroom::config::Config;
-use darkroom::domain::TaskId;
 use darkroom::providers::sim::{KieSim, KieSimConfig};
 use darkroom::storage::NewTask;
 use tokio::net::TcpListener;
@@ -60,24 +59,10 @@ pub fn settings<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, S
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// A queued KIE task with a fixed prompt and input.
+/// A queued KIE task with a fixed prompt and input (the repository contract's task).
 pub fn new_task(created_at: i64) -> NewTask {
     NewTask {
-        id: TaskId::new(),
-        provider: "kie".into(),
-        model: "google/nano-banana-edit".into(),
         prompt: "bench".into(),
-        source: "https://example.com/source.png".into(),
-        image_url: "https://example.com/source.png".into(),
-        input_urls: vec!["https://example.com/source.png".into()],
-        aspect_ratio: "1:1".into(),
-        output_format: "png".into(),
-        priority: 0,
-        batch_id: None,
-        owner: None,
-        callback_token_hash: String::new(),
-        created_at,
-        retry_of: None,
-        webhook_url: None,
+        ..darkroom::storage::contract::new_task(None, 0, created_at)
     }
 }

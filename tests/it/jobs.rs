@@ -65,24 +65,11 @@ impl Provider for Panicky {
     }
 }
 
+/// A queued task for the panicking provider (the contract suites' task, renamed).
 fn task(n: i64) -> NewTask {
     NewTask {
-        id: TaskId::new(),
         provider: "panicky".into(),
-        model: "m".into(),
-        prompt: "p".into(),
-        source: "https://example.com/s.png".into(),
-        image_url: "https://example.com/s.png".into(),
-        input_urls: vec!["https://example.com/s.png".into()],
-        aspect_ratio: "1:1".into(),
-        output_format: "png".into(),
-        priority: 0,
-        batch_id: None,
-        owner: None,
-        callback_token_hash: String::new(),
-        created_at: darkroom::clock::now_ms() + n,
-        retry_of: None,
-        webhook_url: None,
+        ..darkroom::storage::contract::new_task(None, 0, darkroom::clock::now_ms() + n)
     }
 }
 
