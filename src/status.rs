@@ -37,18 +37,20 @@ impl StatusBoard {
         }
     }
 
-    pub fn update(&self, task: &Task) {
+    /// Keeps `task`'s answer ready and returns it.
+    pub fn update(&self, task: &Task) -> StatusEntry {
         let entry = StatusEntry {
             owner: task.owner.clone(),
             body: compat_status(task),
             queued_for: (task.state == TaskState::Queued).then(|| task.provider.clone()),
             waiting_until: waiting(task).map(|_| task.run_at),
         };
-        self.by_id.insert(task.id.clone(), entry);
+        self.by_id.insert(task.id.clone(), entry.clone());
         if let Some(pid) = &task.provider_task_id {
             self.by_provider_id
                 .insert((task.provider.clone(), pid.clone()), task.id.clone());
         }
+        entry
     }
 
     /// The cached answer with its owner; callers check the owner before answering.

@@ -79,11 +79,8 @@ async fn task_status(
         }
     };
     let task = caller.visible(task).ok_or_else(not_found)?;
-    state.board.update(&task);
-    match state.board.get(&task.id) {
-        Some(entry) => Ok(json_response(with_hold(&state, &entry))),
-        None => Ok(json_response(crate::views::compat_status(&task))),
-    }
+    let entry = state.board.update(&task);
+    Ok(json_response(with_hold(&state, &entry)))
 }
 
 /// The ready answer, plus `waiting` from the task's provider when a queued task is held
