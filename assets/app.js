@@ -8,7 +8,17 @@
 // Constants
 // ---------------------------------------------------------------------------
 
-const ACCEPTED_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
+// What POST /api/upload accepts until GET /api/info says (its `uploads`): the server's
+// documented defaults (limits.max_upload_bytes, limits.max_upload_files,
+// limits.max_image_dimension, limits.max_image_pixels in darkroom.example.toml).
+const DEFAULT_UPLOAD_LIMITS = {
+  contentTypes: ['image/png', 'image/jpeg', 'image/webp'],
+  maxFileBytes: 10 * 1024 * 1024,
+  maxFiles: 10,
+  maxImageDimension: 10000,
+  maxImagePixels: 40000000,
+};
+const TYPE_NAMES = { 'image/png': 'PNG', 'image/jpeg': 'JPEG', 'image/webp': 'WebP' };
 const PROMPT_MAX = 5000;
 const PROMPT_WARN = 4500;
 // Elapsed times refresh every half second while a task runs.
@@ -42,7 +52,10 @@ const state = {
   providerTimer: 0, // re-reads /readyz when a pause should have ended
   apiKey: '',
   apiKeyShown: false,
-  files: [], // { id, file, previewUrl, error: null | { message, code } }
+  // Selected files: { id, file, previewUrl (null when not shown), kind (the image type its
+  // bytes say, or ''), width, height, unreadable, error: null | { message, code } (the
+  // server's refusal) }. A file with a fileProblem() stays listed but is not sent.
+  files: [],
   nextFileId: 1,
   submitting: false,
   submitPhase: '', // button text while submitting
@@ -321,8 +334,10 @@ function renderInfo() {
     els.serverVersion.textContent = `v${info.version}`;
     els.serverVersion.hidden = false;
   }
-  els.simulatorNotice.hidden = info.simulator !== true;
+  renderSimulatorNotice(info);
   renderProviders(info);
+  renderDropHint();
+  renderFiles(); // the limits may differ from the defaults files were checked against
   if (info.apiKeysRequired === true) showApiKeySection(false);
   renderForm();
 }
@@ -332,6 +347,29 @@ function renderInfo() {
 // ---------------------------------------------------------------------------
 
 const PROVIDER_LABELS = { kie: 'KIE', gemini: 'Gemini' };
+
+function providerLabel(name) {
+  return PROVIDER_LABELS[name] || name;
+}
+
+/** "KIE", "KIE and Gemini", "A, B and C". */
+function joinNames(names) {
+  return names.length <= 1 ? names.join('') : `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`;
+}
+
+/** Names every provider darkroom's built-in simulators stand in for (none: no banner). */
+function renderSimulatorNotice(info) {
+  const providers = Array.isArray(info.providers) ? info.providers : [];
+  const simulated = providers.filter((p) => p && p.simulator === true && str(p.name)).map((p) => providerLabel(p.name));
+  // An older server lists no providers: its one flag is about the default provider.
+  if (simulated.length === 0 && providers.length === 0 && info.simulator === true) {
+    simulated.push(providerLabel(str(info.provider)));
+  }
+  els.simulatorNoticeText.textContent = simulated.length === providers.length || providers.length === 0
+    ? `images are generated locally by darkroom's built-in ${joinNames(simulated)} simulator${simulated.length === 1 ? '' : 's'}; no credits are spent.`
+    : `${joinNames(simulated)} tasks are generated locally by darkroom's built-in simulator${simulated.length === 1 ? '' : 's'} (no credits spent); the other providers are real.`;
+  els.simulatorNotice.hidden = simulated.length === 0;
+}
 
 /**
  * Reads which providers are paused or cannot be reached and says so above the page. Asked
@@ -354,7 +392,7 @@ async function checkProviders() {
   let resumesIn = 0;
   for (const [name, health] of Object.entries(providers)) {
     if (!health) continue;
-    const label = PROVIDER_LABELS[name] || name;
+    const label = providerLabel(name);
     if (health.status === 'unreachable') {
       const next = Number.isFinite(health.nextProbeInSecs) ? health.nextProbeInSecs : 0;
       resumesIn = Math.max(resumesIn, next);
@@ -366,6 +404,15 @@ async function checkProviders() {
       continue;
     }
     if (health.status !== 'paused') continue;
+    if (health.code === 'credit_floor') {
+      // Not over at a time: over once darkroom reads the balance back at the floor or
+      // above. Asked again in half a minute.
+      resumesIn = Math.max(resumesIn, 30);
+      const balance = Number.isFinite(health.credits) ? ` (${health.credits})` : '';
+      const floor = Number.isFinite(health.creditFloor) ? ` of ${health.creditFloor}` : '';
+      lines.push(`${label}'s credit balance${balance} is below the floor${floor} set for darkroom (top up the account): new ${label} tasks wait in the queue and are submitted once the balance is back at the floor or above.`);
+      continue;
+    }
     const secs = Number.isFinite(health.resumesInSecs) ? health.resumesInSecs : 0;
     resumesIn = Math.max(resumesIn, secs);
     const when = secs >= 120 ? `about ${Math.round(secs / 60)} min` : `about ${secs} s`;
@@ -395,7 +442,8 @@ function renderProviders(info) {
     const option = document.createElement('option');
     option.value = name;
     const model = str(p.model);
-    option.textContent = `${name}${model ? ` (${model})` : ''}${p.simulator === true ? ' · simulator' : ''}`;
+    // Simulated or not is in the banner; the option stays short enough to show whole.
+    option.textContent = `${providerLabel(name)}${model ? ` (${model})` : ''}`;
     option.selected = name === chosen;
     els.providerSelect.append(option);
   }
@@ -405,31 +453,137 @@ function renderProviders(info) {
 // File selection
 // ---------------------------------------------------------------------------
 
-function addFiles(fileList) {
+/** The upload limits /api/info states, or the defaults before it answers. */
+function uploadLimits() {
+  const u = state.info && state.info.uploads;
+  if (!u || typeof u !== 'object') return DEFAULT_UPLOAD_LIMITS;
+  const num = (value, fallback) => (Number.isFinite(value) && value >= 0 ? value : fallback);
+  const types = Array.isArray(u.contentTypes) ? u.contentTypes.filter((t) => typeof t === 'string') : [];
+  return {
+    contentTypes: types.length > 0 ? types : DEFAULT_UPLOAD_LIMITS.contentTypes,
+    maxFileBytes: num(u.maxFileBytes, DEFAULT_UPLOAD_LIMITS.maxFileBytes),
+    maxFiles: num(u.maxFiles, DEFAULT_UPLOAD_LIMITS.maxFiles),
+    maxImageDimension: num(u.maxImageDimension, DEFAULT_UPLOAD_LIMITS.maxImageDimension),
+    maxImagePixels: num(u.maxImagePixels, DEFAULT_UPLOAD_LIMITS.maxImagePixels),
+  };
+}
+
+/** "PNG, JPEG or WebP". */
+function acceptedTypesText(limits) {
+  const names = limits.contentTypes.map((t) => TYPE_NAMES[t] || t);
+  return names.length <= 1 ? names.join('') : `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}`;
+}
+
+function renderDropHint() {
+  const limits = uploadLimits();
+  els.dropHint.textContent = `or drag and drop ${acceptedTypesText(limits)} files here (at most ${formatBytes(limits.maxFileBytes)} each, ${limits.maxFiles} at a time)`;
+  els.fileInput.accept = limits.contentTypes.join(',');
+}
+
+/**
+ * The image type a file's first bytes say it is, or '': the server decides from the bytes
+ * too (never from the name or the declared type), with the same magic numbers.
+ */
+async function sniffType(file) {
+  let bytes;
+  try {
+    bytes = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+  } catch {
+    return '';
+  }
+  const startsWith = (magic, at = 0) => magic.every((byte, i) => bytes[at + i] === byte);
+  if (startsWith([0xff, 0xd8, 0xff])) return 'image/jpeg';
+  if (startsWith([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'image/png';
+  if (bytes.length >= 12 && startsWith([0x52, 0x49, 0x46, 0x46]) && startsWith([0x57, 0x45, 0x42, 0x50], 8)) return 'image/webp';
+  return '';
+}
+
+/**
+ * Loads the file as an image: its size in pixels, and its preview URL if it loads (a file
+ * the browser cannot show gets no thumbnail rather than a broken one).
+ */
+function measureImage(entry) {
+  return new Promise((done) => {
+    const url = URL.createObjectURL(entry.file);
+    const img = new Image();
+    img.onload = () => {
+      entry.width = img.naturalWidth;
+      entry.height = img.naturalHeight;
+      entry.previewUrl = url;
+      done();
+    };
+    img.onerror = () => {
+      entry.unreadable = true;
+      URL.revokeObjectURL(url);
+      done();
+    };
+    img.src = url;
+  });
+}
+
+/** Why the server would refuse this file (so it is not sent), or '' when it may be sent. */
+function fileProblem(entry) {
+  const limits = uploadLimits();
+  const { file } = entry;
+  if (file.size === 0) return 'is empty.';
+  if (!entry.kind || !limits.contentTypes.includes(entry.kind)) return `is not a ${acceptedTypesText(limits)} image.`;
+  if (file.size > limits.maxFileBytes) {
+    return `is ${formatBytes(file.size)}; the limit is ${formatBytes(limits.maxFileBytes)} per file.`;
+  }
+  if (entry.unreadable) return 'cannot be read as an image (is it damaged?).';
+  if (entry.width > limits.maxImageDimension || entry.height > limits.maxImageDimension) {
+    return `is ${entry.width}×${entry.height} pixels; at most ${limits.maxImageDimension} wide or high.`;
+  }
+  if (entry.width * entry.height > limits.maxImagePixels) {
+    return `has ${entry.width * entry.height} pixels; at most ${limits.maxImagePixels}.`;
+  }
+  return '';
+}
+
+/** The files a Generate would send: those with no problem. */
+function sendableFiles() {
+  return state.files.filter((entry) => !fileProblem(entry));
+}
+
+/** Checks each file (type and size from its bytes, then its pixels) and lists it. */
+async function addFiles(fileList) {
   if (state.submitting) return;
-  const skipped = [];
-  let added = 0;
+  const checked = [];
   for (const file of Array.from(fileList)) {
-    // An empty type (unknown to the browser) is left for the server to judge.
-    if (file.type && !ACCEPTED_TYPES.has(file.type)) {
-      skipped.push(file.name);
-      continue;
-    }
-    const duplicate = state.files.some((entry) => entry.file.name === file.name
+    const duplicate = state.files.concat(checked).some((entry) => entry.file.name === file.name
       && entry.file.size === file.size && entry.file.lastModified === file.lastModified);
     if (duplicate) continue;
-    state.files.push({
+    const entry = {
       id: state.nextFileId++,
       file,
-      previewUrl: URL.createObjectURL(file),
+      previewUrl: null,
+      kind: await sniffType(file),
+      width: 0,
+      height: 0,
+      unreadable: false,
       error: null,
-    });
-    added += 1;
+    };
+    if (!fileProblem(entry)) await measureImage(entry);
+    if (fileProblem(entry) && entry.previewUrl) {
+      // Too many pixels: not decoded for a thumbnail either.
+      URL.revokeObjectURL(entry.previewUrl);
+      entry.previewUrl = null;
+    }
+    checked.push(entry);
   }
-  if (skipped.length > 0) {
-    setFormStatus(`Skipped ${skipped.join(', ')}: only PNG, JPEG and WebP images are accepted.`);
-  } else if (added > 0) {
-    setFormStatus(`${added} image${added === 1 ? '' : 's'} added.`);
+  if (state.submitting) {
+    // A submit began while the files were read: they join no request.
+    for (const entry of checked) if (entry.previewUrl) URL.revokeObjectURL(entry.previewUrl);
+    return;
+  }
+  state.files.push(...checked);
+  const refused = checked.filter((entry) => fileProblem(entry)).length;
+  const added = checked.length - refused;
+  if (checked.length > 0) {
+    const notSent = `${refused} file${refused === 1 ? '' : 's'} cannot be sent.`;
+    setFormStatus(refused === 0
+      ? `${added} image${added === 1 ? '' : 's'} added.`
+      : (added === 0 ? notSent : `${added} image${added === 1 ? '' : 's'} added; ${notSent}`));
   }
   renderFiles();
   renderForm();
@@ -440,7 +594,7 @@ function removeFile(fileId, { keepPreview = false } = {}) {
   const index = state.files.findIndex((entry) => entry.id === fileId);
   if (index === -1) return -1;
   const [entry] = state.files.splice(index, 1);
-  if (!keepPreview) URL.revokeObjectURL(entry.previewUrl);
+  if (!keepPreview && entry.previewUrl) URL.revokeObjectURL(entry.previewUrl);
   return index;
 }
 
@@ -458,16 +612,27 @@ function handleRemoveClick(event) {
 
 function renderFiles() {
   const items = state.files.map((entry) => {
+    const problem = fileProblem(entry);
     const li = h('li', 'file-item');
-    li.dataset.state = entry.error ? 'error' : 'ok';
+    li.dataset.state = problem || entry.error ? 'error' : 'ok';
+    li.dataset.fileName = entry.file.name;
 
-    const img = h('img', 'file-thumb');
-    img.src = entry.previewUrl;
-    img.alt = ''; // the file name next to it already describes it
+    let thumb;
+    if (entry.previewUrl && !problem) {
+      thumb = h('img', 'file-thumb');
+      thumb.src = entry.previewUrl;
+      thumb.alt = ''; // the file name next to it already describes it
+    } else {
+      // No preview of a file that is not sent (or that the browser cannot show).
+      thumb = h('span', 'file-thumb file-thumb-none', problem ? '!' : '');
+      thumb.setAttribute('aria-hidden', 'true');
+    }
 
     const info = h('div', 'file-info');
     info.append(h('span', 'file-name', entry.file.name), h('span', 'file-size', formatBytes(entry.file.size)));
-    if (entry.error) {
+    if (problem) {
+      info.append(h('p', 'file-error', `Not sent: it ${problem}`));
+    } else if (entry.error) {
       const err = h('p', 'file-error', entry.error.message);
       if (entry.error.code) err.append(' ', h('code', 'error-code-inline', entry.error.code));
       info.append(err);
@@ -479,15 +644,17 @@ function renderFiles() {
     remove.setAttribute('aria-label', `Remove ${entry.file.name}`);
     remove.disabled = state.submitting;
 
-    li.append(img, info, remove);
+    li.append(thumb, info, remove);
     return li;
   });
   els.fileList.replaceChildren(...items);
 
   const count = state.files.length;
-  const errors = state.files.filter((entry) => entry.error).length;
-  let summary = count === 0 ? 'No images selected.' : `${count} image${count === 1 ? '' : 's'} selected.`;
-  if (errors > 0) summary += ` ${errors} with errors (shown below).`;
+  const refused = count - sendableFiles().length;
+  const errors = state.files.filter((entry) => entry.error && !fileProblem(entry)).length;
+  let summary = count === 0 ? 'No images selected.' : `${count} file${count === 1 ? '' : 's'} selected.`;
+  if (refused > 0) summary += ` ${refused} cannot be sent (shown below).`;
+  if (errors > 0) summary += ` ${errors} refused by the server (shown below).`;
   els.fileSummary.textContent = summary;
 }
 
@@ -543,9 +710,25 @@ function promptText() {
   return els.promptInput.value;
 }
 
+/** Problems with the selection, one sentence each, shown next to the Generate button. */
+function formErrors() {
+  const lines = state.files
+    .map((entry) => [entry, fileProblem(entry)])
+    .filter(([, problem]) => problem)
+    .map(([entry, problem]) => `${entry.file.name} ${problem} Remove it or choose another file.`);
+  const { maxFiles } = uploadLimits();
+  const sendable = sendableFiles().length;
+  if (sendable > maxFiles) {
+    lines.push(`At most ${maxFiles} images can be sent at once; remove ${sendable - maxFiles}.`);
+  }
+  return lines;
+}
+
 function canSubmit() {
   const prompt = promptText();
-  return !state.submitting && state.files.length > 0 && prompt.trim() !== '' && prompt.length <= PROMPT_MAX;
+  const sendable = sendableFiles().length;
+  return !state.submitting && sendable > 0 && sendable <= uploadLimits().maxFiles
+    && prompt.trim() !== '' && prompt.length <= PROMPT_MAX;
 }
 
 function renderForm() {
@@ -560,11 +743,15 @@ function renderForm() {
   els.dropZone.classList.toggle('is-disabled', state.submitting);
 
   const missing = [];
-  if (state.files.length === 0) missing.push('add at least one image');
+  if (sendableFiles().length === 0) missing.push(state.files.length === 0 ? 'add at least one image' : 'add at least one image that can be sent');
   if (promptText().trim() === '') missing.push('write a prompt');
   els.generateHint.textContent = !state.submitting && missing.length > 0
     ? `To generate, ${missing.join(' and ')}.`
     : '';
+
+  const errors = formErrors();
+  els.formErrors.replaceChildren(...errors.map((line) => h('li', '', line)));
+  els.formErrors.hidden = errors.length === 0;
 }
 
 function setSubmitting(submitting, phase = '') {
@@ -665,9 +852,10 @@ async function handleSubmit(event) {
   if (!canSubmit()) return;
 
   clearError();
-  for (const entry of state.files) entry.error = null;
-  // Snapshot everything now: the user may keep typing while we wait.
-  const batch = state.files.slice();
+  // Snapshot everything now: the user may keep typing while we wait. Files that cannot be
+  // sent stay listed with their reason.
+  const batch = sendableFiles();
+  for (const entry of batch) entry.error = null;
   const prompt = promptText().trim();
   const aspectRatio = els.aspectRatio.value;
   const outputFormat = els.outputFormat.value;
@@ -682,7 +870,7 @@ async function handleSubmit(event) {
     renderFiles();
     if (uploaded.length === 0) {
       showError('None of the images could be uploaded, so no task was created.', '', unmatchedErrors);
-      setFormStatus('Upload failed.');
+      setFormStatus('Upload failed: the server refused every image (its reasons are on the files above).');
       return;
     }
     if (unmatchedErrors.length > 0) showError('Some files could not be uploaded.', '', unmatchedErrors);
@@ -703,14 +891,17 @@ async function handleSubmit(event) {
     });
 
     const batchId = asBatch ? str(data.batchId) : '';
-    const created = addTasksFromResponse(data, uploaded, prompt, outputFormat, batchId);
+    // What the server used when the answer does not say (a batch's answer lists ids only).
+    const chosenProvider = provider || str(state.info && (state.info.defaultProvider || state.info.provider));
+    const created = addTasksFromResponse(data, uploaded, { prompt, outputFormat, batchId, provider: chosenProvider });
     const failureLines = applyGenerateFailures(data.failures, uploaded);
     if (failureLines.length > 0) showError('Some tasks could not be created.', '', failureLines);
     setFormStatus(str(data.message) || `Created ${created} task${created === 1 ? '' : 's'}.`);
     if (asBatch && str(data.batchId)) showBatchLink(str(data.batchId), created);
   } catch (err) {
     showApiError(err, carriedDetails.concat((err && err.details) || []));
-    setFormStatus('Generation did not start.');
+    // Said next to the button too: the error area is at the top of the page.
+    setFormStatus(`Generation did not start: ${err instanceof ApiError ? err.message : 'unexpected error'}`);
   } finally {
     setSubmitting(false);
   }
@@ -734,7 +925,7 @@ function showBatchLink(batchId, count) {
 }
 
 /** Creates task cards from the generate answer; files that got a task leave the selection. */
-function addTasksFromResponse(data, uploaded, prompt, outputFormat, batchId) {
+function addTasksFromResponse(data, uploaded, { prompt, outputFormat, batchId, provider }) {
   let list = [];
   if (Array.isArray(data.tasks)) list = data.tasks;
   else if (Array.isArray(data.taskIds)) list = data.taskIds.map((taskId) => ({ taskId }));
@@ -750,7 +941,9 @@ function addTasksFromResponse(data, uploaded, prompt, outputFormat, batchId) {
       : list.length === uploaded.length && uploaded[index]) || null;
     const fileEntry = source && source.fileEntry;
     if (fileEntry) removeFile(fileEntry.id, { keepPreview: true }); // the card now owns the preview URL
-    addTask(createTask({ taskId, source, fileEntry, prompt, outputFormat, batchId }));
+    addTask(createTask({
+      taskId, source, fileEntry, prompt, outputFormat, batchId, provider: str(item.provider) || provider,
+    }));
     created += 1;
   });
   renderFiles();
@@ -777,10 +970,12 @@ function applyGenerateFailures(failures, uploaded) {
 // Tasks
 // ---------------------------------------------------------------------------
 
-function createTask({ taskId, source, fileEntry, prompt, outputFormat, batchId = '' }) {
+function createTask({ taskId, source, fileEntry, prompt, outputFormat, batchId = '', provider = '' }) {
   const now = Date.now();
   return {
     taskId,
+    provider, // kie | gemini ('' when unknown)
+    model: '', // known for tasks read from the server
     batchId, // a batch made by /api/batches (bat_…): its card links the batch's ZIP
     sourceName: (fileEntry && fileEntry.file.name) || (source && source.filename) || '',
     thumbUrl: (fileEntry && fileEntry.previewUrl) || safeHttpUrl(source && source.url),
@@ -839,7 +1034,13 @@ function buildTaskCard(task) {
   const elapsed = h('span', 'task-elapsed');
   const credits = h('span', 'task-credits');
   credits.hidden = true;
-  meta.append(status, elapsed, credits);
+  meta.append(status, elapsed);
+  if (task.provider) {
+    const provider = h('span', 'task-provider', providerLabel(task.provider));
+    provider.title = task.model ? `Provider ${providerLabel(task.provider)}, model ${task.model}` : `Provider ${providerLabel(task.provider)}`;
+    meta.append(provider);
+  }
+  meta.append(credits);
 
   const sourceLine = h('p', 'task-source', task.sourceName);
   sourceLine.hidden = !task.sourceName;
@@ -982,7 +1183,9 @@ function taskFromView(view) {
     prompt: str(view.prompt),
     outputFormat: str(view.outputFormat) || 'png',
     batchId: str(view.batchId),
+    provider: str(view.provider),
   });
+  task.model = str(view.model);
   task.thumbUrl = safeHttpUrl(view.imageUrl) || safeHttpUrl(inputs[0]);
   task.startedAt = parseTime(view.createdAt) || Date.now();
   if (typeof view.consumeCredits === 'number') task.credits = view.consumeCredits;
@@ -1073,6 +1276,7 @@ function renderListing() {
   els.tasksMore.disabled = listing.loading;
   els.tasksMore.textContent = listing.loading ? 'Loading…' : (listing.failed ? 'Try again' : 'Load more');
   els.tasksLoadStatus.hidden = els.tasksLoadStatus.textContent === '';
+  renderStats(); // says whether more tasks are left to load
 }
 
 // ---------------------------------------------------------------------------
@@ -1105,7 +1309,9 @@ async function retryTask(task) {
     const data = await api(`/api/tasks/${encodeURIComponent(task.taskId)}/retry`, { method: 'POST', json: {} });
     const taskId = str(data.taskId);
     if (taskId && !state.tasks.has(taskId)) {
-      const retried = createTask({ taskId, source: null, fileEntry: null, prompt: task.prompt, outputFormat: task.outputFormat });
+      const retried = createTask({
+        taskId, source: null, fileEntry: null, prompt: task.prompt, outputFormat: task.outputFormat, provider: task.provider,
+      });
       retried.thumbUrl = task.thumbUrl;
       retried.sourceName = task.sourceName;
       addTask(retried);
@@ -1139,9 +1345,12 @@ function renderStats() {
   const completed = tasks.filter((t) => t.status === 'completed').length;
   const failed = tasks.filter((t) => t.done && t.status === 'failed').length;
   const credits = tasks.reduce((sum, t) => sum + (typeof t.credits === 'number' ? t.credits : 0), 0);
+  // It counts the tasks on this page, not every task on the server: says so, and whether
+  // more are left to load.
+  const more = state.listing.loaded && state.listing.cursor !== null;
   els.taskStats.textContent = tasks.length === 0
     ? ''
-    : `${tasks.length} task${tasks.length === 1 ? '' : 's'} · ${active} running · ${completed} completed · ${failed} failed${credits ? ` · ${credits} credits` : ''}`;
+    : `${tasks.length} task${tasks.length === 1 ? '' : 's'} on this page${more ? ' (more to load)' : ''}: ${active} running · ${completed} completed · ${failed} failed${credits ? ` · ${credits} credits` : ''}`;
 }
 
 function applyFilter() {
@@ -1300,6 +1509,7 @@ function cacheElements() {
     providerBadge: byId('provider-badge'),
     serverVersion: byId('server-version'),
     simulatorNotice: byId('simulator-notice'),
+    simulatorNoticeText: byId('simulator-notice-text'),
     providerNotice: byId('provider-notice'),
     providerNoticeText: byId('provider-notice-text'),
     apiKeySection: byId('api-key-section'),
@@ -1313,6 +1523,7 @@ function cacheElements() {
     errorDismiss: byId('error-dismiss'),
     form: byId('generate-form'),
     dropZone: byId('drop-zone'),
+    dropHint: byId('drop-hint'),
     fileInput: byId('file-input'),
     fileSummary: byId('file-summary'),
     fileList: byId('file-list'),
@@ -1323,6 +1534,7 @@ function cacheElements() {
     providerSelect: byId('provider-select'),
     generateButton: byId('generate-button'),
     generateHint: byId('generate-hint'),
+    formErrors: byId('form-errors'),
     formStatus: byId('form-status'),
     tasksEmpty: byId('tasks-empty'),
     taskFilter: byId('task-filter'),
@@ -1388,6 +1600,7 @@ function init() {
   els.apiKeyInput.value = state.apiKey;
   bindEvents();
   state.listing.pageSize = listingPageSize();
+  renderDropHint();
   renderFiles();
   renderForm();
   renderListing();

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{build_app, new_task, positional_args, settings, start_sim, status_kib};
+use support::{build_app, cpu_seconds, new_task, positional_args, settings, start_sim, status_kib};
 
 const CONCURRENCY: usize = 16;
 
@@ -66,7 +66,8 @@ async fn app(sim: Option<&str>, dir: &std::path::Path) -> darkroom::App {
     build_app(env).await
 }
 
-/// darkroom: `count` queued tasks dispatched by the engine until all are submitted.
+/// darkroom: `count` queued tasks dispatched by the engine's own worker loops (as `serve`
+/// runs them) until all are submitted.
 async fn through_darkroom(sim: &str, count: usize, dir: &std::path::Path) -> Duration {
     let app = app(Some(sim), dir).await;
     let tasks: Vec<NewTask> = (0..count)
@@ -75,20 +76,40 @@ async fn through_darkroom(sim: &str, count: usize, dir: &std::path::Path) -> Dur
     for chunk in tasks.chunks(500) {
         app.state.repo.insert(chunk).await.unwrap();
     }
+    let mut events = app.state.engine.events().subscribe();
+    let shutdown = CancellationToken::new();
     let started = Instant::now();
-    app.state.engine.run_pending().await.unwrap();
+    let workers = tokio::spawn(app.state.engine.clone().run(shutdown.clone()));
+    let mut submitted = 0;
+    while submitted < count {
+        match events.recv().await {
+            Ok(event) if event.state == TaskState::Submitted.as_str() => submitted += 1,
+            Ok(_) => {}
+            // Fell behind the bus: count from the database instead.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                submitted = submitted_count(&app, count).await;
+            }
+            Err(e) => panic!("event bus closed: {e}"),
+        }
+    }
     let took = started.elapsed();
+    shutdown.cancel();
+    workers.await.unwrap();
+    assert_eq!(
+        submitted_count(&app, count).await,
+        count,
+        "every task submitted"
+    );
+    took
+}
+
+async fn submitted_count(app: &darkroom::App, count: usize) -> usize {
     let filter = TaskFilter {
         states: vec![TaskState::Submitted],
         limit: count + 1,
         ..TaskFilter::default()
     };
-    assert_eq!(
-        app.state.repo.list(&filter).await.unwrap().len(),
-        count,
-        "every task submitted"
-    );
-    took
+    app.state.repo.list(&filter).await.unwrap().len()
 }
 
 #[tokio::main]
@@ -126,14 +147,17 @@ async fn main() {
                 ..KieSimConfig::default()
             };
             let sim = format!("http://{}", start_sim(config, &shutdown).await);
+            let cpu_before = cpu_seconds();
             let took = match mode.as_str() {
                 "direct" => direct(&sim, count).await,
                 _ => through_darkroom(&sim, count, dir.path()).await,
             };
+            let cpu = cpu_seconds() - cpu_before;
             println!(
-                "RESULT mode={mode} count={count} seconds={:.3} per_second={:.1} peak_rss_kib={}",
+                "RESULT mode={mode} count={count} seconds={:.3} per_second={:.1} cpu_us_per_task={:.0} peak_rss_kib={}",
                 took.as_secs_f64(),
                 count as f64 / took.as_secs_f64(),
+                cpu * 1e6 / count as f64,
                 status_kib("VmHWM:")
             );
         }

@@ -2,6 +2,8 @@
 # Runs darkroom's whole test suite with every service it needs, on a fresh machine:
 #   - an S3 server (moto, from PyPI, in ./.venv made here) on a free loopback port,
 #     passed to the tests as DARKROOM_TEST_S3_URL;
+#   - prometheus_client (from PyPI, in the same venv), whose parser reads /metrics in the
+#     metrics test, passed as DARKROOM_TEST_PROMETHEUS_PARSER (that venv's python);
 #   - PostgreSQL on 127.0.0.1:5432 (started if it is down), passed as
 #     DARKROOM_TEST_POSTGRES_URL;
 # then `cargo test`, then the page's browser test (Debian's chromium, headless, driven by
@@ -12,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MOTO_VERSION="5.2.5"
+PROMETHEUS_CLIENT_VERSION="0.26.0"
 VENV=".venv"
 SCHEMATHESIS_VERSION="4.32.5"
 # Its own venv: schemathesis and moto pin different versions of shared packages.
@@ -64,6 +67,12 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+# The metrics test parses /metrics with Prometheus' own Python client (its text parser).
+if ! "$VENV/bin/python" -c "import sys, importlib.metadata as m; sys.exit(m.version('prometheus_client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+    log "installing prometheus_client==$PROMETHEUS_CLIENT_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
+fi
+export DARKROOM_TEST_PROMETHEUS_PARSER="$PWD/$VENV/bin/python"
 if [ -z "${DARKROOM_TEST_S3_URL:-}" ]; then
     s3_port=$(free_port)
     "$VENV/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"${TMPDIR:-/tmp}/darkroom-moto-$s3_port.log" 2>&1 &
@@ -98,7 +107,10 @@ cargo test --locked "$@"
 # --- The web page in a real browser -------------------------------------------
 log "browser test: chromium headless via playwright-core (tests/browser)"
 cargo build --locked --bin darkroom
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node page.test.mjs)
+# The binary just built, wherever cargo puts its output (CARGO_TARGET_DIR may move it).
+BINARY="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/darkroom"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error &&
+    DARKROOM_BINARY="$BINARY" node page.test.mjs)
 
 # --- The API against its own OpenAPI document (schemathesis) --------------------
 # Every operation fuzzed from /api/openapi.json (streams excepted: they never end; the
@@ -127,7 +139,7 @@ run_schemathesis() {
     st_data=$(mktemp -d "${TMPDIR:-/tmp}/darkroom-schemathesis-XXXXXX")
     st_log="$st_data.log"
     env "$@" DARKROOM_WORKERS=false DARKROOM_LISTEN="127.0.0.1:$st_port" \
-        DARKROOM_DATA_DIR="$st_data" DARKROOM_LOG=warn target/debug/darkroom serve >"$st_log" 2>&1 &
+        DARKROOM_DATA_DIR="$st_data" DARKROOM_LOG=warn "$BINARY" serve >"$st_log" 2>&1 &
     local pid=$!
     started_pids+=("$pid")
     wait_for_http "http://127.0.0.1:$st_port/healthz" "darkroom (for schemathesis)"

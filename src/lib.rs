@@ -11,11 +11,16 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod log_throttle;
+pub mod migrate_db;
 pub mod net;
+pub mod progress;
 pub mod providers;
+pub mod reindex;
+pub mod retention;
 pub mod spool;
 pub mod status;
 pub mod storage;
+pub mod telemetry;
 pub mod views;
 pub mod webhooks;
 
@@ -79,6 +84,8 @@ pub struct AppState {
     pub auth: Arc<http::auth::Auth>,
     /// What `/readyz` checks (write probes, free space).
     pub readiness: Arc<http::readiness::ReadinessChecks>,
+    /// This instance's metrics (`GET /metrics`); shared with the engine.
+    pub metrics: Arc<telemetry::Metrics>,
     /// Cancelled when the server shuts down: open streams (SSE, WebSocket, long-polls)
     /// end, so graceful shutdown is not held up by them.
     pub streams_closing: CancellationToken,
@@ -148,11 +155,6 @@ impl App {
             postgres,
         } = opened;
         tracing::info!(database = %shown_url, backend = backend.name(), "database ready (migrations applied)");
-        if backend == storage::Backend::Postgres {
-            tracing::warn!(
-                "PostgreSQL backend: run one darkroom instance per database; rate windows, the status board and live events are still per process"
-            );
-        }
         let auth = Arc::new(http::auth::Auth::new(&config, access.clone()).await?);
 
         let mut blobs = BlobStore::from_config(&config, public_url.clone())?;
@@ -239,6 +241,18 @@ impl App {
             shutdown_grace: config.engine.shutdown_grace_secs,
         };
         let events = Arc::new(EventBus::new());
+        let metrics = Arc::new(telemetry::Metrics::new());
+        if !config.metrics.enabled {
+            metrics.stop_recording_requests();
+        }
+        metrics.backends(
+            backend.name(),
+            if config.storage.s3.is_some() {
+                "s3"
+            } else {
+                "local"
+            },
+        );
         // Results are fetched only from DARKROOM_RESULT_HOSTS when it is set; the Gemini
         // provider's fetches of client input URLs are not results and keep the plain rules.
         let result_fetcher = fetcher.clone().with_allowed_hosts(
@@ -269,7 +283,8 @@ impl App {
                 events.clone(),
                 settings,
             )
-            .with_webhooks(webhooks),
+            .with_webhooks(webhooks)
+            .with_metrics(metrics.clone()),
         );
         let default = provider_info
             .iter()
@@ -305,6 +320,7 @@ impl App {
                 access,
                 auth,
                 readiness,
+                metrics,
                 streams_closing: CancellationToken::new(),
             },
             public_url,
@@ -327,11 +343,63 @@ impl App {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let engine = self.state.config.engine.workers.then(|| {
+        // Changes other instances make (PostgreSQL), followed with or without workers.
+        tokio::spawn(self.state.engine.clone().follow_changes(shutdown.clone()));
+        let roles = self.state.config.roles;
+        let workers = self.state.config.runs_workers();
+        let engine = workers.then(|| {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))
         });
-        let router = self.router();
+        // Instances with workers read the providers' credit balances (and hold the floor).
+        let credits = workers.then(|| {
+            let engine = self.state.engine.clone();
+            tokio::spawn(engine.watch_credits(shutdown.clone()))
+        });
+        let sweeps = self
+            .state
+            .config
+            .retention
+            .days
+            .filter(|_| workers)
+            .map(|days| {
+                retention::spawn_sweeps(
+                    self.state.repo.clone(),
+                    self.state.blobs.clone(),
+                    self.state.board.clone(),
+                    days,
+                    self.state.config.retention.interval_secs,
+                    shutdown.clone(),
+                )
+            });
+        self.state.metrics.spawn_upkeep(METRICS_UPKEEP);
+        if let Some(addr) = self
+            .state
+            .config
+            .metrics
+            .listen
+            .filter(|_| self.state.config.metrics.enabled)
+        {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for /metrics (DARKROOM_METRICS_LISTEN)")
+            })?;
+            tracing::info!(address = %addr, "serving /metrics on its own listener");
+            let router = http::metrics_router(self.state.clone());
+            let header_timeout = self.state.config.server.header_timeout_secs;
+            tokio::spawn(serve_http(
+                listener,
+                router,
+                header_timeout,
+                shutdown.clone(),
+            ));
+        }
+        // A workers-only instance answers health, readiness and metrics, and says where the
+        // API is for anything else.
+        let router = if roles.api {
+            self.router()
+        } else {
+            http::workers_router(self.state.clone())
+        };
         let header_timeout = self.state.config.server.header_timeout_secs;
         let streams_closing = self.state.streams_closing.clone();
         let stop_streams = shutdown.clone();
@@ -339,15 +407,24 @@ impl App {
             stop_streams.cancelled().await;
             streams_closing.cancel();
         });
-        tracing::info!(url = %self.public_url, "darkroom is listening");
+        tracing::info!(url = %self.public_url, api = roles.api, workers, "darkroom is listening");
         serve_http(listener, router, header_timeout, shutdown.clone()).await;
         if let Some(engine) = engine {
             let _ = engine.await;
+        }
+        if let Some(sweeps) = sweeps {
+            let _ = sweeps.await;
+        }
+        if let Some(credits) = credits {
+            let _ = credits.await;
         }
         self.sim_shutdown.cancel();
         Ok(())
     }
 }
+
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// How long open connections get to finish their requests after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

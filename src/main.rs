@@ -46,6 +46,17 @@ enum Command {
     GeminiSim(Box<GeminiSimArgs>),
     /// Apply database migrations and exit.
     Migrate,
+    /// Rebuild the database from the bucket's task records (kie-tasks/{taskId}.json) after
+    /// the database was lost: adds the tasks it lacks, never changes a stored one.
+    Reindex(ReindexArgs),
+    /// Delete finished tasks older than the retention period (DARKROOM_RETENTION_DAYS or
+    /// --days) with their results, records and rows, and old uploads no remaining task
+    /// uses; never an unfinished task or what it uses. Prints what went (or would go).
+    Gc(GcArgs),
+    /// Copy a darkroom database into another one, SQLite to PostgreSQL or back: every task,
+    /// batch, key, upload, webhook delivery and secret, in batches, then count both sides.
+    /// Stop darkroom first. Exit code 0 when verified, 4 when the counts disagree.
+    MigrateDb(MigrateDbArgs),
     /// Manage API keys (stored in the database as hashes only).
     Keys {
         #[command(subcommand)]
@@ -103,6 +114,58 @@ impl ServeArgs {
         }
         vars
     }
+}
+
+#[derive(clap::Args)]
+struct ReindexArgs {
+    /// The data directory of the SQLite database and the local bucket [env: DARKROOM_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read this TOML configuration file [env: DARKROOM_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// No progress on stderr, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// Report what would be deleted, and delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete what finished more than DAYS days ago [default: DARKROOM_RETENTION_DAYS].
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    days: Option<u32>,
+    /// The data directory of the SQLite database and the local bucket [env: DARKROOM_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read this TOML configuration file [env: DARKROOM_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct MigrateDbArgs {
+    /// The database to copy from: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE (its
+    /// pending migrations are applied; nothing else in it changes).
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// The database to copy into (created for SQLite; must exist for PostgreSQL). It must
+    /// hold no rows, unless --allow-non-empty.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Copy into a database that already holds rows: add the rows it lacks, change none it
+    /// holds (finishes an interrupted copy).
+    #[arg(long)]
+    allow_non_empty: bool,
+    /// Rows read and written per transaction.
+    #[arg(long, value_name = "ROWS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+    /// No progress on stderr, only the summary.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -233,9 +296,19 @@ struct GeminiSimArgs {
 fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: never in files, pipes or journald.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if log.format == LogFormat::Json {
-        builder.json().init();
+        // One object per line; the span fields (task_id, batch_id, provider_task_id) are in
+        // `span` and `spans`.
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
     } else {
         builder.init();
     }
@@ -281,6 +354,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::KieSim(args) => kie_sim(*args).await?,
         Command::GeminiSim(args) => gemini_sim(*args).await?,
         Command::Migrate => migrate().await?,
+        Command::Reindex(args) => return reindex(&args).await,
+        Command::Gc(args) => return gc(&args).await,
+        Command::MigrateDb(args) => return migrate_db(&args).await,
         Command::Keys { command } => keys(command).await?,
         Command::Generate(args) => return Ok(darkroom::client::generate(*args).await.into()),
         Command::Tasks(args) => return Ok(darkroom::client::tasks(args).await.into()),
@@ -304,6 +380,9 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     for name in Config::unknown_darkroom_vars(&env) {
         tracing::warn!(variable = %name, "unknown DARKROOM_ variable ignored; check its spelling against darkroom.example.toml");
     }
+    // One serving process per SQLite file; held until the process ends.
+    let _serving = darkroom::storage::sqlite_lock::lock_for_serving(&config.database_url())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| {
@@ -331,6 +410,147 @@ async fn migrate() -> anyhow::Result<()> {
     opened.close().await;
     tracing::info!(database = %shown, "migrations applied");
     Ok(())
+}
+
+/// What the offline maintenance commands (`reindex`, `gc`) work on: `serve`'s database and
+/// bucket, from the same configuration (flags win over their variables).
+struct Offline {
+    opened: darkroom::storage::Opened,
+    blobs: darkroom::storage::BlobStore,
+    /// The database URL without its password.
+    shown: String,
+    config: Config,
+}
+
+async fn open_offline(
+    data_dir: Option<&PathBuf>,
+    file: Option<&PathBuf>,
+) -> anyhow::Result<Offline> {
+    let flags = ServeArgs {
+        port: None,
+        listen: None,
+        data_dir: data_dir.cloned(),
+        config: file.cloned(),
+    };
+    let config = Config::load_with(&flags.as_variables()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_tracing(&config.log);
+    if config.database.url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let url = config.database_url();
+    let shown = darkroom::storage::redact_url(&url);
+    let opened = darkroom::storage::open(&url, 2, darkroom::storage::Durability::Normal)
+        .await
+        .with_context(|| format!("cannot open the database {shown}"))?;
+    // The bucket's URLs are not built here: records carry theirs, and only keys are read.
+    let base = url::Url::parse(&format!("http://{}", config.server.listen))?;
+    let blobs = darkroom::storage::BlobStore::from_config(&config, base)
+        .context("cannot open the bucket")?;
+    Ok(Offline {
+        opened,
+        blobs,
+        shown,
+        config,
+    })
+}
+
+async fn reindex(args: &ReindexArgs) -> anyhow::Result<ExitCode> {
+    let Offline {
+        opened,
+        blobs,
+        shown,
+        ..
+    } = open_offline(args.data_dir.as_ref(), args.config.as_ref()).await?;
+    println!("reindexing {} into {shown}", blobs.describe());
+    let done = darkroom::reindex::reindex(&blobs, opened.repo.as_ref(), !args.quiet).await;
+    opened.close().await;
+    let summary = done?;
+    print!("{}", summary.report());
+    Ok(if summary.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
+
+async fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
+    let Offline {
+        opened,
+        blobs,
+        shown,
+        config,
+    } = open_offline(args.data_dir.as_ref(), args.config.as_ref()).await?;
+    let Some(days) = args.days.or(config.retention.days) else {
+        opened.close().await;
+        anyhow::bail!(
+            "no retention period: set DARKROOM_RETENTION_DAYS (or days in [retention]) or pass --days"
+        );
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let options = darkroom::retention::SweepOptions::days(days, now, args.dry_run);
+    let what = if args.dry_run {
+        "dry run, nothing is deleted"
+    } else {
+        "deleting"
+    };
+    println!(
+        "gc ({what}): tasks finished more than {days} days ago, in {shown} and {}",
+        blobs.describe()
+    );
+    let done = darkroom::retention::sweep(&blobs, opened.repo.as_ref(), &options, None).await;
+    opened.close().await;
+    let report = done?;
+    print!("{}", report.text());
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
+
+async fn migrate_db(args: &MigrateDbArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(&LogConfig::default());
+    darkroom::migrate_db::check_urls(&args.from, &args.to).map_err(anyhow::Error::msg)?;
+    let durability = darkroom::storage::Durability::Normal;
+    let (from, to) = (
+        darkroom::storage::redact_url(&args.from),
+        darkroom::storage::redact_url(&args.to),
+    );
+    let source = darkroom::storage::open(&args.from, 2, durability)
+        .await
+        .with_context(|| format!("cannot open the source database {from}"))?;
+    let target = match darkroom::storage::open(&args.to, 2, durability).await {
+        Ok(target) => target,
+        Err(e) => {
+            source.close().await;
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot open the target database {to}"))
+            );
+        }
+    };
+    println!(
+        "copying {from} ({}) into {to} ({}), {} rows a transaction",
+        source.backend.name(),
+        target.backend.name(),
+        args.batch_size
+    );
+    let options = darkroom::migrate_db::Options {
+        batch_size: args.batch_size as usize,
+        allow_non_empty: args.allow_non_empty,
+        show_progress: !args.quiet,
+    };
+    let done =
+        darkroom::migrate_db::migrate_db(source.repo.as_ref(), target.repo.as_ref(), &options)
+            .await;
+    source.close().await;
+    target.close().await;
+    let report = done?;
+    print!("{}", report.text());
+    Ok(if report.verified() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {

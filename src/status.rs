@@ -20,6 +20,8 @@ pub struct StatusEntry {
     pub queued_for: Option<String>,
     /// Whether the answer already says why the task waits, with a time still ahead.
     pub waiting_until: Option<i64>,
+    /// The row's `updated_at` the answer was made from.
+    pub updated_at: i64,
 }
 
 /// Ready-made status answers by darkroom id, and darkroom ids by provider id. Updated on
@@ -44,6 +46,7 @@ impl StatusBoard {
             body: compat_status(task),
             queued_for: (task.state == TaskState::Queued).then(|| task.provider.clone()),
             waiting_until: waiting(task).map(|_| task.run_at),
+            updated_at: task.updated_at,
         };
         self.by_id.insert(task.id.clone(), entry.clone());
         if let Some(pid) = &task.provider_task_id {
@@ -53,9 +56,42 @@ impl StatusBoard {
         entry
     }
 
+    /// Keeps `task`'s answer ready unless the one kept was made from a newer row: for rows
+    /// read after another instance's change, which a change made here may have overtaken.
+    pub fn update_unless_newer(&self, task: &Task) {
+        if self
+            .by_id
+            .get(&task.id)
+            .is_some_and(|kept| kept.updated_at > task.updated_at)
+        {
+            return;
+        }
+        self.update(task);
+    }
+
+    /// Drops a task's answer: the next poll reads the database.
+    pub fn drop_answer(&self, id: &TaskId) {
+        self.by_id.remove(id);
+    }
+
+    /// Drops every answer (changes made elsewhere may have been missed).
+    pub fn clear(&self) {
+        self.by_id.clear();
+    }
+
     /// The cached answer with its owner; callers check the owner before answering.
     pub fn get(&self, id: &TaskId) -> Option<StatusEntry> {
         self.by_id.get(id)
+    }
+
+    /// Drops a deleted task's answer: the next poll asks the database, which knows no such
+    /// task.
+    pub fn forget(&self, id: &TaskId, provider: &str, provider_task_id: Option<&str>) {
+        self.by_id.remove(id);
+        if let Some(pid) = provider_task_id {
+            self.by_provider_id
+                .remove(&(provider.to_owned(), pid.to_owned()));
+        }
     }
 
     pub fn id_for_provider_id(&self, provider: &str, provider_task_id: &str) -> Option<TaskId> {

@@ -66,3 +66,22 @@ pub fn new_task(created_at: i64) -> NewTask {
         ..darkroom::storage::contract::new_task(None, 0, created_at)
     }
 }
+
+/// CPU time (user + system) this process has used so far, in seconds, from
+/// `/proc/self/stat` (clock ticks of 1/100 s); 0 when unreadable.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    ticks as f64 / 100.0
+}

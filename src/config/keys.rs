@@ -13,7 +13,7 @@ use std::fmt;
 use super::Config;
 use std::time::Duration;
 
-use super::types::{Millis, Raw, Secret, Secs, Setting};
+use super::types::{Hours, Millis, Raw, Secret, Secs, Setting};
 
 /// A check of a key's parsed value; the problem, for a message naming the key.
 type Check = fn(&Config) -> Result<(), String>;
@@ -50,7 +50,7 @@ pub(super) fn key(path: &str) -> &'static Key {
         .unwrap_or_else(|| panic!("no configuration key {path}"))
 }
 
-/// `key!("toml.path", ["ENV", "ALIAS"], default, field.path [as Secs|Millis] [, check fn]; "doc")`.
+/// `key!("toml.path", ["ENV", "ALIAS"], default, field.path [as Secs|Millis|Hours] [, check fn]; "doc")`.
 macro_rules! key {
     // A duration key: the field is a `Duration`, written in the unit `$unit` names.
     ($path:literal, [$($env:literal),+], $default:expr, $($field:ident).+ as $unit:ty $(, $check:path)?; $doc:literal) => {
@@ -123,6 +123,8 @@ pub static KEYS: &[Key] = &[
         "Where the SQLite database and the local bucket live."),
     key!("default_provider", ["DARKROOM_DEFAULT_PROVIDER"], Some("kie"), default_provider;
         "The provider of requests and sources that name none: kie or gemini."),
+    key!("roles", ["DARKROOM_ROLES"], Some("api,workers"), roles;
+        "What this instance does: api (the API, the page, callbacks, files), workers (the queue), or both."),
     Key {
         path: "server.listen",
         env: &["DARKROOM_LISTEN", "PORT"],
@@ -142,6 +144,8 @@ pub static KEYS: &[Key] = &[
         "A request body gets this many seconds, plus one per body_min_rate_bytes received."),
     key!("server.body_min_rate_bytes", ["DARKROOM_BODY_MIN_RATE_BYTES"], Some("1024"), server.body_min_rate_bytes, positive;
         "Bytes of body that earn one more second."),
+    key!("server.idempotency_ttl_hours", ["DARKROOM_IDEMPOTENCY_TTL_HOURS"], Some("24"), server.idempotency_ttl as Hours, nonzero;
+        "How long an Idempotency-Key and its answer are kept, hours (fractions allowed)."),
     key!("server.cors_origins", ["DARKROOM_CORS_ORIGINS"], Some(""), server.cors_origins;
         "Browser origins allowed to call the API; empty: no CORS headers."),
 
@@ -183,6 +187,10 @@ pub static KEYS: &[Key] = &[
         "Tasks being created or waiting at KIE at once; 0: no cap."),
     key!("kie.credits_pause_secs", ["DARKROOM_KIE_CREDITS_PAUSE_SECS"], Some("300"), kie.credits_pause_secs as Secs;
         "How long a 402 pauses submission, seconds."),
+    key!("kie.credit_floor", ["DARKROOM_KIE_CREDIT_FLOOR"], Some("0"), kie.credit_floor;
+        "Pause KIE submission while its credit balance is below this; 0: off."),
+    key!("kie.credit_check_secs", ["DARKROOM_KIE_CREDIT_CHECK_SECS"], Some("300"), kie.credit_check_secs as Secs, nonzero;
+        "How often KIE's credit balance is read, seconds."),
     key!("kie.verify_callbacks", ["DARKROOM_KIE_VERIFY_CALLBACKS"], Some("true"), kie.verify_callbacks;
         "Take a callback's outcome from recordInfo, not from its unsigned body."),
     key!("kie.request_timeout_secs", ["DARKROOM_KIE_TIMEOUT_SECS"], Some("30"), kie.request_timeout_secs as Secs;
@@ -252,7 +260,7 @@ pub static KEYS: &[Key] = &[
         "Remove EXIF, XMP, IPTC, comments and text chunks from stored uploads."),
 
     key!("engine.workers", ["DARKROOM_WORKERS"], Some("true"), engine.workers;
-        "Run the background workers in this instance."),
+        "Run the background workers in this instance (false is the same as DARKROOM_ROLES=api)."),
     key!("engine.dispatch_concurrency", ["DARKROOM_DISPATCH_CONCURRENCY"], Some("8"), engine.dispatch_concurrency, positive;
         "Concurrent create calls, and concurrent status queries."),
     key!("engine.ingest_concurrency", ["DARKROOM_INGEST_CONCURRENCY"], Some("8"), engine.ingest_concurrency, positive;
@@ -299,6 +307,8 @@ pub static KEYS: &[Key] = &[
         "The burst above that rate."),
     key!("auth.max_pending_tasks", ["DARKROOM_KEY_MAX_PENDING_TASKS"], Some("1000"), auth.max_pending_tasks, positive;
         "Unfinished tasks one key may have."),
+    key!("auth.admin_keys", ["DARKROOM_ADMIN_KEYS"], Some(""), auth.admin_keys, key_names;
+        "Names of API keys that see every key's statistics."),
 
     key!("webhook.secret", ["DARKROOM_WEBHOOK_SECRET"], None, webhook.secret, whsec;
         "whsec_ secret signing webhooks of tasks without an owner; default generated."),
@@ -314,6 +324,18 @@ pub static KEYS: &[Key] = &[
         "A tracing filter (RUST_LOG overrides)."),
     key!("log.format", ["DARKROOM_LOG_FORMAT"], Some("text"), log.format;
         "text or json."),
+
+    key!("metrics.enabled", ["DARKROOM_METRICS"], Some("true"), metrics.enabled;
+        "Serve /metrics and record every HTTP request in it; false only to measure their cost."),
+    key!("metrics.token", ["DARKROOM_METRICS_TOKEN"], None, metrics.token, not_blank;
+        "When set, GET /metrics needs Authorization: Bearer <token>."),
+    key!("metrics.listen", ["DARKROOM_METRICS_LISTEN"], None, metrics.listen;
+        "When set, /metrics is served on this address only (not on the main listener)."),
+
+    key!("retention.days", ["DARKROOM_RETENTION_DAYS"], None, retention.days, some_positive;
+        "Finished tasks older than this many days are deleted with their objects; unset: never."),
+    key!("retention.interval_secs", ["DARKROOM_RETENTION_INTERVAL_SECS"], Some("3600"), retention.interval_secs as Secs, nonzero;
+        "How often serve runs the retention sweep, seconds."),
 ];
 
 // Checks a key can name. Each returns the problem; the caller names the key.
@@ -343,6 +365,10 @@ fn positive<T: Number>(v: &T) -> Result<(), String> {
         return Err("must be greater than 0".to_owned());
     }
     Ok(())
+}
+
+fn some_positive<T: Number>(v: &Option<T>) -> Result<(), String> {
+    v.as_ref().map_or(Ok(()), positive)
 }
 
 fn rate<T: Number>(v: &T) -> Result<(), String> {
@@ -417,6 +443,15 @@ fn model_name(model: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn key_names(names: &[String]) -> Result<(), String> {
+    match names.iter().find(|n| !super::is_key_name(n)) {
+        Some(bad) => Err(format!(
+            "lists {bad:?}, not a key's name (1-64 letters, digits, '-', '_' or '.')"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn api_keys(entries: &[Secret]) -> Result<(), String> {
-    super::api_key_pairs(entries).map(|_| ())
+    super::api_keys::api_key_pairs(entries).map(|_| ())
 }

@@ -3,6 +3,7 @@
 //! start. Every key is declared once, in [`keys::KEYS`]; `darkroom.example.toml`
 //! documents each. Values are parsed into their types ([`types`]) at load.
 
+mod api_keys;
 mod env;
 mod file;
 pub mod keys;
@@ -17,10 +18,11 @@ use url::Url;
 
 use crate::domain::image::ImageLimits;
 use crate::domain::request::ProviderName;
+pub use api_keys::is_key_name;
 pub use keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, Key};
 use types::Raw;
 pub use types::{
-    ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin, Secret,
+    ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin, Roles, Secret,
     Synchronous, UrlMode,
 };
 
@@ -48,6 +50,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The provider a generation request gets when it names none.
     pub default_provider: ProviderName,
+    /// What this instance does: the API, the workers, or both.
+    pub roles: Roles,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
@@ -61,6 +65,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub health: HealthConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +82,8 @@ pub struct ServerConfig {
     /// received: a client trickling its body is cut off with 408.
     pub body_timeout_secs: Duration,
     pub body_min_rate_bytes: u64,
+    /// How long an `Idempotency-Key` and its answer are kept for replay.
+    pub idempotency_ttl: Duration,
     /// Origins allowed to call the API from a browser. Empty: no CORS headers, so only
     /// same-origin pages can read answers.
     pub cors_origins: Vec<Origin>,
@@ -90,6 +98,7 @@ impl Default for ServerConfig {
             header_timeout_secs: Duration::ZERO,
             body_timeout_secs: Duration::ZERO,
             body_min_rate_bytes: 0,
+            idempotency_ttl: Duration::ZERO,
             cors_origins: Vec::new(),
         }
     }
@@ -163,6 +172,10 @@ pub struct KieConfig {
     pub max_in_flight: usize,
     /// How long a 402 (insufficient credits) pauses submission, seconds.
     pub credits_pause_secs: Duration,
+    /// Submission pauses while KIE's credit balance is below this; 0 turns the floor off.
+    pub credit_floor: u64,
+    /// How often workers read KIE's credit balance (also read at once after a 402).
+    pub credit_check_secs: Duration,
     pub request_timeout_secs: Duration,
     /// KIE's webhook HMAC key (set in KIE's console). When set, callbacks must carry a valid
     /// `X-Webhook-Timestamp` / `X-Webhook-Signature`.
@@ -182,6 +195,8 @@ impl Default for KieConfig {
             queries_per_second: 0,
             max_in_flight: 0,
             credits_pause_secs: Duration::ZERO,
+            credit_floor: 0,
+            credit_check_secs: Duration::ZERO,
             request_timeout_secs: Duration::ZERO,
             webhook_hmac_key: None,
         }
@@ -321,6 +336,9 @@ pub struct AuthConfig {
     pub rate_burst: u32,
     /// Unfinished tasks (queued or in flight) one key may have; more is a 429.
     pub max_pending_tasks: u64,
+    /// Names of keys that are administrators: `GET /api/stats` shows them every key's
+    /// tasks, with a row per key. Other keys see their own.
+    pub admin_keys: Vec<String>,
 }
 
 /// Outbound webhooks (Standard Webhooks): the signing secret and the retry pace.
@@ -340,6 +358,26 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// `GET /metrics`: who may read it, and where.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and record every request; off only to measure what they cost.
+    pub enabled: bool,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+    /// When set, `/metrics` is served on this address only, not on the main listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Retention: `darkroom gc` and `serve`'s background sweep.
+#[derive(Clone, Debug, Default)]
+pub struct RetentionConfig {
+    /// Finished tasks older than this many days go, with their objects; `None`: never.
+    pub days: Option<u32>,
+    /// How often `serve` sweeps when `days` is set.
+    pub interval_secs: Duration,
+}
+
 fn blank_url() -> Url {
     Url::parse("http://unset.invalid").expect("static URL")
 }
@@ -350,6 +388,7 @@ impl Default for Config {
         let mut config = Config {
             data_dir: PathBuf::new(),
             default_provider: ProviderName::Kie,
+            roles: Roles::default(),
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
@@ -363,6 +402,8 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             health: HealthConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
         };
         for key in KEYS {
             if let Some(default) = key.default {
@@ -492,6 +533,12 @@ impl Config {
         self.gemini.api_key.is_none()
     }
 
+    /// Whether this instance runs the workers: the `workers` role, and not switched off
+    /// by `DARKROOM_WORKERS=false`.
+    pub fn runs_workers(&self) -> bool {
+        self.roles.workers && self.engine.workers
+    }
+
     pub fn database_url(&self) -> String {
         self.database
             .url
@@ -506,13 +553,6 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("bucket"))
     }
 
-    /// The `name:key` pairs of `auth.api_keys`, checked: names are 1–64 letters, digits,
-    /// `-`, `_` or `.`, unique; keys are at least 16 characters.
-    pub fn configured_api_keys(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
-        api_key_pairs(&self.auth.api_keys)
-            .map_err(|p| invalid(&keys::key("auth.api_keys").label(), p))
-    }
-
     pub fn fetch_timeouts(&self) -> (Duration, Duration) {
         (self.fetch.connect_timeout_secs, self.fetch.timeout_secs)
     }
@@ -524,39 +564,6 @@ impl Config {
             max_pixels: self.limits.max_image_pixels,
         }
     }
-}
-
-/// Splits `name:key` entries; the key itself never reaches a message.
-fn api_key_pairs(entries: &[Secret]) -> Result<Vec<(String, Secret)>, String> {
-    let mut pairs: Vec<(String, Secret)> = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let Some((name, key)) = entry.expose().split_once(':') else {
-            return Err(format!("entry {} must be name:key", i + 1));
-        };
-        let name = name.trim();
-        if !is_key_name(name) {
-            return Err(format!(
-                "entry {}: the name must be 1-64 letters, digits, '-', '_' or '.'",
-                i + 1
-            ));
-        }
-        if key.trim().len() < 16 {
-            return Err(format!("the key of {name:?} is shorter than 16 characters"));
-        }
-        if pairs.iter().any(|(n, _)| n == name) {
-            return Err(format!("the name {name:?} appears twice"));
-        }
-        pairs.push((name.to_owned(), Secret::new(key.trim())));
-    }
-    Ok(pairs)
-}
-
-/// An API key's name: what tasks record as their owner.
-pub fn is_key_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ fn invalid_values_name_the_key() {
         ("DARKROOM_SIM_FAIL_RATE", "2"),
         ("DARKROOM_TRUSTED_FETCH_HOSTS", "localhost"),
         ("DARKROOM_MAX_UPLOAD_BYTES", "0"),
+        ("DARKROOM_ROLES", "api,cron"),
+        ("DARKROOM_ROLES", ","),
     ] {
         let err = Config::from_env(&env(&[(key, value)]))
             .unwrap_err()
@@ -199,6 +201,7 @@ fn every_documented_variable_is_read() {
         "KIE_API_TOKEN",
         "KIE_WEBHOOK_HMAC_KEY",
         "GEMINI_API_KEY",
+        "DARKROOM_METRICS_TOKEN",
     ];
     for var in KEYS.iter().flat_map(|k| k.env.iter()) {
         if free_text.contains(var) {
@@ -252,6 +255,7 @@ fn a_key_in_the_table_is_read_from_toml_and_env_alike() {
         ("default_provider", "\"gemini\"", "gemini"),
         ("log.format", "\"json\"", "json"),
         ("engine.workers", "false", "false"),
+        ("roles", "[\"workers\"]", "workers"),
         (
             "kie.base_url",
             "\"http://127.0.0.1:9090\"",
@@ -361,4 +365,61 @@ fn the_example_file_parses_and_documents_every_key() {
             );
         }
     }
+}
+
+#[test]
+fn hours_take_fractions_and_refuse_nonsense() {
+    use super::types::{Hours, Setting};
+    assert_eq!(Hours::parse("24").unwrap().0, Duration::from_secs(86_400));
+    assert_eq!(Hours::parse("0.5").unwrap().0, Duration::from_secs(1_800));
+    for bad in ["-1", "abc", "NaN", "inf", "100000"] {
+        assert!(Hours::parse(bad).is_err(), "{bad}");
+    }
+    let e = Config::from_env(&env(&[("DARKROOM_IDEMPOTENCY_TTL_HOURS", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DARKROOM_IDEMPOTENCY_TTL_HOURS"), "{e}");
+    let config = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(config.server.idempotency_ttl, Duration::from_secs(86_400));
+}
+
+#[test]
+fn retention_is_off_unless_a_number_of_days_is_given() {
+    let config = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(config.retention.days, None);
+    assert_eq!(config.retention.interval_secs, Duration::from_secs(3_600));
+    let config = Config::from_env(&env(&[
+        ("DARKROOM_RETENTION_DAYS", "30"),
+        ("DARKROOM_RETENTION_INTERVAL_SECS", "60"),
+    ]))
+    .unwrap();
+    assert_eq!(config.retention.days, Some(30));
+    assert_eq!(config.retention.interval_secs, Duration::from_secs(60));
+    for (var, bad) in [
+        ("DARKROOM_RETENTION_DAYS", "0"),
+        ("DARKROOM_RETENTION_DAYS", "-1"),
+        ("DARKROOM_RETENTION_DAYS", "a month"),
+        ("DARKROOM_RETENTION_INTERVAL_SECS", "0"),
+    ] {
+        let e = Config::from_env(&env(&[(var, bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(var), "{var}={bad}: {e}");
+    }
+}
+
+#[test]
+fn roles_decide_whether_workers_run() {
+    let roles = |raw: &str| Config::from_env(&env(&[("DARKROOM_ROLES", raw)])).unwrap();
+    assert!(Config::default().runs_workers() && Config::default().roles.api);
+    let api = roles("api");
+    assert!(api.roles.api && !api.runs_workers());
+    let workers = roles(" Workers ");
+    assert!(!workers.roles.api && workers.runs_workers());
+    assert_eq!(roles("workers,api").roles, super::Roles::default());
+    let off = Config::from_env(&env(&[("DARKROOM_WORKERS", "false")])).unwrap();
+    assert!(
+        !off.runs_workers(),
+        "DARKROOM_WORKERS=false still turns the workers off"
+    );
 }

@@ -225,6 +225,55 @@ choice!(
     "= {:?} must be text or json"
 );
 
+/// What an instance does (`DARKROOM_ROLES`): serve the API, run the workers, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// Serves the API, the page, callbacks and files.
+    pub api: bool,
+    /// Runs the queue: dispatch, polling, ingest, webhooks, retention sweeps.
+    pub workers: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self {
+            api: true,
+            workers: true,
+        }
+    }
+}
+
+impl Setting for Roles {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut roles = Self {
+            api: false,
+            workers: false,
+        };
+        for word in raw.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word.to_ascii_lowercase().as_str() {
+                "api" => roles.api = true,
+                "workers" => roles.workers = true,
+                _ => return Err(format!("= {raw:?}: {word:?} is not a role (api, workers)")),
+            }
+        }
+        if !roles.api && !roles.workers {
+            return Err(format!("= {raw:?} names no role: api, workers, or both"));
+        }
+        Ok(roles)
+    }
+
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Array(items) => {
+                let words: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+                let words = words.ok_or_else(|| format!("= {value} must list role names"))?;
+                Self::parse(&words.join(","))
+            }
+            other => Self::parse(other.as_str().unwrap_or_default()),
+        }
+    }
+}
+
 /// A duration written in whole seconds (the `*_secs` keys).
 #[derive(Clone, Copy, Debug)]
 pub struct Secs(pub Duration);
@@ -232,6 +281,23 @@ pub struct Secs(pub Duration);
 impl Setting for Secs {
     fn parse(raw: &str) -> Result<Self, String> {
         u64::parse(raw).map(|n| Self(Duration::from_secs(n)))
+    }
+}
+
+/// A duration written in hours, fractions allowed (the `*_hours` keys): `24`, `0.5`.
+#[derive(Clone, Copy, Debug)]
+pub struct Hours(pub Duration);
+
+impl Setting for Hours {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let hours = f64::parse(raw)?;
+        // Up to ten years: beyond that is a typo, not a policy.
+        if !(0.0..=87_600.0).contains(&hours) {
+            return Err(format!(
+                "= {raw:?} must be a number of hours from 0 to 87600"
+            ));
+        }
+        Ok(Self(Duration::from_secs_f64(hours * 3600.0)))
     }
 }
 

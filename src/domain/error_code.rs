@@ -1,5 +1,5 @@
 //! Every stable error code an API answer can carry, with its HTTP status and what it means:
-//! one catalogue, so no handler spells a code by hand, and the README and the OpenAPI
+//! one catalogue, so no handler spells a code by hand, and docs/API.md and the OpenAPI
 //! document list exactly these. Codes on a task (`error.code` of a failed task) are not
 //! here: they describe how a task ended, not why a request was refused.
 
@@ -59,6 +59,7 @@ catalogue! {
     InvalidCursor = "invalid_cursor", 400, "`before` is not a cursor this server issued";
     InvalidState = "invalid_state", 400, "`state` is not a task state";
     InvalidTimeout = "invalid_timeout", 400, "`timeout` is not a number of seconds in range";
+    InvalidWindow = "invalid_window", 400, "`window` is not 1h, 24h, 7d or 30d";
     TooManyIds = "too_many_ids", 400, "more ids than one request may name";
     TaskIdRequired = "task_id_required", 400, "the request names no task id";
     UnsupportedField = "unsupported_field", 400, "a field this route does not accept";
@@ -95,10 +96,17 @@ catalogue! {
     FileNotFound = "file_not_found", 404, "no such object, or the URL's signature is wrong";
     AssetNotFound = "asset_not_found", 404, "no such asset of the page";
     RouteNotFound = "route_not_found", 404, "no such route";
+    NotAnApiInstance = "not_an_api_instance", 503, "this instance runs the workers only (`DARKROOM_ROLES=workers`): send API requests to an instance with the `api` role";
     MethodNotAllowed = "method_not_allowed", 405, "the route does not take this method (the Allow header lists those it takes)";
     TaskStateConflict = "task_state_conflict", 409, "the task's state does not allow this (cancel a finished task, retry a running one)";
+    TaskNotFinished = "task_not_finished", 409, "the task is not final: cancel it or wait for it to finish before deleting it";
+    TaskInUse = "task_in_use", 409, "a result of the task is an input of an unfinished task (the message names it); delete the task once that one is final";
     BatchNotFinished = "batch_not_finished", 409, "the batch has unfinished tasks (the message counts them); ask again with `?wait=true` to wait";
     TaskMismatch = "task_mismatch", 409, "the callback names another provider task than the one this task has";
+    // Idempotency-Key (on /api/generate, /api/batches and /api/upload).
+    InvalidIdempotencyKey = "invalid_idempotency_key", 400, "the Idempotency-Key header is not 1–255 printable ASCII characters";
+    IdempotencyKeyInFlight = "idempotency_key_in_flight", 409, "a request with this Idempotency-Key is still being processed; retry after it ends";
+    IdempotencyKeyReused = "idempotency_key_reused", 422, "this Idempotency-Key was already used with a different request (method, path or body) while it is kept";
     // Callbacks.
     InvalidCallback = "invalid_callback", 400, "the callback body is not the provider's envelope";
     InvalidCallbackToken = "invalid_callback_token", 401, "the callback's per-task token is missing or wrong";
@@ -107,6 +115,7 @@ catalogue! {
     ApiKeyRequired = "api_key_required", 401, "API keys are on and the request carries none";
     InvalidApiKey = "invalid_api_key", 401, "the API key is unknown or revoked";
     ApiKeysDisabled = "api_keys_disabled", 404, "this route needs API keys, which are off";
+    InvalidMetricsToken = "invalid_metrics_token", 401, "`DARKROOM_METRICS_TOKEN` is set and the request to /metrics does not carry it as a bearer token";
     RateLimited = "rate_limited", 429, "too many requests; wait as Retry-After says";
     TooManyPendingTasks = "too_many_pending_tasks", 429, "the key has as many unfinished tasks as it may";
     // Live streams (WebSocket messages).

@@ -14,6 +14,9 @@ pub enum ImageKind {
 }
 
 impl ImageKind {
+    /// Every kind, in the order `/api/info` lists their content types.
+    pub const ALL: [Self; 3] = [Self::Png, Self::Jpeg, Self::Webp];
+
     /// Magic bytes only; `inspect` also checks the header decodes.
     pub fn sniff(bytes: &[u8]) -> Option<Self> {
         if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {

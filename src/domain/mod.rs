@@ -8,6 +8,7 @@ pub mod job_code;
 pub mod request;
 pub mod sanitize;
 pub mod size;
+pub mod stats;
 pub mod task;
 pub mod task_row;
 pub mod time;

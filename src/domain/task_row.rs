@@ -70,3 +70,45 @@ pub struct NewTask {
     /// A delivery row is written with the task when set.
     pub webhook_url: Option<String>,
 }
+
+impl NewTask {
+    /// The row its insert makes: queued, due at once, nothing tried yet.
+    pub fn as_queued(&self) -> Task {
+        Task {
+            id: self.id.clone(),
+            state: TaskState::Queued,
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            source: self.source.clone(),
+            image_url: self.image_url.clone(),
+            input_urls: self.input_urls.clone(),
+            aspect_ratio: self.aspect_ratio.clone(),
+            output_format: self.output_format.clone(),
+            priority: self.priority,
+            batch_id: self.batch_id.clone(),
+            owner: self.owner.clone(),
+            attempts: 0,
+            run_at: self.created_at,
+            lease_owner: None,
+            lease_until: None,
+            provider_task_id: None,
+            callback_token_hash: self.callback_token_hash.clone(),
+            callback_at: None,
+            result_source_urls: Vec::new(),
+            result_keys: Vec::new(),
+            result_urls: Vec::new(),
+            credits: None,
+            cost_time_ms: None,
+            error_code: None,
+            error_message: None,
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            submitted_at: None,
+            completed_at: None,
+            retry_of: self.retry_of.clone(),
+            webhook_url: self.webhook_url.clone(),
+            missing_answers: 0,
+        }
+    }
+}

@@ -11,7 +11,7 @@ use super::{Engine, Registered, after, new_callback_token, now_ms};
 use crate::domain::{Event, JobCode, TaskState};
 use crate::providers::inputs::InputError;
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
-use crate::storage::{RepoError, Task, TaskUpdate};
+use crate::storage::{LimitedClaimRequest, RepoError, Task, TaskUpdate};
 
 /// How long an accepted create's answer is held while storage refuses to record it.
 const RECORD_ACCEPTED_FOR: Duration = Duration::from_secs(60);
@@ -88,6 +88,10 @@ impl Engine {
         };
         let started = std::time::Instant::now();
         let outcome = provider.submit(&request).await;
+        if !matches!(outcome, Err(ProviderError::Input(_))) {
+            let class = super::observe::answer_class(outcome.as_ref().map(|_| ()));
+            self.observe_provider_call(provider.name(), "create", class, started.elapsed());
+        }
         tracing::info!(
             task_id = %task.id,
             provider = provider.name(),
@@ -139,6 +143,8 @@ impl Engine {
     /// retried with backoff for up to `RECORD_ACCEPTED_FOR`. Giving up leaves the task to the
     /// unconfirmed-create path, with the provider's id in the log for the operator.
     async fn accepted(&self, task: &Task, provider_task_id: String) -> Result<Outcome, RepoError> {
+        // From here on the job's log lines name the provider's id too.
+        tracing::Span::current().record("provider_task_id", provider_task_id.as_str());
         let started = std::time::Instant::now();
         let mut failed = 0;
         loop {
@@ -212,11 +218,25 @@ impl Engine {
         // A 429 or a 402 is about the account, not this task: the whole provider (this task's
         // provider, not the others) pauses and the task waits its turn again without spending
         // an attempt.
-        let gate = self.providers.get(&task.provider).map(|p| p.gate());
-        if let Some((gate, (pause, code))) =
-            gate.and_then(|gate| Some((gate, self.account_problem(gate, &error)?)))
-        {
-            gate.pause(pause, code, &error.to_string());
+        let registered = self.providers.get(&task.provider);
+        if let Some((registered, (pause, code))) = registered.and_then(|registered| {
+            Some((registered, self.account_problem(registered.gate(), &error)?))
+        }) {
+            let gate = registered.gate();
+            if let Some(shared) = gate.pause(pause, code, &error.to_string()) {
+                self.metrics.provider_paused(&task.provider, code);
+                // Every instance (and this one after a restart) holds off too.
+                if let Err(e) = self.repo.pause_provider(&task.provider, &shared).await {
+                    tracing::warn!(provider = %task.provider, error = %e, "the pause could not be written to the database: it holds on this instance only");
+                }
+                // Out of credits: the balance is read at once (for the log, the gauge and
+                // `/readyz`; below the floor, the floor pause holds until a top-up is seen).
+                if code == "402"
+                    && let Some(balance) = self.read_credits_of(registered).await
+                {
+                    tracing::warn!(provider = %task.provider, balance, "credit balance after a 402");
+                }
+            }
             let message = match code {
                 "402" => format!(
                     "the provider reports insufficient credits; submission is paused for {} s: {error}",
@@ -255,6 +275,9 @@ impl Engine {
                 Outcome::GiveUp(Reason::free(input.code.clone(), input.message.clone()))
             }
             ProviderError::Ambiguous(_) => {
+                self.metrics
+                    .provider_counter(crate::telemetry::names::UNCONFIRMED_CREATES, &task.provider)
+                    .increment(1);
                 let reason = Reason::spent(JobCode::SubmitAmbiguous, error.to_string());
                 return self.wait_for_callback(task, reason).await;
             }
@@ -298,9 +321,10 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
-    /// How many queued tasks of `provider` may be claimed now: free call slots, within the
-    /// provider's limits, and only the one probe while it cannot be reached. Create slots
-    /// are reserved here.
+    /// How many queued tasks of `provider` may be claimed now, before its shared limits:
+    /// free call slots, none while it is paused, and only the one probe while it cannot be
+    /// reached. A provider without limits has its shared pause read here (at most every
+    /// half second); a limited claim reads it in its transaction.
     pub(super) async fn dispatch_room(
         &self,
         provider: &Registered,
@@ -310,29 +334,54 @@ impl Engine {
             return Ok(0);
         }
         let gate = provider.gate();
+        let now = now_ms();
+        if gate.create_limits().is_unlimited() && gate.pause_read_due(now) {
+            let shared = self.repo.provider_pause(provider.name(), now).await?;
+            gate.adopt_pause(now, shared);
+        }
         if gate.paused().is_some() {
             return Ok(0);
         }
-        let probe = match gate.circuit.admit() {
-            Admission::Closed => false,
-            Admission::Probe => true,
-            Admission::Wait(_) => return Ok(0),
-        };
-        let mut room = if probe { 1 } else { free_slots };
-        if gate.max_in_flight > 0 {
-            let in_flight = self.repo.count_in_flight(provider.name()).await;
-            let in_flight = in_flight.inspect_err(|_| {
-                if probe {
-                    gate.circuit.return_probe();
-                }
-            })?;
-            room = room.min(gate.max_in_flight.saturating_sub(in_flight));
+        Ok(match gate.circuit.admit() {
+            Admission::Closed => free_slots,
+            Admission::Probe => 1,
+            Admission::Wait(_) => 0,
+        })
+    }
+
+    /// Claims up to `room` queued tasks of `provider`. Within its create window and
+    /// in-flight cap as the database holds them (every instance's and every earlier
+    /// process's creates count), when it has limits.
+    pub(super) async fn claim_queued(
+        &self,
+        provider: &Registered,
+        now: i64,
+        room: usize,
+        lease_until: i64,
+    ) -> Result<Vec<Task>, RepoError> {
+        let gate = provider.gate();
+        let limits = gate.create_limits();
+        let worker = self.settings.worker_id.as_str();
+        if limits.is_unlimited() {
+            return self
+                .repo
+                .claim_queued(provider.name(), now, room, worker, lease_until)
+                .await;
         }
-        let room = gate.creates.reserve(room);
-        if probe && room == 0 {
-            gate.circuit.return_probe();
-        }
-        Ok(room)
+        let claimed = self
+            .repo
+            .claim_within_limits(&LimitedClaimRequest {
+                provider: provider.name(),
+                now,
+                wanted: room,
+                worker,
+                lease_until,
+                limits,
+            })
+            .await?;
+        gate.creates.adopt(now, &claimed.window);
+        gate.adopt_pause(now, claimed.pause);
+        Ok(claimed.tasks)
     }
 
     /// A 429 (rate limited) or a 402 (no credits) pauses the provider: for how long.

@@ -380,6 +380,8 @@ impl Engine {
             .put_spooled(&spec, spooled, true)
             .await
             .map_err(|e| IngestFailure::bucket(&format!("writing {}", spec.key), &e))?;
+        self.metrics
+            .ingested(&task.provider, size, started.elapsed());
         tracing::info!(
             task_id = %task.id,
             key = %spec.key,

@@ -198,6 +198,11 @@ impl Engine {
         status: Option<u16>,
     ) -> Result<(), RepoError> {
         let now = now_ms();
+        self.metrics.webhook(match outcome {
+            Outcome::Done => "delivered",
+            Outcome::RetryIn { .. } => "retry",
+            Outcome::GiveUp(_) => "gave_up",
+        });
         let recorded = match outcome {
             Outcome::Done => DeliveryOutcome::Delivered {
                 status: status.unwrap_or(200),

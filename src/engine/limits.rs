@@ -1,14 +1,24 @@
 //! Staying inside a provider's limits: a sliding-window limiter for creates and queries
 //! (a token bucket would allow a burst on top of the window's quota), a cap on tasks in
-//! flight, a pause of the whole provider after a 429 or a 402, and the circuit that opens
-//! while the provider cannot be reached (`circuit.rs`).
+//! flight, a pause of the whole provider after a 429 or a 402 or while its credit balance is
+//! below the floor (`credits.rs`), and the circuit that opens while the provider cannot be
+//! reached (`circuit.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::circuit::{Circuit, ProbeBackoff};
+use super::credits::{CreditWatch, FLOOR_CODE};
+use crate::clock::now_ms;
 use crate::providers::Limits;
+use crate::storage::{CreateLimits, Reserved, SharedPause};
+
+/// How often a dispatcher reads the shared pause of a provider it claims from without
+/// limits (a limited claim reads it in its transaction): a pause another instance set is
+/// seen this late at most.
+const PAUSE_REFRESH_MS: i64 = 500;
 
 /// At most `max` events in any `window`, counted at the moment they are reserved.
 #[derive(Debug)]
@@ -57,6 +67,44 @@ impl WindowLimiter {
         }
     }
 
+    /// Takes the window as the database holds it (every instance's reservations), read at
+    /// `at_ms` on the wall clock.
+    pub fn adopt(&self, at_ms: i64, reserved: &[Reserved]) {
+        if self.max == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.clear();
+        for r in reserved {
+            let age = Duration::from_millis(u64::try_from(at_ms - r.at).unwrap_or(0));
+            let at = now.checked_sub(age).unwrap_or(now);
+            sent.extend(std::iter::repeat_n(at, r.slots));
+        }
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Slots taken in the current window (0 without a limit).
+    pub fn in_use(&self) -> usize {
+        if self.max == 0 {
+            return 0;
+        }
+        let now = Instant::now();
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter()
+            .filter(|t| now.duration_since(**t) < self.window)
+            .count()
+    }
+
+    /// Slots per window; 0 means no limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// When the next slot frees up, if the window is full.
     pub fn next_free_in(&self) -> Option<Duration> {
         if self.max == 0 {
@@ -72,12 +120,17 @@ impl WindowLimiter {
     }
 }
 
-/// Why the provider is paused and until when.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pause {
-    pub until: Instant,
-    pub code: String,
-    pub reason: String,
+/// Why the provider is paused and until when (wall clock, ms: every instance reads the
+/// same pause from the database).
+pub type Pause = SharedPause;
+
+/// What a pause's code says about the provider, to follow its name in a sentence.
+pub fn pause_cause(code: &str) -> &'static str {
+    match code {
+        "402" => "reports insufficient credits",
+        FLOOR_CODE => "has fewer credits left than the floor set for darkroom",
+        _ => "is rate limiting",
+    }
 }
 
 /// Everything that decides whether darkroom may talk to one provider right now.
@@ -89,7 +142,12 @@ pub struct ProviderGate {
     pub max_in_flight: usize,
     /// Open while the provider cannot be reached at all.
     pub circuit: Circuit,
+    /// Its credit balance and the floor held against it.
+    pub credits: CreditWatch,
+    /// This process's view of the provider's pause, shared through the database.
     pause: Mutex<Option<Pause>>,
+    /// When the shared pause was last read (wall clock, ms).
+    pause_read_at: AtomicI64,
 }
 
 impl ProviderGate {
@@ -104,23 +162,39 @@ impl ProviderGate {
             queries,
             max_in_flight,
             circuit,
+            credits: CreditWatch::new(0, Duration::from_secs(300)),
             pause: Mutex::new(None),
+            pause_read_at: AtomicI64::new(0),
+        }
+    }
+
+    /// The limits a claim must keep, as data for the database.
+    pub fn create_limits(&self) -> CreateLimits {
+        CreateLimits {
+            creates: self.creates.max(),
+            window_ms: i64::try_from(self.creates.window().as_millis()).unwrap_or(i64::MAX),
+            max_in_flight: self.max_in_flight,
         }
     }
 
     /// The gate for the limits a provider was built with, with a circuit of its own.
     pub fn for_limits(provider: &'static str, limits: Limits, probes: ProbeBackoff) -> Self {
-        Self::new(
-            WindowLimiter::new(limits.creates, limits.create_window),
-            WindowLimiter::new(limits.queries_per_second, Duration::from_secs(1)),
-            limits.max_in_flight,
-            Circuit::new(provider, probes),
-        )
+        Self {
+            credits: CreditWatch::new(limits.credit_floor, limits.credit_check),
+            ..Self::new(
+                WindowLimiter::new(limits.creates, limits.create_window),
+                WindowLimiter::new(limits.queries_per_second, Duration::from_secs(1)),
+                limits.max_in_flight,
+                Circuit::new(provider, probes),
+            )
+        }
     }
 
-    /// Stops submissions until `until` (extends, never shortens, a running pause).
-    pub fn pause(&self, duration: Duration, code: &str, reason: &str) {
-        let until = Instant::now() + duration;
+    /// Stops submissions for `duration` (extends, never shortens, a running pause); the
+    /// pause to share with the other instances when this started or extended it.
+    pub fn pause(&self, duration: Duration, code: &str, reason: &str) -> Option<Pause> {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let until = now_ms().saturating_add(millis);
         let mut pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
         if pause.as_ref().is_none_or(|p| p.until < until) {
             tracing::warn!(
@@ -129,18 +203,83 @@ impl ProviderGate {
                 pause_secs = duration.as_secs(),
                 "provider paused"
             );
-            *pause = Some(Pause {
+            let started = Pause {
                 until,
                 code: code.to_owned(),
                 reason: reason.to_owned(),
-            });
+            };
+            *pause = Some(started.clone());
+            return Some(started);
         }
+        None
+    }
+
+    /// Holds a pause that lasts while a condition does (the credit floor): starts it, or
+    /// renews it for `duration` from now with the latest `reason`, quietly. The pause to
+    /// share, and whether it started here (no pause of `code` was running); `None` when a
+    /// longer pause of another code already holds.
+    pub fn hold_pause(
+        &self,
+        duration: Duration,
+        code: &str,
+        reason: &str,
+    ) -> Option<(Pause, bool)> {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        let until = now.saturating_add(millis);
+        let mut pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        let running = pause.as_ref().filter(|p| p.until > now);
+        let started = running.is_none_or(|p| p.code != code);
+        if running.is_some_and(|p| p.code != code && p.until >= until) {
+            return None;
+        }
+        let held = Pause {
+            until,
+            code: code.to_owned(),
+            reason: reason.to_owned(),
+        };
+        *pause = Some(held.clone());
+        Some((held, started))
+    }
+
+    /// Ends the running pause if its code is `code`; whether it did.
+    pub fn lift_pause(&self, code: &str) -> bool {
+        let mut pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        if pause.as_ref().is_some_and(|p| p.code == code) {
+            *pause = None;
+            return true;
+        }
+        false
+    }
+
+    /// Takes a pause read from the database (another instance's, or one that outlived a
+    /// restart) when it lasts longer than the one known here.
+    pub fn adopt_pause(&self, now: i64, shared: Option<Pause>) {
+        self.pause_read_at.store(now, Ordering::Relaxed);
+        let Some(shared) = shared else {
+            return;
+        };
+        let mut pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        if pause.as_ref().is_none_or(|p| p.until < shared.until) {
+            tracing::warn!(
+                code = %shared.code,
+                reason = %shared.reason,
+                until = %crate::clock::iso_time(shared.until),
+                "provider paused (seen in the database)"
+            );
+            *pause = Some(shared);
+        }
+    }
+
+    /// Whether the shared pause should be read again before claiming without limits.
+    pub fn pause_read_due(&self, now: i64) -> bool {
+        now - self.pause_read_at.load(Ordering::Relaxed) >= PAUSE_REFRESH_MS
     }
 
     /// The running pause, if any; a pause that has ended is cleared.
     pub fn paused(&self) -> Option<Pause> {
         let mut pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
-        if pause.as_ref().is_some_and(|p| p.until <= Instant::now()) {
+        if pause.as_ref().is_some_and(|p| p.until <= now_ms()) {
             tracing::info!("provider pause ended; submitting again");
             *pause = None;
         }
@@ -177,6 +316,107 @@ mod tests {
             WindowLimiter::new(0, Duration::from_secs(1)).reserve(1000),
             1000
         );
+    }
+
+    #[test]
+    fn an_adopted_window_counts_every_instances_reservations() {
+        let limiter = WindowLimiter::new(20, Duration::from_secs(10));
+        let now = now_ms();
+        limiter.adopt(
+            now,
+            &[
+                Reserved {
+                    at: now - 9_000,
+                    slots: 5,
+                },
+                Reserved {
+                    at: now - 1_000,
+                    slots: 15,
+                },
+            ],
+        );
+        assert_eq!(limiter.in_use(), 20);
+        let left = limiter.next_free_in().unwrap();
+        assert!(left <= Duration::from_millis(1_000), "{left:?}");
+    }
+
+    #[test]
+    fn a_longer_shared_pause_is_adopted_and_a_shorter_one_is_not() {
+        let gate = ProviderGate::new(
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            0,
+            Circuit::new("test", super::super::circuit::ProbeBackoff::default()),
+        );
+        let now = now_ms();
+        assert!(gate.pause(Duration::from_secs(5), "429", "here").is_some());
+        gate.adopt_pause(
+            now,
+            Some(Pause {
+                until: now + 1_000,
+                code: "429".into(),
+                reason: "shorter".into(),
+            }),
+        );
+        assert_eq!(gate.paused().unwrap().reason, "here");
+        gate.adopt_pause(
+            now,
+            Some(Pause {
+                until: now + 60_000,
+                code: "402".into(),
+                reason: "elsewhere".into(),
+            }),
+        );
+        assert_eq!(gate.paused().unwrap().code, "402");
+        assert!(!gate.pause_read_due(now + 10));
+        assert!(gate.pause_read_due(now + PAUSE_REFRESH_MS));
+    }
+
+    #[test]
+    fn a_held_pause_renews_quietly_lifts_by_code_and_yields_to_a_longer_one() {
+        let gate = ProviderGate::new(
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            0,
+            Circuit::new("test", super::super::circuit::ProbeBackoff::default()),
+        );
+        let (first, started) = gate
+            .hold_pause(Duration::from_secs(60), FLOOR_CODE, "balance 36")
+            .unwrap();
+        assert!(started);
+        let (renewed, started) = gate
+            .hold_pause(Duration::from_secs(60), FLOOR_CODE, "balance 30")
+            .unwrap();
+        assert!(!started, "a renewal is not a new pause");
+        assert!(renewed.until >= first.until);
+        assert_eq!(gate.paused().unwrap().reason, "balance 30");
+        assert!(
+            !gate.lift_pause("402"),
+            "only a pause of its own code is lifted"
+        );
+        assert!(gate.lift_pause(FLOOR_CODE));
+        assert!(gate.paused().is_none());
+        // A longer pause of another code is not shortened by a floor pause.
+        gate.pause(Duration::from_secs(600), "402", "no credits");
+        assert!(
+            gate.hold_pause(Duration::from_secs(60), FLOOR_CODE, "balance 3")
+                .is_none()
+        );
+        assert_eq!(gate.paused().unwrap().code, "402");
+        assert!(!gate.lift_pause(FLOOR_CODE));
+        // A shorter one is taken over, and the floor pause then counts as started.
+        let gate_429 = ProviderGate::new(
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            WindowLimiter::new(0, Duration::from_secs(1)),
+            0,
+            Circuit::new("test", super::super::circuit::ProbeBackoff::default()),
+        );
+        gate_429.pause(Duration::from_secs(5), "429", "rate limited");
+        let (_, started) = gate_429
+            .hold_pause(Duration::from_secs(60), FLOOR_CODE, "balance 3")
+            .unwrap();
+        assert!(started);
+        assert_eq!(gate_429.paused().unwrap().code, FLOOR_CODE);
     }
 
     #[test]

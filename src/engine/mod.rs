@@ -6,14 +6,17 @@
 //! each try with an outcome (`job.rs`) and change state only through guarded updates.
 
 pub mod circuit;
+pub mod credits;
 mod dispatch;
 mod ingest;
 mod inline;
 mod inputs;
 pub mod job;
 pub mod limits;
+mod observe;
 mod reconcile;
 mod registry;
+mod relay;
 mod tokens;
 mod webhook;
 mod worker;
@@ -42,6 +45,7 @@ use crate::providers::inputs::InputLoader;
 use crate::status::StatusBoard;
 use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, Repo, RepoError, Task, TaskUpdate};
+use crate::telemetry::Metrics;
 use crate::views::task_record;
 use crate::webhooks::Deliverer;
 use limits::Pause;
@@ -129,6 +133,10 @@ pub struct Engine {
     /// (and moved on) before its first event is out, so that event says `queued` and comes
     /// first.
     enqueue_gate: tokio::sync::RwLock<()>,
+    /// What the engine counts and times (`/metrics`).
+    metrics: Arc<Metrics>,
+    /// When the dispatcher last looked for `submitting` tasks whose lease lapsed (ms).
+    stale_checked_at: std::sync::atomic::AtomicI64,
 }
 
 impl Engine {
@@ -165,7 +173,19 @@ impl Engine {
             ingest_wake: Notify::new(),
             webhook_wake: Notify::new(),
             enqueue_gate: tokio::sync::RwLock::new(()),
+            metrics: Arc::new(Metrics::new()),
+            stale_checked_at: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Records into `metrics` (the app's) instead of a recorder of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Delivers outbound webhooks with `deliverer`, in the webhook lane.
@@ -197,8 +217,8 @@ impl Engine {
     }
 
     /// Why queued tasks of `provider` are held back right now, and until when: a pause
-    /// (429, 402), an open circuit (until the next probe), or a full create window (until
-    /// a slot frees).
+    /// (429, 402, the credit floor), an open circuit (until the next probe), or a full create
+    /// window (until a slot frees).
     pub fn provider_hold(&self, provider: &str) -> Option<crate::views::Waiting> {
         let registered = self.providers.get(provider)?;
         let gate = registered.gate();
@@ -207,21 +227,14 @@ impl Engine {
             now_ms().saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX))
         };
         let (code, message, until) = if let Some(pause) = gate.paused() {
-            let left = pause
-                .until
-                .saturating_duration_since(std::time::Instant::now());
-            let why = if pause.code == "402" {
-                "reports insufficient credits"
-            } else {
-                "is rate limiting"
-            };
             (
                 JobCode::ProviderPaused,
                 format!(
-                    "{label} {why}, so submission is paused; the task waits its turn without spending an attempt ({})",
+                    "{label} {}, so submission is paused; the task waits its turn without spending an attempt ({})",
+                    limits::pause_cause(&pause.code),
                     pause.reason
                 ),
-                in_ms(left),
+                pause.until,
             )
         } else if let Some(outage) = gate.circuit.outage() {
             (
@@ -349,23 +362,43 @@ impl Engine {
         self.queued(tasks).await
     }
 
-    /// After an insert: publish, wake the dispatcher, write the archive records.
+    /// Queues tasks (and their batch) like [`Engine::enqueue`], recording the answer of the
+    /// request's `Idempotency-Key` in the same transaction. `false`, with nothing queued,
+    /// when the request no longer holds its key.
+    pub async fn enqueue_answered(
+        &self,
+        batch: Option<&crate::storage::Batch>,
+        tasks: &[NewTask],
+        done: &crate::storage::IdempotencyCompletion,
+    ) -> Result<bool, RepoError> {
+        let _gate = self.enqueue_gate.read().await;
+        if !self.repo.insert_answered(batch, tasks, done).await? {
+            return Ok(false);
+        }
+        self.queued(tasks).await?;
+        Ok(true)
+    }
+
+    /// After an insert: publish, wake the dispatcher, write the archive records. The rows
+    /// are what the insert wrote (not read back): another instance may have moved them on
+    /// already, and their `queued` events go out first all the same.
     async fn queued(&self, tasks: &[NewTask]) -> Result<Vec<Task>, RepoError> {
         let mut stored = Vec::with_capacity(tasks.len());
         for new in tasks {
-            if let Some(task) = self.repo.get(&new.id).await? {
-                self.board.update(&task);
-                self.events.publish(&task);
-                stored.push(task);
-            }
+            let task = new.as_queued();
+            self.board.update_unless_newer(&task);
+            self.events.publish(&task);
+            self.announce(&task).await;
+            stored.push(task);
         }
         self.dispatch_wake.notify_one();
-        // The archive records are written off the request path.
+        // The archive records are written off the request path, create-only: a task that
+        // moved on before its first record was out already has a newer one, which stays.
         let blobs = self.blobs.clone();
         let records: Vec<Task> = stored.clone();
         tokio::spawn(async move {
             for task in &records {
-                write_record(&blobs, task).await;
+                write_first_record(&blobs, task).await;
             }
         });
         Ok(stored)
@@ -406,6 +439,7 @@ impl Engine {
                     event = ?event,
                     "task state changed"
                 );
+                self.observe_transition(task, after);
                 self.published(after).await;
             }
             None => tracing::info!(
@@ -444,11 +478,18 @@ impl Engine {
             // Its webhook, if it asked for one, is due now.
             self.webhook_wake.notify_one();
         }
+        self.announce(task).await;
         write_record(&self.blobs, task).await;
     }
 
     /// Handles an authenticated callback: learns the provider id if it is new, makes the
     /// task due for the reconciler now, and, when callbacks are trusted, applies the body.
+    #[tracing::instrument(name = "callback", skip_all, fields(
+        task_id = %task.id,
+        batch_id = task.batch_id.as_deref(),
+        provider = %task.provider,
+        provider_task_id = task.provider_task_id.as_deref(),
+    ))]
     pub async fn accept_callback(
         &self,
         task: &Task,
@@ -498,9 +539,63 @@ impl Engine {
 }
 
 async fn write_record(blobs: &BlobStore, task: &Task) {
+    write_record_as(blobs, task, false).await;
+}
+
+/// A new task's first record, unless a later state's record is already there.
+async fn write_first_record(blobs: &BlobStore, task: &Task) {
+    write_record_as(blobs, task, true).await;
+}
+
+async fn write_record_as(blobs: &BlobStore, task: &Task, create_only: bool) {
     let spec = keys::task_record(&task.id);
-    if let Err(e) = blobs.put(&spec, task_record(task)).await {
+    let bytes = task_record(task);
+    let written = if create_only {
+        blobs.put_create(&spec, bytes).await.map(|_| ())
+    } else {
+        blobs.put(&spec, bytes).await
+    };
+    if let Err(e) = written {
         // The database is the source of truth; the next change rewrites the record.
         tracing::warn!(task_id = %task.id, key = %spec.key, error = %e, "writing the task record failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::TaskRepo;
+    use crate::storage::sqlite::SqliteRepo;
+    use crate::views::task_from_record;
+
+    #[tokio::test]
+    async fn a_first_record_never_replaces_a_later_one() {
+        let repo = SqliteRepo::in_memory().await.unwrap();
+        let new = crate::storage::contract::new_task(None, 0, 1);
+        repo.insert(std::slice::from_ref(&new)).await.unwrap();
+        let queued = repo.get(&new.id).await.unwrap().unwrap();
+        let submitted = Task {
+            state: TaskState::Submitted,
+            provider_task_id: Some("kie-1".into()),
+            ..queued.clone()
+        };
+        let blobs = BlobStore::memory("http://127.0.0.1:1/".parse().unwrap());
+        let key = keys::task_record(&queued.id).key;
+
+        // The later state's record is out first; the queued one arrives late.
+        write_record(&blobs, &submitted).await;
+        write_first_record(&blobs, &queued).await;
+        let kept = task_from_record(&blobs.get_bytes(&key).await.unwrap()).unwrap();
+        assert_eq!(kept.state, TaskState::Submitted);
+
+        // Without a later record, the first one is written.
+        let other = Task {
+            id: TaskId::new(),
+            ..queued
+        };
+        write_first_record(&blobs, &other).await;
+        let key = keys::task_record(&other.id).key;
+        let first = task_from_record(&blobs.get_bytes(&key).await.unwrap()).unwrap();
+        assert_eq!(first.state, TaskState::Queued);
     }
 }

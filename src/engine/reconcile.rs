@@ -79,7 +79,14 @@ impl Engine {
             };
             return self.poll_later(&task, update).await;
         }
-        match provider.query(&provider_task_id).await {
+        let started = std::time::Instant::now();
+        let answer = provider.query(&provider_task_id).await;
+        let class = super::observe::answer_class(answer.as_ref().map(|_| ()));
+        self.observe_provider_call(provider.name(), "query", class, started.elapsed());
+        self.metrics
+            .provider_counter(crate::telemetry::names::RECONCILER_POLLS, provider.name())
+            .increment(1);
+        match answer {
             Err(ProviderError::Unreachable(reason)) => {
                 let run_at = circuit.map_or(after(now, next_poll_delay(age)), |c| {
                     c.unreachable(&reason).next_probe_ms()

@@ -6,6 +6,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -37,6 +38,15 @@ enum Work {
 
 impl Work {
     const ALL: [Work; 4] = [Work::Dispatch, Work::Reconcile, Work::Ingest, Work::Webhook];
+}
+
+/// How often a step looks for work that only turns up slowly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pace {
+    /// The running worker loop: such checks at most once a tick.
+    Loop,
+    /// `run_pending`: every check in every step, so tests see everything due.
+    Every,
 }
 
 /// What a job holds under its lease.
@@ -88,7 +98,7 @@ impl Engine {
             if shutdown.is_cancelled() {
                 return;
             }
-            let claimed = match self.clone().step(work).await {
+            let claimed = match self.clone().step(work, Pace::Loop).await {
                 Ok(mut jobs) => {
                     let n = jobs.len();
                     jobs.detach_all();
@@ -120,6 +130,17 @@ impl Engine {
         }
     }
 
+    /// Whether the dispatcher looks for lapsed `submitting` leases in this step.
+    fn stale_check_due(&self, now: i64, pace: Pace) -> bool {
+        let tick = i64::try_from(self.settings.tick.as_millis()).unwrap_or(i64::MAX);
+        let last = self.stale_checked_at.load(Ordering::Relaxed);
+        if pace == Pace::Loop && now.saturating_sub(last) < tick {
+            return false;
+        }
+        self.stale_checked_at.store(now, Ordering::Relaxed);
+        true
+    }
+
     fn wake(&self, work: Work) -> &Notify {
         match work {
             Work::Dispatch => &self.dispatch_wake,
@@ -131,7 +152,7 @@ impl Engine {
 
     /// Claims as much due work of one kind as there are free slots and starts a job for each.
     /// Queued tasks are claimed per provider, up to that provider's free call slots.
-    async fn step(self: Arc<Self>, work: Work) -> Result<JoinSet<()>, RepoError> {
+    async fn step(self: Arc<Self>, work: Work, pace: Pace) -> Result<JoinSet<()>, RepoError> {
         let mut jobs = JoinSet::new();
         let now = now_ms();
         let worker = self.settings.worker_id.clone();
@@ -140,19 +161,16 @@ impl Engine {
             Work::Dispatch => {
                 for provider in self.providers.iter() {
                     let mut permits = provider.pool().take_free();
-                    // Create slots are reserved here; what the queue does not use goes back.
                     let room = self.dispatch_room(provider, permits.len()).await?;
                     if room == 0 {
                         continue;
                     }
                     permits.truncate(room);
-                    let queued = {
+                    let claimed = {
                         let _gate = self.enqueue_gate.write().await;
-                        self.repo
-                            .claim_queued(provider.name(), now, room, &worker, lease_until)
-                            .await?
+                        self.claim_queued(provider, now, room, lease_until).await
                     };
-                    provider.gate().creates.release(room - queued.len());
+                    let queued = claimed.inspect_err(|_| provider.gate().circuit.return_probe())?;
                     if queued.is_empty() {
                         provider.gate().circuit.return_probe();
                     }
@@ -164,6 +182,11 @@ impl Engine {
                 }
                 // A dispatcher that died mid-call leaves `submitting` with a lapsed lease.
                 // Settling it is a database update, not a provider call: no call slot needed.
+                // Leases last many ticks, so the running loop looks once a tick, not after
+                // every job (a query per task under load).
+                if !self.stale_check_due(now, pace) {
+                    return Ok(jobs);
+                }
                 let stale = self
                     .repo
                     .claim_due(
@@ -286,7 +309,24 @@ impl Engine {
         claim: Claim,
         permit: Option<OwnedSemaphorePermit>,
     ) {
-        jobs.spawn(async move {
+        // Every line a job logs carries what it works on as span fields: a task's id, its
+        // batch and the provider's id once known; a webhook's id and its task's.
+        let span = match &claim {
+            Claim::Task(task, job) => tracing::info_span!(
+                "task",
+                task_id = %task.id,
+                batch_id = task.batch_id.as_deref(),
+                provider = %task.provider,
+                provider_task_id = task.provider_task_id.as_deref(),
+                job = ?job,
+            ),
+            Claim::Webhook(delivery, _) => tracing::info_span!(
+                "webhook",
+                webhook_id = %delivery.id,
+                task_id = %delivery.task_id,
+            ),
+        };
+        let job = async move {
             let subject = match &claim {
                 Claim::Task(task, _) => task.id.to_string(),
                 Claim::Webhook(delivery, _) => delivery.id.clone(),
@@ -333,7 +373,8 @@ impl Engine {
             }
             drop(permit);
             self.wake(work).notify_one();
-        });
+        };
+        jobs.spawn(tracing::Instrument::instrument(job, span));
     }
 
     /// Extends this worker's lease on `id` every third of the lease; never returns.
@@ -383,7 +424,7 @@ impl Engine {
         loop {
             let mut ran = 0;
             for work in Work::ALL {
-                let mut jobs = self.clone().step(work).await?;
+                let mut jobs = self.clone().step(work, Pace::Every).await?;
                 ran += jobs.len();
                 while jobs.join_next().await.is_some() {}
             }

@@ -4,8 +4,9 @@
 //! `DARKROOM_API_KEYS` or made with `darkroom keys create` (decided at start). Then every
 //! route needs `Authorization: Bearer <key>` except the ones a browser or the provider
 //! opens without it ([`is_public_path`]): the page and its assets, `/api/info`,
-//! `/healthz`, `/readyz`, provider callbacks (their own per-task token and HMAC) and
-//! `/files/…` (signed URLs, see [`crate::storage::BlobStore::url`]). The check is
+//! `/healthz`, `/readyz`, provider callbacks (their own per-task token and HMAC),
+//! `/files/…` (signed URLs, see [`crate::storage::BlobStore::url`]) and `/metrics` when
+//! `DARKROOM_METRICS_TOKEN` guards it instead. The check is
 //! default-deny: a new route is protected unless it is added to that list.
 //!
 //! A key's name is the owner recorded on everything it creates. Handlers take a
@@ -129,6 +130,8 @@ pub struct Auth {
     callbacks: DefaultDirectRateLimiter,
     max_pending_tasks: u64,
     queue_locks: Vec<Mutex<()>>,
+    /// Names of the keys that see every key's statistics (`DARKROOM_ADMIN_KEYS`).
+    admins: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -193,12 +196,21 @@ impl Auth {
             )),
             max_pending_tasks: auth.max_pending_tasks,
             queue_locks: (0..QUEUE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            admins: auth.admin_keys.iter().cloned().collect(),
         })
     }
 
     /// Whether client routes need a key.
     pub fn required(&self) -> bool {
         self.required
+    }
+
+    /// Whether `caller` is an administrator key (`DARKROOM_ADMIN_KEYS`). With keys off
+    /// nobody is: everything is visible to everyone anyway.
+    pub fn is_admin(&self, caller: &Caller) -> bool {
+        caller
+            .owner()
+            .is_some_and(|name| self.admins.contains(name))
     }
 
     /// The name of the key presented, if it is a live key.
@@ -257,6 +269,11 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     if is_public_path(request.uri().path()) {
+        return next.run(request).await;
+    }
+    // `/metrics` with a token of its own checks that token (a scraper holds no API key);
+    // without one it needs an API key like any other route.
+    if request.uri().path() == "/metrics" && state.config.metrics.token.is_some() {
         return next.run(request).await;
     }
     let presented: Option<String> = match request.headers().get(header::AUTHORIZATION) {

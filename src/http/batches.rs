@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody, parse_json};
+use super::error::{ApiError, ErrorBody, body_bytes, json_value};
 use super::generate::{build_tasks, request_policy};
+use super::idempotency::{self, Begin, Fingerprint, Held, IdempotencyKeyHeader};
 use super::path::PathParam;
 use super::tasks::{TaskView, task_view};
 use super::zip::ZipWriter;
@@ -195,23 +196,42 @@ async fn batch_view(
     })
 }
 
-/// Queue a batch: one task per source image, under one new batch id.
+/// Queue a batch: one task per source image, under one new batch id. With an
+/// `Idempotency-Key`, a retry of the same request gets the first answer again.
 #[utoipa::path(post, path = "/api/batches", tag = "batches",
     request_body(content = GenerateBody, description = "The body of /api/generate, without batchId"),
+    params(IdempotencyKeyHeader),
     responses(
-        (status = 200, description = "The batch and its tasks", body = BatchCreated),
-        (status = 400, description = "Invalid request (the code names the field)", body = ErrorBody),
+        (status = 200, description = "The batch and its tasks (or, with `Idempotent-Replayed: true`, the answer the key's first request got)", body = BatchCreated,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is a replay"))),
+        (status = 400, description = "Invalid request (the code names the field), or an invalid `Idempotency-Key`", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being processed (`idempotency_key_in_flight`)", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used with a different request (`idempotency_key_reused`)", body = ErrorBody),
         (status = 429, description = "Rate limit or the key's cap on unfinished tasks", body = ErrorBody),
     ))]
 async fn create_batch(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<BatchCreated>, ApiError> {
-    let request = GenerateRequest::from_json(
-        &parse_json(body, state.config.limits.max_json_body_bytes)?,
-        &request_policy(&state),
-    )?;
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.limits.max_json_body_bytes)?;
+    let fingerprint = Fingerprint::of("POST /api/batches", &body);
+    let mut held = match idempotency::begin(&state, &caller, &headers, &fingerprint).await? {
+        Begin::Proceed(held) => held,
+        Begin::Answered(response) => return Ok(response),
+    };
+    let answer = queue_batch(&state, &caller, &body, held.as_mut()).await;
+    Ok(idempotency::finish(held, answer.into_response()).await)
+}
+
+async fn queue_batch(
+    state: &AppState,
+    caller: &Caller,
+    body: &[u8],
+    held: Option<&mut Held>,
+) -> Result<Response, ApiError> {
+    let request = GenerateRequest::from_json(&json_value(body)?, &request_policy(state))?;
     if request.batch_id.is_some() {
         return Err(ApiError::new(
             ErrorCode::UnsupportedField,
@@ -220,25 +240,28 @@ async fn create_batch(
     }
     let owner = caller.owner().map(str::to_owned);
     let id = new_batch_id();
-    let tasks = build_tasks(&state, &caller, &request, Some(id.clone())).await?;
+    let tasks = build_tasks(state, caller, &request, Some(id.clone())).await?;
     // Held until the rows are written: the per-key cap cannot be passed by racing requests.
-    let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;
+    let reservation = state.auth.reserve_tasks(caller, tasks.len()).await?;
     let batch = Batch {
         id: id.clone(),
         owner,
         prompt: request.prompt.as_str().to_owned(),
         webhook_url: request.webhook_url.clone(),
         total: i64::try_from(tasks.len()).unwrap_or(i64::MAX),
-        created_at: now_ms(),
+        // Its tasks' instant: a batch rebuilt from their records (reindex) is the same.
+        created_at: tasks.first().map_or_else(now_ms, |t| t.created_at),
     };
-    state.engine.enqueue_batch(&batch, &tasks).await?;
+    let answer = BatchCreated {
+        success: true,
+        batch_id: id.clone(),
+        task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+    };
+    let response =
+        idempotency::queue_and_answer(state, held, Some(&batch), &tasks, &answer).await?;
     drop(reservation);
     tracing::info!(batch_id = %id, count = tasks.len(), "batch queued");
-    Ok(Json(BatchCreated {
-        success: true,
-        batch_id: id,
-        task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
-    }))
+    Ok(response)
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -191,21 +191,33 @@ pub fn parse_json(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
     limit: usize,
 ) -> Result<serde_json::Value, ApiError> {
-    let bytes = body.map_err(|rejection| {
+    json_value(&body_bytes(body, limit)?)
+}
+
+/// A body read as bytes, or the error of one that could not be (over `limit`, cut off).
+pub fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             body_too_large("the request body", limit as u64)
         } else {
             ApiError::with_status(status, ErrorCode::UnreadableBody, rejection.body_text())
         }
-    })?;
+    })
+}
+
+/// Parses a JSON body read whole.
+pub fn json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::new(
             ErrorCode::InvalidJson,
             "the request body is empty; send a JSON object",
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
             format!("the request body is not valid JSON: {e}"),

@@ -7,17 +7,19 @@
 //! use only its own uploads and results as inputs: anyone else's is refused exactly like a
 //! missing one.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody, parse_json};
+use super::error::{ApiError, ErrorBody, body_bytes, json_value};
+use super::idempotency::{self, Begin, Fingerprint, Held, IdempotencyKeyHeader};
 use crate::AppState;
 use crate::clock::now_ms;
 use crate::domain::ErrorCode;
@@ -171,33 +173,42 @@ async fn own_object_url(
 }
 
 /// Queue one task per source image. Nothing talks to a provider inside the request.
+/// With an `Idempotency-Key`, a retry of the same request gets the first answer again.
 #[utoipa::path(post, path = "/api/generate", tag = "generation", request_body = GenerateBody,
+    params(IdempotencyKeyHeader),
     responses(
-        (status = 200, description = "Tasks queued", body = GenerateAnswer),
-        (status = 400, description = "Invalid request (the code names the field)", body = ErrorBody),
+        (status = 200, description = "Tasks queued (or, with `Idempotent-Replayed: true`, the answer the key's first request got)", body = GenerateAnswer,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is a replay"))),
+        (status = 400, description = "Invalid request (the code names the field), or an invalid `Idempotency-Key`", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being processed (`idempotency_key_in_flight`)", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used with a different request (`idempotency_key_reused`)", body = ErrorBody),
         (status = 429, description = "Rate limit or the key's cap on unfinished tasks", body = ErrorBody),
     ))]
 async fn generate(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<GenerateAnswer>, ApiError> {
-    let request = GenerateRequest::from_json(
-        &parse_json(body, state.config.limits.max_json_body_bytes)?,
-        &request_policy(&state),
-    )?;
-    let tasks = build_tasks(&state, &caller, &request, request.batch_id.clone()).await?;
-    // Held until the rows are written: the per-key cap cannot be passed by racing requests.
-    let reservation = state.auth.reserve_tasks(&caller, tasks.len()).await?;
-    state.engine.enqueue(&tasks).await?;
-    drop(reservation);
-    tracing::info!(
-        count = tasks.len(),
-        owner = caller.owner().unwrap_or("-"),
-        "tasks queued"
-    );
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.limits.max_json_body_bytes)?;
+    let fingerprint = Fingerprint::of("POST /api/generate", &body);
+    let mut held = match idempotency::begin(&state, &caller, &headers, &fingerprint).await? {
+        Begin::Proceed(held) => held,
+        Begin::Answered(response) => return Ok(response),
+    };
+    let answer = queue_generation(&state, &caller, &body, held.as_mut()).await;
+    Ok(idempotency::finish(held, answer.into_response()).await)
+}
 
-    Ok(Json(GenerateAnswer {
+async fn queue_generation(
+    state: &AppState,
+    caller: &Caller,
+    body: &[u8],
+    held: Option<&mut Held>,
+) -> Result<Response, ApiError> {
+    let request = GenerateRequest::from_json(&json_value(body)?, &request_policy(state))?;
+    let tasks = build_tasks(state, caller, &request, request.batch_id.clone()).await?;
+    let answer = GenerateAnswer {
         success: true,
         message: created_message(&request),
         tasks: tasks
@@ -210,7 +221,17 @@ async fn generate(
             .collect(),
         task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
         failures: Vec::new(),
-    }))
+    };
+    // Held until the rows are written: the per-key cap cannot be passed by racing requests.
+    let reservation = state.auth.reserve_tasks(caller, tasks.len()).await?;
+    let response = idempotency::queue_and_answer(state, held, None, &tasks, &answer).await?;
+    drop(reservation);
+    tracing::info!(
+        count = tasks.len(),
+        owner = caller.owner().unwrap_or("-"),
+        "tasks queued"
+    );
+    Ok(response)
 }
 
 /// The original said "Created N KIE task(s)"; that wording stays for one-provider requests.

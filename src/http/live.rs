@@ -34,6 +34,7 @@ use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::events::{EventBus, Replay, TaskEvent};
 use crate::storage::TaskFilter;
+use crate::telemetry::Transport;
 
 /// How often an idle SSE stream sends a comment (proxies close silent connections).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -307,11 +308,16 @@ async fn events(
         "event stream opened"
     );
     let closing = app.streams_closing.clone();
-    let stream = futures::stream::unfold((feed, filter), |(mut feed, filter)| async move {
-        let out = feed.next(&filter).await?;
-        let event = sse_event(&feed.bus, &out);
-        Some((Ok(event), (feed, filter)))
-    })
+    // Counted while the stream lives: the guard drops with it.
+    let client = app.metrics.live_client(Transport::Sse);
+    let stream = futures::stream::unfold(
+        (feed, filter, client),
+        |(mut feed, filter, client)| async move {
+            let out = feed.next(&filter).await?;
+            let event = sse_event(&feed.bus, &out);
+            Some((Ok(event), (feed, filter, client)))
+        },
+    )
     .take_until(closing.cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
@@ -508,6 +514,7 @@ async fn serve_socket(app: AppState, mut socket: WebSocket, owner: Option<String
     });
     let mut feed = Feed::open(&app, None);
     let closing = app.streams_closing.clone();
+    let _client = app.metrics.live_client(Transport::WebSocket);
     let mut ping = tokio::time::interval(WS_PING);
     ping.tick().await;
     loop {

@@ -10,11 +10,14 @@ pub mod error;
 mod files;
 mod generate;
 mod health;
+mod idempotency;
 pub mod limits;
 mod live;
+mod metrics;
 mod openapi;
 mod path;
 pub mod readiness;
+mod stats;
 mod status;
 mod tasks;
 mod ui;
@@ -42,6 +45,7 @@ pub use tasks::{TaskView, task_view};
 
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
+    let metrics = state.metrics.clone();
     let deadline = limits::BodyDeadline {
         base: config.server.body_timeout_secs,
         min_rate_bytes_per_sec: config.server.body_min_rate_bytes,
@@ -59,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .merge(batches::router())
         .merge(webhook_secret::router())
         .merge(health::router())
+        .merge(metrics::router(&state))
+        .merge(stats::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.server.request_timeout_secs,
@@ -104,20 +110,36 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => api.layer(cors),
         None => api,
     };
-    api.layer(SetResponseHeaderLayer::overriding(
+    let api = api.layer(SetResponseHeaderLayer::overriding(
         HeaderName::from_static("x-content-type-options"),
         HeaderValue::from_static("nosniff"),
     ))
     .layer(
         TraceLayer::new_for_http()
             .make_span_with(|request: &Request<_>| {
-                // The path only: query strings carry callback tokens and file signatures.
-                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+                // The route template and the path only: query strings carry callback tokens
+                // and file signatures.
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", axum::extract::MatchedPath::as_str);
+                // At debug: a span per request at info would be formatted on every poll of
+                // the status path.
+                tracing::debug_span!("request", method = %request.method(), route, path = %request.uri().path())
             })
-            // Failed responses are logged by `error::log_internal_errors`, with their cause
-            // and with repeats counted; a second line per 5xx would only repeat it.
+            // The access line is `metrics::ObserveLayer`'s; failed responses are logged by
+            // `error::log_internal_errors`, with their cause and with repeats counted.
+            .on_request(())
+            .on_response(())
             .on_failure(()),
-    )
+    );
+    // Outermost, so the time counted is the whole stack's.
+    api.layer(metrics::ObserveLayer(metrics))
+}
+
+/// `/metrics` alone, for its own listener (`DARKROOM_METRICS_LISTEN`).
+pub fn metrics_router(state: AppState) -> Router {
+    metrics::own_router(state)
 }
 
 /// Browsers on the listed origins may call the API (with a bearer key). No list, no CORS
@@ -134,8 +156,36 @@ fn cors(origins: &[crate::config::Origin]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                idempotency::KEY_HEADER,
+            ])
+            .expose_headers([idempotency::REPLAYED_HEADER])
             .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// What a workers-only instance serves: `/healthz`, `/readyz` and `/metrics`; anything
+/// else is a 503 naming the role.
+pub fn workers_router(state: AppState) -> Router {
+    let (routes, _) = OpenApiRouter::new()
+        .merge(health::router())
+        .merge(metrics::router(&state))
+        .split_for_parts();
+    routes
+        .fallback(not_an_api_instance)
+        .layer(metrics::ObserveLayer(state.metrics.clone()))
+        .with_state(state)
+}
+
+async fn not_an_api_instance(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotAnApiInstance,
+        format!(
+            "{method} {}: this instance runs the workers only (DARKROOM_ROLES=workers); send API requests to an instance with the api role",
+            uri.path()
+        ),
     )
 }
 

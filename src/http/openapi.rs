@@ -55,6 +55,7 @@ const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'sel
         (name = "webhooks", description = "The calling key's webhook signing secret"),
         (name = "provider callbacks", description = "Called by the provider, not by clients"),
         (name = "operations", description = "Health, readiness, instance information"),
+        (name = "statistics", description = "What the tasks of a window did, from the database"),
     ),
 )]
 struct ApiDoc;
@@ -238,16 +239,20 @@ fn document_key_refusals(document: &mut utoipa::openapi::OpenApi) {
     for (path, item) in document.paths.paths.iter_mut() {
         let keyed = !is_public_path(path);
         let callback = path.starts_with("/api/callback");
-        if let Some(post) = &mut item.post {
-            // Every POST writes: a store that refuses writes answers 503 with its code.
-            post.responses
+        for write in [&mut item.post, &mut item.delete].into_iter().flatten() {
+            // Every POST and DELETE writes: a store that refuses writes answers 503 with its code.
+            write
+                .responses
                 .responses
                 .entry("503".to_owned())
                 .or_insert_with(|| {
                     error("The database or the bucket refuses writes (`storage_full`, `storage_read_only`, `storage_unavailable`); nothing was stored")
                 });
         }
-        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
             let responses = &mut operation.responses.responses;
             if keyed {
                 responses.entry("401".to_owned()).or_insert_with(|| {

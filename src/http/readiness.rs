@@ -16,6 +16,8 @@ use crate::storage::{BlobStore, StorageFault, TaskRepo};
 
 /// Room a write probe of the database asks for: a rolled-back write this large must fit.
 const DATABASE_HEADROOM_BYTES: u32 = 64 * 1024;
+/// How long a passed database check stands for `/api/info`.
+const DATABASE_RECHECK: Duration = Duration::from_secs(5);
 /// A probe that takes longer than this counts as failed (a wedged writer, a hung mount).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -81,6 +83,7 @@ pub struct ReadinessChecks {
     min_free_bytes: u64,
     bucket_probe_every: Duration,
     last_bucket: Mutex<Option<(Instant, Check)>>,
+    last_database: Mutex<Option<(Instant, Check)>>,
     /// One bucket probe at a time; callers arriving meanwhile wait for its outcome.
     probing: tokio::sync::Mutex<()>,
 }
@@ -101,12 +104,35 @@ impl ReadinessChecks {
             min_free_bytes: config.health.min_free_mb.saturating_mul(1024 * 1024),
             bucket_probe_every: config.health.bucket_probe_secs,
             last_bucket: Mutex::new(None),
+            last_database: Mutex::new(None),
             probing: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// The database's last check if it passed within [`DATABASE_RECHECK`], else a fresh one
+    /// (for `/api/info`, which the page asks often).
+    pub async fn database_recent(&self) -> Check {
+        {
+            let last = self.last_database.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, check)) = &*last
+                && check.is_ok()
+                && at.elapsed() < DATABASE_RECHECK
+            {
+                return check.clone();
+            }
+        }
+        self.database().await
+    }
+
     /// The database accepts a write now (rolled back, so nothing is left behind).
     pub async fn database(&self) -> Check {
+        let check = self.probe_database().await;
+        *self.last_database.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), check.clone()));
+        check
+    }
+
+    async fn probe_database(&self) -> Check {
         match tokio::time::timeout(
             PROBE_TIMEOUT,
             self.repo.probe_write(DATABASE_HEADROOM_BYTES),

@@ -1,10 +1,11 @@
-//! The task API: list, detail (with queue position), cancel and retry.
+//! The task API: list, detail (with queue position), cancel, retry and delete.
 //!
 //! With API keys on, a caller sees and acts on its own tasks only ([`Caller`]): another
 //! owner's task is the same 404 as a missing one, and listings are filtered by owner.
 
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -25,7 +26,7 @@ const MAX_LIMIT: usize = 200;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_tasks))
-        .routes(routes!(get_task))
+        .routes(routes!(get_task, delete_task))
         .routes(routes!(cancel_task))
         .routes(routes!(retry_task))
 }
@@ -218,4 +219,45 @@ async fn retry_task(
     let task = state.engine.retry(&id).await?;
     drop(reservation);
     Ok(Json(task_view(&task, None)))
+}
+
+/// Delete a finished task: its results, its record in the bucket, its rows (its batch's
+/// too once the batch has no task left) and the uploads it used that no other task uses.
+/// Afterwards the task is unknown everywhere (`404 task_not_found`).
+#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(TaskPath), responses(
+    (status = 204, description = "The task and its objects are deleted"),
+    (status = 404, description = "No such task (or another key's)", body = ErrorBody),
+    (status = 409, description = "The task is not final (`task_not_finished`), or one of its results is an input of an unfinished task (`task_in_use`)", body = ErrorBody),
+))]
+async fn delete_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(TaskPath { id }): PathParam<TaskPath>,
+) -> Result<StatusCode, ApiError> {
+    use crate::retention::DeleteError;
+    let id = parse_id(&id)?;
+    let task = visible_task(&state, &caller, &id).await?;
+    let deleted =
+        crate::retention::delete_task(&state.blobs, state.repo.as_ref(), &state.board, &task).await;
+    match deleted {
+        Ok(()) => {
+            tracing::info!(task_id = %id, owner = caller.owner().unwrap_or("-"), "task deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(DeleteError::NotFinished) => Err(ApiError::new(
+            ErrorCode::TaskNotFinished,
+            format!(
+                "task {id} is {}; cancel it or wait for it to finish before deleting it",
+                task.state
+            ),
+        )),
+        Err(DeleteError::InUse(key)) => Err(ApiError::new(
+            ErrorCode::TaskInUse,
+            format!(
+                "{key} is an input of an unfinished task; delete this task once that one is final"
+            ),
+        )),
+        Err(DeleteError::Database(e)) => Err(e.into()),
+        Err(DeleteError::Bucket(e)) => Err(e.into()),
+    }
 }

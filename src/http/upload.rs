@@ -14,7 +14,7 @@
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::idempotency::{self, Begin, Fingerprint, IdempotencyKeyHeader};
 use crate::AppState;
 use crate::config::Config;
 use crate::domain::ErrorCode;
@@ -145,7 +146,11 @@ fn spool_error(e: std::io::Error) -> ApiError {
 /// Spools one file field to a temporary file, up to `max` bytes. Past the cap, or once the
 /// file cannot be written, the rest is drained (so the next field can be read). Only a
 /// body that cannot be read is an error of the whole request.
-async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Spool, ApiError> {
+async fn spool_capped(
+    field: &mut Field<'_>,
+    max: u64,
+    fingerprint: &mut Fingerprint,
+) -> Result<Spool, ApiError> {
     use std::io::Write;
     let opened = tempfile::NamedTempFile::new().and_then(|spool| {
         let out = std::io::BufWriter::new(spool.reopen()?);
@@ -154,7 +159,7 @@ async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Spool, ApiError
     let (spool, mut out) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            drain(field).await?;
+            drain(field, fingerprint).await?;
             return Ok(Spool::NotStored(spool_error(e)));
         }
     };
@@ -165,6 +170,7 @@ async fn spool_capped(field: &mut Field<'_>, max: u64) -> Result<Spool, ApiError
         .await
         .map_err(|e| multipart_error(&e, e.status()))?
     {
+        fingerprint.update(&chunk);
         size += chunk.len() as u64;
         if size <= max && failed.is_none() {
             failed = out.write_all(&chunk).err();
@@ -323,14 +329,15 @@ async fn store_file(
     Ok((spec.key, info, size))
 }
 
-/// Reads and discards the rest of a field.
-async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
-    while field
+/// Reads and discards the rest of a field (into the request's fingerprint).
+async fn drain(field: &mut Field<'_>, fingerprint: &mut Fingerprint) -> Result<(), ApiError> {
+    while let Some(chunk) = field
         .chunk()
         .await
         .map_err(|e| multipart_error(&e, e.status()))?
-        .is_some()
-    {}
+    {
+        fingerprint.update(&chunk);
+    }
     Ok(())
 }
 
@@ -407,9 +414,13 @@ impl Outcome {
 /// behind an error of the whole request.
 #[utoipa::path(post, path = "/api/upload", tag = "generation",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
+    params(IdempotencyKeyHeader),
     responses(
-        (status = 200, description = "At least one file stored; any file refused (bad image, or storage refused it: `storage_full`, `storage_read_only`, `storage_unavailable`, `internal_error`) is in `errors`", body = UploadAnswer),
-        (status = 400, description = "Every file refused for what it is (`UploadAnswer` with `errors` and code `no_valid_files`), or no usable multipart body (`ErrorBody`)", body = UploadRefused),
+        (status = 200, description = "At least one file stored; any file refused (bad image, or storage refused it: `storage_full`, `storage_read_only`, `storage_unavailable`, `internal_error`) is in `errors`. With `Idempotent-Replayed: true`, the answer the key's first request got", body = UploadAnswer,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is a replay"))),
+        (status = 400, description = "Every file refused for what it is (`UploadAnswer` with `errors` and code `no_valid_files`), or no usable multipart body or an invalid `Idempotency-Key` (`ErrorBody`)", body = UploadRefused),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being processed (`idempotency_key_in_flight`)", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used with a different request (`idempotency_key_reused`)", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts; nothing is kept", body = ErrorBody),
         (status = 500, description = "No file stored because of an internal error (`UploadAnswer` with code `internal_error`); the cause is logged", body = UploadAnswer),
         (status = 503, description = "No file stored because storage refused it: the bucket, the database or the server's temporary space is full, read-only or failing (`UploadAnswer` with code `storage_full`, `storage_read_only` or `storage_unavailable`, and each file in `errors`); try again later", body = UploadAnswer),
@@ -417,6 +428,7 @@ impl Outcome {
 async fn upload(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let mut multipart = multipart.map_err(|e| {
@@ -428,21 +440,41 @@ async fn upload(
             ),
         )
     })?;
+    let mut held =
+        match idempotency::begin_upload(&state, &caller, &headers, &mut multipart).await? {
+            Begin::Proceed(held) => held,
+            Begin::Answered(response) => return Ok(response),
+        };
+    let mut fingerprint = Fingerprint::new(held.is_some(), idempotency::UPLOAD);
+    let answer = upload_files(&state, &caller, &mut multipart, &mut fingerprint).await;
+    if let Some(held) = &mut held {
+        // None when the body was not read to its end: the key is released, not kept.
+        held.request_hash = fingerprint.finish();
+    }
+    Ok(idempotency::finish(held, answer.into_response()).await)
+}
+
+async fn upload_files(
+    state: &AppState,
+    caller: &Caller,
+    multipart: &mut Multipart,
+    fingerprint: &mut Fingerprint,
+) -> Result<Response, ApiError> {
     let mut outcome = Outcome::default();
     let mut stored = StoredUploads {
         state: state.clone(),
         keys: Vec::new(),
     };
     // An error here ends the request; `stored` then removes what it had stored.
-    read_files(
-        &state,
+    let read = read_files(
+        state,
         caller.owner(),
-        &mut multipart,
+        multipart,
         &mut outcome,
         &mut stored,
-    )
-    .await
-    .map_err(|e| {
+        fingerprint,
+    );
+    read.await.map_err(|e| {
         // Said here, where the limit is known: how much a request may carry.
         if e.code == ErrorCode::BodyTooLarge.as_str() {
             let limits = &state.config.limits;
@@ -479,6 +511,7 @@ async fn read_files(
     multipart: &mut Multipart,
     outcome: &mut Outcome,
     stored: &mut StoredUploads,
+    fingerprint: &mut Fingerprint,
 ) -> Result<(), ApiError> {
     let limits = &state.config.limits;
     while let Some(mut field) = multipart
@@ -487,6 +520,7 @@ async fn read_files(
         .map_err(|e| multipart_error(&e, e.status()))?
     {
         let name = field.name().unwrap_or_default().to_owned();
+        fingerprint.part(&name, field.file_name());
         let filename = field
             .file_name()
             .unwrap_or("(unnamed)")
@@ -495,7 +529,7 @@ async fn read_files(
             .collect::<String>();
         if name != FIELD {
             // Drain it, but say so: nothing the client sent is dropped silently.
-            drain(&mut field).await?;
+            drain(&mut field, fingerprint).await?;
             outcome.refused(
                 name.clone(),
                 ErrorCode::UnexpectedField.as_str(),
@@ -505,7 +539,7 @@ async fn read_files(
         }
         outcome.total += 1;
         if outcome.total > limits.max_upload_files {
-            drain(&mut field).await?;
+            drain(&mut field, fingerprint).await?;
             outcome.refused(
                 filename,
                 ErrorCode::TooManyFiles.as_str(),
@@ -513,7 +547,7 @@ async fn read_files(
             );
             continue;
         }
-        let spool = match spool_capped(&mut field, limits.max_upload_bytes).await? {
+        let spool = match spool_capped(&mut field, limits.max_upload_bytes, fingerprint).await? {
             Spool::Ready(spool) => spool,
             Spool::TooLarge => {
                 outcome.refused(
@@ -543,5 +577,6 @@ async fn read_files(
             Err(Refused::NotStored(e)) => outcome.not_stored(filename, e),
         }
     }
+    fingerprint.end();
     Ok(())
 }

@@ -32,6 +32,11 @@ pub struct Limits {
     pub queries_per_second: usize,
     /// Tasks submitting, submitted or running at once; 0 means no cap.
     pub max_in_flight: usize,
+    /// Submission pauses while the provider's credit balance is below this; 0 means no
+    /// floor. Only providers that report a balance ([`Provider::credits`]) have one.
+    pub credit_floor: u64,
+    /// How often the balance is read, when the provider reports one.
+    pub credit_check: Duration,
 }
 
 impl Limits {
@@ -41,6 +46,8 @@ impl Limits {
         create_window: Duration::from_secs(1),
         queries_per_second: 0,
         max_in_flight: 0,
+        credit_floor: 0,
+        credit_check: Duration::from_secs(300),
     };
 }
 
@@ -126,6 +133,8 @@ pub async fn build(
                 create_window: config.kie.create_window_secs + Duration::from_millis(500),
                 queries_per_second: config.kie.queries_per_second,
                 max_in_flight: config.kie.max_in_flight,
+                credit_floor: config.kie.credit_floor,
+                credit_check: config.kie.credit_check_secs,
             },
             simulator: kie_simulator.is_some(),
             model: Model::default().as_str().to_owned(),

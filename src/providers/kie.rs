@@ -17,6 +17,7 @@ pub const NAME: &str = "kie";
 const CREATE_PATH: &str = "api/v1/jobs/createTask";
 const RECORD_PATH: &str = "api/v1/jobs/recordInfo";
 const UPLOAD_PATH: &str = "api/file-stream-upload";
+const CREDIT_PATH: &str = "api/v1/chat/credit";
 const BROWSER_LIKE_AGENT: &str = concat!(
     "Mozilla/5.0 (compatible; darkroom/",
     env!("CARGO_PKG_VERSION"),
@@ -267,6 +268,18 @@ impl Provider for KieClient {
         Ok(Record::parse(&data, CostUnit::Millis).status)
     }
 
+    /// `GET /api/v1/chat/credit`: the account's remaining credits.
+    async fn credits(&self) -> Option<Result<i64, ProviderError>> {
+        let request = self.http.get(self.endpoint(CREDIT_PATH));
+        Some(self.call(request, false).await.and_then(|data| {
+            parse_credits(&data).ok_or_else(|| ProviderError::Retryable {
+                code: "bad_answer".to_owned(),
+                message: "the credit balance answer holds no number".to_owned(),
+                retry_after: None,
+            })
+        }))
+    }
+
     /// `POST /api/file-stream-upload`, streamed from disk. KIE keeps the file three days.
     async fn upload_input(
         &self,
@@ -307,6 +320,36 @@ impl Provider for KieClient {
                 retry_after: None,
             }
         })
+    }
+}
+
+/// The balance in `chat/credit`'s `data`: an integer (PROVIDERS.md), tolerated as a
+/// number with a fraction (rounded down: what is left to spend) or a numeric string, or an
+/// object naming it (`credits`, `credit`, `balance`, `remainedCredits`).
+pub fn parse_credits(data: &Value) -> Option<i64> {
+    match data {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.floor() as i64)
+        }),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.floor() as i64)
+            })
+        }
+        Value::Object(_) => ["credits", "credit", "balance", "remainedCredits"]
+            .iter()
+            .find_map(|k| {
+                data.get(*k)
+                    .filter(|v| !v.is_object())
+                    .and_then(parse_credits)
+            }),
+        _ => None,
     }
 }
 
@@ -538,6 +581,64 @@ mod tests {
             answer(200, json!({"code": 200, "data": {}})).says_not_found(),
             None
         );
+    }
+
+    #[test]
+    fn credit_balances_in_every_shape_kie_may_send() {
+        assert_eq!(parse_credits(&json!(2510330)), Some(2_510_330));
+        assert_eq!(parse_credits(&json!(0)), Some(0));
+        assert_eq!(parse_credits(&json!(-4)), Some(-4));
+        assert_eq!(parse_credits(&json!(99.9)), Some(99), "rounded down");
+        assert_eq!(parse_credits(&json!(" 120 ")), Some(120));
+        assert_eq!(parse_credits(&json!("120.5")), Some(120));
+        assert_eq!(parse_credits(&json!({"credits": 7})), Some(7));
+        assert_eq!(parse_credits(&json!({"remainedCredits": "8"})), Some(8));
+        for nothing in [
+            json!(null),
+            json!(true),
+            json!("lots"),
+            json!([]),
+            json!({}),
+            json!({"credits": {"credits": 1}}),
+            json!("NaN"),
+        ] {
+            assert_eq!(parse_credits(&nothing), None, "{nothing}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_balance_is_read_from_the_simulator_and_errors_are_classified() {
+        use crate::providers::sim::{KieSim, KieSimConfig};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sim = KieSim::new(
+            KieSimConfig {
+                token: Some("t".to_owned()),
+                credits: 123,
+                ..KieSimConfig::default()
+            },
+            format!("http://{addr}"),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(sim.clone().serve(listener, stop.clone()));
+        let kie = client(&format!("http://{addr}"), Duration::from_secs(5));
+        assert_eq!(kie.credits().await, Some(Ok(123)));
+        sim.set_credits(5);
+        assert_eq!(kie.credits().await, Some(Ok(5)));
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let stranger = KieClient::new(
+            base.clone(),
+            base,
+            Secret::new("wrong"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let refused = stranger.credits().await;
+        assert!(
+            matches!(&refused, Some(Err(ProviderError::Permanent { code, .. })) if code == "401"),
+            "{refused:?}"
+        );
+        stop.cancel();
     }
 
     #[test]

@@ -208,6 +208,12 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
+    /// The account's remaining credit balance, for providers that report one (KIE's
+    /// `chat/credit`); `None` for providers without such an API.
+    async fn credits(&self) -> Option<Result<i64, ProviderError>> {
+        None
+    }
+
     /// Hands an input file to the provider's own file storage and returns the URL it can
     /// fetch it from. Providers without such an API refuse.
     async fn upload_input(

@@ -482,6 +482,15 @@ impl BlobStore {
         }
     }
 
+    /// The object's size in bytes; `None` when there is no such object.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        match self.store.head(&path(key)?).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes, reads back and deletes a small object: the bucket answers and accepts writes.
     pub async fn probe(&self) -> Result<(), BlobError> {
         let spec = super::keys::probe();

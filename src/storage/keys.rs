@@ -60,6 +60,19 @@ pub fn task_record(task: &TaskId) -> ObjectSpec {
     }
 }
 
+/// The key of our own upload or result that `text` names: an object key, or a URL of one
+/// (`/files/{key}`, `{public base}/{key}`, signed or not): its last two path segments when
+/// they are `uploads/{name}` or `generated/{name}`. `None` for anything else. Retention
+/// reads tasks' inputs with it; a foreign URL that happens to end the same way is taken
+/// for ours, which can only keep an object longer.
+pub fn named_object(text: &str) -> Option<&str> {
+    let path = text.split(['?', '#']).next()?;
+    let (rest, name) = path.rsplit_once('/')?;
+    let folder = rest.rsplit('/').next()?;
+    let named = matches!(folder, "uploads" | "generated") && !name.is_empty();
+    named.then(|| &path[path.len() - folder.len() - 1 - name.len()..])
+}
+
 /// The probe object written at start to prove the bucket is writable.
 pub fn probe() -> ObjectSpec {
     ObjectSpec {
@@ -116,6 +129,31 @@ mod tests {
         assert_eq!(task_of_generated(&spec.key), Some(id));
         assert_eq!(task_of_generated("generated/kie-nope-0.png"), None);
         assert_eq!(task_of_generated("uploads/x.png"), None);
+    }
+
+    #[test]
+    fn keys_and_urls_name_our_objects() {
+        for (text, named) in [
+            ("uploads/a.png", Some("uploads/a.png")),
+            (
+                "http://h:1/files/uploads/a.png?sig=x",
+                Some("uploads/a.png"),
+            ),
+            (
+                "https://cdn.example/base/uploads/uploads/a.png",
+                Some("uploads/a.png"),
+            ),
+            (
+                "https://cdn.example/generated/kie-tsk_1-0.png#f",
+                Some("generated/kie-tsk_1-0.png"),
+            ),
+            ("https://example.com/a.png", None),
+            ("https://example.com/uploads/", None),
+            ("kie-tasks/tsk_1.json", None),
+            ("", None),
+        ] {
+            assert_eq!(named_object(text), named, "{text}");
+        }
     }
 
     #[test]

@@ -101,6 +101,39 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The file an `sqlite:` URL names (`None` when the URL is not a valid SQLite URL).
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    Some(options.get_filename().to_path_buf())
+}
+
+/// Whether two URLs name the same database: one SQLite file (however the path is
+/// written), or one database on the same PostgreSQL server (whoever connects). Names of one
+/// server written differently (`localhost` and `127.0.0.1`) are not recognised.
+pub fn same_database(a: &str, b: &str) -> bool {
+    match (Backend::of_url(a), Backend::of_url(b)) {
+        (Some(Backend::Sqlite), Some(Backend::Sqlite)) => {
+            let (Some(a), Some(b)) = (sqlite_path(a), sqlite_path(b)) else {
+                return a == b;
+            };
+            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+        }
+        (Some(Backend::Postgres), Some(Backend::Postgres)) => {
+            let server = |url: &str| {
+                let parsed = url::Url::parse(url).ok()?;
+                Some((
+                    parsed.host_str()?.to_ascii_lowercase(),
+                    parsed.port().unwrap_or(5432),
+                    parsed.path().trim_start_matches('/').to_owned(),
+                ))
+            };
+            server(a).is_some_and(|server_a| server(b) == Some(server_a))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +151,27 @@ mod tests {
             Some(Backend::Postgres)
         );
         assert_eq!(Backend::of_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn one_database_is_recognised_however_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.db");
+        std::fs::write(&file, b"").unwrap();
+        let plain = format!("sqlite://{}", file.display());
+        let dotted = format!("sqlite://{}/./d.db?mode=rwc", dir.path().display());
+        assert!(same_database(&plain, &dotted));
+        assert!(!same_database(
+            &plain,
+            &format!("sqlite://{}/e.db", dir.path().display())
+        ));
+        assert!(same_database(
+            "postgres://a@db:5432/x",
+            "postgresql://b:pw@DB/x"
+        ));
+        assert!(!same_database("postgres://db/x", "postgres://db/y"));
+        assert!(!same_database("postgres://db/x", "postgres://db:5433/x"));
+        assert!(!same_database("postgres://db/x", &plain));
     }
 
     #[test]

@@ -11,9 +11,12 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::Notify;
 
-use super::postgres_rows::{insert_tasks, task_from_row, tasks_from_rows};
+use super::postgres_rows::{insert_tasks, restore_task, task_from_row, tasks_from_rows};
 use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
+
+/// Changes kept for a follower that is behind before it is told it missed some.
+const FEED_CAPACITY: usize = 4096;
 
 /// How long a query waits for a free connection (or for PostgreSQL to accept one).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +26,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgRepo {
     pub(super) pool: PgPool,
     wake: Arc<Notify>,
+    /// Task changes announced by every instance (this one's too), from the listener.
+    pub(super) changes: tokio::sync::broadcast::Sender<super::feed::FeedEvent>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -45,10 +50,13 @@ impl PgRepo {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let wake = Arc::new(Notify::new());
-        let listener = super::postgres_wake::spawn_listener(pool.clone(), wake.clone());
+        let (changes, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
+        let listener =
+            super::postgres_wake::spawn_listener(pool.clone(), wake.clone(), changes.clone());
         Ok(Self {
             pool,
             wake,
+            changes,
             listener,
         })
     }
@@ -68,6 +76,56 @@ fn as_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Moves up to `limit` due queued tasks of `provider` to `submitting` under `worker`'s
+/// lease: by priority, then each owner's turn, then age. Returned in that order.
+pub(super) async fn claim_queued_on(
+    conn: &mut sqlx::PgConnection,
+    provider: &str,
+    now: i64,
+    limit: usize,
+    worker: &str,
+    lease_until: i64,
+) -> Result<Vec<Task>, RepoError> {
+    // The claim order of SQLite (priority, then each owner's turn, then age) is worked
+    // out without locks; then the first `limit` of the best few that no other claimer
+    // holds are locked and taken. Locking every candidate instead would write a lock
+    // into each queued row on every claim. A claimer racing another may take fewer than
+    // `limit` (the rest are locked by the other); it comes back on its next round.
+    let rows = sqlx::query(
+        "WITH ranked AS (
+             SELECT id, priority, created_at,
+                    ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
+                                       ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
+             FROM tasks WHERE state = 'queued' AND provider = $1 AND run_at <= $2
+         ), wanted AS (
+             SELECT id, priority, owner_rank, created_at FROM ranked
+             ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC
+             LIMIT $3
+         ), taken AS (
+             SELECT t.id FROM tasks t JOIN wanted w ON w.id = t.id
+             WHERE t.state = 'queued'
+             ORDER BY w.priority DESC, w.owner_rank ASC, w.created_at ASC, w.id ASC
+             LIMIT $4
+             FOR UPDATE OF t SKIP LOCKED
+         )
+         UPDATE tasks SET state = 'submitting', lease_owner = $5, lease_until = $6, updated_at = $2,
+                          callback_token_hash = ''
+         FROM taken WHERE tasks.id = taken.id AND tasks.state = 'queued'
+         RETURNING tasks.*",
+    )
+    .bind(provider)
+    .bind(now)
+    .bind(as_limit(limit.saturating_mul(4).saturating_add(16)))
+    .bind(as_limit(limit))
+    .bind(worker)
+    .bind(lease_until)
+    .fetch_all(conn)
+    .await?;
+    let mut tasks = tasks_from_rows(&rows)?;
+    super::repo::sort_claimed(&mut tasks);
+    Ok(tasks)
+}
+
 #[async_trait]
 impl TaskRepo for PgRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
@@ -83,6 +141,11 @@ impl TaskRepo for PgRepo {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn restore(&self, task: &Task) -> Result<bool, RepoError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(restore_task(&mut conn, task).await?)
     }
 
     async fn get_by_provider_id(
@@ -106,49 +169,8 @@ impl TaskRepo for PgRepo {
         worker: &str,
         lease_until: i64,
     ) -> Result<Vec<Task>, RepoError> {
-        // The claim order of SQLite (priority, then each owner's turn, then age) is worked
-        // out without locks; then the first `limit` of the best few that no other claimer
-        // holds are locked and taken. Locking every candidate instead would write a lock
-        // into each queued row on every claim. A claimer racing another may take fewer than
-        // `limit` (the rest are locked by the other); it comes back on its next round.
-        let rows = sqlx::query(
-            "WITH ranked AS (
-                 SELECT id, priority, created_at,
-                        ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
-                                           ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
-                 FROM tasks WHERE state = 'queued' AND provider = $1 AND run_at <= $2
-             ), wanted AS (
-                 SELECT id, priority, owner_rank, created_at FROM ranked
-                 ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC
-                 LIMIT $3
-             ), taken AS (
-                 SELECT t.id FROM tasks t JOIN wanted w ON w.id = t.id
-                 WHERE t.state = 'queued'
-                 ORDER BY w.priority DESC, w.owner_rank ASC, w.created_at ASC, w.id ASC
-                 LIMIT $4
-                 FOR UPDATE OF t SKIP LOCKED
-             )
-             UPDATE tasks SET state = 'submitting', lease_owner = $5, lease_until = $6, updated_at = $2,
-                              callback_token_hash = ''
-             FROM taken WHERE tasks.id = taken.id AND tasks.state = 'queued'
-             RETURNING tasks.*",
-        )
-        .bind(provider)
-        .bind(now)
-        .bind(as_limit(limit.saturating_mul(4).saturating_add(16)))
-        .bind(as_limit(limit))
-        .bind(worker)
-        .bind(lease_until)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut tasks = tasks_from_rows(&rows)?;
-        // RETURNING gives no order guarantee; callers submit in queue order.
-        tasks.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(tasks)
+        let mut conn = self.pool.acquire().await?;
+        claim_queued_on(&mut conn, provider, now, limit, worker, lease_until).await
     }
 
     async fn claim_due(
@@ -266,6 +288,25 @@ impl TaskRepo for PgRepo {
         .fetch_one(&self.pool)
         .await?;
         Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn count_unfinished(&self) -> Result<Vec<(String, TaskState, u64)>, RepoError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, state, COUNT(*) FROM tasks
+             WHERE state IN ('queued', 'submitting', 'submitted', 'running', 'ingesting')
+             GROUP BY provider, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(provider, state, count)| {
+                let state = state.parse::<TaskState>().map_err(|e| RepoError::Corrupt {
+                    id: format!("{provider}/{state}"),
+                    message: e.to_string(),
+                })?;
+                Ok((provider, state, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
     }
 
     async fn extend_lease(&self, id: &TaskId, worker: &str, until: i64) -> Result<bool, RepoError> {

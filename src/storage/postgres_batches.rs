@@ -11,22 +11,31 @@ use super::postgres_rows::{batch_from_row, insert_tasks};
 use super::repo::{NewTask, RepoError};
 use crate::domain::TaskState;
 
+/// Inserts the batch row inside an open transaction (its tasks follow in the same one).
+pub(super) async fn insert_batch_row(
+    conn: &mut sqlx::PgConnection,
+    batch: &Batch,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&batch.id)
+    .bind(&batch.owner)
+    .bind(&batch.prompt)
+    .bind(&batch.webhook_url)
+    .bind(batch.total)
+    .bind(batch.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl BatchRepo for PgRepo {
     async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO batches (id, owner, prompt, webhook_url, total, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&batch.id)
-        .bind(&batch.owner)
-        .bind(&batch.prompt)
-        .bind(&batch.webhook_url)
-        .bind(batch.total)
-        .bind(batch.created_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_batch_row(&mut tx, batch).await?;
         insert_tasks(&mut tx, tasks).await?;
         tx.commit().await?;
         Ok(())

@@ -126,3 +126,13 @@ pub(super) fn batch_from_row(row: &PgRow) -> Result<Batch, RepoError> {
         created_at: row.try_get("created_at")?,
     })
 }
+
+/// Writes a whole task row as it is, unless its id or its provider id is taken (then
+/// nothing is written and the answer is false).
+pub(super) async fn restore_task(conn: &mut PgConnection, t: &Task) -> Result<bool, sqlx::Error> {
+    let done = super::update_sql::restore_insert(std::slice::from_ref(t), <[String]>::to_vec)
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -75,6 +75,11 @@ pub trait TaskRepo: Send + Sync + 'static {
 
     async fn get(&self, id: &TaskId) -> Result<Option<Task>, RepoError>;
 
+    /// Writes `task` as it is (every column), unless a task with its id, or its provider
+    /// id at its provider, is already stored: then nothing changes and the answer is false
+    /// (`INSERT … ON CONFLICT DO NOTHING`). `darkroom reindex` restores rows with it.
+    async fn restore(&self, task: &Task) -> Result<bool, RepoError>;
+
     async fn get_by_provider_id(
         &self,
         provider: &str,
@@ -138,6 +143,11 @@ pub trait TaskRepo: Send + Sync + 'static {
     /// Tasks of `provider` being created or waiting at the provider.
     async fn count_in_flight(&self, provider: &str) -> Result<usize, RepoError>;
 
+    /// Unfinished tasks (queued, submitting, submitted, running, ingesting) counted by
+    /// provider and state, for the metrics; pairs with no task are left out. Reads only
+    /// unfinished rows through the `(state, run_at)` index, however many tasks finished.
+    async fn count_unfinished(&self) -> Result<Vec<(String, TaskState, u64)>, RepoError>;
+
     /// Pushes out this worker's lease; false when the lease is no longer this worker's.
     async fn extend_lease(&self, id: &TaskId, worker: &str, until: i64) -> Result<bool, RepoError>;
 
@@ -157,4 +167,14 @@ pub trait TaskRepo: Send + Sync + 'static {
     fn queue_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+}
+
+/// Claimed tasks in queue order (RETURNING gives no order guarantee; callers submit in
+/// queue order).
+pub(super) fn sort_claimed(tasks: &mut [Task]) {
+    tasks.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.created_at.cmp(&b.created_at))
+    });
 }

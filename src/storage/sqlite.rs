@@ -5,7 +5,7 @@ use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
-use super::sqlite_rows::{insert_tasks, task_from_row, tasks_from_rows, to_json};
+use super::sqlite_rows::{insert_tasks, restore_task, task_from_row, tasks_from_rows, to_json};
 use super::sqlite_writer::{Durability, Writer, connect_options};
 use crate::domain::{TaskId, TaskState};
 
@@ -79,6 +79,42 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// Moves up to `limit` due queued tasks of `provider` to `submitting` under `worker`'s
+/// lease: by priority, then each owner's turn, then age. Returned in that order.
+pub(super) async fn claim_queued_on(
+    conn: &mut sqlx::SqliteConnection,
+    provider: &str,
+    now: i64,
+    limit: usize,
+    worker: &str,
+    lease_until: i64,
+) -> Result<Vec<Task>, RepoError> {
+    let rows = sqlx::query(
+        "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?,
+                         callback_token_hash = ''
+         WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, priority, created_at,
+                        ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
+                                           ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
+                 FROM tasks WHERE state = 'queued' AND provider = ? AND run_at <= ?)
+             ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC LIMIT ?)
+           AND state = 'queued'
+         RETURNING *",
+    )
+    .bind(worker)
+    .bind(lease_until)
+    .bind(now)
+    .bind(provider)
+    .bind(now)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(conn)
+    .await?;
+    let mut tasks = tasks_from_rows(&rows)?;
+    super::repo::sort_claimed(&mut tasks);
+    Ok(tasks)
+}
+
 #[async_trait]
 impl TaskRepo for SqliteRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
@@ -97,6 +133,18 @@ impl TaskRepo for SqliteRepo {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn restore(&self, task: &Task) -> Result<bool, RepoError> {
+        let mut conn = self
+            .writer
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.writer.failed(e))?;
+        restore_task(&mut conn, task)
+            .await
+            .map_err(|e| self.writer.failed(e))
     }
 
     async fn get_by_provider_id(
@@ -120,36 +168,15 @@ impl TaskRepo for SqliteRepo {
         worker: &str,
         lease_until: i64,
     ) -> Result<Vec<Task>, RepoError> {
-        let rows = sqlx::query(
-            "UPDATE tasks SET state = 'submitting', lease_owner = ?, lease_until = ?, updated_at = ?,
-                             callback_token_hash = ''
-             WHERE id IN (
-                 SELECT id FROM (
-                     SELECT id, priority, created_at,
-                            ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
-                                               ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
-                     FROM tasks WHERE state = 'queued' AND provider = ? AND run_at <= ?)
-                 ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC LIMIT ?)
-               AND state = 'queued'
-             RETURNING *",
-        )
-        .bind(worker)
-        .bind(lease_until)
-        .bind(now)
-        .bind(provider)
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer.pool)
-        .await
-        .map_err(|e| self.writer.failed(e))?;
-        let mut tasks = tasks_from_rows(&rows)?;
-        // RETURNING gives no order guarantee; callers submit in queue order.
-        tasks.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(tasks)
+        let mut conn = self
+            .writer
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.writer.failed(e))?;
+        claim_queued_on(&mut conn, provider, now, limit, worker, lease_until)
+            .await
+            .map_err(|e| self.writer.failed_repo(e))
     }
 
     async fn claim_due(
@@ -260,6 +287,25 @@ impl TaskRepo for SqliteRepo {
         .fetch_one(&self.pool)
         .await?;
         Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn count_unfinished(&self) -> Result<Vec<(String, TaskState, u64)>, RepoError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, state, COUNT(*) FROM tasks
+             WHERE state IN ('queued', 'submitting', 'submitted', 'running', 'ingesting')
+             GROUP BY provider, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(provider, state, count)| {
+                let state = state.parse::<TaskState>().map_err(|e| RepoError::Corrupt {
+                    id: format!("{provider}/{state}"),
+                    message: e.to_string(),
+                })?;
+                Ok((provider, state, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
     }
 
     async fn extend_lease(&self, id: &TaskId, worker: &str, until: i64) -> Result<bool, RepoError> {

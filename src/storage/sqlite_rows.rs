@@ -130,3 +130,16 @@ pub(super) fn batch_from_row(row: &SqliteRow) -> Result<Batch, RepoError> {
 pub(super) fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<Task>, RepoError> {
     rows.iter().map(task_from_row).collect()
 }
+
+/// Writes a whole task row as it is, unless its id or its provider id is taken (then
+/// nothing is written and the answer is false).
+pub(super) async fn restore_task(
+    conn: &mut SqliteConnection,
+    t: &Task,
+) -> Result<bool, sqlx::Error> {
+    let done = super::update_sql::restore_insert(std::slice::from_ref(t), to_json)
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

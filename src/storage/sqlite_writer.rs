@@ -126,6 +126,14 @@ impl Writer {
         RepoError::Database(e)
     }
 
+    /// [`Self::failed`] for an error already turned into a [`RepoError`].
+    pub(super) fn failed_repo(&self, e: RepoError) -> RepoError {
+        match e {
+            RepoError::Database(e) => self.failed(e),
+            other => other,
+        }
+    }
+
     /// Proves the database accepts a write now: a transaction that writes
     /// `headroom_bytes` bytes and is rolled back, leaving nothing behind.
     pub(super) async fn probe(&self, headroom_bytes: u32) -> Result<(), RepoError> {

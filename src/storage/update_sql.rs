@@ -1,10 +1,11 @@
-//! The guarded task update as SQL, written once for every backend: `QueryBuilder` numbers
-//! the placeholders for each (`?` or `$n`), and only the way a list is stored differs
-//! (JSON text on SQLite, `TEXT[]` on PostgreSQL), so the caller says how to bind one.
+//! Task SQL written once for every backend (the guarded update, the whole-row restore):
+//! `QueryBuilder` numbers the placeholders for each (`?` or `$n`), and only the way a list
+//! is stored differs (JSON text on SQLite, `TEXT[]` on PostgreSQL), so the caller says how
+//! to bind one.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::TaskUpdate;
+use super::{Task, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
 
 /// `UPDATE tasks SET … WHERE id = … AND state = from [AND lease_owner = lease] RETURNING *`
@@ -81,5 +82,72 @@ where
         q.push(" AND lease_owner = ").push_bind(worker.to_owned());
     }
     q.push(" RETURNING *");
+    q
+}
+
+/// `INSERT INTO tasks (every column) VALUES (…), … ON CONFLICT DO NOTHING`: whole task
+/// rows written as they are (reindex, migrate-db), each unless its id or its provider id
+/// is taken; `list` turns a list into its stored form. A task binds 34 values: callers
+/// keep `tasks` short enough for the backend's cap on values per statement.
+pub(super) fn restore_insert<DB, L>(
+    tasks: &[Task],
+    list: impl Fn(&[String]) -> L,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    i32: for<'t> Encode<'t, DB> + Type<DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    Option<i64>: for<'t> Encode<'t, DB> + Type<DB>,
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    Option<String>: for<'t> Encode<'t, DB> + Type<DB>,
+    L: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new(
+        "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
+             aspect_ratio, output_format, priority, batch_id, owner, attempts, run_at,
+             lease_owner, lease_until, provider_task_id, callback_token_hash, callback_at,
+             result_source_urls, result_keys, result_urls, credits, cost_time_ms,
+             error_code, error_message, created_at, updated_at, submitted_at, completed_at,
+             retry_of, webhook_url, missing_answers) ",
+    );
+    q.push_values(tasks, |mut values, t| {
+        values
+            .push_bind(t.id.as_str().to_owned())
+            .push_bind(t.state.as_str().to_owned())
+            .push_bind(t.provider.clone())
+            .push_bind(t.model.clone())
+            .push_bind(t.prompt.clone())
+            .push_bind(t.source.clone())
+            .push_bind(t.image_url.clone())
+            .push_bind(list(&t.input_urls))
+            .push_bind(t.aspect_ratio.clone())
+            .push_bind(t.output_format.clone())
+            .push_bind(t.priority)
+            .push_bind(t.batch_id.clone())
+            .push_bind(t.owner.clone())
+            .push_bind(i64::from(t.attempts))
+            .push_bind(t.run_at)
+            .push_bind(t.lease_owner.clone())
+            .push_bind(t.lease_until)
+            .push_bind(t.provider_task_id.clone())
+            .push_bind(t.callback_token_hash.clone())
+            .push_bind(t.callback_at)
+            .push_bind(list(&t.result_source_urls))
+            .push_bind(list(&t.result_keys))
+            .push_bind(list(&t.result_urls))
+            .push_bind(t.credits)
+            .push_bind(t.cost_time_ms)
+            .push_bind(t.error_code.clone())
+            .push_bind(t.error_message.clone())
+            .push_bind(t.created_at)
+            .push_bind(t.updated_at)
+            .push_bind(t.submitted_at)
+            .push_bind(t.completed_at)
+            .push_bind(t.retry_of.as_ref().map(|id| id.as_str().to_owned()))
+            .push_bind(t.webhook_url.clone())
+            .push_bind(i64::from(t.missing_answers));
+    });
+    q.push(" ON CONFLICT DO NOTHING");
     q
 }

@@ -2,14 +2,16 @@
 //! outbound webhooks show ([`TaskView`]), the original service's status answer
 //! ([`compat_status`]), the archive record in the bucket ([`task_record`]) and the event
 //! of a state change ([`TaskEvent`]). Built from the stored row alone (no I/O), so every
-//! layer that shows a task shows the same thing.
+//! layer that shows a task shows the same thing. `stats` folds the repository's aggregates
+//! over many tasks into the answer of `GET /api/stats`.
 
 mod event;
 mod record;
+pub mod stats;
 mod status_answer;
 
 pub use event::TaskEvent;
-pub use record::{TaskRecord, task_record};
+pub use record::{TaskRecord, task_from_record, task_record};
 pub use status_answer::{CompatStatusBody, Waiting, compat_status, waiting};
 
 use serde::Serialize;

@@ -52,6 +52,18 @@ async fn upload_refuses_bad_files_one_by_one_and_keeps_the_good_ones() {
         );
     }
     assert_eq!(body["uploaded"][1]["contentType"], "image/jpeg");
+    // /api/info states the limits just enforced, so the page checks files on selection.
+    let (_, info) = app.get_json("/api/info").await;
+    assert_eq!(
+        info["uploads"],
+        json!({
+            "contentTypes": ["image/png", "image/jpeg", "image/webp"],
+            "maxFileBytes": 20000,
+            "maxFiles": 10,
+            "maxImageDimension": 10000,
+            "maxImagePixels": 40000000
+        })
+    );
 }
 
 #[tokio::test]
@@ -354,11 +366,12 @@ async fn the_router_refuses_in_json() {
     );
     let response = app
         .http
-        .delete(app.url("/api/tasks/tsk_00000000000000000000000000000000"))
+        .put(app.url("/api/tasks/tsk_00000000000000000000000000000000"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD,DELETE");
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["code"], "method_not_allowed", "{answer}");
 

@@ -324,7 +324,7 @@ async fn an_unfinished_batch_is_not_zipped_but_waited_for_on_request() {
     );
 }
 
-/// The README's claim for `GET /api/batches/{id}/zip`: the archive is streamed from the
+/// docs/API.md's claim for `GET /api/batches/{id}/zip` ("Batches"): the archive is streamed from the
 /// bucket as it is written, so memory stays at a few chunks whatever its size. Ten results
 /// of noise (about 3 MB each: the simulator renders 1024 px from a 1024 px noisy source) make
 /// an archive of about 30 MB, read here chunk by chunk into a file and a hash, never whole;
@@ -339,7 +339,7 @@ async fn batch_zip_of_30_mb_streams_in_bounded_memory() {
     use sha2::{Digest, Sha256};
     use std::io::Write;
 
-    /// README: 0.25–0.35 MiB of growth measured for the 31 MB archive (the bucket's 8 KiB
+    /// docs/API.md: 0.25–0.35 MiB of growth measured for the 31 MB archive (the bucket's 8 KiB
     /// chunks, four of them queued, plus the connection's buffers); the bound leaves room
     /// for the allocator and is still a fifteenth of the archive. Buffering it whole grows
     /// memory by about 47 MiB.

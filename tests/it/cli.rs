@@ -309,3 +309,41 @@ async fn keys_cli_prints_and_rotates_the_webhook_secret() {
     assert!(ok, "{err}");
     assert_eq!(shown.trim(), second);
 }
+
+/// One serving process per SQLite file: a second `darkroom serve` on the same data
+/// directory stops at once with a sentence naming the first one's pid and PostgreSQL;
+/// once the first is gone (even by SIGKILL), a new one starts.
+#[tokio::test]
+async fn a_second_process_on_one_sqlite_file_is_refused() {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |port: u16| {
+        Command::new(BIN)
+            .arg("serve")
+            .env("DARKROOM_DATA_DIR", dir.path())
+            .env("DARKROOM_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("darkroom serve starts")
+    };
+    let first_port = free_port();
+    let mut first = Running(serve(first_port));
+    crate::harness::wait_for_http(&http, &format!("http://127.0.0.1:{first_port}/healthz")).await;
+
+    let second = serve(free_port()).wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    println!("second process: {}; {said}", second.status);
+    assert!(!second.status.success());
+    let pid = first.0.id();
+    assert!(said.contains(&format!("pid {pid}")), "{said}");
+    assert!(said.contains("one process per SQLite file"), "{said}");
+    assert!(said.contains("PostgreSQL"), "{said}");
+
+    first.0.kill().unwrap(); // SIGKILL: the kernel drops the lock with the process
+    let _ = first.0.wait();
+    let third_port = free_port();
+    let _third = Running(serve(third_port));
+    crate::harness::wait_for_http(&http, &format!("http://127.0.0.1:{third_port}/healthz")).await;
+}

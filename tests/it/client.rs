@@ -527,3 +527,48 @@ async fn serve_flags_win_over_the_environment() {
         assert!(help.contains(needle), "serve --help names {needle}: {help}");
     }
 }
+
+/// The sum of `darkroom_http_requests_total` over `route` in the server's `/metrics`.
+async fn requests_to(app: &TestApp, route: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = format!("route=\"{route}\"");
+    text.lines()
+        .filter(|l| l.starts_with("darkroom_http_requests_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+async fn generate_follows_tasks_on_the_event_stream_and_polls_only_when_told() {
+    // Generations that take seconds: a follower that polled would ask many times.
+    let app = spawn_app(&[("DARKROOM_SIM_LATENCY_MS", "2000-2500")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (id, run) = generate_one(&app, dir.path(), &[]).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(document(&run)["tasks"][0]["state"], "succeeded", "{id}");
+    let streamed = requests_to(&app, "/api/events").await;
+    let polled = requests_to(&app, "/api/tasks/{id}").await;
+    assert_eq!(streamed, 1.0, "one event stream for the run");
+    assert_eq!(polled, 0.0, "no polls while the stream works");
+
+    let (_, run) = generate_one(&app, dir.path(), &["--poll"]).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(
+        requests_to(&app, "/api/events").await,
+        streamed,
+        "--poll opens no stream"
+    );
+    let polls = requests_to(&app, "/api/tasks/{id}").await;
+    assert!(
+        polls >= 2.0,
+        "--poll asks until the task is final: {polls} polls"
+    );
+}

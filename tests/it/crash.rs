@@ -81,22 +81,7 @@ async fn r3_sigkill_during_500_in_flight_tasks_loses_nothing_and_creates_nothing
     let data = tempfile::tempdir().unwrap();
 
     // Inputs come from a server of the test's own, up whatever happens to darkroom.
-    let source = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let source_addr = source.local_addr().unwrap();
-    let png = {
-        let img = image::RgbImage::from_pixel(40, 30, image::Rgb([120, 30, 200]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        bytes::Bytes::from(out.into_inner())
-    };
-    let app = axum::Router::new().route(
-        "/source.png",
-        axum::routing::get(move || {
-            let png = png.clone();
-            async move { ([("content-type", "image/png")], png) }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(source, app).await });
+    let image_url = crate::harness::serve_png().await;
 
     let sim = spawn_sim(KieSimConfig {
         token: Some("crash-token".to_owned()),
@@ -113,7 +98,6 @@ async fn r3_sigkill_during_500_in_flight_tasks_loses_nothing_and_creates_nothing
     wait_for_http(&http, &format!("{base}/healthz")).await;
 
     let started = Instant::now();
-    let image_url = format!("http://{source_addr}/source.png");
     let mut ids: Vec<String> = Vec::with_capacity(TASKS);
     while ids.len() < TASKS {
         let body = json!({"prompt": "crash test", "imageUrls": vec![image_url.clone(); 10]});

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod outage;
 mod postgres;
+pub use outage::Outage;
 pub use postgres::{PgDatabase, fresh_postgres};
 
 pub struct TestApp {
@@ -362,6 +364,23 @@ pub async fn input_host(stop: CancellationToken) -> String {
             .await
     });
     addr.to_string()
+}
+
+/// A server of the test's own that serves one PNG at the returned URL, up whatever happens
+/// to darkroom (until the test ends).
+pub async fn serve_png() -> String {
+    let source = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = source.local_addr().unwrap();
+    let body = bytes::Bytes::from(png(40, 30));
+    let app = axum::Router::new().route(
+        "/source.png",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "image/png")], body) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(source, app).await });
+    format!("http://{addr}/source.png")
 }
 
 pub fn png(width: u32, height: u32) -> Vec<u8> {

@@ -259,7 +259,7 @@ async fn stale_last_event_id_resynchronises() {
     assert_eq!(snapshots, ids.into_iter().collect());
 }
 
-/// What the README ("Live progress") promises for 1,000 open streams, measured with the
+/// What docs/API.md ("Live progress") promises for 1,000 open streams, measured with the
 /// test's clients and the server in one process, debug build: each open stream adds at
 /// most this much resident memory (about 40 KiB measured)...
 const SSE_KIB_PER_STREAM_MAX: u64 = 64;
@@ -357,11 +357,11 @@ async fn thousand_sse_clients_each_receive_every_event() {
     );
     assert!(
         kib_per_stream <= SSE_KIB_PER_STREAM_MAX,
-        "{kib_per_stream} KiB per open stream; the README promises at most {SSE_KIB_PER_STREAM_MAX} KiB"
+        "{kib_per_stream} KiB per open stream; docs/API.md promises at most {SSE_KIB_PER_STREAM_MAX} KiB"
     );
     assert!(
         delivered <= SSE_DELIVERY_MAX,
-        "{CLIENTS} streams had every event after {delivered:?}; the README promises {SSE_DELIVERY_MAX:?}"
+        "{CLIENTS} streams had every event after {delivered:?}; docs/API.md promises {SSE_DELIVERY_MAX:?}"
     );
 }
 
@@ -514,4 +514,70 @@ async fn wait_returns_on_completion_and_on_timeout() {
     println!(
         "wait_returns_on_completion_and_on_timeout: completion after {took:?}, already-final in {immediate:?}, timeout=0.5 answered after {waited:?}"
     );
+}
+
+/// Two instances on one PostgreSQL database and one bucket, each with one role: B serves
+/// the API (and takes KIE's callbacks), A runs the workers and answers nothing but health,
+/// readiness and metrics. B's SSE clients see every change A makes, and B's status answers
+/// follow, though B's own engine never runs.
+#[tokio::test]
+async fn changes_made_by_another_instance_reach_this_ones_streams_and_status() {
+    let db = crate::harness::fresh_postgres().await;
+    let b = spawn_app(&[
+        ("DARKROOM_DATABASE_URL", db.url.as_str()),
+        ("DARKROOM_ROLES", "api"),
+    ])
+    .await;
+    let bucket = b.dir.path().join("bucket").display().to_string();
+    let callback = b.url("/api/callback");
+    let a = spawn_app(&[
+        ("DARKROOM_DATABASE_URL", db.url.as_str()),
+        ("DARKROOM_BUCKET_DIR", bucket.as_str()),
+        ("DARKROOM_ROLES", "workers"),
+        ("KIE_CALLBACK_URL", callback.as_str()),
+    ])
+    .await;
+    let (code, refused) = a.post_json("/api/generate", &json!({"prompt": "p"})).await;
+    assert_eq!(
+        (code, refused["code"].as_str()),
+        (503, Some("not_an_api_instance")),
+        "{refused}"
+    );
+    let (code, ready) = a.get_json("/readyz").await;
+    assert_eq!(
+        code, 200,
+        "a workers-only instance answers readiness: {ready}"
+    );
+    let mut on_b = SseReader::open(&b, &b.http, "", None).await;
+    let ids: HashSet<String> = b.generate_many(6, json!({})).await.into_iter().collect();
+    let events = on_b.until_terminal(&ids, Duration::from_secs(60)).await;
+    let mut states: HashMap<&str, Vec<&str>> = HashMap::new();
+    for event in &events {
+        states
+            .entry(event.data["taskId"].as_str().unwrap())
+            .or_default()
+            .push(event.data["state"].as_str().unwrap());
+    }
+    for id in &ids {
+        let seen = &states[id.as_str()];
+        assert_eq!(seen.first(), Some(&"queued"), "{id}: {seen:?}");
+        assert_eq!(seen.last(), Some(&"succeeded"), "{id}: {seen:?}");
+        let ranks: Vec<usize> = seen
+            .iter()
+            .map(|s| ORDER.iter().position(|o| o == s).expect("known state"))
+            .collect();
+        assert!(
+            ranks.windows(2).all(|w| w[0] < w[1]),
+            "{id}: {seen:?} in order"
+        );
+        let status = b.status(id).await;
+        assert_eq!(status["status"], "completed", "B's status answer: {status}");
+    }
+    println!(
+        "two instances on PostgreSQL: {} tasks queued on B (DARKROOM_ROLES=api), run by A (DARKROOM_ROLES=workers, 503 not_an_api_instance to API requests); B's SSE stream got {} events, every task queued → … → succeeded; B's status answers all completed",
+        ids.len(),
+        events.len()
+    );
+    b.stop().await;
+    a.stop().await;
 }

@@ -197,14 +197,15 @@ async fn the_model_list_follows_the_configuration() {
 }
 
 #[test]
-fn the_readme_lists_every_error_code_of_the_catalogue_and_no_other() {
+fn the_api_page_lists_every_error_code_of_the_catalogue_and_no_other() {
     use darkroom::domain::ErrorCode;
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("### Error codes")
-        .expect("README has an Error codes section");
-    let section = &readme[start..];
-    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |i| i + 4)];
+    let page = include_str!("../../docs/API.md");
+    let start = page
+        .find("\n## Error codes\n")
+        .expect("docs/API.md has an Error codes section");
+    let section = &page[start + 1..];
+    // The section ends at the next heading of its level or above.
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
     let listed: Vec<&str> = section
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
@@ -212,12 +213,12 @@ fn the_readme_lists_every_error_code_of_the_catalogue_and_no_other() {
         .collect();
     for code in ErrorCode::ALL {
         let row = format!("| `{}` | {} |", code.as_str(), code.status());
-        assert!(section.contains(&row), "README lacks the row {row}");
+        assert!(section.contains(&row), "docs/API.md lacks the row {row}");
     }
     for code in &listed {
         assert!(
             ErrorCode::parse(code).is_some(),
-            "README lists {code}, which is not in the catalogue"
+            "docs/API.md lists {code}, which is not in the catalogue"
         );
     }
     assert_eq!(listed.len(), ErrorCode::ALL.len());

@@ -429,6 +429,43 @@ async fn no_credits_pause_the_provider_and_show_in_readyz() {
     );
     assert_eq!(waiting, 1);
     assert_eq!(stats.created, 2);
+    // /readyz and /api/info name what is degraded, in words and fields (issue 12).
+    let (code, ready) = app.get_json("/readyz").await;
+    assert_eq!(
+        code, 200,
+        "a paused provider does not make the instance unready: {ready}"
+    );
+    let (_, info) = app.get_json("/api/info").await;
+    for (what, body) in [("/readyz", &ready), ("/api/info", &info)] {
+        let degraded = body["degraded"].as_array().expect("degraded");
+        assert_eq!(degraded.len(), 1, "{what}: {body}");
+        let kie = &degraded[0];
+        assert_eq!(kie["component"], "provider:kie", "{what}: {kie}");
+        assert_eq!(kie["status"], "paused", "{what}: {kie}");
+        assert_eq!(kie["code"], "402", "{what}: {kie}");
+        let until = kie["until"].as_str().expect("until");
+        let message = kie["message"].as_str().unwrap();
+        assert!(
+            message.contains("insufficient credits") && message.contains(until),
+            "{what}: {kie}"
+        );
+    }
+    assert_eq!(
+        ready["provider"]["resumesAt"],
+        ready["degraded"][0]["until"]
+    );
+    // And the metrics: the pause counted once, its gauge up.
+    let (_, text) = {
+        let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    for line in [
+        r#"darkroom_provider_pauses_total{provider="kie",code="402"} 1"#,
+        r#"darkroom_provider_paused{provider="kie"} 1"#,
+        r#"darkroom_tasks{provider="kie",state="queued"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
 }
 
 /// A dispatcher that stopped after its claim but before the create went out (it died, or

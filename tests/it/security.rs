@@ -740,7 +740,7 @@ async fn keys_made_with_the_cli_authenticate() {
     assert_eq!(code, 404);
     let revoked = run(&["keys", "revoke", "carol"]);
     assert!(revoked.status.success(), "{revoked:?}");
-    // README: a revoked key stops working within 30 s on running servers (its cached
+    // docs/SECURITY.md ("API keys"): a revoked key stops working within 30 s on running servers (its cached
     // lookup lives that long); this server saw the key a moment ago. `since` is taken after
     // `keys revoke` has returned, so a request sent 30 s after it must be refused.
     let since = Instant::now();

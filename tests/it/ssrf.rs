@@ -117,7 +117,7 @@ fn probes(p: u16) -> Vec<String> {
         "https://[64:ff9b::a00:1]/a.png",
         "https://[2002:a00:1::]/a.png",
         // Teredo (2001:0::/32, the server and client addresses embedded) and multicast, which
-        // the README lists as refused.
+        // docs/SECURITY.md ("Downloads (SSRF)") lists as refused.
         "https://[2001:0:a00:1::1]/a.png",
         "https://224.0.0.1/a.png",
         "https://239.255.255.250/a.png",

@@ -462,6 +462,21 @@ async fn a_full_bucket_refuses_files_one_by_one_tasks_wait_and_all_recovers() {
     );
     assert_eq!(ready_status, 503, "{ready}");
     assert_eq!(ready["bucket"], "full", "{ready}");
+    // Named in `degraded` too, in /readyz and /api/info (issue 12).
+    let (_, info) = app.get_json("/api/info").await;
+    for body in [&ready, &info] {
+        let bucket = body["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["component"] == "bucket")
+            .unwrap_or_else(|| panic!("no bucket in degraded: {body}"));
+        assert_eq!(bucket["status"], "full", "{bucket}");
+        assert!(
+            bucket["message"].as_str().unwrap().contains("full"),
+            "{bucket}"
+        );
+    }
 
     // 3. Tasks whose results cannot be stored wait; they do not fail, nor spend attempts.
     let key = source["uploaded"][0]["key"].clone();

@@ -13,9 +13,12 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 const SIZE: usize = 25 * 1024 * 1024;
-/// Two 5 MiB parts in flight plus buffers; well under the object's size. README: "about
-/// 10 MiB" (measured 6–11 MiB).
-const MAX_GROWTH: u64 = 14 * 1024 * 1024;
+/// What `BlobStore::put_file` allows by design: two 5 MiB parts in flight and a third being
+/// filled, plus the 256 KiB read buffer and slack: 16 MiB, well under the 25 MiB object,
+/// so holding the object whole fails. docs/OPERATIONS.md ("Large objects stream"): 9.5–14.4
+/// MiB measured on the local directory, about 11 MiB on S3. (The bound was 14 MiB, below
+/// the design's own worst case: a full-suite run under load measured 14.4 MiB once.)
+const MAX_GROWTH: u64 = 16 * 1024 * 1024;
 
 fn big_file(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let path = dir.join("big.bin");

@@ -153,7 +153,7 @@ async fn bombs_and_fakes_are_refused_with_bounded_memory() {
         baseline_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0
     );
-    // README: "hostile input costs a few megabytes at most" (measured 3.0–3.6 MiB).
+    // docs/SECURITY.md ("Uploads"): "hostile input costs a few megabytes at most" (measured 3.0–3.6 MiB).
     assert!(growth_mib < 16.0, "memory grew {growth_mib:.1} MiB");
     // Nothing of it reached the bucket: only the warm-up upload is there.
     assert_eq!(app.blobs.list("uploads").await.unwrap().len(), 1);

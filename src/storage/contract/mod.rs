@@ -1,6 +1,8 @@
 //! The repository contract: what every implementation of the repository traits must do,
 //! written once against the traits ([`super::TaskRepo`], [`super::BatchRepo`],
-//! [`super::DeliveryRepo`], [`super::AccessRepo`]) and run on each backend.
+//! [`super::DeliveryRepo`], [`super::AccessRepo`], [`super::IdempotencyRepo`],
+//! [`super::LimitsRepo`], [`super::StatsRepo`], [`super::RetentionRepo`],
+//! [`super::CopyRepo`]) and run on each backend.
 //!
 //! Each check is a `pub async fn` taking the narrowest trait object it needs and panicking
 //! when the implementation breaks the contract. [`repo_contract_tests!`](crate::repo_contract_tests)
@@ -15,7 +17,14 @@
 
 pub mod access;
 pub mod batches;
+pub mod copy;
 pub mod deliveries;
+pub mod idempotency;
+pub mod limits;
+pub mod restore;
+pub mod retention;
+pub mod stats;
+pub mod stats_rollup;
 pub mod tasks;
 
 use crate::domain::TaskId;
@@ -71,6 +80,7 @@ macro_rules! repo_contract_tests {
                 tasks::callbacks_make_a_live_task_due,
                 tasks::listing_filters_and_pages,
                 tasks::in_flight_counts_and_health,
+                restore::restore_writes_whole_rows_and_never_overwrites,
                 batches::batch_round_trip_and_listing,
                 batches::batch_counts_follow_task_states,
                 deliveries::deliveries_wait_for_a_final_task,
@@ -83,6 +93,26 @@ macro_rules! repo_contract_tests {
                 access::server_secrets_are_stored_once,
                 access::concurrent_first_webhook_secret_calls_agree,
                 access::rotation_keeps_the_previous_secret_for_a_while,
+                idempotency::idempotency_keys_are_reserved_once_and_replay_their_answer,
+                idempotency::released_and_abandoned_idempotency_keys_are_free_again,
+                idempotency::expired_idempotency_keys_are_taken_over_and_purged,
+                idempotency::concurrent_claims_on_one_idempotency_key_have_one_winner,
+                idempotency::tasks_and_their_answer_are_written_together,
+                limits::a_limited_claim_never_exceeds_the_create_window,
+                limits::the_in_flight_cap_counts_tasks_at_the_provider,
+                limits::a_pause_is_shared_and_only_extended,
+                limits::a_pause_is_lifted_only_by_its_own_code,
+                limits::concurrent_limited_claims_take_exactly_the_window,
+                stats::stats_count_tasks_of_the_window_by_state_code_provider_and_bucket,
+                stats::stats_percentiles_are_nearest_rank,
+                retention::expired_and_kept_tasks_split_at_the_cutoff,
+                retention::deleting_takes_final_tasks_their_deliveries_and_emptied_batches,
+                retention::old_uploads_are_listed_and_forgotten,
+                retention::objects_in_use_are_found_by_key_and_url,
+                copy::rows_are_read_in_key_order_and_never_overwritten,
+                copy::tasks_are_read_by_id_and_written_whole,
+                stats::stats_histogram_buckets_are_the_domains,
+                stats_rollup::stats_rollup_agrees_with_the_tasks_after_a_run_a_restore_and_deletions,
             );
         }
     };

@@ -560,4 +560,16 @@ pub async fn in_flight_counts_and_health(repo: &dyn TaskRepo) {
     .unwrap();
     assert_eq!(repo.count_in_flight("kie").await.unwrap(), 2);
     assert_eq!(repo.count_in_flight("gemini").await.unwrap(), 0);
+    // The metrics' queue gauge: unfinished tasks by provider and state; finished ones and
+    // empty pairs are left out.
+    let mut unfinished = repo.count_unfinished().await.unwrap();
+    unfinished.sort_by_key(|(p, s, _)| (p.clone(), s.as_str()));
+    assert_eq!(
+        unfinished,
+        [
+            ("kie".to_owned(), TaskState::Queued, 1),
+            ("kie".to_owned(), TaskState::Running, 1),
+            ("kie".to_owned(), TaskState::Submitting, 1),
+        ]
+    );
 }

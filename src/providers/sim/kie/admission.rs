@@ -60,11 +60,8 @@ impl KieSim {
                 return Admission::Rejected(msg);
             }
         };
-        if ledger
-            .remaining_credits()
-            .saturating_sub(ledger.credits_reserved)
-            < CREDITS_PER_IMAGE
-        {
+        if ledger.available_credits() < CREDITS_PER_IMAGE {
+            Counters::bump(&self.counters.no_credits);
             return Admission::NoCredits;
         }
         ledger.credits_reserved += CREDITS_PER_IMAGE;

@@ -3,9 +3,10 @@
 //! injection (latency, failures, duplicate / lost / early callbacks, 429 bursts, tasks
 //! forgotten after the create).
 //!
-//! It follows docs/PROVIDERS.md including KIE's inconsistencies — `costTime` is seconds
-//! in callbacks but milliseconds in `recordInfo`, `param` and `resultJson` are JSON
-//! *strings* — because darkroom's KIE client has to cope with the real thing.
+//! It follows the workspace's provider notes (PROVIDERS.md beside the checkout, not in this
+//! repository) including KIE's inconsistencies — `costTime` is seconds in callbacks but
+//! milliseconds in `recordInfo`, `param` and `resultJson` are JSON *strings* — because
+//! darkroom's KIE client has to cope with the real thing.
 //!
 //! This file owns the [`KieSim`] handle and its lifecycle (build, serve, listen, abandon);
 //! each concern lives in a submodule below.
@@ -127,6 +128,24 @@ impl KieSim {
             .tasks
             .get(task_id)
             .and_then(|task| task.callback_url.clone())
+    }
+
+    /// Sets the account's available balance to `credits` (as a top-up or spending
+    /// elsewhere on the account would): `chat/credit` answers it, tasks in progress are
+    /// still billed from it, and creates get 402 once it cannot pay for one more image.
+    pub fn set_credits(&self, credits: u64) {
+        let mut ledger = self.ledger();
+        ledger.initial_credits = ledger
+            .credits_used
+            .saturating_add(ledger.credits_reserved)
+            .saturating_add(credits);
+        tracing::info!(credits, "kie-sim credit balance set");
+    }
+
+    /// The account's available balance, as `chat/credit` answers it: what is left less
+    /// what tasks in progress will cost.
+    pub fn credits(&self) -> u64 {
+        self.ledger().available_credits()
     }
 
     /// Every task id created, in creation order.

@@ -1,5 +1,5 @@
 //! The HTTP surface: the routes, the token check, and the jobs API handlers
-//! (`createTask`, `recordInfo`, download URLs, credit, stats).
+//! (`createTask`, `recordInfo`, download URLs, credit, stats, the settable balance).
 
 use std::sync::Arc;
 
@@ -39,6 +39,7 @@ impl KieSim {
             .merge(api)
             .route("/files/{name}", get(serve_file))
             .route("/sim/stats", get(stats))
+            .route("/sim/credits", get(sim_credits).post(set_credits))
             .fallback(not_found)
             .with_state(Arc::clone(self))
     }
@@ -159,8 +160,39 @@ async fn download_url(
 }
 
 async fn credit(State(sim): State<Arc<KieSim>>) -> Response {
-    let remaining = sim.ledger().remaining_credits();
-    success(json!(remaining))
+    success(json!(sim.credits()))
+}
+
+#[derive(Deserialize)]
+struct SetCredits {
+    credits: u64,
+}
+
+/// `GET /sim/credits`: the balance, outside KIE's envelope and without the token.
+async fn sim_credits(State(sim): State<Arc<KieSim>>) -> Json<Value> {
+    Json(json!({ "credits": sim.credits() }))
+}
+
+/// `POST /sim/credits {"credits": N}`: sets the balance (a top-up, or spending elsewhere on
+/// the account) while the simulator runs.
+async fn set_credits(
+    State(sim): State<Arc<KieSim>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let parsed = body
+        .ok()
+        .and_then(|body| serde_json::from_slice::<SetCredits>(&body).ok());
+    match parsed {
+        Some(SetCredits { credits }) => {
+            sim.set_credits(credits);
+            (StatusCode::OK, Json(json!({ "credits": sim.credits() }))).into_response()
+        }
+        None => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": "expected {\"credits\": N}, N a whole number of credits, 0 or more" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn stats(State(sim): State<Arc<KieSim>>) -> Json<SimStats> {

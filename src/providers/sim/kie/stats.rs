@@ -11,6 +11,8 @@ use serde::Serialize;
 pub struct SimStats {
     pub created: u64,
     pub rate_limited: u64,
+    /// Creates refused with 402: the balance could not pay for one more image.
+    pub no_credits: u64,
     pub rejected: u64,
     /// Every callback delivery attempt, duplicates included.
     pub callbacks_sent: u64,
@@ -47,6 +49,7 @@ pub struct SimStats {
 pub(super) struct Counters {
     pub(super) created: AtomicU64,
     pub(super) rate_limited: AtomicU64,
+    pub(super) no_credits: AtomicU64,
     pub(super) rejected: AtomicU64,
     pub(super) callbacks_sent: AtomicU64,
     pub(super) callback_failures: AtomicU64,
@@ -76,6 +79,7 @@ impl Counters {
         SimStats {
             created: read(&self.created),
             rate_limited: read(&self.rate_limited),
+            no_credits: read(&self.no_credits),
             rejected: read(&self.rejected),
             callbacks_sent: read(&self.callbacks_sent),
             callback_failures: read(&self.callback_failures),

@@ -117,6 +117,13 @@ impl Ledger {
         self.initial_credits.saturating_sub(self.credits_used)
     }
 
+    /// What `chat/credit` answers: the balance less what tasks in progress will cost (held
+    /// at the create, as an account holds them): what the next create can draw on.
+    pub(super) fn available_credits(&self) -> u64 {
+        self.remaining_credits()
+            .saturating_sub(self.credits_reserved)
+    }
+
     pub(super) fn store_file(&mut self, name: String, file: StoredFile) {
         self.file_bytes += file.bytes.len();
         self.file_order.push_back(name.clone());

@@ -880,3 +880,55 @@ async fn serve_returns_once_shutdown_is_cancelled() {
     assert!(matches!(result, Ok(Ok(()))));
     assert!(sim.background.is_cancelled());
 }
+
+#[tokio::test]
+async fn the_balance_is_settable_while_running() {
+    let h = spawn(KieSimConfig {
+        credits: 10,
+        ..fast()
+    })
+    .await;
+    let (_, credit) = h.get("/api/v1/chat/credit").await;
+    assert_eq!(credit["data"], 10);
+    let task_id = h.create_ok(&h.edit_body()).await;
+    h.wait_terminal(&task_id).await;
+    let (status, balance) = h.get("/sim/credits").await;
+    assert_eq!(
+        (status, &balance),
+        (StatusCode::OK, &json!({"credits": 10 - CREDITS_PER_IMAGE}))
+    );
+
+    // Spent elsewhere on the account: creates get 402 at once.
+    let (status, set) = h
+        .post("/sim/credits", json!({"credits": 3}).to_string())
+        .await;
+    assert_eq!((status, &set), (StatusCode::OK, &json!({"credits": 3})));
+    let (_, credit) = h.get("/api/v1/chat/credit").await;
+    assert_eq!(credit["data"], 3);
+    let (status, refused) = h.create(&h.edit_body()).await;
+    assert_eq!(
+        (status, refused["code"].as_u64()),
+        (StatusCode::PAYMENT_REQUIRED, Some(402))
+    );
+    assert_eq!(h.sim.stats().no_credits, 1);
+
+    // Topped up: creates are accepted again and charged from the new balance.
+    let (status, _) = h
+        .post("/sim/credits", json!({"credits": 100}).to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let task_id = h.create_ok(&h.edit_body()).await;
+    h.wait_terminal(&task_id).await;
+    assert_eq!(h.sim.credits(), 100 - CREDITS_PER_IMAGE);
+
+    for bad in [
+        "{}",
+        r#"{"credits": -1}"#,
+        r#"{"credits": "many"}"#,
+        "not json",
+    ] {
+        let (status, answer) = h.post("/sim/credits", bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {answer}");
+    }
+    assert_eq!(h.sim.credits(), 100 - CREDITS_PER_IMAGE);
+}

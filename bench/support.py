@@ -1,0 +1,44 @@
+"""What the Python bench drivers (status.py, cluster.py) share: free ports, waiting for a
+server, and a small PNG made with the standard library."""
+
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+import zlib
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url):
+    """Returns once `url` answers at all (an error status counts: the server is up)."""
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} never answered")
+
+
+def png(width=64, height=48):
+    """An RGB PNG with a gradient, made with the standard library only."""
+    raw = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x * 4 % 256, y * 5 % 256, 120))
+        for y in range(height)
+    )
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
