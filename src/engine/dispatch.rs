@@ -35,9 +35,13 @@ impl Engine {
         )
     }
 
-    pub(super) async fn submit(&self, task: Task) -> Result<Outcome, RepoError> {
+    /// Sends a task claimed at `claimed_at` to its provider, once its budgets allow it.
+    pub(super) async fn submit(&self, task: Task, claimed_at: i64) -> Result<Outcome, RepoError> {
         if task.state != TaskState::Submitting {
             return Ok(Outcome::Done);
+        }
+        if let Some(held) = self.check_budget(&task, claimed_at).await? {
+            return Ok(held);
         }
         let Some(provider) = self
             .providers

@@ -86,6 +86,10 @@ pub trait LimitsRepo: Send + Sync + 'static {
         request: &LimitedClaimRequest<'_>,
     ) -> Result<LimitedClaim, RepoError>;
 
+    /// Gives back one create slot of the claim made at `claimed_at` whose task was not
+    /// sent after all (its budget was spent); whether there was one to give back.
+    async fn return_create(&self, provider: &str, claimed_at: i64) -> Result<bool, RepoError>;
+
     /// Pauses the provider until `pause.until`, unless a pause already lasts longer;
     /// whether this started or extended it.
     async fn pause_provider(&self, provider: &str, pause: &SharedPause) -> Result<bool, RepoError>;

@@ -143,6 +143,20 @@ impl LimitsRepo for PgRepo {
         Ok(claimed)
     }
 
+    async fn return_create(&self, provider: &str, claimed_at: i64) -> Result<bool, RepoError> {
+        let returned = sqlx::query(
+            "UPDATE provider_creates SET slots = slots - 1 WHERE ctid = (
+                 SELECT ctid FROM provider_creates
+                  WHERE provider = $1 AND at = $2 AND slots > 0 LIMIT 1 FOR UPDATE)",
+        )
+        .bind(provider)
+        .bind(claimed_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(returned > 0)
+    }
+
     async fn pause_provider(&self, provider: &str, pause: &SharedPause) -> Result<bool, RepoError> {
         let changed = sqlx::query(safe(&PAUSE_UPSERT))
             .bind(provider)

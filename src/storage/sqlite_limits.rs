@@ -126,6 +126,21 @@ impl LimitsRepo for SqliteRepo {
         claimed.map_err(|e| self.writer.failed_repo(e))
     }
 
+    async fn return_create(&self, provider: &str, claimed_at: i64) -> Result<bool, RepoError> {
+        let returned = sqlx::query(
+            "UPDATE provider_creates SET slots = slots - 1 WHERE rowid = (
+                 SELECT rowid FROM provider_creates
+                  WHERE provider = ? AND at = ? AND slots > 0 LIMIT 1)",
+        )
+        .bind(provider)
+        .bind(claimed_at)
+        .execute(&self.writer.pool)
+        .await
+        .map_err(|e| self.writer.failed(e))?
+        .rows_affected();
+        Ok(returned > 0)
+    }
+
     async fn pause_provider(&self, provider: &str, pause: &SharedPause) -> Result<bool, RepoError> {
         let changed = sqlx::query(sql::PAUSE_UPSERT)
             .bind(provider)

@@ -185,3 +185,19 @@ pub async fn concurrent_limited_claims_take_exactly_the_window(repo: &dyn Repo) 
         .sum();
     assert_eq!(taken, 20, "twelve claimers of five share one window of 20");
 }
+
+pub async fn a_create_slot_given_back_is_claimed_again(repo: &dyn Repo) {
+    queue(repo, 40).await;
+    assert_eq!(claim(repo, 1_000, 20, WINDOW).await.tasks.len(), 20);
+    assert!(claim(repo, 1_001, 5, WINDOW).await.tasks.is_empty());
+    // Two of the twenty were not sent after all.
+    assert!(repo.return_create("kie", 1_000).await.unwrap());
+    assert!(repo.return_create("kie", 1_000).await.unwrap());
+    assert!(
+        !repo.return_create("kie", 999).await.unwrap(),
+        "no claim was made then"
+    );
+    let again = claim(repo, 1_002, 5, WINDOW).await;
+    assert_eq!(again.tasks.len(), 2);
+    assert_eq!(again.window.iter().map(|r| r.slots).sum::<usize>(), 20);
+}
