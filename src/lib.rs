@@ -505,8 +505,14 @@ fn budget_settings(budget: &config::BudgetConfig) -> BudgetSettings {
         global_daily_credits: credits(budget.daily_credits),
         fail_when_spent: budget.policy == config::BudgetPolicy::Fail,
         credits_per_task: vec![
-            (Kie.as_str().to_owned(), credits(budget.kie_credits_per_task)),
-            (Gemini.as_str().to_owned(), credits(budget.gemini_credits_per_task)),
+            (
+                Kie.as_str().to_owned(),
+                credits(budget.kie_credits_per_task),
+            ),
+            (
+                Gemini.as_str().to_owned(),
+                credits(budget.gemini_credits_per_task),
+            ),
         ],
     }
 }

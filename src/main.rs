@@ -184,7 +184,12 @@ enum KeysCommand {
     Budget {
         name: String,
         /// Credits its tasks may use per UTC day.
-        #[arg(long, value_name = "N", required_unless_present = "none", conflicts_with = "none")]
+        #[arg(
+            long,
+            value_name = "N",
+            required_unless_present = "none",
+            conflicts_with = "none"
+        )]
         daily_credits: Option<u32>,
         /// Remove the key's budget: only the global one applies.
         #[arg(long)]
@@ -636,7 +641,9 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             // Waiting tasks are looked at again: those still over the budget wait again.
             let woken = opened.repo.wake_budget_waiters(Some(&name), now).await?;
             match credits {
-                Some(credits) => println!("Tasks of {name:?} may use {credits} credits per UTC day."),
+                Some(credits) => {
+                    println!("Tasks of {name:?} may use {credits} credits per UTC day.")
+                }
                 None => println!("{name:?} has no daily credit budget of its own now."),
             }
             if woken > 0 {
@@ -655,14 +662,14 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     || "live".to_owned(),
                     |at| format!("revoked {}", darkroom::clock::iso_time(at)),
                 );
-                let budget = budgets
-                    .iter()
-                    .find(|(owner, _)| *owner == key.name)
-                    .map_or_else(|| "no budget".to_owned(), |(_, n)| format!("{n} credits/day"));
-                println!(
-                    "{}\t{}…\tcreated {created}\t{state}\t{budget}",
-                    key.name, key.hint
-                );
+                println!("{}\t{}…\tcreated {created}\t{state}", key.name, key.hint);
+            }
+            // Then the daily credit budgets, by name (stored keys and DARKROOM_API_KEYS alike).
+            if !budgets.is_empty() {
+                println!("daily credit budgets:");
+            }
+            for (name, credits) in budgets {
+                println!("{name}\t{credits} credits/day");
             }
         }
         KeysCommand::Revoke { name } => {

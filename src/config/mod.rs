@@ -22,8 +22,8 @@ pub use api_keys::is_key_name;
 pub use keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, Key};
 use types::Raw;
 pub use types::{
-    BudgetPolicy, ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin, Roles, Secret,
-    Synchronous, UrlMode,
+    BudgetPolicy, ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin,
+    Roles, Secret, Synchronous, UrlMode,
 };
 
 #[derive(Debug, thiserror::Error)]

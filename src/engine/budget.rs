@@ -88,7 +88,9 @@ impl Engine {
             delay: Duration::from_millis(until_reset + spread),
             reason: Reason::free(
                 JobCode::BudgetExhausted,
-                format!("waiting: {message}; the task is sent then (or sooner if the budget is raised)"),
+                format!(
+                    "waiting: {message}; the task is sent then (or sooner if the budget is raised)"
+                ),
             ),
         }))
     }

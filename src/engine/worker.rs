@@ -22,7 +22,9 @@ use crate::storage::{RepoError, Task, WebhookDelivery};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Job {
     /// Claimed from the queue at `claimed_at` (when its create slot was reserved).
-    Submit { claimed_at: i64 },
+    Submit {
+        claimed_at: i64,
+    },
     /// Claimed from `submitting` with a lapsed lease: its dispatcher died mid-call.
     SettleInterrupted,
     Reconcile,

@@ -15,10 +15,10 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::clock::now_ms;
-use crate::domain::ErrorCode;
-use crate::domain::stats::StatsWindow;
 use crate::config::BudgetPolicy;
+use crate::domain::ErrorCode;
 use crate::domain::budget::{BudgetScope, CreditDay};
+use crate::domain::stats::StatsWindow;
 use crate::views::budgets::{BudgetsView, budgets_view};
 use crate::views::stats::{StatsScope, StatsView, stats_view};
 

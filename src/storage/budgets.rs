@@ -117,11 +117,12 @@ where
     }
     let mut owner_limit = 0;
     if let Some(owner) = reservation.owner {
-        let row = QueryBuilder::<DB>::new("SELECT daily_credits FROM credit_budgets WHERE owner = ")
-            .push_bind(owner.to_owned())
-            .build()
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row =
+            QueryBuilder::<DB>::new("SELECT daily_credits FROM credit_budgets WHERE owner = ")
+                .push_bind(owner.to_owned())
+                .build()
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some(row) = row {
             owner_limit = row.try_get("daily_credits")?;
         }
@@ -301,12 +302,11 @@ where
     String: Type<DB> + for<'r> Decode<'r, DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
-    let rows = QueryBuilder::<DB>::new(
-        "SELECT owner, daily_credits FROM credit_budgets ORDER BY owner",
-    )
-    .build()
-    .fetch_all(pool)
-    .await?;
+    let rows =
+        QueryBuilder::<DB>::new("SELECT owner, daily_credits FROM credit_budgets ORDER BY owner")
+            .build()
+            .fetch_all(pool)
+            .await?;
     rows.iter()
         .map(|row| Ok((row.try_get("owner")?, row.try_get("daily_credits")?)))
         .collect()
@@ -327,11 +327,7 @@ where
     let mut q = QueryBuilder::<DB>::new("UPDATE tasks SET run_at = ");
     q.push_bind(now)
         .push(" WHERE state = 'queued' AND error_code = ")
-        .push_bind(
-            crate::domain::JobCode::BudgetExhausted
-                .as_str()
-                .to_owned(),
-        )
+        .push_bind(crate::domain::JobCode::BudgetExhausted.as_str().to_owned())
         .push(" AND run_at > ")
         .push_bind(now);
     if let Some(owner) = owner {

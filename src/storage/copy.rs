@@ -163,11 +163,7 @@ impl Table {
                 ("code", Text),
                 ("reason", Text),
             ],
-            Self::CreditBudgets => &[
-                ("owner", Text),
-                ("daily_credits", Int),
-                ("updated_at", Int),
-            ],
+            Self::CreditBudgets => &[("owner", Text), ("daily_credits", Int), ("updated_at", Int)],
             Self::CreditSpend => &[("day", Text), ("scope", Text), ("credits", Int)],
             Self::CreditReservations => &[
                 ("task_id", Text),

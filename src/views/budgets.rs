@@ -82,10 +82,7 @@ pub fn budgets_view(
         .into_iter()
         .filter(|name| shown(name))
         .map(|name| {
-            let limit = key_budgets
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, n)| *n);
+            let limit = key_budgets.iter().find(|(k, _)| k == name).map(|(_, n)| *n);
             KeyBudgetView {
                 key: name.to_owned(),
                 budget: budget(limit, spent_in(&BudgetScope::Key(name.to_owned()))),

@@ -250,7 +250,9 @@ async fn fill(url: &str, real_tasks: usize) {
     };
     repo.pause_provider("gemini", &pause).await.unwrap();
     // A key's budget and a task holding its estimate.
-    repo.set_daily_budget("alice", Some(1000), at).await.unwrap();
+    repo.set_daily_budget("alice", Some(1000), at)
+        .await
+        .unwrap();
     let day = darkroom::domain::budget::CreditDay::of(at);
     let reservation = darkroom::storage::CreditReservation {
         task: &tasks[0].id,

@@ -103,8 +103,14 @@ pub async fn settling_replaces_the_estimate_by_what_was_used(repo: &dyn Repo) {
         !repo.settle_credits(&a, Some(100)).await.unwrap(),
         "settled once"
     );
-    assert!(repo.settle_credits(&b, None).await.unwrap(), "the estimate stands");
-    assert!(repo.settle_credits(&c, Some(0)).await.unwrap(), "not billed");
+    assert!(
+        repo.settle_credits(&b, None).await.unwrap(),
+        "the estimate stands"
+    );
+    assert!(
+        repo.settle_credits(&c, Some(0)).await.unwrap(),
+        "not billed"
+    );
     assert_eq!(spend(repo, now).await, [pair("*", 10), pair("alice", 10)]);
     assert!(!repo.settle_credits(&TaskId::new(), Some(4)).await.unwrap());
     // Settled, a task is counted again only by a new reservation.
@@ -116,7 +122,9 @@ pub async fn settling_replaces_the_estimate_by_what_was_used(repo: &dyn Repo) {
 
 pub async fn each_utc_day_is_counted_apart(repo: &dyn Repo) {
     let today = 20 * DAY_MS + 1;
-    repo.set_daily_budget("alice", Some(4), today).await.unwrap();
+    repo.set_daily_budget("alice", Some(4), today)
+        .await
+        .unwrap();
     reserve(repo, &TaskId::new(), Some("alice"), 4, 0, today).await;
     assert!(matches!(
         reserve(repo, &TaskId::new(), Some("alice"), 4, 0, today + 1000).await,
@@ -128,7 +136,10 @@ pub async fn each_utc_day_is_counted_apart(repo: &dyn Repo) {
         BudgetCheck::Reserved
     );
     assert_eq!(spend(repo, today).await, [pair("*", 4), pair("alice", 4)]);
-    assert_eq!(spend(repo, tomorrow).await, [pair("*", 4), pair("alice", 4)]);
+    assert_eq!(
+        spend(repo, tomorrow).await,
+        [pair("*", 4), pair("alice", 4)]
+    );
 }
 
 pub async fn budgets_are_set_changed_removed_and_waiters_woken(repo: &dyn Repo) {
@@ -169,7 +180,10 @@ pub async fn budgets_are_set_changed_removed_and_waiters_woken(repo: &dyn Repo) 
             .unwrap();
         assert!(changed.is_some());
     }
-    assert_eq!(repo.wake_budget_waiters(Some("alice"), now).await.unwrap(), 1);
+    assert_eq!(
+        repo.wake_budget_waiters(Some("alice"), now).await.unwrap(),
+        1
+    );
     let due = |i: usize| {
         let id = waiting[i].id.clone();
         async move { repo.get(&id).await.unwrap().unwrap().run_at }
@@ -193,6 +207,9 @@ pub async fn concurrent_reservations_never_exceed_a_budget(repo: &dyn Repo) {
         .iter()
         .filter(|c| **c == BudgetCheck::Reserved)
         .count();
-    assert_eq!(reserved, 10, "thirty tasks of 4 credits share a budget of 40");
+    assert_eq!(
+        reserved, 10,
+        "thirty tasks of 4 credits share a budget of 40"
+    );
     assert_eq!(spend(repo, now).await, [pair("*", 40), pair("alice", 40)]);
 }

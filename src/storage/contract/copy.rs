@@ -92,7 +92,11 @@ fn sample(table: Table, key: &str, n: i64, task: &str) -> CellRow {
         ],
         Table::CreditBudgets => vec![text(key), Cell::Int(Some(n * 4)), Cell::Int(Some(n))],
         Table::CreditSpend => vec![
-            text(if key < "k-b" { "2026-12-01" } else { "2026-12-02" }),
+            text(if key < "k-b" {
+                "2026-12-01"
+            } else {
+                "2026-12-02"
+            }),
             text(key),
             Cell::Int(Some(n)),
         ],

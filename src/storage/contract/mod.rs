@@ -105,6 +105,7 @@ macro_rules! repo_contract_tests {
                 limits::a_pause_is_lifted_only_by_its_own_code,
                 limits::concurrent_limited_claims_take_exactly_the_window,
                 limits::a_create_slot_given_back_is_claimed_again,
+                limits::a_create_counts_from_when_it_is_sent,
                 budgets::credits_are_reserved_within_every_budget_once_per_task,
                 budgets::settling_replaces_the_estimate_by_what_was_used,
                 budgets::each_utc_day_is_counted_apart,
