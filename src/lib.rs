@@ -348,6 +348,9 @@ impl App {
         tokio::spawn(self.state.engine.clone().follow_changes(shutdown.clone()));
         let roles = self.state.config.roles;
         let workers = self.state.config.runs_workers();
+        if workers {
+            self.state.engine.recheck_budget_waiters().await;
+        }
         let engine = workers.then(|| {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))

@@ -640,11 +640,10 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             opened.repo.set_daily_budget(&name, credits, now).await?;
             // Waiting tasks are looked at again: those still over the budget wait again.
             let woken = opened.repo.wake_budget_waiters(Some(&name), now).await?;
-            match credits {
-                Some(credits) => {
-                    println!("Tasks of {name:?} may use {credits} credits per UTC day.")
-                }
-                None => println!("{name:?} has no daily credit budget of its own now."),
+            if let Some(credits) = credits {
+                println!("Tasks of {name:?} may use {credits} credits per UTC day.");
+            } else {
+                println!("{name:?} has no daily credit budget of its own now.");
             }
             if woken > 0 {
                 println!("{woken} waiting tasks are sent again now if the budget allows.");

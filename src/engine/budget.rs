@@ -95,6 +95,23 @@ impl Engine {
         }))
     }
 
+    /// At start, tasks waiting on a budget are looked at again: a budget may have been
+    /// raised (the global one is configuration) while no worker ran.
+    pub async fn recheck_budget_waiters(&self) {
+        match self.repo.wake_budget_waiters(None, super::now_ms()).await {
+            Ok(0) => {}
+            Ok(woken) => {
+                tracing::info!(
+                    tasks = woken,
+                    "tasks waiting on a credit budget are checked again"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tasks waiting on a credit budget could not be checked again; they wait for the reset");
+            }
+        }
+    }
+
     /// A finished task's estimate is replaced by what it used: the credits its provider
     /// reported; else the estimate stands for a task that succeeded or may have been billed
     /// (its create reached the provider), and nothing is counted for one that never did.
