@@ -252,3 +252,60 @@ async fn the_global_budget_with_the_fail_policy_fails_what_it_cannot_pay_for() {
     );
     assert_eq!(stats["failures"][0]["code"], "budget_exhausted", "{stats}");
 }
+
+#[tokio::test]
+async fn a_global_budget_raised_over_a_restart_sends_the_waiting_tasks() {
+    let sim = spawn_sim(quick_sim()).await;
+    let input = serve_png().await;
+    let env = |budget: &str| {
+        let mut env = sim.kie_env();
+        env.extend([
+            ("DARKROOM_DAILY_CREDIT_BUDGET", budget.to_owned()),
+            ("DARKROOM_KIE_CREATES_PER_WINDOW", "0".to_owned()),
+            ("DARKROOM_KIE_QUERIES_PER_SECOND", "0".to_owned()),
+        ]);
+        env
+    };
+    let app = spawn_app_env(&env("8")).await;
+    let body = json!({"prompt": "budgets", "imageUrls": vec![input.as_str(); 3]});
+    let (status, answer) = app.post_json("/api/generate", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids = task_ids(&answer);
+    let mut waiting = None;
+    let start = Instant::now();
+    while waiting.is_none() {
+        let mut done = 0;
+        for id in &ids {
+            let (_, task) = app.get_json(&format!("/api/tasks/{id}")).await;
+            match task["state"].as_str() {
+                Some("succeeded") => done += 1,
+                Some("queued") if task["error"]["code"] == "budget_exhausted" => {
+                    waiting = Some(task);
+                }
+                _ => {}
+            }
+        }
+        if done < 2 {
+            waiting = None;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "not held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = waiting.unwrap();
+    assert!(
+        waiting["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("waiting: the global daily credit budget (DARKROOM_DAILY_CREDIT_BUDGET, 8 credits) is spent"),
+        "{waiting}"
+    );
+    assert_eq!(sim.sim.stats().created, 2);
+
+    // Restarted with a larger budget, the waiting task goes at once, not at midnight.
+    let env = env("12");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = app.restart(&env).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(30)).await;
+    assert_eq!(counts.get("completed"), Some(&3), "{counts:?}");
+    assert_eq!(sim.sim.stats().created, 3);
+}
