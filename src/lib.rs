@@ -36,7 +36,7 @@ use url::Url;
 use config::{Config, InputMode};
 use engine::circuit::ProbeBackoff;
 use engine::limits::ProviderGate;
-use engine::{Engine, EngineSettings, InputRoute, ProviderRegistry};
+use engine::{BudgetSettings, Engine, EngineSettings, InputRoute, ProviderRegistry};
 use events::EventBus;
 use providers::sim::{GeminiSim, KieSim};
 use status::StatusBoard;
@@ -239,6 +239,7 @@ impl App {
             credits_pause: config.kie.credits_pause_secs,
             missing_task_answers: config.engine.missing_task_answers,
             shutdown_grace: config.engine.shutdown_grace_secs,
+            budget: budget_settings(&config.budget),
         };
         let events = Arc::new(EventBus::new());
         let metrics = Arc::new(telemetry::Metrics::new());
@@ -347,6 +348,9 @@ impl App {
         tokio::spawn(self.state.engine.clone().follow_changes(shutdown.clone()));
         let roles = self.state.config.roles;
         let workers = self.state.config.runs_workers();
+        if workers {
+            self.state.engine.recheck_budget_waiters().await;
+        }
         let engine = workers.then(|| {
             let engine = self.state.engine.clone();
             tokio::spawn(engine.run(shutdown.clone()))
@@ -493,6 +497,26 @@ async fn serve_http(
         .is_err()
     {
         tracing::warn!("shutdown: some connections were still open after the drain timeout");
+    }
+}
+
+/// The budgets and the price table, as the engine applies them.
+fn budget_settings(budget: &config::BudgetConfig) -> BudgetSettings {
+    use domain::request::ProviderName::{Gemini, Kie};
+    let credits = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    BudgetSettings {
+        global_daily_credits: credits(budget.daily_credits),
+        fail_when_spent: budget.policy == config::BudgetPolicy::Fail,
+        credits_per_task: vec![
+            (
+                Kie.as_str().to_owned(),
+                credits(budget.kie_credits_per_task),
+            ),
+            (
+                Gemini.as_str().to_owned(),
+                credits(budget.gemini_credits_per_task),
+            ),
+        ],
     }
 }
 

@@ -174,6 +174,26 @@ enum KeysCommand {
     Create {
         /// The key's name: the owner of everything made with it (letters, digits, - _ .).
         name: String,
+        /// Credits its tasks may use per UTC day (estimated before each create, corrected
+        /// by what the provider reports); without it, only the global budget applies.
+        #[arg(long, value_name = "N")]
+        daily_credits: Option<u32>,
+    },
+    /// Set or remove NAME's daily credit budget (stored or DARKROOM_API_KEYS keys alike).
+    /// Tasks waiting on it are sent again at once when it is raised or removed.
+    Budget {
+        name: String,
+        /// Credits its tasks may use per UTC day.
+        #[arg(
+            long,
+            value_name = "N",
+            required_unless_present = "none",
+            conflicts_with = "none"
+        )]
+        daily_credits: Option<u32>,
+        /// Remove the key's budget: only the global one applies.
+        #[arg(long)]
+        none: bool,
     },
     /// List keys: name, the key's first characters, when made, whether revoked.
     List,
@@ -570,7 +590,10 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let repo = opened.access.clone();
     let now = chrono::Utc::now().timestamp_millis();
     match command {
-        KeysCommand::Create { name } => {
+        KeysCommand::Create {
+            name,
+            daily_credits,
+        } => {
             anyhow::ensure!(
                 darkroom::config::is_key_name(&name),
                 "the name must be 1-64 letters, digits, '-', '_' or '.'"
@@ -583,8 +606,17 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 created,
                 "a key named {name:?} already exists; revoke it first (darkroom keys revoke {name})"
             );
+            if let Some(credits) = daily_credits {
+                opened
+                    .repo
+                    .set_daily_budget(&name, Some(i64::from(credits)), now)
+                    .await?;
+            }
             println!("API key {name:?} created. It is shown only this once; store it now:");
             println!("{}", key.key);
+            if let Some(credits) = daily_credits {
+                println!("Its tasks may use {credits} credits per UTC day.");
+            }
             println!(
                 "Clients send it as: Authorization: Bearer <key>. A server that started without any key must be restarted to require keys."
             );
@@ -595,7 +627,30 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             );
             println!("{}", secret.secret);
         }
+        KeysCommand::Budget {
+            name,
+            daily_credits,
+            none: _,
+        } => {
+            anyhow::ensure!(
+                darkroom::config::is_key_name(&name),
+                "the name must be 1-64 letters, digits, '-', '_' or '.'"
+            );
+            let credits = daily_credits.map(i64::from);
+            opened.repo.set_daily_budget(&name, credits, now).await?;
+            // Waiting tasks are looked at again: those still over the budget wait again.
+            let woken = opened.repo.wake_budget_waiters(Some(&name), now).await?;
+            if let Some(credits) = credits {
+                println!("Tasks of {name:?} may use {credits} credits per UTC day.");
+            } else {
+                println!("{name:?} has no daily credit budget of its own now.");
+            }
+            if woken > 0 {
+                println!("{woken} waiting tasks are sent again now if the budget allows.");
+            }
+        }
         KeysCommand::List => {
+            let budgets = opened.repo.daily_budgets().await?;
             let keys = repo.list_api_keys().await?;
             if keys.is_empty() {
                 println!("no API keys stored (DARKROOM_API_KEYS may still name some)");
@@ -607,6 +662,13 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     |at| format!("revoked {}", darkroom::clock::iso_time(at)),
                 );
                 println!("{}\t{}…\tcreated {created}\t{state}", key.name, key.hint);
+            }
+            // Then the daily credit budgets, by name (stored keys and DARKROOM_API_KEYS alike).
+            if !budgets.is_empty() {
+                println!("daily credit budgets:");
+            }
+            for (name, credits) in budgets {
+                println!("{name}\t{credits} credits/day");
             }
         }
         KeysCommand::Revoke { name } => {

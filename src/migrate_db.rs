@@ -3,7 +3,8 @@
 //! started on one machine keeps the history when moving to a cluster.
 //!
 //! Every table that holds state ([`Table::ALL`]: API keys, webhook and server secrets,
-//! uploads, batches, tasks, webhook deliveries, idempotency keys, provider pauses) is read
+//! uploads, batches, tasks, webhook deliveries, idempotency keys, provider pauses, credit
+//! budgets, spend and reservations) is read
 //! in key order and written whole, [`Options::batch_size`] rows a transaction, parents
 //! before the rows that point at them. A target that already holds rows is refused unless
 //! [`Options::allow_non_empty`]; even then only missing rows are added and a row the target

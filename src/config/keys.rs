@@ -336,6 +336,15 @@ pub static KEYS: &[Key] = &[
         "Finished tasks older than this many days are deleted with their objects; unset: never."),
     key!("retention.interval_secs", ["DARKROOM_RETENTION_INTERVAL_SECS"], Some("3600"), retention.interval_secs as Secs, nonzero;
         "How often serve runs the retention sweep, seconds."),
+
+    key!("budget.daily_credits", ["DARKROOM_DAILY_CREDIT_BUDGET"], Some("0"), budget.daily_credits;
+        "Credits all tasks together may use per UTC day; 0: no global budget."),
+    key!("budget.policy", ["DARKROOM_BUDGET_POLICY"], Some("wait"), budget.policy;
+        "A task that would exceed a budget: wait (until the next UTC day) or fail."),
+    key!("budget.kie_credits_per_task", ["DARKROOM_KIE_CREDITS_PER_TASK"], Some("4"), budget.kie_credits_per_task;
+        "Credits a KIE task is estimated at before it is sent (nano-banana: 4)."),
+    key!("budget.gemini_credits_per_task", ["DARKROOM_GEMINI_CREDITS_PER_TASK"], Some("0"), budget.gemini_credits_per_task;
+        "Credits a Gemini task is counted at against budgets (Gemini bills money, not credits)."),
 ];
 
 // Checks a key can name. Each returns the problem; the caller names the key.

@@ -22,8 +22,8 @@ pub use api_keys::is_key_name;
 pub use keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, Key};
 use types::Raw;
 pub use types::{
-    ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin, Roles, Secret,
-    Synchronous, UrlMode,
+    BudgetPolicy, ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin,
+    Roles, Secret, Synchronous, UrlMode,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub retention: RetentionConfig,
+    pub budget: BudgetConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -378,6 +379,20 @@ pub struct RetentionConfig {
     pub interval_secs: Duration,
 }
 
+/// Daily credit budgets (per key in the database, and this global one) and the price table
+/// tasks are estimated with before they are sent.
+#[derive(Clone, Debug, Default)]
+pub struct BudgetConfig {
+    /// Credits all tasks together may use per UTC day; 0: no global budget.
+    pub daily_credits: u64,
+    /// What a task that would exceed a budget does: wait for the next day, or fail.
+    pub policy: BudgetPolicy,
+    /// Credits a KIE task is estimated at before it is sent.
+    pub kie_credits_per_task: u64,
+    /// Credits a Gemini task is estimated at before it is sent.
+    pub gemini_credits_per_task: u64,
+}
+
 fn blank_url() -> Url {
     Url::parse("http://unset.invalid").expect("static URL")
 }
@@ -404,6 +419,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            budget: BudgetConfig::default(),
         };
         for key in KEYS {
             if let Some(default) = key.default {

@@ -216,6 +216,18 @@ choice!(
 );
 
 choice!(
+    /// What a task that would exceed a daily credit budget does.
+    BudgetPolicy {
+        /// It stays queued until the budget resets (the next UTC day).
+        #[default]
+        Wait = "wait",
+        /// It fails with `budget_exhausted`.
+        Fail = "fail",
+    },
+    "= {:?} must be wait or fail"
+);
+
+choice!(
     /// How log lines are written.
     LogFormat {
         #[default]

@@ -20,6 +20,9 @@ pub enum JobCode {
     ProviderUnreachable,
     /// The provider's create window is full: the task waits for a free slot.
     RateWindowFull,
+    /// A daily credit budget (the key's or the global one) is spent: the task waits for
+    /// it to reset, or fails, by the operator's policy.
+    BudgetExhausted,
     /// An input image's host name does not resolve (a typo, or a name that never existed).
     InputUnreachable,
     /// An input image's URL answered 4xx (404, 403, 410, …), or an upload is gone.
@@ -83,6 +86,7 @@ impl JobCode {
             Self::ProviderRetrying => "provider_retrying",
             Self::ProviderUnreachable => "provider_unreachable",
             Self::RateWindowFull => "rate_window_full",
+            Self::BudgetExhausted => "budget_exhausted",
             Self::InputUnreachable => "input_unreachable",
             Self::InputNotFound => "input_not_found",
             Self::InputNotImage => "input_not_image",

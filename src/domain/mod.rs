@@ -1,6 +1,7 @@
 //! The task model, its state machine, ids and validated request types. No I/O here.
 
 pub mod api_key;
+pub mod budget;
 pub mod error_code;
 pub mod ids;
 pub mod image;

@@ -35,9 +35,13 @@ impl Engine {
         )
     }
 
-    pub(super) async fn submit(&self, task: Task) -> Result<Outcome, RepoError> {
+    /// Sends a task claimed at `claimed_at` to its provider, once its budgets allow it.
+    pub(super) async fn submit(&self, task: Task, claimed_at: i64) -> Result<Outcome, RepoError> {
         if task.state != TaskState::Submitting {
             return Ok(Outcome::Done);
+        }
+        if let Some(held) = self.check_budget(&task, claimed_at).await? {
+            return Ok(held);
         }
         let Some(provider) = self
             .providers
@@ -86,6 +90,7 @@ impl Engine {
             output_format: task.output_format.clone(),
             callback_url,
         };
+        self.stamp_create(&task, claimed_at).await;
         let started = std::time::Instant::now();
         let outcome = provider.submit(&request).await;
         if !matches!(outcome, Err(ProviderError::Input(_))) {
@@ -382,6 +387,26 @@ impl Engine {
         gate.creates.adopt(now, &claimed.window);
         gate.adopt_pause(now, claimed.pause);
         Ok(claimed.tasks)
+    }
+
+    /// Counts the task's create slot from now, as it is sent (the provider counts it when
+    /// it arrives, however long the claim took to get here). On failure the claim's own
+    /// stamp stands, which can only be earlier.
+    async fn stamp_create(&self, task: &Task, claimed_at: i64) {
+        let limited = self
+            .providers
+            .get(&task.provider)
+            .is_some_and(|p| p.gate().create_limits().creates > 0);
+        if !limited {
+            return;
+        }
+        if let Err(e) = self
+            .repo
+            .stamp_create(&task.provider, claimed_at, now_ms())
+            .await
+        {
+            tracing::warn!(task_id = %task.id, error = %e, "the create could not be stamped with its send time; it counts from its claim");
+        }
     }
 
     /// A 429 (rate limited) or a 402 (no credits) pauses the provider: for how long.

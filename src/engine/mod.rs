@@ -5,6 +5,7 @@
 //! webhooks of final tasks. All of them claim work from the database under a lease, end
 //! each try with an outcome (`job.rs`) and change state only through guarded updates.
 
+mod budget;
 pub mod circuit;
 pub mod credits;
 mod dispatch;
@@ -21,6 +22,7 @@ mod tokens;
 mod webhook;
 mod worker;
 
+pub use budget::BudgetSettings;
 pub use registry::{ProviderRegistry, Registered};
 
 pub use inputs::InputRoute;
@@ -88,6 +90,8 @@ pub struct EngineSettings {
     pub missing_task_answers: u32,
     /// How long in-flight jobs may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Daily credit budgets and the prices tasks are estimated at.
+    pub budget: BudgetSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -440,6 +444,9 @@ impl Engine {
                     "task state changed"
                 );
                 self.observe_transition(task, after);
+                if after.state.is_terminal() {
+                    self.settle_budget(after).await;
+                }
                 self.published(after).await;
             }
             None => tracing::info!(

@@ -137,6 +137,37 @@ impl Engine {
                 metrics.queue(provider, state.as_str(), *count);
             }
         }
+        self.refresh_budget_gauges().await
+    }
+
+    /// Today's budgets: the global one, what is counted against it, and how many keys have
+    /// spent theirs.
+    async fn refresh_budget_gauges(&self) -> Result<(), RepoError> {
+        use crate::domain::budget::{BudgetScope, CreditDay};
+        let day = CreditDay::of(super::now_ms());
+        let spent = self.repo.credit_spend(&day.name).await?;
+        let budgets = self.repo.daily_budgets().await?;
+        let spent_by = |scope: &BudgetScope| {
+            spent
+                .iter()
+                .find(|s| s.scope == *scope)
+                .map_or(0, |s| s.credits)
+        };
+        let exhausted = budgets
+            .iter()
+            .filter(|(key, limit)| spent_by(&BudgetScope::Key(key.clone())) >= *limit)
+            .count();
+        #[allow(clippy::cast_precision_loss)]
+        {
+            let metrics = &self.metrics;
+            let global = self.settings.budget.global_daily_credits;
+            metrics.plain_gauge(names::BUDGET_DAILY_CREDITS, global as f64);
+            metrics.plain_gauge(
+                names::BUDGET_SPENT_CREDITS,
+                spent_by(&BudgetScope::Global) as f64,
+            );
+            metrics.plain_gauge(names::BUDGET_KEYS_EXHAUSTED, exhausted as f64);
+        }
         Ok(())
     }
 }

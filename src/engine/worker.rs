@@ -21,7 +21,10 @@ use crate::storage::{RepoError, Task, WebhookDelivery};
 /// What a claimed task needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Job {
-    Submit,
+    /// Claimed from the queue at `claimed_at` (when its create slot was reserved).
+    Submit {
+        claimed_at: i64,
+    },
     /// Claimed from `submitting` with a lapsed lease: its dispatcher died mid-call.
     SettleInterrupted,
     Reconcile,
@@ -176,7 +179,7 @@ impl Engine {
                     }
                     // Unused permits go back when the rest of the vector drops.
                     for (task, permit) in queued.into_iter().zip(permits) {
-                        let claim = Claim::Task(Box::new(task), Job::Submit);
+                        let claim = Claim::Task(Box::new(task), Job::Submit { claimed_at: now });
                         self.clone().start(&mut jobs, work, claim, Some(permit));
                     }
                 }
@@ -288,7 +291,7 @@ impl Engine {
     /// Runs a task's job and settles its outcome.
     async fn run_task_job(&self, task: Task, job: Job) -> Result<(), RepoError> {
         let outcome = match job {
-            Job::Submit => self.submit(task.clone()).await?,
+            Job::Submit { claimed_at } => self.submit(task.clone(), claimed_at).await?,
             Job::SettleInterrupted => self.settle_interrupted(&task).await?,
             Job::Reconcile => self.reconcile(task.clone()).await?,
             // Inline results live only in the memory of the dispatcher that received

@@ -15,8 +15,11 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::clock::now_ms;
+use crate::config::BudgetPolicy;
 use crate::domain::ErrorCode;
+use crate::domain::budget::{BudgetScope, CreditDay};
 use crate::domain::stats::StatsWindow;
+use crate::views::budgets::{BudgetsView, budgets_view};
 use crate::views::stats::{StatsScope, StatsView, stats_view};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -34,7 +37,7 @@ struct StatsParams {
 /// Statistics of the tasks created in a window: counts by state, success rate, stage
 /// percentiles (nearest rank, read from a histogram of durations: never below the exact
 /// value, at most 15 % above it), failures by code, credits and tasks per provider and over
-/// time.
+/// time, and today's daily credit budgets.
 #[utoipa::path(get, path = "/api/stats", tag = "statistics", params(StatsParams), responses(
     (status = 200, description = "The window's figures", body = StatsView),
     (status = 400, description = "`window` is not 1h, 24h, 7d or 30d (`invalid_window`)", body = ErrorBody),
@@ -60,6 +63,7 @@ async fn stats(
         Some(_) => "key",
     };
     let owner = (scope == "key").then(|| key.clone()).flatten();
+    let budgets = budgets(&state, owner.as_deref()).await?;
     let query = window.query(now_ms(), owner, scope != "key");
     let stats = state.repo.task_stats(&query).await?;
     Ok(Json(stats_view(
@@ -67,5 +71,28 @@ async fn stats(
         &query,
         &stats,
         StatsScope { scope, key },
+        budgets,
     )))
+}
+
+/// Today's budgets: only `own`'s when set (a key that sees its own tasks only).
+async fn budgets(state: &AppState, own: Option<&str>) -> Result<BudgetsView, ApiError> {
+    let day = CreditDay::of(now_ms());
+    let spent: Vec<(BudgetScope, i64)> = state
+        .repo
+        .credit_spend(&day.name)
+        .await?
+        .into_iter()
+        .map(|s| (s.scope, s.credits))
+        .collect();
+    let key_budgets = state.repo.daily_budgets().await?;
+    let config = &state.config.budget;
+    Ok(budgets_view(
+        &day,
+        config.policy == BudgetPolicy::Fail,
+        i64::try_from(config.daily_credits).unwrap_or(i64::MAX),
+        &spent,
+        &key_budgets,
+        |key| own.is_none_or(|own| own == key),
+    ))
 }

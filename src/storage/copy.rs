@@ -28,6 +28,9 @@ pub enum Table {
     WebhookDeliveries,
     IdempotencyKeys,
     ProviderPauses,
+    CreditBudgets,
+    CreditSpend,
+    CreditReservations,
 }
 
 /// Tables left out, with the reason.
@@ -69,7 +72,7 @@ pub(super) type Columns = &'static [(&'static str, Kind)];
 
 impl Table {
     /// Every copied table, each after the tables its rows point at.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 12] = [
         Self::ApiKeys,
         Self::WebhookSecrets,
         Self::ServerSecrets,
@@ -79,6 +82,9 @@ impl Table {
         Self::WebhookDeliveries,
         Self::IdempotencyKeys,
         Self::ProviderPauses,
+        Self::CreditBudgets,
+        Self::CreditSpend,
+        Self::CreditReservations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +98,9 @@ impl Table {
             Self::WebhookDeliveries => "webhook_deliveries",
             Self::IdempotencyKeys => "idempotency_keys",
             Self::ProviderPauses => "provider_pauses",
+            Self::CreditBudgets => "credit_budgets",
+            Self::CreditSpend => "credit_spend",
+            Self::CreditReservations => "credit_reservations",
         }
     }
 
@@ -154,13 +163,22 @@ impl Table {
                 ("code", Text),
                 ("reason", Text),
             ],
+            Self::CreditBudgets => &[("owner", Text), ("daily_credits", Int), ("updated_at", Int)],
+            Self::CreditSpend => &[("day", Text), ("scope", Text), ("credits", Int)],
+            Self::CreditReservations => &[
+                ("task_id", Text),
+                ("day", Text),
+                ("owner", Text),
+                ("credits", Int),
+                ("at", Int),
+            ],
         })
     }
 
     /// How many leading columns make the primary key.
     pub(super) fn key_len(self) -> usize {
         match self {
-            Self::IdempotencyKeys => 2,
+            Self::IdempotencyKeys | Self::CreditSpend => 2,
             _ => 1,
         }
     }
@@ -168,7 +186,11 @@ impl Table {
     /// The column pointing at a task, for a table whose rows need their task: such a row is
     /// written only when the target holds its task.
     pub(super) fn task_column(self) -> Option<usize> {
-        (self == Self::WebhookDeliveries).then_some(1)
+        match self {
+            Self::WebhookDeliveries => Some(1),
+            Self::CreditReservations => Some(0),
+            _ => None,
+        }
     }
 }
 

@@ -86,6 +86,21 @@ pub trait LimitsRepo: Send + Sync + 'static {
         request: &LimitedClaimRequest<'_>,
     ) -> Result<LimitedClaim, RepoError>;
 
+    /// Moves one create slot of the claim made at `claimed_at` to `sent_at`, when its create
+    /// is about to be sent: the provider counts a create when it arrives, so the window is
+    /// counted from the send, not from the claim (a slot only ever moves later, so no claim
+    /// can find more room for it). Counted at `sent_at` even when the claim's row is gone.
+    async fn stamp_create(
+        &self,
+        provider: &str,
+        claimed_at: i64,
+        sent_at: i64,
+    ) -> Result<(), RepoError>;
+
+    /// Gives back one create slot of the claim made at `claimed_at` whose task was not
+    /// sent after all (its budget was spent); whether there was one to give back.
+    async fn return_create(&self, provider: &str, claimed_at: i64) -> Result<bool, RepoError>;
+
     /// Pauses the provider until `pause.until`, unless a pause already lasts longer;
     /// whether this started or extended it.
     async fn pause_provider(&self, provider: &str, pause: &SharedPause) -> Result<bool, RepoError>;
@@ -131,6 +146,12 @@ pub(super) mod sql {
          WHERE provider = ? AND at > ? ORDER BY at ASC";
     pub const IN_FLIGHT: &str = "SELECT COUNT(*) FROM tasks
          WHERE provider = ? AND state IN ('submitting', 'submitted', 'running')";
+    pub const STAMP_TAKE_SQLITE: &str = "UPDATE provider_creates SET slots = slots - 1
+         WHERE rowid = (SELECT rowid FROM provider_creates
+                         WHERE provider = ? AND at = ? AND slots > 0 LIMIT 1)";
+    pub const STAMP_TAKE_POSTGRES: &str = "UPDATE provider_creates SET slots = slots - 1
+         WHERE ctid = (SELECT ctid FROM provider_creates
+                        WHERE provider = $1 AND at = $2 AND slots > 0 LIMIT 1 FOR UPDATE)";
     pub const RESERVE: &str = "INSERT INTO provider_creates (provider, at, slots) VALUES (?, ?, ?)";
     pub const PAUSE_UPSERT: &str = "INSERT INTO provider_pauses (provider, until_ms, code, reason)
          VALUES (?, ?, ?, ?)

@@ -5,7 +5,8 @@
 //! idempotency keys ([`IdempotencyRepo`], `idempotency.rs`), provider limits shared by every
 //! instance ([`LimitsRepo`], `limits.rs`), task changes told to every instance
 //! ([`ChangeFeed`], `feed.rs`), statistics ([`StatsRepo`], `stats.rs`), retention
-//! ([`RetentionRepo`], `retention.rs`) and copying between databases ([`CopyRepo`],
+//! ([`RetentionRepo`], `retention.rs`), daily credit budgets ([`BudgetRepo`],
+//! `budgets.rs`) and copying between databases ([`CopyRepo`],
 //! `copy.rs`), the last three with one SQL text for both backends.
 //! Two implementations: SQLite (`sqlite*.rs`, the embedded default) and PostgreSQL
 //! (`postgres*.rs`); [`open`] picks one by the database URL.
@@ -15,6 +16,7 @@
 pub mod access;
 pub mod batches;
 pub mod blob;
+pub mod budgets;
 pub mod contract;
 pub mod copy;
 mod copy_sql;
@@ -50,6 +52,7 @@ mod update_sql;
 pub use access::{AccessRepo, ApiKeyRecord, WebhookSecretRecord};
 pub use batches::{Batch, BatchCount, BatchRepo};
 pub use blob::{BlobError, BlobStore};
+pub use budgets::{BudgetCheck, BudgetRepo, CreditReservation, ScopeSpend};
 pub use copy::{Added, Cell, CellRow, CopyRepo, Table};
 pub use deliveries::{DeliveryOutcome, DeliveryRepo, WebhookDelivery};
 pub use fault::StorageFault;
@@ -78,6 +81,7 @@ pub trait Repo:
     + StatsRepo
     + RetentionRepo
     + CopyRepo
+    + BudgetRepo
     + ChangeFeed
 {
 }
@@ -92,6 +96,7 @@ impl<T> Repo for T where
         + StatsRepo
         + RetentionRepo
         + CopyRepo
+        + BudgetRepo
         + ChangeFeed
 {
 }

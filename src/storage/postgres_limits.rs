@@ -143,6 +143,38 @@ impl LimitsRepo for PgRepo {
         Ok(claimed)
     }
 
+    async fn stamp_create(
+        &self,
+        provider: &str,
+        claimed_at: i64,
+        sent_at: i64,
+    ) -> Result<(), RepoError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::STAMP_TAKE_POSTGRES)
+            .bind(provider)
+            .bind(claimed_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(safe(&RESERVE))
+            .bind(provider)
+            .bind(sent_at)
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn return_create(&self, provider: &str, claimed_at: i64) -> Result<bool, RepoError> {
+        let returned = sqlx::query(sql::STAMP_TAKE_POSTGRES)
+            .bind(provider)
+            .bind(claimed_at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(returned > 0)
+    }
+
     async fn pause_provider(&self, provider: &str, pause: &SharedPause) -> Result<bool, RepoError> {
         let changed = sqlx::query(safe(&PAUSE_UPSERT))
             .bind(provider)

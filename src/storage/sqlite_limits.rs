@@ -126,6 +126,42 @@ impl LimitsRepo for SqliteRepo {
         claimed.map_err(|e| self.writer.failed_repo(e))
     }
 
+    async fn stamp_create(
+        &self,
+        provider: &str,
+        claimed_at: i64,
+        sent_at: i64,
+    ) -> Result<(), RepoError> {
+        let stamped: Result<(), sqlx::Error> = async {
+            let mut tx = self.writer.pool.begin().await?;
+            sqlx::query(sql::STAMP_TAKE_SQLITE)
+                .bind(provider)
+                .bind(claimed_at)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::RESERVE)
+                .bind(provider)
+                .bind(sent_at)
+                .bind(1_i64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        stamped.map_err(|e| self.writer.failed(e))
+    }
+
+    async fn return_create(&self, provider: &str, claimed_at: i64) -> Result<bool, RepoError> {
+        let returned = sqlx::query(sql::STAMP_TAKE_SQLITE)
+            .bind(provider)
+            .bind(claimed_at)
+            .execute(&self.writer.pool)
+            .await
+            .map_err(|e| self.writer.failed(e))?
+            .rows_affected();
+        Ok(returned > 0)
+    }
+
     async fn pause_provider(&self, provider: &str, pause: &SharedPause) -> Result<bool, RepoError> {
         let changed = sqlx::query(sql::PAUSE_UPSERT)
             .bind(provider)

@@ -317,6 +317,20 @@ impl Metrics {
         .increment(credits);
     }
 
+    /// A create held back by a spent budget (`global` or `key`).
+    pub fn budget_refused(&self, scope: &'static str) {
+        self.counter(
+            names::BUDGET_REFUSALS,
+            vec![Label::from_static_parts("scope", scope)],
+        )
+        .increment(1);
+    }
+
+    /// Sets an unlabelled gauge read at scrape time.
+    pub fn plain_gauge(&self, name: &'static str, value: f64) {
+        self.gauge(name, vec![]).set(value);
+    }
+
     /// A request to a provider and how it ended (see [`names::PROVIDER_REQUESTS`]).
     pub fn provider_request(
         &self,

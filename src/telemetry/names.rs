@@ -43,6 +43,15 @@ catalogue! {
         "Time spent per stage: queued_to_submitted, submitted_to_answer (callback or poll), answer_to_stored, end_to_end (created to succeeded).";
     CREDITS = "darkroom_credits_total", Counter, ["provider"],
         "Credits the provider reported for succeeded tasks.";
+    // Budgets.
+    BUDGET_DAILY_CREDITS = "darkroom_budget_daily_credits", Gauge, [],
+        "The global daily credit budget (DARKROOM_DAILY_CREDIT_BUDGET); 0: none.";
+    BUDGET_SPENT_CREDITS = "darkroom_budget_spent_credits", Gauge, [],
+        "Credits counted against budgets today (UTC), every task together: estimates of tasks not yet finished, what finished tasks used.";
+    BUDGET_KEYS_EXHAUSTED = "darkroom_budget_keys_exhausted", Gauge, [],
+        "Keys whose daily credit budget is spent today.";
+    BUDGET_REFUSALS = "darkroom_budget_refusals_total", Counter, ["scope"],
+        "Creates held back because a daily credit budget was spent, by budget: global or key.";
     // Providers.
     PROVIDER_REQUESTS = "darkroom_provider_requests_total", Counter, ["provider", "operation", "status"],
         "Requests to a provider by operation (create, query) and answer: 2xx, 4xx, 5xx by the provider's code, timeout (sent, no answer), unreachable (nothing sent).";

@@ -3,8 +3,10 @@
 //! ([`compat_status`]), the archive record in the bucket ([`task_record`]) and the event
 //! of a state change ([`TaskEvent`]). Built from the stored row alone (no I/O), so every
 //! layer that shows a task shows the same thing. `stats` folds the repository's aggregates
-//! over many tasks into the answer of `GET /api/stats`.
+//! over many tasks into the answer of `GET /api/stats`, with today's credit budgets
+//! (`budgets`).
 
+pub mod budgets;
 mod event;
 mod record;
 pub mod stats;

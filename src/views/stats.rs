@@ -56,6 +56,8 @@ pub struct StatsView {
     /// for a caller who sees every task (`scope` `all` or `admin`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_key: Option<Vec<KeyStats>>,
+    /// Today's daily credit budgets (whatever the window).
+    pub budgets: super::budgets::BudgetsView,
 }
 
 /// Percentiles of each stage of a task's time; null when no task has the stage's times.
@@ -165,6 +167,7 @@ pub fn stats_view(
     query: &StatsQuery,
     stats: &TaskStats,
     scope: StatsScope,
+    budgets: super::budgets::BudgetsView,
 ) -> StatsView {
     let mut states: BTreeMap<&'static str, i64> =
         TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
@@ -251,6 +254,7 @@ pub fn stats_view(
         providers: providers.into_values().collect(),
         series,
         per_key,
+        budgets,
     }
 }
 
@@ -344,7 +348,11 @@ mod tests {
             scope: "admin",
             key: Some("ops".into()),
         };
-        let view = stats_view(StatsWindow::Day, &query, &stats, scope);
+        let no_budgets = || {
+            let day = crate::domain::budget::CreditDay::of(0);
+            super::super::budgets::budgets_view(&day, false, 0, &[], &[], |_| true)
+        };
+        let view = stats_view(StatsWindow::Day, &query, &stats, scope, no_budgets());
         assert_eq!(
             (view.tasks, view.finished, view.succeeded, view.failed),
             (11, 7, 4, 3)
@@ -392,6 +400,7 @@ mod tests {
                 scope: "key",
                 key: Some("a".into()),
             },
+            no_budgets(),
         );
         assert!(own.per_key.is_none(), "a key sees no other keys");
     }

@@ -114,6 +114,7 @@ async fn a_panicking_job_stays_inside_it_and_its_task_is_taken_up_again() {
         resubmit_unconfirmed: false,
         check_client_inputs: false,
         credits_pause: Duration::from_secs(60),
+        budget: darkroom::engine::BudgetSettings::default(),
         missing_task_answers: 3,
         shutdown_grace: Duration::from_secs(5),
     };

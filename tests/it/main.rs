@@ -10,6 +10,7 @@ mod harness;
 
 mod bad_input;
 mod batches;
+mod budgets;
 mod cli;
 mod client;
 mod cluster;

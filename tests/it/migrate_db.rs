@@ -249,6 +249,20 @@ async fn fill(url: &str, real_tasks: usize) {
         reason: "out of credits".into(),
     };
     repo.pause_provider("gemini", &pause).await.unwrap();
+    // A key's budget and a task holding its estimate.
+    repo.set_daily_budget("alice", Some(1000), at)
+        .await
+        .unwrap();
+    let day = darkroom::domain::budget::CreditDay::of(at);
+    let reservation = darkroom::storage::CreditReservation {
+        task: &tasks[0].id,
+        owner: Some("alice"),
+        day: &day,
+        credits: 4,
+        global_limit: 0,
+        now: at,
+    };
+    repo.reserve_credits(&reservation).await.unwrap();
     opened.close().await;
 }
 

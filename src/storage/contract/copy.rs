@@ -90,6 +90,23 @@ fn sample(table: Table, key: &str, n: i64, task: &str) -> CellRow {
             text("429"),
             text("rate limited"),
         ],
+        Table::CreditBudgets => vec![text(key), Cell::Int(Some(n * 4)), Cell::Int(Some(n))],
+        Table::CreditSpend => vec![
+            text(if key < "k-b" {
+                "2026-12-01"
+            } else {
+                "2026-12-02"
+            }),
+            text(key),
+            Cell::Int(Some(n)),
+        ],
+        Table::CreditReservations => vec![
+            text(task),
+            text("2026-12-01"),
+            if n % 2 == 0 { none_text } else { text("alice") },
+            Cell::Int(Some(4)),
+            Cell::Int(Some(n)),
+        ],
         Table::Tasks => unreachable!("tasks are copied as tasks"),
     }
 }
@@ -173,7 +190,7 @@ pub async fn rows_are_read_in_key_order_and_never_overwritten(repo: &dyn Repo) {
         expected.sort_by(|a, b| {
             let key = |r: &CellRow| (r[0].to_string(), r[1].to_string());
             match table {
-                Table::IdempotencyKeys => key(a).cmp(&key(b)),
+                Table::IdempotencyKeys | Table::CreditSpend => key(a).cmp(&key(b)),
                 _ => a[0].to_string().cmp(&b[0].to_string()),
             }
         });

@@ -185,3 +185,35 @@ pub async fn concurrent_limited_claims_take_exactly_the_window(repo: &dyn Repo) 
         .sum();
     assert_eq!(taken, 20, "twelve claimers of five share one window of 20");
 }
+
+pub async fn a_create_slot_given_back_is_claimed_again(repo: &dyn Repo) {
+    queue(repo, 40).await;
+    assert_eq!(claim(repo, 1_000, 20, WINDOW).await.tasks.len(), 20);
+    assert!(claim(repo, 1_001, 5, WINDOW).await.tasks.is_empty());
+    // Two of the twenty were not sent after all.
+    assert!(repo.return_create("kie", 1_000).await.unwrap());
+    assert!(repo.return_create("kie", 1_000).await.unwrap());
+    assert!(
+        !repo.return_create("kie", 999).await.unwrap(),
+        "no claim was made then"
+    );
+    let again = claim(repo, 1_002, 5, WINDOW).await;
+    assert_eq!(again.tasks.len(), 2);
+    assert_eq!(again.window.iter().map(|r| r.slots).sum::<usize>(), 20);
+}
+
+pub async fn a_create_counts_from_when_it_is_sent(repo: &dyn Repo) {
+    queue(repo, 40).await;
+    assert_eq!(claim(repo, 1_000, 20, WINDOW).await.tasks.len(), 20);
+    // One create went out 3 s after its claim: it holds its slot until 3 s after the
+    // claim's others are gone.
+    repo.stamp_create("kie", 1_000, 4_000).await.unwrap();
+    let later = claim(repo, 11_001, 20, WINDOW).await;
+    assert_eq!(later.tasks.len(), 19, "the late create still counts");
+    assert!(claim(repo, 13_999, 5, WINDOW).await.tasks.is_empty());
+    assert_eq!(claim(repo, 14_001, 5, WINDOW).await.tasks.len(), 1);
+    // A claim's row already forgotten: the send is counted all the same.
+    repo.stamp_create("kie", 1_000, 14_002).await.unwrap();
+    let window = claim(repo, 14_003, 5, WINDOW).await.window;
+    assert_eq!(window.iter().map(|r| r.slots).sum::<usize>(), 21);
+}

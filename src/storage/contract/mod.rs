@@ -2,7 +2,7 @@
 //! written once against the traits ([`super::TaskRepo`], [`super::BatchRepo`],
 //! [`super::DeliveryRepo`], [`super::AccessRepo`], [`super::IdempotencyRepo`],
 //! [`super::LimitsRepo`], [`super::StatsRepo`], [`super::RetentionRepo`],
-//! [`super::CopyRepo`]) and run on each backend.
+//! [`super::CopyRepo`], [`super::BudgetRepo`]) and run on each backend.
 //!
 //! Each check is a `pub async fn` taking the narrowest trait object it needs and panicking
 //! when the implementation breaks the contract. [`repo_contract_tests!`](crate::repo_contract_tests)
@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod batches;
+pub mod budgets;
 pub mod copy;
 pub mod deliveries;
 pub mod idempotency;
@@ -103,6 +104,13 @@ macro_rules! repo_contract_tests {
                 limits::a_pause_is_shared_and_only_extended,
                 limits::a_pause_is_lifted_only_by_its_own_code,
                 limits::concurrent_limited_claims_take_exactly_the_window,
+                limits::a_create_slot_given_back_is_claimed_again,
+                limits::a_create_counts_from_when_it_is_sent,
+                budgets::credits_are_reserved_within_every_budget_once_per_task,
+                budgets::settling_replaces_the_estimate_by_what_was_used,
+                budgets::each_utc_day_is_counted_apart,
+                budgets::budgets_are_set_changed_removed_and_waiters_woken,
+                budgets::concurrent_reservations_never_exceed_a_budget,
                 stats::stats_count_tasks_of_the_window_by_state_code_provider_and_bucket,
                 stats::stats_percentiles_are_nearest_rank,
                 retention::expired_and_kept_tasks_split_at_the_cutoff,
