@@ -11,7 +11,7 @@ use super::{Engine, Registered, after, new_callback_token, now_ms};
 use crate::domain::{Event, JobCode, TaskState};
 use crate::providers::inputs::InputError;
 use crate::providers::{Delivery, ProviderError, Submission, SubmitRequest};
-use crate::storage::{LimitedClaimRequest, RepoError, Task, TaskUpdate};
+use crate::storage::{LimitedClaimRequest, RepoError, SharedPause, Task, TaskUpdate};
 
 /// How long an accepted create's answer is held while storage refuses to record it.
 const RECORD_ACCEPTED_FOR: Duration = Duration::from_secs(60);
@@ -228,12 +228,19 @@ impl Engine {
             Some((registered, self.account_problem(registered.gate(), &error)?))
         }) {
             let gate = registered.gate();
-            if let Some(shared) = gate.pause(pause, code, &error.to_string()) {
+            // Written to the database first, so every instance (and this one after a
+            // restart) holds off before this one says it is paused: a crash right after
+            // `/readyz` shows the pause cannot lose it.
+            let shared = SharedPause {
+                until: after(now_ms(), pause),
+                code: code.to_owned(),
+                reason: error.to_string(),
+            };
+            if let Err(e) = self.repo.pause_provider(&task.provider, &shared).await {
+                tracing::warn!(provider = %task.provider, error = %e, "the pause could not be written to the database: it holds on this instance only");
+            }
+            if gate.pause(pause, code, &shared.reason).is_some() {
                 self.metrics.provider_paused(&task.provider, code);
-                // Every instance (and this one after a restart) holds off too.
-                if let Err(e) = self.repo.pause_provider(&task.provider, &shared).await {
-                    tracing::warn!(provider = %task.provider, error = %e, "the pause could not be written to the database: it holds on this instance only");
-                }
                 // Out of credits: the balance is read at once (for the log, the gauge and
                 // `/readyz`; below the floor, the floor pause holds until a top-up is seen).
                 if code == "402"
