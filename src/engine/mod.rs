@@ -8,6 +8,7 @@
 pub mod circuit;
 pub mod credits;
 mod dispatch;
+pub mod failover;
 mod ingest;
 mod inline;
 mod inputs;
@@ -88,6 +89,8 @@ pub struct EngineSettings {
     pub missing_task_answers: u32,
     /// How long in-flight jobs may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Which providers queued tasks may move to (off by default).
+    pub failover: failover::FailoverPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +339,8 @@ impl Engine {
             created_at: now_ms(),
             retry_of: Some(task.id.clone()),
             webhook_url: task.webhook_url.clone(),
+            // A retry is a new request: the original's choice, not where it ended up.
+            fallback: task.failover.allowed,
         };
         let mut stored = self.enqueue(std::slice::from_ref(&new)).await?;
         tracing::info!(task_id = %new.id, retry_of = %task.id, "task retried as a new task");

@@ -90,6 +90,7 @@ async fn a_panicking_job_stays_inside_it_and_its_task_is_taken_up_again() {
     // One call slot: the panicking call must give its slot back, or nothing else runs.
     registry.register(
         provider.clone(),
+        "panicky-model".into(),
         1,
         ProviderGate::for_limits("panicky", Limits::NONE, probes),
     );
@@ -116,6 +117,7 @@ async fn a_panicking_job_stays_inside_it_and_its_task_is_taken_up_again() {
         credits_pause: Duration::from_secs(60),
         missing_task_answers: 3,
         shutdown_grace: Duration::from_secs(5),
+        failover: darkroom::engine::failover::FailoverPolicy::default(),
     };
     let engine = Arc::new(Engine::new(
         repo.clone(),

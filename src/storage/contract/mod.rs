@@ -49,6 +49,7 @@ pub fn new_task(owner: Option<&str>, priority: i32, created_at: i64) -> NewTask 
         created_at,
         retry_of: None,
         webhook_url: None,
+        fallback: None,
     }
 }
 
