@@ -22,8 +22,8 @@ pub use api_keys::is_key_name;
 pub use keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, Key};
 use types::Raw;
 pub use types::{
-    ErrorRates, FailoverChain, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin, Roles, Secret,
-    Synchronous, UrlMode,
+    ErrorRates, FailoverChain, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin,
+    Roles, Secret, Synchronous, UrlMode,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -142,7 +142,11 @@ pub struct FailoverChain(pub Vec<ProviderName>);
 impl Setting for FailoverChain {
     fn parse(raw: &str) -> Result<Self, String> {
         let mut chain: Vec<ProviderName> = Vec::new();
-        for name in raw.split([':', ',']).map(str::trim).filter(|n| !n.is_empty()) {
+        for name in raw
+            .split([':', ','])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
             let provider = ProviderName::parse(&name.to_ascii_lowercase())
                 .map_err(|_| format!("= {raw:?} names {name:?}, not a provider (kie, gemini)"))?;
             if chain.contains(&provider) {
@@ -151,7 +155,9 @@ impl Setting for FailoverChain {
             chain.push(provider);
         }
         if chain.len() == 1 {
-            return Err(format!("= {raw:?} needs a provider to move to, like kie:gemini"));
+            return Err(format!(
+                "= {raw:?} needs a provider to move to, like kie:gemini"
+            ));
         }
         Ok(Self(chain))
     }

@@ -196,7 +196,12 @@ impl Engine {
         );
         if let Some(shared) = gate.pause(policy.pause, FAILING_CODE, &reason) {
             self.metrics.provider_paused(provider, FAILING_CODE);
-            tracing::warn!(provider, failures = in_a_row, "{} is failing: paused for failover", provider_label(provider));
+            tracing::warn!(
+                provider,
+                failures = in_a_row,
+                "{} is failing: paused for failover",
+                provider_label(provider)
+            );
             if let Err(e) = self.repo.pause_provider(provider, &shared).await {
                 tracing::warn!(provider, error = %e, "the pause could not be written to the database: it holds on this instance only");
             }

@@ -127,7 +127,8 @@ where
     let mut q = QueryBuilder::new("UPDATE tasks SET provider = ");
     q.push_bind(mv.to.to_owned());
     q.push(", model = ").push_bind(mv.model.to_owned());
-    q.push(", state = ").push_bind(TaskState::Queued.as_str().to_owned());
+    q.push(", state = ")
+        .push_bind(TaskState::Queued.as_str().to_owned());
     q.push(", run_at = ").push_bind(mv.now);
     q.push(", updated_at = ").push_bind(mv.now);
     q.push(", attempts = 0, lease_owner = NULL, lease_until = NULL, callback_token_hash = ''");

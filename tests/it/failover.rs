@@ -243,7 +243,11 @@ async fn kie_failing_create_after_create_pauses_as_failing_and_its_queue_moves()
     }
     let (_, ready) = app.get_json("/readyz").await;
     let kie = &ready["providers"]["kie"];
-    assert_eq!((&kie["status"], &kie["code"]), (&json!("paused"), &json!("failing")), "{ready}");
+    assert_eq!(
+        (&kie["status"], &kie["code"]),
+        (&json!("paused"), &json!("failing")),
+        "{ready}"
+    );
     let stats = sim.sim.stats();
     assert_eq!((stats.created, stats.injected_errors), (0, 2), "{stats:?}");
     let text = metrics(&app).await;

@@ -155,7 +155,11 @@ pub async fn only_tasks_whose_create_was_never_made_move(repo: &dyn TaskRepo) {
         assert!(stayed.failover.left.is_empty());
     }
     assert_eq!(
-        repo.get(&other_provider.id).await.unwrap().unwrap().provider,
+        repo.get(&other_provider.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .provider,
         "gemini"
     );
 
@@ -170,7 +174,9 @@ pub async fn only_tasks_whose_create_was_never_made_move(repo: &dyn TaskRepo) {
 pub async fn the_default_decides_for_requests_that_said_nothing(repo: &dyn TaskRepo) {
     let silent = allowing(None, 1);
     let said_yes = allowing(Some(true), 2);
-    repo.insert(&[silent.clone(), said_yes.clone()]).await.unwrap();
+    repo.insert(&[silent.clone(), said_yes.clone()])
+        .await
+        .unwrap();
     let moved = repo
         .move_provider(&to_gemini("failing", false, 10))
         .await
@@ -183,7 +189,10 @@ pub async fn the_default_decides_for_requests_that_said_nothing(repo: &dyn TaskR
         .move_provider(&to_gemini("failing", true, 11))
         .await
         .unwrap();
-    assert_eq!(moved.iter().map(|t| &t.id).collect::<Vec<_>>(), [&silent.id]);
+    assert_eq!(
+        moved.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        [&silent.id]
+    );
 }
 
 pub async fn a_task_never_returns_to_a_provider_it_left(repo: &dyn TaskRepo) {
@@ -228,7 +237,10 @@ pub async fn a_held_task_moves_only_under_its_lease_and_a_claimed_one_not_at_all
         .move_provider(&to_gemini("credits", true, 20))
         .await
         .unwrap();
-    assert_eq!(swept.iter().map(|t| &t.id).collect::<Vec<_>>(), [&tasks[2].id]);
+    assert_eq!(
+        swept.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        [&tasks[2].id]
+    );
     // Another worker cannot move a task this one holds; its holder can.
     let held = &claimed[0].id;
     let by = |worker: &'static str, now: i64| ProviderMove {
@@ -254,9 +266,7 @@ pub async fn a_held_task_moves_only_under_its_lease_and_a_claimed_one_not_at_all
     );
 }
 
-pub async fn moves_take_the_highest_priority_and_oldest_first_up_to_the_limit(
-    repo: &dyn TaskRepo,
-) {
+pub async fn moves_take_the_highest_priority_and_oldest_first_up_to_the_limit(repo: &dyn TaskRepo) {
     let tasks = [
         new_task(None, 0, 1),
         new_task(None, 5, 2),
@@ -279,5 +289,8 @@ pub async fn moves_take_the_highest_priority_and_oldest_first_up_to_the_limit(
         .move_provider(&to_gemini("credits", true, 11))
         .await
         .unwrap();
-    assert_eq!(rest.iter().map(|t| &t.id).collect::<Vec<_>>(), [&tasks[2].id]);
+    assert_eq!(
+        rest.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        [&tasks[2].id]
+    );
 }
