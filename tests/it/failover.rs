@@ -256,3 +256,83 @@ async fn kie_failing_create_after_create_pauses_as_failing_and_its_queue_moves()
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_credit_floor_pause_moves_the_queue_too() {
+    // A balance below the floor from the first reading: KIE never sees a create.
+    let sim = spawn_sim(KieSimConfig {
+        credits: 20,
+        ..quick_sim()
+    })
+    .await;
+    let app = spawn_app_env(&unthrottled_env(
+        &sim,
+        2,
+        &[
+            FAILOVER,
+            ("DARKROOM_KIE_CREDIT_FLOOR", "100"),
+            ("DARKROOM_KIE_CREDIT_CHECK_SECS", "1"),
+        ],
+    ))
+    .await;
+    let start = Instant::now();
+    loop {
+        let (_, ready) = app.get_json("/readyz").await;
+        if ready["providers"]["kie"]["code"] == "credit_floor" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids = app.generate_many(3, json!({})).await;
+    let counts = app.wait_all_final(&ids, Duration::from_secs(30)).await;
+    assert_eq!(counts.get("completed"), Some(&3), "{counts:?}");
+    for task in views(&app, &ids).await {
+        assert_moved(&app, &task, "credit_floor").await;
+    }
+    assert_eq!(sim.sim.stats().created, 0);
+}
+
+#[tokio::test]
+async fn instances_sharing_postgresql_move_each_task_once() {
+    // Two instances on one PostgreSQL database and one S3 bucket sweep the same queue of a
+    // KIE without credits at once: each task moves once and is generated once, by one of
+    // the two Gemini lanes.
+    let total = 12;
+    let database = crate::harness::fresh_postgres().await;
+    let bucket = crate::harness::new_s3_bucket().await;
+    let sim = spawn_sim(KieSimConfig {
+        credits: 0,
+        ..quick_sim()
+    })
+    .await;
+    let mut env = unthrottled_env(&sim, 2, &[FAILOVER]);
+    env.extend(crate::harness::s3_env(&bucket));
+    env.push(("DARKROOM_DATABASE_URL", database.url.clone()));
+    // Both serve the same object URLs, so either reads the other's uploads from the bucket.
+    env.push(("DARKROOM_PUBLIC_URL", "http://darkroom.test".to_owned()));
+    let a = spawn_app_env(&env).await;
+    let b = spawn_app_env(&env).await;
+    let mut ids = a.generate_many(total / 2, json!({})).await;
+    ids.extend(b.generate_many(total / 2, json!({})).await);
+    let counts = a.wait_all_final(&ids, Duration::from_secs(60)).await;
+    assert_eq!(counts.get("completed"), Some(&total), "{counts:?}");
+    for task in views(&a, &ids).await {
+        assert_moved(&a, &task, "credits").await;
+    }
+    let generated = a.gemini_sim.as_ref().unwrap().stats().requests
+        + b.gemini_sim.as_ref().unwrap().stats().requests;
+    assert_eq!(generated, total as u64, "one Gemini call per task");
+    assert_eq!(sim.sim.stats().created, 0);
+    let moves = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("darkroom_provider_failovers_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    assert_eq!(
+        moves(&metrics(&a).await) + moves(&metrics(&b).await),
+        total as u64,
+        "each task moved once, by one instance"
+    );
+}
