@@ -15,15 +15,16 @@ use crate::harness::{TestApp, TestSim, quick_sim, spawn_app_env, spawn_sim, unth
 
 const FAILOVER: (&str, &str) = ("DARKROOM_FAILOVER", "kie:gemini");
 
-/// `GET /api/tasks/{id}` of each task.
-async fn views(app: &TestApp, ids: &[String]) -> Vec<Value> {
-    let mut all = Vec::with_capacity(ids.len());
-    for id in ids {
-        let (code, task) = app.get_json(&format!("/api/tasks/{id}")).await;
-        assert_eq!(code, 200, "{task}");
-        all.push(task);
-    }
-    all
+/// A KIE simulator of the test's own, and darkroom pointed at it (with `concurrency`
+/// dispatch slots and `extra` settings) and at its built-in Gemini simulator.
+async fn kie_and_darkroom(
+    kie: KieSimConfig,
+    concurrency: usize,
+    extra: &[(&'static str, &str)],
+) -> (TestSim, TestApp) {
+    let sim = spawn_sim(kie).await;
+    let app = spawn_app_env(&unthrottled_env(&sim, concurrency, extra)).await;
+    (sim, app)
 }
 
 /// Darkroom's ids of the tasks the KIE simulator created (each create's callback URL names
@@ -38,17 +39,6 @@ fn created_at_kie(sim: &TestSim) -> HashSet<String> {
             Some(path.rsplit('/').next()?.to_owned())
         })
         .collect()
-}
-
-async fn metrics(app: &TestApp) -> String {
-    app.http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// Checks a task that moved from KIE to Gemini for `reason` and completed there, in its
@@ -76,17 +66,20 @@ async fn kie_answering_402_sends_the_queue_to_gemini_and_no_task_goes_to_both() 
     // Credits for two images: two tasks are created and billed at KIE, the third create
     // meets a 402, and the rest of the queue moves to Gemini.
     let total = 8;
-    let sim = spawn_sim(KieSimConfig {
-        credits: 8,
-        ..quick_sim()
-    })
+    let (sim, app) = kie_and_darkroom(
+        KieSimConfig {
+            credits: 8,
+            ..quick_sim()
+        },
+        1,
+        &[FAILOVER],
+    )
     .await;
-    let app = spawn_app_env(&unthrottled_env(&sim, 1, &[FAILOVER])).await;
     let ids = app.generate_many(total, json!({})).await;
     let counts = app.wait_all_final(&ids, Duration::from_secs(60)).await;
     assert_eq!(counts.get("completed"), Some(&total), "{counts:?}");
 
-    let all = views(&app, &ids).await;
+    let all = app.task_views(&ids).await;
     let at_kie: HashSet<String> = all
         .iter()
         .filter(|t| t["provider"] == "kie")
@@ -111,7 +104,7 @@ async fn kie_answering_402_sends_the_queue_to_gemini_and_no_task_goes_to_both() 
     assert_eq!(created_at_kie(&sim), at_kie);
     let gemini = app.gemini_sim.as_ref().unwrap().stats();
     assert_eq!(gemini.requests, (total - 2) as u64, "{gemini:?}");
-    let text = metrics(&app).await;
+    let text = app.metrics_text().await;
     let line = format!(
         r#"darkroom_provider_failovers_total{{from="kie",to="gemini",reason="credits"}} {}"#,
         total - 2
@@ -128,36 +121,34 @@ async fn kie_answering_402_sends_the_queue_to_gemini_and_no_task_goes_to_both() 
 #[tokio::test]
 async fn only_tasks_whose_request_allows_it_move() {
     // The operator's default is off: only `"fallback": true` moves.
-    let sim = spawn_sim(KieSimConfig {
-        credits: 0,
-        ..quick_sim()
-    })
-    .await;
-    let app = spawn_app_env(&unthrottled_env(
-        &sim,
+    let (sim, app) = kie_and_darkroom(
+        KieSimConfig {
+            credits: 0,
+            ..quick_sim()
+        },
         2,
         &[FAILOVER, ("DARKROOM_FAILOVER_BY_DEFAULT", "false")],
-    ))
+    )
     .await;
     let allowed = app.generate_many(2, json!({"fallback": true})).await;
     let refused = app.generate_many(2, json!({"fallback": false})).await;
     let silent = app.generate_many(2, json!({})).await;
     let counts = app.wait_all_final(&allowed, Duration::from_secs(30)).await;
     assert_eq!(counts.get("completed"), Some(&2), "{counts:?}");
-    for task in views(&app, &allowed).await {
+    for task in app.task_views(&allowed).await {
         assert_eq!(task["fallback"], true, "{task}");
         assert_moved(&app, &task, "credits").await;
     }
     // The others wait for KIE, paused for credits, however long.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let waiting: Vec<String> = refused.iter().chain(&silent).cloned().collect();
-    for task in views(&app, &waiting).await {
+    for task in app.task_views(&waiting).await {
         assert_eq!(task["state"], "queued", "{task}");
         assert_eq!(task["provider"], "kie", "{task}");
         assert!(task.get("failover").is_none(), "{task}");
         assert_eq!(task["waiting"]["code"], "provider_paused", "{task}");
     }
-    let views_refused = views(&app, &refused).await;
+    let views_refused = app.task_views(&refused).await;
     assert!(views_refused.iter().all(|t| t["fallback"] == false));
     let stats = sim.sim.stats();
     assert_eq!(stats.created, 0, "{stats:?}");
@@ -166,12 +157,15 @@ async fn only_tasks_whose_request_allows_it_move() {
 
 #[tokio::test]
 async fn without_the_policy_tasks_wait_for_kie() {
-    let sim = spawn_sim(KieSimConfig {
-        credits: 0,
-        ..quick_sim()
-    })
+    let (sim, app) = kie_and_darkroom(
+        KieSimConfig {
+            credits: 0,
+            ..quick_sim()
+        },
+        2,
+        &[],
+    )
     .await;
-    let app = spawn_app_env(&unthrottled_env(&sim, 2, &[])).await;
     let ids = app.generate_many(3, json!({"fallback": true})).await;
     let start = Instant::now();
     while sim.sim.stats().no_credits == 0 {
@@ -180,7 +174,7 @@ async fn without_the_policy_tasks_wait_for_kie() {
     }
     // Several dispatcher ticks (50 ms) later, nothing has moved.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    for task in views(&app, &ids).await {
+    for task in app.task_views(&ids).await {
         assert_eq!(task["state"], "queued", "{task}");
         assert_eq!(task["provider"], "kie", "{task}");
         assert_eq!(task["waiting"]["code"], "provider_paused", "{task}");
@@ -194,25 +188,23 @@ async fn without_the_policy_tasks_wait_for_kie() {
 async fn a_task_whose_attempts_run_out_on_server_errors_moves_instead_of_failing() {
     // Every create is refused with 500 or 455 (retryable; nothing is made at KIE). Two
     // attempts, then the task moves; the failing-provider pause is off here.
-    let sim = spawn_sim(KieSimConfig {
-        server_error_rate: 1.0,
-        ..quick_sim()
-    })
-    .await;
-    let app = spawn_app_env(&unthrottled_env(
-        &sim,
+    let (sim, app) = kie_and_darkroom(
+        KieSimConfig {
+            server_error_rate: 1.0,
+            ..quick_sim()
+        },
         1,
         &[
             FAILOVER,
             ("DARKROOM_MAX_ATTEMPTS", "2"),
             ("DARKROOM_FAILOVER_AFTER_FAILURES", "0"),
         ],
-    ))
+    )
     .await;
     let ids = app.generate_many(1, json!({})).await;
     let counts = app.wait_all_final(&ids, Duration::from_secs(30)).await;
     assert_eq!(counts.get("completed"), Some(&1), "{counts:?}");
-    let task = &views(&app, &ids).await[0];
+    let task = &app.task_views(&ids).await[0];
     assert_moved(&app, task, "attempts").await;
     let stats = sim.sim.stats();
     assert_eq!((stats.created, stats.injected_errors), (0, 2), "{stats:?}");
@@ -224,21 +216,19 @@ async fn a_task_whose_attempts_run_out_on_server_errors_moves_instead_of_failing
 #[tokio::test]
 async fn kie_failing_create_after_create_pauses_as_failing_and_its_queue_moves() {
     let total = 6;
-    let sim = spawn_sim(KieSimConfig {
-        server_error_rate: 1.0,
-        ..quick_sim()
-    })
-    .await;
-    let app = spawn_app_env(&unthrottled_env(
-        &sim,
+    let (sim, app) = kie_and_darkroom(
+        KieSimConfig {
+            server_error_rate: 1.0,
+            ..quick_sim()
+        },
         1,
         &[FAILOVER, ("DARKROOM_FAILOVER_AFTER_FAILURES", "2")],
-    ))
+    )
     .await;
     let ids = app.generate_many(total, json!({})).await;
     let counts = app.wait_all_final(&ids, Duration::from_secs(60)).await;
     assert_eq!(counts.get("completed"), Some(&total), "{counts:?}");
-    for task in views(&app, &ids).await {
+    for task in app.task_views(&ids).await {
         assert_moved(&app, &task, "failing").await;
     }
     let (_, ready) = app.get_json("/readyz").await;
@@ -250,7 +240,7 @@ async fn kie_failing_create_after_create_pauses_as_failing_and_its_queue_moves()
     );
     let stats = sim.sim.stats();
     assert_eq!((stats.created, stats.injected_errors), (0, 2), "{stats:?}");
-    let text = metrics(&app).await;
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"darkroom_provider_pauses_total{provider="kie",code="failing"} 1"#),
         "{text}"
@@ -260,20 +250,18 @@ async fn kie_failing_create_after_create_pauses_as_failing_and_its_queue_moves()
 #[tokio::test]
 async fn a_credit_floor_pause_moves_the_queue_too() {
     // A balance below the floor from the first reading: KIE never sees a create.
-    let sim = spawn_sim(KieSimConfig {
-        credits: 20,
-        ..quick_sim()
-    })
-    .await;
-    let app = spawn_app_env(&unthrottled_env(
-        &sim,
+    let (sim, app) = kie_and_darkroom(
+        KieSimConfig {
+            credits: 20,
+            ..quick_sim()
+        },
         2,
         &[
             FAILOVER,
             ("DARKROOM_KIE_CREDIT_FLOOR", "100"),
             ("DARKROOM_KIE_CREDIT_CHECK_SECS", "1"),
         ],
-    ))
+    )
     .await;
     let start = Instant::now();
     loop {
@@ -287,7 +275,7 @@ async fn a_credit_floor_pause_moves_the_queue_too() {
     let ids = app.generate_many(3, json!({})).await;
     let counts = app.wait_all_final(&ids, Duration::from_secs(30)).await;
     assert_eq!(counts.get("completed"), Some(&3), "{counts:?}");
-    for task in views(&app, &ids).await {
+    for task in app.task_views(&ids).await {
         assert_moved(&app, &task, "credit_floor").await;
     }
     assert_eq!(sim.sim.stats().created, 0);
@@ -317,7 +305,7 @@ async fn instances_sharing_postgresql_move_each_task_once() {
     ids.extend(b.generate_many(total / 2, json!({})).await);
     let counts = a.wait_all_final(&ids, Duration::from_secs(60)).await;
     assert_eq!(counts.get("completed"), Some(&total), "{counts:?}");
-    for task in views(&a, &ids).await {
+    for task in a.task_views(&ids).await {
         assert_moved(&a, &task, "credits").await;
     }
     let generated = a.gemini_sim.as_ref().unwrap().stats().requests
@@ -331,7 +319,7 @@ async fn instances_sharing_postgresql_move_each_task_once() {
             .map_or(0, |n| n.parse().unwrap())
     };
     assert_eq!(
-        moves(&metrics(&a).await) + moves(&metrics(&b).await),
+        moves(&a.metrics_text().await) + moves(&b.metrics_text().await),
         total as u64,
         "each task moved once, by one instance"
     );
