@@ -227,6 +227,10 @@ impl Engine {
             return Ok(self.input_failed(task, attempts, input));
         }
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
+        // A create that may have been made keeps its task at this provider (failover).
+        if self.pin_unless_refused(task, &error).await?.is_none() {
+            return Ok(Outcome::Done);
+        }
         // A 429 or a 402 is about the account, not this task: the whole provider (this task's
         // provider, not the others) pauses and the task waits its turn again without spending
         // an attempt.

@@ -15,7 +15,8 @@ use super::circuit::provider_label;
 use super::credits::FLOOR_CODE;
 use super::{Engine, Registered, now_ms};
 use crate::domain::TaskId;
-use crate::storage::{ProviderMove, RepoError, Task};
+use crate::providers::ProviderError;
+use crate::storage::{ProviderMove, RepoError, Task, TaskUpdate};
 
 /// The pause of a provider whose creates keep failing (with failover on).
 pub const FAILING_CODE: &str = "failing";
@@ -56,6 +57,13 @@ impl FailoverPolicy {
             .map_or(self.chain.len(), |at| at + 1);
         self.chain[start..].iter().map(String::as_str)
     }
+}
+
+/// Whether a retryable create error proves the create was not made: the provider answered
+/// with an error status, or the request was never sent (an input could not be read for
+/// upload). A timeout, a cut connection or an answer that could not be read prove nothing.
+fn create_refused(code: &str) -> bool {
+    code == "local_io" || (!code.is_empty() && code.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Why queued tasks of a provider paused with `code` move, if they do: a 429 pause alone
@@ -157,6 +165,28 @@ impl Engine {
         Ok(true)
     }
 
+    /// Keeps `task` at its provider for good when `error` leaves open whether its create
+    /// was made (a synchronous provider's timeout, an unreadable answer): it will be tried
+    /// there again, never moved. `None` when another actor moved the task meanwhile.
+    pub(super) async fn pin_unless_refused(
+        &self,
+        task: &Task,
+        error: &ProviderError,
+    ) -> Result<Option<()>, RepoError> {
+        match error {
+            ProviderError::Retryable { code, .. }
+                if !create_refused(code) && task.failover.allowed != Some(false) =>
+            {
+                let pin = TaskUpdate {
+                    pin_provider: true,
+                    ..TaskUpdate::default()
+                };
+                Ok(self.touch(task, pin).await?.map(|_| ()))
+            }
+            _ => Ok(Some(())),
+        }
+    }
+
     /// A task moved: the log line, the metric, and the change published like any other.
     async fn moved(&self, task: &Task, from: &str) {
         let reason = task.failover.reason.as_deref().unwrap_or_default();
@@ -234,6 +264,16 @@ mod tests {
         assert!(policy.after("gemini").next().is_none());
         assert!(policy.after("other").next().is_none());
         assert!(!FailoverPolicy::default().is_on());
+    }
+
+    #[test]
+    fn only_an_error_status_proves_a_create_was_refused() {
+        for refused in ["500", "455", "429", "503", "local_io"] {
+            assert!(create_refused(refused), "{refused}");
+        }
+        for unsure in ["timeout", "transport", "bad_answer", ""] {
+            assert!(!create_refused(unsure), "{unsure}");
+        }
     }
 
     #[test]
