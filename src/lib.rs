@@ -199,11 +199,11 @@ impl App {
             let name = entry.provider.name();
             provider_info.push(ProviderInfo {
                 name,
-                model: entry.model,
+                model: entry.model.clone(),
                 simulator: entry.simulator,
             });
             let gate = ProviderGate::for_limits(name, entry.limits, probes);
-            registry.register(entry.provider, entry.concurrency, gate);
+            registry.register(entry.provider, entry.model, entry.concurrency, gate);
         }
 
         let callback_base = match &config.kie.callback_url {
@@ -240,6 +240,18 @@ impl App {
             missing_task_answers: config.engine.missing_task_answers,
             shutdown_grace: config.engine.shutdown_grace_secs,
             budget: budget_settings(&config.budget),
+            failover: engine::failover::FailoverPolicy {
+                chain: config
+                    .engine
+                    .failover
+                    .0
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+                by_default: config.engine.failover_by_default,
+                after_failures: config.engine.failover_after_failures,
+                pause: config.engine.failover_pause_secs,
+            },
         };
         let events = Arc::new(EventBus::new());
         let metrics = Arc::new(telemetry::Metrics::new());

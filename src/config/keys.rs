@@ -289,6 +289,14 @@ pub static KEYS: &[Key] = &[
         "\"No such task\" answers in a row before provider_task_missing."),
     key!("engine.shutdown_grace_secs", ["DARKROOM_SHUTDOWN_GRACE_SECS"], Some("20"), engine.shutdown_grace_secs as Secs;
         "How long in-flight work may take to finish at shutdown, seconds."),
+    key!("engine.failover", ["DARKROOM_FAILOVER"], Some(""), engine.failover;
+        "Provider failover: queued tasks move along this chain, like kie:gemini; empty: off."),
+    key!("engine.failover_by_default", ["DARKROOM_FAILOVER_BY_DEFAULT"], Some("true"), engine.failover_by_default;
+        "Whether a task whose request does not say fallback may move."),
+    key!("engine.failover_after_failures", ["DARKROOM_FAILOVER_AFTER_FAILURES"], Some("5"), engine.failover_after_failures;
+        "Failed creates in a row (5xx, 429) that pause a provider as failing and move its tasks; 0: never."),
+    key!("engine.failover_pause_secs", ["DARKROOM_FAILOVER_PAUSE_SECS"], Some("60"), engine.failover_pause_secs as Secs, nonzero;
+        "How long a failing provider is paused, seconds."),
 
     key!("fetch.trusted_hosts", ["DARKROOM_TRUSTED_FETCH_HOSTS"], Some(""), fetch.trusted_hosts;
         "host:port pairs that may be fetched over http and on private addresses."),

@@ -22,8 +22,8 @@ pub use api_keys::is_key_name;
 pub use keys::{CLIENT_VARS, CONFIG_FILE_VAR, KEYS, Key};
 use types::Raw;
 pub use types::{
-    BudgetPolicy, ErrorRates, HostPattern, HostPort, InputMode, LatencyRange, LogFormat, Origin,
-    Roles, Secret, Synchronous, UrlMode,
+    BudgetPolicy, ErrorRates, FailoverChain, HostPattern, HostPort, InputMode, LatencyRange,
+    LogFormat, Origin, Roles, Secret, Synchronous, UrlMode,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +314,14 @@ pub struct EngineConfig {
     pub missing_task_answers: u32,
     /// How long in-flight work may take to finish at shutdown, seconds.
     pub shutdown_grace_secs: Duration,
+    /// Provider failover: the providers a queued task may move along, in order.
+    pub failover: FailoverChain,
+    /// Whether a task whose request does not say `fallback` may move.
+    pub failover_by_default: bool,
+    /// Failed creates in a row (5xx, 429) after which a provider pauses as `failing` and its
+    /// queued tasks move (with failover on); 0: never.
+    pub failover_after_failures: u32,
+    pub failover_pause_secs: Duration,
 }
 
 #[derive(Clone, Debug, Default)]

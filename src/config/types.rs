@@ -134,6 +134,35 @@ impl<T: Setting> Setting for Option<T> {
     }
 }
 
+/// Provider failover's chain, `kie:gemini`: a task moves from a provider to the next one
+/// after it. Empty: failover is off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailoverChain(pub Vec<ProviderName>);
+
+impl Setting for FailoverChain {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut chain: Vec<ProviderName> = Vec::new();
+        for name in raw
+            .split([':', ','])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let provider = ProviderName::parse(&name.to_ascii_lowercase())
+                .map_err(|_| format!("= {raw:?} names {name:?}, not a provider (kie, gemini)"))?;
+            if chain.contains(&provider) {
+                return Err(format!("= {raw:?} names {name} twice"));
+            }
+            chain.push(provider);
+        }
+        if chain.len() == 1 {
+            return Err(format!(
+                "= {raw:?} needs a provider to move to, like kie:gemini"
+            ));
+        }
+        Ok(Self(chain))
+    }
+}
+
 /// A comma-separated list in the environment (empty entries dropped), an array in TOML.
 impl<T: Setting> Setting for Vec<T> {
     fn parse(raw: &str) -> Result<Self, String> {

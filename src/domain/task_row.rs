@@ -47,6 +47,43 @@ pub struct Task {
     pub webhook_url: Option<String>,
     /// The provider's "no such task" answers in a row since it accepted the task.
     pub missing_answers: u32,
+    /// Whether it may move to another provider, and where it has been.
+    pub failover: Failover,
+}
+
+/// A task's provider failover: whether its request allowed it and the moves it made. A task
+/// moves only while its create is known not to have been made, and never back to a
+/// provider it left.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failover {
+    /// The request's `fallback`; `None` follows the operator's default.
+    pub allowed: Option<bool>,
+    /// The providers it left, in order (the last is the one it moved from last).
+    pub left: Vec<String>,
+    /// Why it last moved (`credits`, `credit_floor`, `failing`, `attempts`).
+    pub reason: Option<String>,
+    /// When it last moved.
+    pub moved_at: Option<i64>,
+}
+
+impl Failover {
+    /// The providers left, as stored: comma-separated (names have no commas).
+    pub fn left_text(&self) -> String {
+        self.left.join(",")
+    }
+
+    /// The stored form of [`Failover::left`] read back.
+    pub fn parse_left(text: &str) -> Vec<String> {
+        text.split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The stored form of [`Failover::allowed`]: 1, 0 or NULL.
+    pub fn allowed_int(&self) -> Option<i64> {
+        self.allowed.map(i64::from)
+    }
 }
 
 /// A task about to be queued.
@@ -69,6 +106,8 @@ pub struct NewTask {
     pub retry_of: Option<TaskId>,
     /// A delivery row is written with the task when set.
     pub webhook_url: Option<String>,
+    /// The request's `fallback`: `None` follows the operator's failover default.
+    pub fallback: Option<bool>,
 }
 
 impl NewTask {
@@ -109,6 +148,10 @@ impl NewTask {
             retry_of: self.retry_of.clone(),
             webhook_url: self.webhook_url.clone(),
             missing_answers: 0,
+            failover: Failover {
+                allowed: self.fallback,
+                ..Failover::default()
+            },
         }
     }
 }

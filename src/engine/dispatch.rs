@@ -117,6 +117,18 @@ impl Engine {
         ) {
             self.provider_reached(&task.provider);
         }
+        // Failed creates in a row (5xx, 429) count towards failover; any other answer ends
+        // the run. A create whose fate is unknown says neither.
+        match &outcome {
+            Ok(_) | Err(ProviderError::Permanent { .. }) => {
+                self.count_create(&task.provider, false, "").await;
+            }
+            Err(error @ ProviderError::Retryable { .. }) => {
+                self.count_create(&task.provider, true, &error.to_string())
+                    .await;
+            }
+            Err(_) => {}
+        }
         match outcome {
             Ok(Submission::Accepted { provider_task_id }) => {
                 self.accepted(&task, provider_task_id).await
@@ -220,6 +232,10 @@ impl Engine {
             return Ok(self.input_failed(task, attempts, input));
         }
         tracing::warn!(task_id = %task.id, attempt = attempts, error = %error, "provider create failed");
+        // A create that may have been made keeps its task at this provider (failover).
+        if self.pin_unless_refused(task, &error).await?.is_none() {
+            return Ok(Outcome::Done);
+        }
         // A 429 or a 402 is about the account, not this task: the whole provider (this task's
         // provider, not the others) pauses and the task waits its turn again without spending
         // an attempt.
@@ -271,6 +287,9 @@ impl Engine {
                         delay: retry_after.map_or(delay, |floor| delay.max(floor)),
                         reason: Reason::spent(JobCode::ProviderRetrying, error.to_string()),
                     },
+                    // The provider refused every attempt, so no create of it was made: by
+                    // the failover policy it moves to the next provider instead of failing.
+                    None if self.fail_over_held(task).await? => Outcome::Done,
                     None => Outcome::GiveUp(Reason::spent(
                         JobCode::ProviderUnavailable,
                         format!("gave up after {attempts} attempts: {error}"),
@@ -448,6 +467,14 @@ impl Engine {
         if self.delivery_of(task) == Delivery::Inline {
             let attempts = task.attempts + 1;
             tracing::warn!(task_id = %task.id, attempt = attempts, "dispatcher lease lapsed during a synchronous generation; requesting it again");
+            // The provider may have made (and billed) it: it never moves to another one.
+            let pinned = TaskUpdate {
+                pin_provider: true,
+                ..TaskUpdate::default()
+            };
+            if self.touch(task, pinned).await?.is_none() {
+                return Ok(Outcome::Done);
+            }
             if self.create_retry().exhausted(attempts) {
                 return Ok(Outcome::GiveUp(Reason::spent(
                     JobCode::SubmitInterrupted,

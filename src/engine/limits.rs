@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::circuit::{Circuit, ProbeBackoff};
@@ -129,6 +129,7 @@ pub fn pause_cause(code: &str) -> &'static str {
     match code {
         "402" => "reports insufficient credits",
         FLOOR_CODE => "has fewer credits left than the floor set for darkroom",
+        super::failover::FAILING_CODE => "keeps failing to create tasks",
         _ => "is rate limiting",
     }
 }
@@ -144,6 +145,8 @@ pub struct ProviderGate {
     pub circuit: Circuit,
     /// Its credit balance and the floor held against it.
     pub credits: CreditWatch,
+    /// Creates that failed in a row (5xx, 429) in this process, for failover.
+    pub failed_creates: AtomicU32,
     /// This process's view of the provider's pause, shared through the database.
     pause: Mutex<Option<Pause>>,
     /// When the shared pause was last read (wall clock, ms).
@@ -163,6 +166,7 @@ impl ProviderGate {
             max_in_flight,
             circuit,
             credits: CreditWatch::new(0, Duration::from_secs(300)),
+            failed_creates: AtomicU32::new(0),
             pause: Mutex::new(None),
             pause_read_at: AtomicI64::new(0),
         }

@@ -9,6 +9,7 @@ mod budget;
 pub mod circuit;
 pub mod credits;
 mod dispatch;
+pub mod failover;
 mod ingest;
 mod inline;
 mod inputs;
@@ -92,6 +93,8 @@ pub struct EngineSettings {
     pub shutdown_grace: Duration,
     /// Daily credit budgets and the prices tasks are estimated at.
     pub budget: BudgetSettings,
+    /// Which providers queued tasks may move to (off by default).
+    pub failover: failover::FailoverPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +343,8 @@ impl Engine {
             created_at: now_ms(),
             retry_of: Some(task.id.clone()),
             webhook_url: task.webhook_url.clone(),
+            // A retry is a new request: the original's choice, not where it ended up.
+            fallback: task.failover.allowed,
         };
         let mut stored = self.enqueue(std::slice::from_ref(&new)).await?;
         tracing::info!(task_id = %new.id, retry_of = %task.id, "task retried as a new task");

@@ -40,6 +40,8 @@ impl Pool {
 /// One provider, its call slots and its limits.
 pub struct Registered {
     provider: Arc<dyn Provider>,
+    /// The model its tasks use by default (a task moved to it takes this one).
+    model: String,
     pool: Pool,
     gate: ProviderGate,
 }
@@ -51,6 +53,10 @@ impl Registered {
 
     pub fn name(&self) -> &'static str {
         self.provider.name()
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     pub(super) fn pool(&self) -> &Pool {
@@ -74,17 +80,19 @@ impl ProviderRegistry {
         Self::default()
     }
 
-    /// Adds `provider` with at most `concurrency` calls at once, within `gate`'s limits. A
-    /// second provider of the same name replaces the first.
+    /// Adds `provider`, whose tasks use `model` by default, with at most `concurrency` calls
+    /// at once, within `gate`'s limits. A second provider of the same name replaces the first.
     pub fn register(
         &mut self,
         provider: Arc<dyn Provider>,
+        model: String,
         concurrency: usize,
         gate: ProviderGate,
     ) {
         self.entries.retain(|e| e.name() != provider.name());
         self.entries.push(Registered {
             provider,
+            model,
             pool: Pool::new(concurrency.max(1)),
             gate,
         });

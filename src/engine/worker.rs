@@ -162,6 +162,10 @@ impl Engine {
         let lease_until = after(now, self.settings.lease);
         match work {
             Work::Dispatch => {
+                // Tasks of a provider paused for credits or as failing move first (failover).
+                if let Err(e) = self.fail_over_queued().await {
+                    tracing::warn!(error = %e, "moving queued tasks to another provider failed");
+                }
                 for provider in self.providers.iter() {
                     let mut permits = provider.pool().take_free();
                     let room = self.dispatch_room(provider, permits.len()).await?;

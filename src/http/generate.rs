@@ -118,6 +118,7 @@ pub(super) async fn build_tasks(
             created_at: now,
             retry_of: None,
             webhook_url: request.webhook_url.clone(),
+            fallback: request.fallback,
         });
     }
     Ok(tasks)

@@ -151,7 +151,7 @@ where
 }
 
 /// Rows written per statement: both backends cap the values one statement binds (SQLite
-/// at 32,766), and a task binds 34.
+/// at 32,766), and a task binds 38.
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// A row's key as one string (key columns are text), to match rows with returned keys.

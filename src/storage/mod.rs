@@ -64,7 +64,7 @@ pub use limits::{
     CreateLimits, LimitedClaim, LimitedClaimRequest, LimitsRepo, Reserved, SharedPause,
 };
 pub use open::{Backend, Opened, open, redact_url, same_database, sqlite_path};
-pub use repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+pub use repo::{NewTask, ProviderMove, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 pub use retention::{DeletedRows, ExpiredTask, RetentionRepo, TaskInputs, UploadRow, Users};
 pub use sqlite_writer::Durability;
 pub use stats::StatsRepo;

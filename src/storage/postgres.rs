@@ -12,7 +12,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::Notify;
 
 use super::postgres_rows::{insert_tasks, restore_task, task_from_row, tasks_from_rows};
-use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+use super::repo::{NewTask, ProviderMove, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
 
 /// Changes kept for a follower that is behind before it is told it missed some.
@@ -221,6 +221,14 @@ impl TaskRepo for PgRepo {
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
                 update.provider_task_id.clone().unwrap_or_default(),
             )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn move_provider(&self, mv: &ProviderMove<'_>) -> Result<Vec<Task>, RepoError> {
+        let mut q: QueryBuilder<Postgres> = super::update_sql::provider_move(mv);
+        match q.build().fetch_all(&self.pool).await {
+            Ok(rows) => tasks_from_rows(&rows),
             Err(e) => Err(e.into()),
         }
     }

@@ -8,6 +8,7 @@ use sqlx::{PgConnection, Row};
 use super::batches::Batch;
 use super::repo::{NewTask, RepoError, Task};
 use crate::domain::TaskId;
+use crate::domain::task_row::Failover;
 
 pub(super) fn task_from_row(row: &PgRow) -> Result<Task, RepoError> {
     let id: String = row.try_get("id")?;
@@ -54,6 +55,12 @@ pub(super) fn task_from_row(row: &PgRow) -> Result<Task, RepoError> {
             .and_then(|id| TaskId::parse(&id)),
         webhook_url: row.try_get("webhook_url")?,
         missing_answers: u32::try_from(row.try_get::<i64, _>("missing_answers")?).unwrap_or(0),
+        failover: Failover {
+            allowed: row.try_get::<Option<i64>, _>("fallback")?.map(|v| v != 0),
+            left: Failover::parse_left(row.try_get("moved_from")?),
+            reason: row.try_get("move_reason")?,
+            moved_at: row.try_get("moved_at")?,
+        },
     })
 }
 
@@ -71,9 +78,9 @@ pub(super) async fn insert_tasks(
         sqlx::query(
             "INSERT INTO tasks (id, state, provider, model, prompt, source, image_url, input_urls,
                     aspect_ratio, output_format, priority, batch_id, owner, run_at,
-                    callback_token_hash, created_at, updated_at, retry_of, webhook_url)
+                    callback_token_hash, created_at, updated_at, retry_of, webhook_url, fallback)
                  VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                    $13, $13, $15, $16)",
+                    $13, $13, $15, $16, $17)",
         )
         .bind(t.id.as_str())
         .bind(&t.provider)
@@ -91,6 +98,7 @@ pub(super) async fn insert_tasks(
         .bind(&t.callback_token_hash)
         .bind(t.retry_of.as_ref().map(TaskId::as_str))
         .bind(&t.webhook_url)
+        .bind(t.fallback.map(i64::from))
         .execute(&mut *conn)
         .await?;
         if let Some(url) = &t.webhook_url {

@@ -66,6 +66,29 @@ pub struct TaskUpdate {
     pub submitted_at: Option<i64>,
     pub completed_at: Option<i64>,
     pub missing_answers: Option<u32>,
+    /// Keep the task at its provider for good (`fallback = 0`): a create of it may have
+    /// reached the provider, so it must never move to another.
+    pub pin_provider: bool,
+}
+
+/// Tasks moving to another provider (failover): which may move and where to. A task moves
+/// only while its create is known not to have been made (no provider id, never submitted,
+/// no callback), when its request allowed it, and never to a provider it left.
+#[derive(Clone, Debug)]
+pub struct ProviderMove<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The model the tasks take at `to` (its default).
+    pub model: &'a str,
+    /// Why they move (`credits`, `credit_floor`, `failing`, `attempts`).
+    pub reason: &'a str,
+    /// Whether a task whose request said nothing about `fallback` may move.
+    pub by_default: bool,
+    /// Only this task, `submitting` under this worker's lease; otherwise queued tasks.
+    pub held: Option<(&'a TaskId, &'a str)>,
+    /// At most this many, highest priority and oldest first.
+    pub limit: usize,
+    pub now: i64,
 }
 
 #[async_trait]
@@ -123,6 +146,10 @@ pub trait TaskRepo: Send + Sync + 'static {
     ) -> Result<Option<Task>, RepoError>;
 
     /// Records the provider's id learned from a callback, only if none is known yet.
+    /// Moves the tasks `mv` allows to its provider, queued and due at once with no attempts
+    /// spent there, in one guarded statement; returns them as moved.
+    async fn move_provider(&self, mv: &ProviderMove<'_>) -> Result<Vec<Task>, RepoError>;
+
     async fn set_provider_task_id(
         &self,
         id: &TaskId,

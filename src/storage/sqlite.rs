@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::repo::{NewTask, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
+use super::repo::{NewTask, ProviderMove, RepoError, Task, TaskFilter, TaskRepo, TaskUpdate};
 use super::sqlite_rows::{insert_tasks, restore_task, task_from_row, tasks_from_rows, to_json};
 use super::sqlite_writer::{Durability, Writer, connect_options};
 use crate::domain::{TaskId, TaskState};
@@ -225,6 +225,14 @@ impl TaskRepo for SqliteRepo {
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
                 update.provider_task_id.clone().unwrap_or_default(),
             )),
+            Err(e) => Err(self.writer.failed(e)),
+        }
+    }
+
+    async fn move_provider(&self, mv: &ProviderMove<'_>) -> Result<Vec<Task>, RepoError> {
+        let mut q: QueryBuilder<Sqlite> = super::update_sql::provider_move(mv);
+        match q.build().fetch_all(&self.writer.pool).await {
+            Ok(rows) => tasks_from_rows(&rows),
             Err(e) => Err(self.writer.failed(e)),
         }
     }

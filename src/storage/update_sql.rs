@@ -5,7 +5,7 @@
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{Task, TaskUpdate};
+use super::{ProviderMove, Task, TaskUpdate};
 use crate::domain::{TaskId, TaskState};
 
 /// `UPDATE tasks SET … WHERE id = … AND state = from [AND lease_owner = lease] RETURNING *`
@@ -76,6 +76,9 @@ where
     if let Some(answers) = update.missing_answers {
         q.push(", missing_answers = ").push_bind(i64::from(answers));
     }
+    if update.pin_provider {
+        q.push(", fallback = 0");
+    }
     q.push(" WHERE id = ").push_bind(id.as_str().to_owned());
     q.push(" AND state = ").push_bind(from.as_str().to_owned());
     if let Some(worker) = lease {
@@ -85,9 +88,71 @@ where
     q
 }
 
+/// `UPDATE tasks SET provider = to, … WHERE (the move's guard) RETURNING *`: the tasks
+/// `mv` allows go to its provider, queued and due now, attempts and error cleared, the
+/// provider they left appended to `moved_from`. The guard is written twice (in the
+/// statement and in the subquery that picks at most `limit`), so a row another instance
+/// claimed meanwhile is re-checked (PostgreSQL) and left alone.
+pub(super) fn provider_move<DB>(mv: &ProviderMove<'_>) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    fn guard<DB>(q: &mut QueryBuilder<DB>, mv: &ProviderMove<'_>)
+    where
+        DB: Database,
+        i64: for<'t> Encode<'t, DB> + Type<DB>,
+        String: for<'t> Encode<'t, DB> + Type<DB>,
+    {
+        let state = if mv.held.is_some() {
+            TaskState::Submitting
+        } else {
+            TaskState::Queued
+        };
+        q.push("provider = ").push_bind(mv.from.to_owned());
+        q.push(" AND state = ").push_bind(state.as_str().to_owned());
+        q.push(" AND provider_task_id IS NULL AND submitted_at IS NULL AND callback_at IS NULL");
+        q.push(" AND COALESCE(fallback, ")
+            .push_bind(i64::from(mv.by_default))
+            .push(") = 1");
+        q.push(" AND ',' || moved_from || ',' NOT LIKE ")
+            .push_bind(format!("%,{},%", mv.to));
+        if let Some((id, worker)) = mv.held {
+            q.push(" AND id = ").push_bind(id.as_str().to_owned());
+            q.push(" AND lease_owner = ").push_bind(worker.to_owned());
+        }
+    }
+    let mut q = QueryBuilder::new("UPDATE tasks SET provider = ");
+    q.push_bind(mv.to.to_owned());
+    q.push(", model = ").push_bind(mv.model.to_owned());
+    q.push(", state = ")
+        .push_bind(TaskState::Queued.as_str().to_owned());
+    q.push(", run_at = ").push_bind(mv.now);
+    q.push(", updated_at = ").push_bind(mv.now);
+    q.push(", attempts = 0, lease_owner = NULL, lease_until = NULL, callback_token_hash = ''");
+    q.push(", error_code = NULL, error_message = NULL");
+    q.push(", moved_from = CASE WHEN moved_from = '' THEN ")
+        .push_bind(mv.from.to_owned())
+        .push(" ELSE moved_from || ',' || ")
+        .push_bind(mv.from.to_owned())
+        .push(" END");
+    q.push(", move_reason = ").push_bind(mv.reason.to_owned());
+    q.push(", moved_at = ").push_bind(mv.now);
+    q.push(" WHERE ");
+    guard(&mut q, mv);
+    q.push(" AND id IN (SELECT id FROM tasks WHERE ");
+    guard(&mut q, mv);
+    q.push(" ORDER BY priority DESC, created_at ASC LIMIT ")
+        .push_bind(i64::try_from(mv.limit).unwrap_or(i64::MAX));
+    q.push(") RETURNING *");
+    q
+}
+
 /// `INSERT INTO tasks (every column) VALUES (…), … ON CONFLICT DO NOTHING`: whole task
 /// rows written as they are (reindex, migrate-db), each unless its id or its provider id
-/// is taken; `list` turns a list into its stored form. A task binds 34 values: callers
+/// is taken; `list` turns a list into its stored form. A task binds 38 values: callers
 /// keep `tasks` short enough for the backend's cap on values per statement.
 pub(super) fn restore_insert<DB, L>(
     tasks: &[Task],
@@ -109,7 +174,7 @@ where
              lease_owner, lease_until, provider_task_id, callback_token_hash, callback_at,
              result_source_urls, result_keys, result_urls, credits, cost_time_ms,
              error_code, error_message, created_at, updated_at, submitted_at, completed_at,
-             retry_of, webhook_url, missing_answers) ",
+             retry_of, webhook_url, missing_answers, fallback, moved_from, move_reason, moved_at) ",
     );
     q.push_values(tasks, |mut values, t| {
         values
@@ -146,7 +211,11 @@ where
             .push_bind(t.completed_at)
             .push_bind(t.retry_of.as_ref().map(|id| id.as_str().to_owned()))
             .push_bind(t.webhook_url.clone())
-            .push_bind(i64::from(t.missing_answers));
+            .push_bind(i64::from(t.missing_answers))
+            .push_bind(t.failover.allowed_int())
+            .push_bind(t.failover.left_text())
+            .push_bind(t.failover.reason.clone())
+            .push_bind(t.failover.moved_at);
     });
     q.push(" ON CONFLICT DO NOTHING");
     q

@@ -363,7 +363,20 @@ impl Metrics {
         self.counter(name, vec![Label::new("provider", provider.to_owned())])
     }
 
-    /// Submission to `provider` paused for `code` (`429`, `402`, `credit_floor`).
+    /// A task moved from provider `from` to `to` by the failover policy, for `reason`.
+    pub fn provider_failover(&self, from: &str, to: &str, reason: &'static str) {
+        self.counter(
+            names::PROVIDER_FAILOVERS,
+            vec![
+                Label::new("from", from.to_owned()),
+                Label::new("to", to.to_owned()),
+                Label::from_static_parts("reason", reason),
+            ],
+        )
+        .increment(1);
+    }
+
+    /// Submission to `provider` paused for `code` (`429`, `402`, `credit_floor`, `failing`).
     pub fn provider_paused(&self, provider: &str, code: &'static str) {
         self.counter(
             names::PROVIDER_PAUSES,

@@ -60,7 +60,9 @@ catalogue! {
     PROVIDER_RATE_LIMITED = "darkroom_provider_rate_limited_total", Counter, ["provider"],
         "429 answers from a provider.";
     PROVIDER_PAUSES = "darkroom_provider_pauses_total", Counter, ["provider", "code"],
-        "Pauses of submission to a provider, by cause: 429 (rate limited), 402 (no credits) or credit_floor (the balance read below the configured floor).";
+        "Pauses of submission to a provider, by cause: 429 (rate limited), 402 (no credits), credit_floor (the balance read below the configured floor) or failing (failed creates in a row, with failover on).";
+    PROVIDER_FAILOVERS = "darkroom_provider_failovers_total", Counter, ["from", "to", "reason"],
+        "Tasks moved to another provider by the failover policy, by cause: credits, credit_floor, failing or attempts.";
     PROVIDER_PAUSED = "darkroom_provider_paused", Gauge, ["provider"],
         "1 while submission to a provider is paused (429, 402, credit_floor), else 0.";
     PROVIDER_CREDITS = "darkroom_provider_credits", Gauge, ["provider"],

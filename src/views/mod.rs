@@ -14,7 +14,9 @@ mod status_answer;
 
 pub use event::TaskEvent;
 pub use record::{TaskRecord, task_from_record, task_record};
-pub use status_answer::{CompatStatusBody, Waiting, compat_status, waiting};
+pub use status_answer::{
+    CompatStatusBody, FailoverView, Waiting, compat_status, failover_view, waiting,
+};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -74,6 +76,12 @@ pub struct TaskView {
     pub cost_time_ms: Option<i64>,
     /// The failed or expired task this one retries.
     pub retry_of: Option<TaskId>,
+    /// Whether it may move to another provider by the operator's failover policy: the
+    /// request's `fallback`, `null` when it gave none (the operator's default applies).
+    pub fallback: Option<bool>,
+    /// Present when it moved to another provider: from which, to which, why and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverView>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -113,6 +121,8 @@ pub fn task_view(task: &Task, queue_position: Option<u64>) -> TaskView {
         consume_credits: task.credits,
         cost_time_ms: task.cost_time_ms,
         retry_of: task.retry_of.clone(),
+        fallback: task.failover.allowed,
+        failover: failover_view(task),
         created_at: iso_time(task.created_at),
         updated_at: iso_time(task.updated_at),
         submitted_at: task.submitted_at.map(iso_time),

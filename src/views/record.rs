@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::status_answer::error_text;
-use crate::domain::task_row::Task;
+use crate::domain::task_row::{Failover, Task};
 use crate::domain::time::iso_time;
 use crate::domain::{TaskId, TaskState};
 
@@ -50,6 +50,16 @@ pub struct TaskRecord {
     /// The provider's result URLs while the task is `ingesting` (an interrupted ingest
     /// takes them up again), empty before and after.
     pub result_source_urls: Vec<String>,
+    /// The request's `fallback` (absent: the operator's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
+    /// The providers it left (failover), in order; absent when it never moved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moved_from: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub move_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_at: Option<String>,
 }
 
 /// The record, serialized (pretty, for people reading the bucket).
@@ -85,6 +95,10 @@ pub fn task_record(task: &Task) -> Bytes {
         run_at: iso_time(task.run_at),
         retry_of: task.retry_of.clone(),
         result_source_urls: task.result_source_urls.clone(),
+        fallback: task.failover.allowed,
+        moved_from: task.failover.left.clone(),
+        move_reason: task.failover.reason.clone(),
+        moved_at: task.failover.moved_at.map(iso_time),
     };
     Bytes::from(serde_json::to_vec_pretty(&record).unwrap_or_default())
 }
@@ -132,6 +146,14 @@ struct StoredRecord {
     retry_of: Option<String>,
     #[serde(default)]
     result_source_urls: Vec<String>,
+    #[serde(default)]
+    fallback: Option<bool>,
+    #[serde(default)]
+    moved_from: Vec<String>,
+    #[serde(default)]
+    move_reason: Option<String>,
+    #[serde(default)]
+    moved_at: Option<String>,
 }
 
 fn parse_time(field: &str, value: &str) -> Result<i64, String> {
@@ -196,6 +218,12 @@ pub fn task_from_record(bytes: &[u8]) -> Result<Task, String> {
         retry_of: r.retry_of.as_deref().and_then(TaskId::parse),
         webhook_url: None,
         missing_answers: 0,
+        failover: Failover {
+            allowed: r.fallback,
+            left: r.moved_from,
+            reason: r.move_reason,
+            moved_at: parse_opt_time("movedAt", r.moved_at.as_deref())?,
+        },
     })
 }
 
@@ -239,6 +267,12 @@ mod tests {
             retry_of: Some(TaskId::new()),
             webhook_url: Some("http://hook".into()),
             missing_answers: 1,
+            failover: Failover {
+                allowed: Some(true),
+                left: vec!["gemini".into()],
+                reason: Some("attempts".into()),
+                moved_at: Some(1_700_000_000_020),
+            },
         }
     }
 

@@ -39,6 +39,37 @@ pub fn waiting(task: &Task) -> Option<Waiting> {
     })
 }
 
+/// A task that moved to another provider (failover): from which, to which (the one that
+/// runs it), why and when it last moved.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverView {
+    /// The provider it left last.
+    pub from: String,
+    /// The provider it moved to, which runs it.
+    pub to: String,
+    /// Why: `credits` (the provider reported no credits, 402), `credit_floor` (its balance
+    /// fell below the configured floor), `failing` (too many failed creates in a row: 5xx or
+    /// 429) or `attempts` (this task's create attempts were used up on retryable errors).
+    pub reason: String,
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// Every provider it left, in order (more than one only along a longer chain).
+    pub providers_left: Vec<String>,
+}
+
+/// How `task` moved, if it did.
+pub fn failover_view(task: &Task) -> Option<FailoverView> {
+    let from = task.failover.left.last()?;
+    Some(FailoverView {
+        from: from.clone(),
+        to: task.provider.clone(),
+        reason: task.failover.reason.clone().unwrap_or_default(),
+        at: iso_time(task.failover.moved_at.unwrap_or(task.updated_at)),
+        providers_left: task.failover.left.clone(),
+    })
+}
+
 /// The sentence shown for a task's error: its message, else its code.
 pub(super) fn error_text(task: &Task) -> Option<String> {
     match (&task.error_code, &task.error_message) {
@@ -81,6 +112,10 @@ pub struct CompatStatusBody {
     /// Why a pending or processing task is not moving yet, and when it tries again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<Waiting>,
+    /// Present when the task moved to another provider (failover): from which, to which,
+    /// why and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverView>,
 }
 
 /// The status answer, serialized once per change and kept ready.
@@ -104,6 +139,7 @@ pub fn compat_status(task: &Task) -> Bytes {
         cost_time: task.cost_time_ms.map(|ms| ms / 1000),
         provider_task_id: task.provider_task_id.clone(),
         waiting: waiting(task),
+        failover: failover_view(task),
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

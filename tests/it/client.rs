@@ -530,15 +530,7 @@ async fn serve_flags_win_over_the_environment() {
 
 /// The sum of `darkroom_http_requests_total` over `route` in the server's `/metrics`.
 async fn requests_to(app: &TestApp, route: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let label = format!("route=\"{route}\"");
     text.lines()
         .filter(|l| l.starts_with("darkroom_http_requests_total{") && l.contains(&label))

@@ -30,17 +30,6 @@ async fn wait_kie(app: &TestApp, timeout: Duration, done: impl Fn(&Value) -> boo
     }
 }
 
-/// Task states by id, from `GET /api/tasks/{id}`.
-async fn tasks(app: &TestApp, ids: &[String]) -> Vec<Value> {
-    let mut all = Vec::with_capacity(ids.len());
-    for id in ids {
-        let (code, task) = app.get_json(&format!("/api/tasks/{id}")).await;
-        assert_eq!(code, 200, "{task}");
-        all.push(task);
-    }
-    all
-}
-
 fn state_of(task: &Value) -> &str {
     task["state"].as_str().unwrap_or("?")
 }
@@ -100,7 +89,7 @@ async fn a_falling_balance_pauses_kie_at_the_floor_before_any_402_and_a_top_up_r
 
     // What was at KIE when the pause began finishes; nothing more goes out.
     let settled = loop {
-        let all = tasks(&app, &ids).await;
+        let all = app.task_views(&ids).await;
         let moving = all
             .iter()
             .filter(|t| !matches!(state_of(t), "queued" | "succeeded" | "failed"))
@@ -160,15 +149,7 @@ async fn a_falling_balance_pauses_kie_at_the_floor_before_any_402_and_a_top_up_r
             "{what}: {message}"
         );
     }
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"darkroom_provider_pauses_total{provider="kie",code="credit_floor"} 1"#),
         "{text}"
@@ -241,7 +222,7 @@ async fn a_402_reads_the_balance_at_once() {
     // Two tasks are billed and complete; the third met the 402 and waits in the queue.
     let start = Instant::now();
     loop {
-        let all = tasks(&app, &ids).await;
+        let all = app.task_views(&ids).await;
         let count = |state: &str| all.iter().filter(|t| state_of(t) == state).count();
         if count("succeeded") == 2 && count("queued") == 1 {
             let waiting = all.iter().find(|t| state_of(t) == "queued").unwrap();

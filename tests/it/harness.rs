@@ -507,6 +507,29 @@ impl TestApp {
         task_ids(&answer)
     }
 
+    /// `GET /api/tasks/{id}` of each task, in order.
+    pub async fn task_views(&self, ids: &[String]) -> Vec<Value> {
+        let mut all = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (code, task) = self.get_json(&format!("/api/tasks/{id}")).await;
+            assert_eq!(code, 200, "{task}");
+            all.push(task);
+        }
+        all
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self, task_id: &str) -> Value {
         let (code, body) = self
             .get_json(&format!("/api/task-status?taskId={task_id}"))

@@ -90,6 +90,7 @@ async fn a_panicking_job_stays_inside_it_and_its_task_is_taken_up_again() {
     // One call slot: the panicking call must give its slot back, or nothing else runs.
     registry.register(
         provider.clone(),
+        "panicky-model".into(),
         1,
         ProviderGate::for_limits("panicky", Limits::NONE, probes),
     );
@@ -117,6 +118,7 @@ async fn a_panicking_job_stays_inside_it_and_its_task_is_taken_up_again() {
         budget: darkroom::engine::BudgetSettings::default(),
         missing_task_answers: 3,
         shutdown_grace: Duration::from_secs(5),
+        failover: darkroom::engine::failover::FailoverPolicy::default(),
     };
     let engine = Arc::new(Engine::new(
         repo.clone(),

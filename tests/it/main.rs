@@ -18,6 +18,7 @@ mod crash;
 mod credits;
 mod deploy;
 mod doc_links;
+mod failover;
 mod fuzz_parsers;
 mod gemini;
 mod idempotency;

@@ -174,6 +174,16 @@ fn bulk_task(i: usize, at: i64) -> Task {
         retry_of: None,
         webhook_url: None,
         missing_answers: (i % 2) as u32,
+        failover: if i.is_multiple_of(7) {
+            darkroom::domain::task_row::Failover {
+                allowed: Some(true),
+                left: vec!["kie".into()],
+                reason: Some("credits".into()),
+                moved_at: Some(created_at + 10),
+            }
+        } else {
+            darkroom::domain::task_row::Failover::default()
+        },
         id,
     }
 }
@@ -196,6 +206,7 @@ fn new_task(prompt: &str, at: i64, webhook: bool) -> NewTask {
         created_at: at,
         retry_of: None,
         webhook_url: webhook.then(|| "https://hooks.example.com/darkroom".into()),
+        fallback: Some(false),
     }
 }
 

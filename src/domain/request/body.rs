@@ -53,6 +53,11 @@ pub struct GenerateBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(format = "uri")]
     pub webhook_url: Option<String>,
+    /// Whether the tasks may move to the next provider of the operator's failover chain
+    /// (`DARKROOM_FAILOVER`) when theirs is paused or keeps failing, before any create of
+    /// theirs was made (default: the operator's `DARKROOM_FAILOVER_BY_DEFAULT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
 }
 
 /// An upload used as a source: the `key` `/api/upload` returned.

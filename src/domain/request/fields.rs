@@ -20,6 +20,7 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "priority",
     "batchId",
     "webhookUrl",
+    "fallback",
 ];
 
 /// An `uploads` entry. `url` is what the original's front end sends with each upload; it is

@@ -100,6 +100,9 @@ pub struct GenerateRequest {
     /// Where completion and failure events are POSTed (checked again at delivery time
     /// by the guarded client).
     pub webhook_url: Option<String>,
+    /// Whether its tasks may move to the next provider of the operator's failover chain;
+    /// `None` leaves it to the operator's default.
+    pub fallback: Option<bool>,
 }
 
 impl GenerateRequest {
@@ -122,6 +125,11 @@ impl GenerateRequest {
         let webhook_url = optional_str(obj, "webhookUrl")?
             .map(parse_webhook_url)
             .transpose()?;
+        let fallback = match obj.get("fallback") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(wrong_type("fallback", "true or false")),
+        };
 
         let mut sources = parse_uploads(obj, "uploads", provider)?;
         sources.extend(parse_urls(obj, "imageUrls", provider)?);
@@ -182,6 +190,7 @@ impl GenerateRequest {
             priority,
             batch_id,
             webhook_url,
+            fallback,
         })
     }
 }
@@ -457,9 +466,11 @@ mod tests {
             priority: Some(5),
             batch_id: Some("spring".to_owned()),
             webhook_url: Some("https://hooks.example.com/x".to_owned()),
+            fallback: Some(false),
         };
         let wire = serde_json::to_value(&body).unwrap();
         let req = parse(wire.clone()).unwrap();
+        assert_eq!(req.fallback, Some(false));
         assert_eq!(req.sources.len(), 3);
         assert!(
             req.sources

@@ -149,6 +149,12 @@ fn whole_task(created_at: i64, provider_task_id: &str) -> Task {
         retry_of: Some(TaskId::new()),
         webhook_url: Some("https://hooks.example.com/d".into()),
         missing_answers: 2,
+        failover: crate::domain::task_row::Failover {
+            allowed: Some(false),
+            left: vec!["kie".into()],
+            reason: Some("failing".into()),
+            moved_at: Some(created_at + 1),
+        },
     }
 }
 

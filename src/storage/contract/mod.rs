@@ -20,6 +20,7 @@ pub mod batches;
 pub mod budgets;
 pub mod copy;
 pub mod deliveries;
+pub mod failover;
 pub mod idempotency;
 pub mod limits;
 pub mod restore;
@@ -50,6 +51,7 @@ pub fn new_task(owner: Option<&str>, priority: i32, created_at: i64) -> NewTask 
         created_at,
         retry_of: None,
         webhook_url: None,
+        fallback: None,
     }
 }
 
@@ -82,6 +84,11 @@ macro_rules! repo_contract_tests {
                 tasks::listing_filters_and_pages,
                 tasks::in_flight_counts_and_health,
                 restore::restore_writes_whole_rows_and_never_overwrites,
+                failover::only_tasks_whose_create_was_never_made_move,
+                failover::the_default_decides_for_requests_that_said_nothing,
+                failover::a_task_never_returns_to_a_provider_it_left,
+                failover::a_held_task_moves_only_under_its_lease_and_a_claimed_one_not_at_all,
+                failover::moves_take_the_highest_priority_and_oldest_first_up_to_the_limit,
                 batches::batch_round_trip_and_listing,
                 batches::batch_counts_follow_task_states,
                 deliveries::deliveries_wait_for_a_final_task,

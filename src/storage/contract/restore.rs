@@ -45,6 +45,12 @@ fn restored_task(provider_task_id: &str) -> crate::storage::Task {
         retry_of: Some(TaskId::new()),
         webhook_url: Some("https://hooks.example.com/x".into()),
         missing_answers: 1,
+        failover: crate::domain::task_row::Failover {
+            allowed: Some(true),
+            left: vec!["kie".into()],
+            reason: Some("credits".into()),
+            moved_at: Some(15),
+        },
     }
 }
 
