@@ -513,7 +513,7 @@ async fn serve_http(
 }
 
 /// The budgets and the price table, as the engine applies them.
-fn budget_settings(budget: &config::BudgetConfig) -> BudgetSettings {
+pub fn budget_settings(budget: &config::BudgetConfig) -> BudgetSettings {
     use domain::request::ProviderName::{Gemini, Kie};
     let credits = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     BudgetSettings {

@@ -479,10 +479,11 @@ async fn reindex(args: &ReindexArgs) -> anyhow::Result<ExitCode> {
         opened,
         blobs,
         shown,
-        ..
+        config,
     } = open_offline(args.data_dir.as_ref(), args.config.as_ref()).await?;
     println!("reindexing {} into {shown}", blobs.describe());
-    let done = darkroom::reindex::reindex(&blobs, opened.repo.as_ref(), !args.quiet).await;
+    let prices = darkroom::budget_settings(&config.budget).credits_per_task;
+    let done = darkroom::reindex::reindex(&blobs, opened.repo.as_ref(), &prices, !args.quiet).await;
     opened.close().await;
     let summary = done?;
     print!("{}", summary.report());

@@ -23,8 +23,9 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 
 use crate::domain::TaskState;
+use crate::domain::budget::{CreditDay, credits_used};
 use crate::progress::Progress;
-use crate::storage::{Batch, BlobStore, Repo, RepoError, Task};
+use crate::storage::{Batch, BlobStore, CreditReservation, Repo, RepoError, Task};
 use crate::views::task_from_record;
 
 /// The folder of the archive records.
@@ -69,11 +70,17 @@ pub fn row_to_restore(mut task: Task) -> Task {
 
 /// Reads every record under `kie-tasks/` and adds the tasks `repo` does not have.
 /// `show_progress` draws progress on stderr.
+///
+/// A restored task sent to its provider today counts against today's credit budgets again
+/// (at its price in `credits_per_task`, by provider, then what it used once finished), as it
+/// did before the database was lost.
 pub async fn reindex(
     blobs: &BlobStore,
     repo: &dyn Repo,
+    credits_per_task: &[(String, i64)],
     show_progress: bool,
 ) -> Result<Summary, ReindexError> {
+    let today = CreditDay::of(crate::clock::now_ms());
     let keys: Vec<String> = blobs
         .list(RECORDS)
         .await
@@ -101,8 +108,10 @@ pub async fn reindex(
             Ok(task) => {
                 note_batch(&mut batches, &task);
                 let id = task.id.clone();
-                if repo.restore(&row_to_restore(task)).await? {
+                let restored = row_to_restore(task);
+                if repo.restore(&restored).await? {
                     summary.added += 1;
+                    recount_credits(repo, &restored, credits_per_task, &today).await?;
                 } else if repo.get(&id).await?.is_some() {
                     summary.present += 1;
                 } else {
@@ -123,6 +132,40 @@ pub async fn reindex(
         }
     }
     Ok(summary)
+}
+
+/// Counts a restored task sent today against today's budgets, as the engine did: its
+/// estimate (never refused: the credits were spent), settled if the task is finished.
+async fn recount_credits(
+    repo: &dyn Repo,
+    task: &Task,
+    credits_per_task: &[(String, i64)],
+    today: &CreditDay,
+) -> Result<(), RepoError> {
+    let sent_today = task
+        .submitted_at
+        .is_some_and(|at| CreditDay::of(at).name == today.name);
+    if !sent_today {
+        return Ok(());
+    }
+    let price = credits_per_task
+        .iter()
+        .find(|(provider, _)| *provider == task.provider)
+        .map_or(0, |(_, credits)| *credits);
+    let reservation = CreditReservation {
+        task: &task.id,
+        owner: task.owner.as_deref(),
+        day: today,
+        credits: price,
+        global_limit: 0,
+        check_budgets: false,
+        now: crate::clock::now_ms(),
+    };
+    repo.reserve_credits(&reservation).await?;
+    if task.state.is_terminal() {
+        repo.settle_credits(&task.id, credits_used(task)).await?;
+    }
+    Ok(())
 }
 
 /// Adds `task` to the batch it belongs to, as far as the records tell.

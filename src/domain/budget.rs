@@ -3,7 +3,9 @@
 
 use std::fmt;
 
+use super::task_row::Task;
 use super::time::iso_time;
+use super::{JobCode, TaskState};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -97,6 +99,21 @@ impl fmt::Display for BudgetExceeded {
             iso_time(self.resets_at)
         )
     }
+}
+
+/// What a finished task used, replacing its estimate: the credits its provider reported;
+/// else `None` (the estimate stands) for a task that succeeded or may have been billed (its
+/// create reached the provider, or may have), and 0 for one whose create never did.
+pub fn credits_used(task: &Task) -> Option<i64> {
+    task.credits.or_else(|| {
+        let may_be_billed = task.state == TaskState::Succeeded
+            || task.provider_task_id.is_some()
+            || task.error_code.as_deref().is_some_and(|code| {
+                code == JobCode::SubmitUnconfirmed.as_str()
+                    || code == JobCode::SubmitAmbiguous.as_str()
+            });
+        (!may_be_billed).then_some(0)
+    })
 }
 
 #[cfg(test)]

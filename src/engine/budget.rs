@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::Engine;
 use super::job::{Outcome, Reason};
-use crate::domain::budget::{BudgetScope, CreditDay};
-use crate::domain::{JobCode, TaskState};
+use crate::domain::JobCode;
+use crate::domain::budget::{BudgetScope, CreditDay, credits_used};
 use crate::storage::{BudgetCheck, CreditReservation, RepoError, Task};
 
 /// The budgets the engine applies and the prices it estimates tasks at.
@@ -57,6 +57,7 @@ impl Engine {
             day: &day,
             credits: budget.price_of(&task.provider),
             global_limit: budget.global_daily_credits,
+            check_budgets: true,
             now,
         };
         let exceeded = match self.repo.reserve_credits(&reservation).await? {
@@ -112,19 +113,9 @@ impl Engine {
         }
     }
 
-    /// A finished task's estimate is replaced by what it used: the credits its provider
-    /// reported; else the estimate stands for a task that succeeded or may have been billed
-    /// (its create reached the provider), and nothing is counted for one that never did.
+    /// A finished task's estimate is replaced by what it used ([`credits_used`]).
     pub(super) async fn settle_budget(&self, task: &Task) {
-        let used = task.credits.or_else(|| {
-            let may_be_billed = task.state == TaskState::Succeeded
-                || task.provider_task_id.is_some()
-                || task.error_code.as_deref().is_some_and(|code| {
-                    code == JobCode::SubmitUnconfirmed.as_str()
-                        || code == JobCode::SubmitAmbiguous.as_str()
-                });
-            (!may_be_billed).then_some(0)
-        });
+        let used = credits_used(task);
         if let Err(e) = self.repo.settle_credits(&task.id, used).await {
             tracing::warn!(task_id = %task.id, error = %e, "the task's credits could not be settled; its estimate stays counted today");
         }

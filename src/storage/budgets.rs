@@ -28,6 +28,9 @@ pub struct CreditReservation<'a> {
     pub credits: i64,
     /// The global budget; 0: none.
     pub global_limit: i64,
+    /// Refuse what would exceed a budget (the global one, the key's); `false` only counts,
+    /// for credits already spent (`darkroom reindex` recounting a lost day).
+    pub check_budgets: bool,
     pub now: i64,
 }
 
@@ -84,7 +87,12 @@ pub trait BudgetRepo: Send + Sync + 'static {
 
 /// The scopes a task counts in, global first, each with its budget (0: none).
 fn scopes(reservation: &CreditReservation<'_>, owner_limit: i64) -> Vec<(BudgetScope, i64)> {
-    let mut scopes = vec![(BudgetScope::Global, reservation.global_limit)];
+    let global_limit = if reservation.check_budgets {
+        reservation.global_limit
+    } else {
+        0
+    };
+    let mut scopes = vec![(BudgetScope::Global, global_limit)];
     if let Some(owner) = reservation.owner {
         scopes.push((BudgetScope::Key(owner.to_owned()), owner_limit));
     }
@@ -116,7 +124,7 @@ where
         return Ok(BudgetCheck::AlreadyReserved);
     }
     let mut owner_limit = 0;
-    if let Some(owner) = reservation.owner {
+    if let Some(owner) = reservation.owner.filter(|_| reservation.check_budgets) {
         let row =
             QueryBuilder::<DB>::new("SELECT daily_credits FROM credit_budgets WHERE owner = ")
                 .push_bind(owner.to_owned())

@@ -271,6 +271,7 @@ async fn fill(url: &str, real_tasks: usize) {
         day: &day,
         credits: 4,
         global_limit: 0,
+        check_budgets: true,
         now: at,
     };
     repo.reserve_credits(&reservation).await.unwrap();

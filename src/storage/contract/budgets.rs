@@ -25,6 +25,7 @@ async fn reserve(
         day: &day,
         credits,
         global_limit,
+        check_budgets: true,
         now,
     })
     .await
