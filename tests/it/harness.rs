@@ -640,6 +640,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_darkroom");
 
 /// A loopback port free at the moment of asking (for child processes that bind by number).
 pub fn free_port() -> u16 {
+    // Below Linux's ephemeral range (32768-60999): a port drawn from it can be taken by an
+    // outgoing connection of another test between this check and the server's bind.
+    for _ in 0..200 {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("binding a loopback port")
         .local_addr()
