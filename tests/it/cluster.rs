@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     BIN, Running, free_port, fresh_postgres, new_s3_bucket, s3_env, serve_png, spawn_sim, task_ids,
-    wait_for_http,
 };
 use darkroom::providers::sim::KieSimConfig;
 use futures::StreamExt;
@@ -34,6 +33,8 @@ struct Instance {
     port: u16,
     env: Vec<(&'static str, String)>,
     process: Running,
+    /// Where the process writes its log (warnings and start-up lines).
+    log: std::path::PathBuf,
 }
 
 impl Instance {
@@ -41,20 +42,48 @@ impl Instance {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Starts `darkroom serve` with `env` (which names its port) in a data directory of its own.
-    fn start(env: &[(&'static str, String)]) -> Running {
+    /// Starts `darkroom serve` with `env` (which names its port) in a data directory of its
+    /// own; its log goes to a file there (the process and the file's path).
+    fn start(env: &[(&'static str, String)]) -> (Running, std::path::PathBuf) {
         let data = tempfile::tempdir().unwrap().keep();
+        let log = data.join("darkroom.log");
         let child = Command::new(BIN)
             .arg("serve")
             .current_dir(&data)
             .env("DARKROOM_DATA_DIR", &data)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "warn,darkroom=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("darkroom starts");
-        Running(child)
+        (Running(child), log)
+    }
+
+    /// Waits until the instance answers `/healthz`; failing after 60 s with whether the
+    /// process is still running and the end of its log.
+    async fn wait_up(&mut self, http: &reqwest::Client) {
+        let url = format!("{}/healthz", self.base());
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            let exited = self.process.0.try_wait().unwrap();
+            if exited.is_some() || start.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{url} did not come up after {:.1} s (process: {exited:?}); its log ends:\n{}",
+                    start.elapsed().as_secs_f64(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -152,15 +181,16 @@ async fn three_instances_one_database_one_bucket_one_kill() {
             ("DARKROOM_TICK_MS", "100".to_owned()),
         ];
         env.extend(s3_env(&bucket));
-        let process = Instance::start(&env);
+        let (process, log) = Instance::start(&env);
         instances.push(Instance {
             port: *port,
             env,
             process,
+            log,
         });
     }
-    for instance in &instances {
-        wait_for_http(&http, &format!("{}/healthz", instance.base())).await;
+    for instance in &mut instances {
+        instance.wait_up(&http).await;
     }
 
     let stop = tokio_util::sync::CancellationToken::new();
@@ -205,8 +235,8 @@ async fn three_instances_one_database_one_bucket_one_kill() {
     let killed_at = started.elapsed();
     instances[1].process.0.kill().unwrap(); // SIGKILL
     let _ = instances[1].process.0.wait();
-    instances[1].process = Instance::start(&instances[1].env);
-    wait_for_http(&http, &format!("{}/healthz", instances[1].base())).await;
+    (instances[1].process, instances[1].log) = Instance::start(&instances[1].env);
+    instances[1].wait_up(&http).await;
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let tasks = loop {
