@@ -495,8 +495,11 @@ impl BlobStore {
     pub async fn probe(&self) -> Result<(), BlobError> {
         let spec = super::keys::probe();
         self.put(&spec, Bytes::from_static(b"darkroom")).await?;
-        self.get_bytes(&spec.key).await?;
-        self.delete(&spec.key).await
+        // Removed even when it cannot be read back: each probe has a key of its own.
+        let read = self.get_bytes(&spec.key).await;
+        let removed = self.delete(&spec.key).await;
+        read?;
+        removed
     }
 
     /// Removes an object; one that is already gone is not an error.

@@ -73,10 +73,13 @@ pub fn named_object(text: &str) -> Option<&str> {
     named.then(|| &path[path.len() - folder.len() - 1 - name.len()..])
 }
 
-/// The probe object written at start to prove the bucket is writable.
+/// A probe object, written (and read back, and removed) at start and by `/readyz` to prove
+/// the bucket is writable: `.darkroom-probe-{uuidv7}`, a key of its own each time, so
+/// instances sharing a bucket never remove each other's probe between its write and its
+/// read.
 pub fn probe() -> ObjectSpec {
     ObjectSpec {
-        key: ".darkroom-probe".to_owned(),
+        key: format!(".darkroom-probe-{}", uuid::Uuid::now_v7().simple()),
         content_type: "text/plain",
         cache_control: RECORD_CACHE,
     }
@@ -167,8 +170,10 @@ mod tests {
             "uploads/x.txt",
             "/uploads/a.png",
             ".darkroom-probe",
+            &probe().key,
         ] {
             assert!(!is_servable(bad), "{bad}");
         }
+        assert_ne!(probe().key, probe().key, "each probe has its own key");
     }
 }
