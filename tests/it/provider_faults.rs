@@ -374,10 +374,20 @@ async fn an_unreachable_gemini_pauses_gemini_only() {
     let kie_counts = app.wait_all_final(&kie_ids, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
     let (_, ready) = app.get_json("/readyz").await;
-    let mut waiting = Vec::new();
-    for id in &gemini_ids {
-        waiting.push(task(&app, id).await);
-    }
+    // A probe (about once a second) takes one task to `submitting` for the length of a
+    // refused connect and its write: read them again until no probe is in flight.
+    let read_at = Instant::now();
+    let waiting = loop {
+        let mut waiting = Vec::new();
+        for id in &gemini_ids {
+            waiting.push(task(&app, id).await);
+        }
+        let probing = waiting.iter().any(|t| t["state"] == "submitting");
+        if !probing || read_at.elapsed() > Duration::from_secs(10) {
+            break waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     println!(
         "Gemini unreachable for {:.1} s: KIE tasks {kie_counts:?}; /readyz gemini {} (since {}), kie {}; Gemini tasks \
          {} with attempts {} and codes {}",
