@@ -107,10 +107,12 @@ async fn list_tasks(http: &reqwest::Client, base: &str) -> HashMap<String, Value
     }
 }
 
-/// The ids of tasks whose final event an SSE stream carried, until `stop`.
+/// The ids of tasks whose final event an SSE stream carried, until `stop` or until it
+/// carried `expected` of them.
 async fn follow_finals(
     response: reqwest::Response,
     stop: tokio_util::sync::CancellationToken,
+    expected: usize,
 ) -> HashSet<String> {
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
@@ -135,6 +137,9 @@ async fn follow_finals(
                 };
                 if matches!(event["state"].as_str(), Some("succeeded" | "failed")) {
                     finals.insert(event["taskId"].as_str().unwrap_or_default().to_owned());
+                    if finals.len() >= expected {
+                        return finals;
+                    }
                 }
             }
         }
@@ -200,7 +205,7 @@ async fn three_instances_one_database_one_bucket_one_kill() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let follower = tokio::spawn(follow_finals(stream, stop.clone()));
+    let mut follower = tokio::spawn(follow_finals(stream, stop.clone(), TASKS));
 
     let started = Instant::now();
     let mut ids: Vec<String> = Vec::with_capacity(TASKS);
@@ -251,10 +256,15 @@ async fn three_instances_one_database_one_bucket_one_kill() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let elapsed = started.elapsed();
-    // The last events reach A's stream shortly after the rows change.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.cancel();
-    let finals_on_a = follower.await.unwrap();
+    // The last events reach A's stream shortly after the rows change (later on a loaded
+    // machine): the stream is read until it carried every end, for at most 20 s more.
+    let finals_on_a = match tokio::time::timeout(Duration::from_secs(20), &mut follower).await {
+        Ok(finals) => finals.unwrap(),
+        Err(_) => {
+            stop.cancel();
+            follower.await.unwrap()
+        }
+    };
     let stats = sim.sim.stats();
 
     let mut creates: HashMap<String, usize> = HashMap::new();
