@@ -519,7 +519,7 @@ pub fn budget_settings(budget: &config::BudgetConfig) -> BudgetSettings {
     BudgetSettings {
         global_daily_credits: credits(budget.daily_credits),
         fail_when_spent: budget.policy == config::BudgetPolicy::Fail,
-        credits_per_task: vec![
+        prices: domain::budget::PriceTable(vec![
             (
                 Kie.as_str().to_owned(),
                 credits(budget.kie_credits_per_task),
@@ -528,7 +528,7 @@ pub fn budget_settings(budget: &config::BudgetConfig) -> BudgetSettings {
                 Gemini.as_str().to_owned(),
                 credits(budget.gemini_credits_per_task),
             ),
-        ],
+        ]),
     }
 }
 

@@ -482,7 +482,7 @@ async fn reindex(args: &ReindexArgs) -> anyhow::Result<ExitCode> {
         config,
     } = open_offline(args.data_dir.as_ref(), args.config.as_ref()).await?;
     println!("reindexing {} into {shown}", blobs.describe());
-    let prices = darkroom::budget_settings(&config.budget).credits_per_task;
+    let prices = darkroom::budget_settings(&config.budget).prices;
     let done = darkroom::reindex::reindex(&blobs, opened.repo.as_ref(), &prices, !args.quiet).await;
     opened.close().await;
     let summary = done?;

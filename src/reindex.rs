@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 
 use crate::domain::TaskState;
-use crate::domain::budget::{CreditDay, credits_used};
+use crate::domain::budget::{CreditDay, PriceTable, credits_used};
 use crate::progress::Progress;
 use crate::storage::{Batch, BlobStore, CreditReservation, Repo, RepoError, Task};
 use crate::views::task_from_record;
@@ -72,12 +72,12 @@ pub fn row_to_restore(mut task: Task) -> Task {
 /// `show_progress` draws progress on stderr.
 ///
 /// A restored task sent to its provider today counts against today's credit budgets again
-/// (at its price in `credits_per_task`, by provider, then what it used once finished), as it
+/// (at its price in `prices`, then what it used once finished), as it
 /// did before the database was lost.
 pub async fn reindex(
     blobs: &BlobStore,
     repo: &dyn Repo,
-    credits_per_task: &[(String, i64)],
+    prices: &PriceTable,
     show_progress: bool,
 ) -> Result<Summary, ReindexError> {
     let today = CreditDay::of(crate::clock::now_ms());
@@ -111,7 +111,7 @@ pub async fn reindex(
                 let restored = row_to_restore(task);
                 if repo.restore(&restored).await? {
                     summary.added += 1;
-                    recount_credits(repo, &restored, credits_per_task, &today).await?;
+                    recount_credits(repo, &restored, prices, &today).await?;
                 } else if repo.get(&id).await?.is_some() {
                     summary.present += 1;
                 } else {
@@ -139,7 +139,7 @@ pub async fn reindex(
 async fn recount_credits(
     repo: &dyn Repo,
     task: &Task,
-    credits_per_task: &[(String, i64)],
+    prices: &PriceTable,
     today: &CreditDay,
 ) -> Result<(), RepoError> {
     let sent_today = task
@@ -148,15 +148,11 @@ async fn recount_credits(
     if !sent_today {
         return Ok(());
     }
-    let price = credits_per_task
-        .iter()
-        .find(|(provider, _)| *provider == task.provider)
-        .map_or(0, |(_, credits)| *credits);
     let reservation = CreditReservation {
         task: &task.id,
         owner: task.owner.as_deref(),
         day: today,
-        credits: price,
+        credits: prices.price_of(&task.provider),
         global_limit: 0,
         check_budgets: false,
         now: crate::clock::now_ms(),

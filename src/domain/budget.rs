@@ -36,6 +36,21 @@ impl CreditDay {
     }
 }
 
+/// Credits a task is estimated at before it is sent, by provider name; a provider not
+/// named costs 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PriceTable(pub Vec<(String, i64)>);
+
+impl PriceTable {
+    /// The estimate of one task of `provider`.
+    pub fn price_of(&self, provider: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(name, _)| name == provider)
+            .map_or(0, |(_, credits)| *credits)
+    }
+}
+
 /// Whose budget: every task's, or one key's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BudgetScope {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::Engine;
 use super::job::{Outcome, Reason};
 use crate::domain::JobCode;
-use crate::domain::budget::{BudgetScope, CreditDay, credits_used};
+use crate::domain::budget::{BudgetScope, CreditDay, PriceTable, credits_used};
 use crate::storage::{BudgetCheck, CreditReservation, RepoError, Task};
 
 /// The budgets the engine applies and the prices it estimates tasks at.
@@ -20,18 +20,8 @@ pub struct BudgetSettings {
     pub global_daily_credits: i64,
     /// A task over a budget fails; otherwise it waits for the reset.
     pub fail_when_spent: bool,
-    /// Credits a task is estimated at, by provider name; a provider not named costs 0.
-    pub credits_per_task: Vec<(String, i64)>,
-}
-
-impl BudgetSettings {
-    /// The estimate of one task of `provider`.
-    pub fn price_of(&self, provider: &str) -> i64 {
-        self.credits_per_task
-            .iter()
-            .find(|(name, _)| name == provider)
-            .map_or(0, |(_, credits)| *credits)
-    }
+    /// What a task is estimated at, by provider.
+    pub prices: PriceTable,
 }
 
 /// A budget resets at the day's end; waiting tasks come due within this much after it, so
@@ -55,7 +45,7 @@ impl Engine {
             task: &task.id,
             owner: task.owner.as_deref(),
             day: &day,
-            credits: budget.price_of(&task.provider),
+            credits: budget.prices.price_of(&task.provider),
             global_limit: budget.global_daily_credits,
             check_budgets: true,
             now,
@@ -131,9 +121,9 @@ mod tests {
         let settings = BudgetSettings {
             global_daily_credits: 0,
             fail_when_spent: false,
-            credits_per_task: vec![("kie".into(), 4)],
+            prices: PriceTable(vec![("kie".into(), 4)]),
         };
-        assert_eq!(settings.price_of("kie"), 4);
-        assert_eq!(settings.price_of("gemini"), 0);
+        assert_eq!(settings.prices.price_of("kie"), 4);
+        assert_eq!(settings.prices.price_of("gemini"), 0);
     }
 }

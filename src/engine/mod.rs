@@ -206,6 +206,11 @@ impl Engine {
         self.providers.names()
     }
 
+    /// The budgets and prices this engine applies.
+    pub fn budget(&self) -> &BudgetSettings {
+        &self.settings.budget
+    }
+
     pub fn has_provider(&self, name: &str) -> bool {
         self.providers.get(name).is_some()
     }

@@ -143,29 +143,36 @@ impl Engine {
     /// Today's budgets: the global one, what is counted against it, and how many keys have
     /// spent theirs.
     async fn refresh_budget_gauges(&self) -> Result<(), RepoError> {
-        use crate::domain::budget::{BudgetScope, CreditDay};
-        let day = CreditDay::of(super::now_ms());
-        let spent = self.repo.credit_spend(&day.name).await?;
-        let budgets = self.repo.daily_budgets().await?;
-        let spent_by = |scope: &BudgetScope| {
-            spent
-                .iter()
-                .find(|s| s.scope == *scope)
-                .map_or(0, |s| s.credits)
-        };
-        let exhausted = budgets
+        let day = crate::domain::budget::CreditDay::of(super::now_ms());
+        let spent: Vec<_> = self
+            .repo
+            .credit_spend(&day.name)
+            .await?
+            .into_iter()
+            .map(|s| (s.scope, s.credits))
+            .collect();
+        let budget = &self.settings.budget;
+        let view = crate::views::budgets::budgets_view(
+            &day,
+            budget.fail_when_spent,
+            budget.global_daily_credits,
+            &spent,
+            &self.repo.daily_budgets().await?,
+            |_| true,
+        );
+        let exhausted = view
+            .keys
             .iter()
-            .filter(|(key, limit)| spent_by(&BudgetScope::Key(key.clone())) >= *limit)
+            .filter(|k| k.budget.remaining == Some(0))
             .count();
         #[allow(clippy::cast_precision_loss)]
         {
             let metrics = &self.metrics;
-            let global = self.settings.budget.global_daily_credits;
-            metrics.plain_gauge(names::BUDGET_DAILY_CREDITS, global as f64);
             metrics.plain_gauge(
-                names::BUDGET_SPENT_CREDITS,
-                spent_by(&BudgetScope::Global) as f64,
+                names::BUDGET_DAILY_CREDITS,
+                budget.global_daily_credits as f64,
             );
+            metrics.plain_gauge(names::BUDGET_SPENT_CREDITS, view.global.spent as f64);
             metrics.plain_gauge(names::BUDGET_KEYS_EXHAUSTED, exhausted as f64);
         }
         Ok(())

@@ -15,7 +15,6 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::clock::now_ms;
-use crate::config::BudgetPolicy;
 use crate::domain::ErrorCode;
 use crate::domain::budget::{BudgetScope, CreditDay};
 use crate::domain::stats::StatsWindow;
@@ -86,11 +85,11 @@ async fn budgets(state: &AppState, own: Option<&str>) -> Result<BudgetsView, Api
         .map(|s| (s.scope, s.credits))
         .collect();
     let key_budgets = state.repo.daily_budgets().await?;
-    let config = &state.config.budget;
+    let budget = state.engine.budget();
     Ok(budgets_view(
         &day,
-        config.policy == BudgetPolicy::Fail,
-        i64::try_from(config.daily_credits).unwrap_or(i64::MAX),
+        budget.fail_when_spent,
+        budget.global_daily_credits,
         &spent,
         &key_budgets,
         |key| own.is_none_or(|own| own == key),
