@@ -4,7 +4,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import threading
 import time
 import urllib.request
 
+import support
 from support import free_port, png, wait_http
 
 BINARY, ROUNDS, TASKS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -51,11 +51,7 @@ def spawn(args, env=None, name="process"):
 
 
 def stop(child):
-    child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        child.kill()
+    support.stop(child)
     children.remove(child)
 
 

@@ -5,7 +5,8 @@
 # written by a minimal loop with the same concurrency (8). Both into the local directory
 # and into moto's S3. Sides alternate (floor, darkroom, floor, darkroom, ...), each in its
 # own process so peak RSS is its own. Prints the median results/s, the ratio to the floor
-# (min-max over rounds) and peak RSS.
+# (min-max over rounds), the process's CPU time per result over the measured part (the
+# in-process simulator serving the downloads is in both sides) and peak RSS.
 #
 #   ./bench/ingest.sh [rounds=3] [count=200]
 set -euo pipefail
@@ -41,8 +42,9 @@ python3 - "$out" <<'PY'
 import re, statistics, sys
 rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in open(sys.argv[1])]
 print()
-print("| backend | floor results/s (median) | darkroom results/s (median) | ratio median (min-max) | peak RSS MiB floor / darkroom |")
-print("|---|---|---|---|---|")
+print("| backend | floor results/s (median) | darkroom results/s (median) | ratio median (min-max) | CPU µs/result floor / darkroom | peak RSS MiB floor / darkroom |")
+print("|---|---|---|---|---|---|")
+summary = []
 for backend in ("local", "s3"):
     floor = [r for r in rows if r["backend"] == backend and r["mode"] == "floor"]
     dark = [r for r in rows if r["backend"] == backend and r["mode"] == "darkroom"]
@@ -50,5 +52,13 @@ for backend in ("local", "s3"):
     med = lambda xs: statistics.median(float(x) for x in xs)
     print(f"| {backend} | {med(r['per_second'] for r in floor):.1f} | {med(r['per_second'] for r in dark):.1f} | "
           f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
+          f"{med(r['cpu_us_per_task'] for r in floor):.0f} / {med(r['cpu_us_per_task'] for r in dark):.0f} | "
           f"{med(r['peak_rss_kib'] for r in floor)/1024:.0f} / {med(r['peak_rss_kib'] for r in dark)/1024:.0f} |")
+    summary.append(f"ingest_ratio_{backend}={statistics.median(ratios):.2f}")
+    summary.append(f"ingest_peak_rss_mib_{backend}={med(r['peak_rss_kib'] for r in dark)/1024:.0f}")
+    summary.append(f"ingest_cpu_us_{backend}={med(r['cpu_us_per_task'] for r in dark):.0f}")
+    summary.append(f"ingest_cpu_us_floor_{backend}={med(r['cpu_us_per_task'] for r in floor):.0f}")
+# For bench/all.sh.
+print()
+print("SUMMARY " + " ".join(summary))
 PY

@@ -39,7 +39,7 @@ def http(method, url, body=None, headers=None, timeout=30):
 
 
 
-def darkroom(env, port):
+def darkroom(env, port, binary=BINARY):
     full = dict(os.environ)
     full.update(
         {
@@ -58,7 +58,7 @@ def darkroom(env, port):
     )
     full.update(env)
     child = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, BINARY, "serve"],
+        ["taskset", "-c", SERVER_CPU, binary, "serve"],
         env=full,
         cwd=work,
         stdout=subprocess.DEVNULL,
@@ -178,6 +178,36 @@ http {{
     return child
 
 
+# DARKROOM_BENCH_PROFILE=1: each darkroom side's last round is sampled by perf, and the
+# symbols with the most self time are printed (the top frames of its flame graph).
+PROFILE = os.environ.get("DARKROOM_BENCH_PROFILE") == "1"
+
+
+def profile_start(server, name):
+    data = os.path.join(work, f"perf-{name.replace(' ', '-')}.data")
+    child = subprocess.Popen(
+        ["perf", "record", "-F", "499", "-g", "-o", data, "-p", str(server.pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return child, data
+
+
+def profile_stop(child, data):
+    child.send_signal(signal.SIGINT)
+    child.wait(timeout=60)
+    report = subprocess.run(
+        ["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
+         "-g", "none", "--sort", "symbol"],
+        capture_output=True, text=True,
+    ).stdout
+    lines = (
+        re.sub(r"\s+", " ", re.sub(r"[\s-]+$", "", line)).strip()
+        for line in report.splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    return "\n".join(f"    {line}" for line in lines)
+
+
 def postgres_ready():
     return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"]).returncode == 0
 
@@ -206,8 +236,17 @@ def main():
         "nginx": (None, ""),
         "darkroom": ({}, ""),
         "keys": (keys, KEY),
+        # Keys off, but wrk sends the same bearer header (ignored): what wrk itself pays for
+        # building that header, so the key check's cost is keys against this side.
+        "header": ({}, KEY),
         "nometrics": ({"DARKROOM_METRICS": "false"}, ""),
     }
+    binaries = {}
+    # Another build of darkroom as a side of its own, keys off (a before/after in one run).
+    other = os.environ.get("DARKROOM_BENCH_OTHER_BINARY")
+    if other:
+        sides["other build"] = ({}, "")
+        binaries["other build"] = other
     if postgres_ready():
         subprocess.run(["psql", PG_ADMIN, "-qc", f"DROP DATABASE IF EXISTS {PG_DB}"], check=True)
         subprocess.run(["psql", PG_ADMIN, "-qc", f"CREATE DATABASE {PG_DB}"], check=True)
@@ -223,12 +262,20 @@ def main():
         print("PostgreSQL does not answer on 127.0.0.1:5432: no postgres side", file=sys.stderr)
 
     results = {name: [] for name in sides}
+    profiles = {}
     for round_no in range(ROUNDS):
         for name, (env, auth) in sides.items():
             port = free_port()
-            server = nginx(port) if env is None else darkroom(env, port)
+            server = (
+                nginx(port) if env is None else darkroom(env, port, binaries.get(name, BINARY))
+            )
             wrk(port, auth)  # warm-up: caches, connections
+            profiler = None
+            if PROFILE and env is not None and round_no == ROUNDS - 1:
+                profiler = profile_start(server, name)
             rate, p99 = wrk(port, auth)
+            if profiler:
+                profiles[name] = profile_stop(*profiler)
             results[name].append((rate, p99))
             print(f"round {round_no + 1} {name}: {rate:.0f} req/s, p99 {p99:.2f} ms", file=sys.stderr)
             if env is None:
@@ -238,15 +285,34 @@ def main():
             else:
                 stop(server)
 
+    for name, top in profiles.items():
+        print(f"\nwhere {name}'s CPU went (perf, self time, last round):\n{top}")
     base = [r for r, _ in results["nginx"]]
     print()
     print("| side | requests/s (median) | × nginx, same round (median, min-max) | p99 ms (median) |")
     print("|---|---|---|---|")
+    summary = []
     for name, rows in results.items():
         rates = [r for r, _ in rows]
         ratios = [r / b for r, b in zip(rates, base)]
+        p99 = statistics.median(p for _, p in rows)
         print(f"| {name} | {statistics.median(rates):,.0f} | {statistics.median(ratios):.2f} "
-              f"({min(ratios):.2f}-{max(ratios):.2f}) | {statistics.median(p for _, p in rows):.2f} |")
+              f"({min(ratios):.2f}-{max(ratios):.2f}) | {p99:.2f} |")
+        side = name.replace(" ", "_")
+        summary += [f"status_ratio_{side}={statistics.median(ratios):.2f}",
+                    f"status_p99_ms_{side}={p99:.2f}"]
+    # What the key check costs: keys on against keys off with the same header sent (wrk's
+    # own work for the header is on both sides), round by round.
+    costs = [100 * (1 - k / d) for (k, _), (d, _) in zip(results["keys"], results["header"])]
+    print(f"\nthe key check costs {statistics.median(costs):.0f} % of the requests/s "
+          f"(keys on against keys off with the same header sent, same round; median, "
+          f"min-max {min(costs):.0f}-{max(costs):.0f} %)")
+    header = [100 * (1 - h / d) for (h, _), (d, _) in zip(results["header"], results["darkroom"])]
+    print(f"sending the header costs {statistics.median(header):.0f} % (keys off both; wrk's "
+          f"Lua builds it per request: min-max {min(header):.0f}-{max(header):.0f} %)")
+    summary.append(f"status_key_cost_pct={statistics.median(costs):.0f}")
+    # For bench/all.sh.
+    print("\nSUMMARY " + " ".join(summary))
 
 
 try:

@@ -6,9 +6,14 @@
 #              CPU 1, the same URL through try_files): the baseline;
 #   darkroom   the release binary on CPU 1, API keys off;
 #   keys       the same with API keys on (every request carries its bearer key);
+#   header     keys off, but every request carries the same bearer header (ignored): the
+#              key check's cost is "keys" against this side, so wrk's own work for the
+#              header (its Lua script builds it per request) is on both;
 #   nometrics  keys off and DARKROOM_METRICS=false (no /metrics, nothing recorded per request);
 #   postgres   keys off, the same tasks in PostgreSQL (rebuilt there by `darkroom reindex`
-#              from the bucket), when PostgreSQL answers on 127.0.0.1:5432.
+#              from the bucket), when PostgreSQL answers on 127.0.0.1:5432;
+#   other build  keys off, the binary named by DARKROOM_BENCH_OTHER_BINARY when set (an
+#              earlier build: before and after a change in one run).
 # Rounds alternate the sides; the table gives each side's median requests/s, its ratio
 # to nginx in the same round (median, min-max) and the median p99 latency.
 #   ./bench/status.sh [rounds=3] [seconds=10]

@@ -42,4 +42,9 @@ print(f"|---|---|---|---|---|")
 print(f"| {statistics.median(direct):.0f} | {statistics.median(dark):.0f} | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {statistics.median(cpu_direct):.0f} | {statistics.median(cpu_dark):.0f} |")
 print()
 print(f"10,000 queued tasks: RSS {int(queued['rss_kib'])//1024} MiB (idle {int(queued['idle_rss_kib'])//1024} MiB), peak {int(queued['peak_rss_kib'])//1024} MiB")
+# For bench/all.sh.
+print()
+print(f"SUMMARY submit_per_second={statistics.median(dark):.0f} submit_ratio={statistics.median(ratios):.2f} "
+      f"submit_cpu_us_per_task={statistics.median(cpu_dark):.0f} submit_cpu_us_per_task_direct={statistics.median(cpu_direct):.0f} "
+      f"queued_rss_mib={int(queued['rss_kib'])/1024:.1f} queued_count={queued['count']}")
 PY

@@ -1,7 +1,9 @@
 """What the Python bench drivers (status.py, cluster.py) share: free ports, waiting for a
 server, and a small PNG made with the standard library."""
 
+import signal
 import socket
+import subprocess
 import struct
 import time
 import urllib.error
@@ -42,3 +44,12 @@ def png(width=64, height=48):
     return (b"\x89PNG\r\n\x1a\n"
             + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def stop(child):
+    """SIGTERM, as an operator stops darkroom; killed if it has not ended within a minute."""
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 mod support;
-use support::{build_app, new_task, positional_args, settings, start_sim, status_kib};
+use support::{build_app, cpu_seconds, new_task, positional_args, settings, start_sim, status_kib};
 
 const CONCURRENCY: usize = 8;
 
@@ -213,15 +213,20 @@ async fn main() {
     let (urls, sim_addr) = prepare_results(count, &shutdown).await;
     let dir = tempfile::tempdir().unwrap();
     let before = status_kib("VmHWM:");
+    let cpu_before = cpu_seconds();
     let took = match mode.as_str() {
         "floor" => floor(&urls, &backend, dir.path()).await,
         _ => darkroom(&urls, &backend, dir.path(), &sim_addr).await,
     };
+    // The process's CPU time over the measured part: the side's own work and the
+    // simulator serving the downloads (the same for both sides).
+    let cpu = cpu_seconds() - cpu_before;
     let rate = count as f64 / took.as_secs_f64();
     // One line, machine-readable, for bench/ingest.sh.
     println!(
-        "RESULT mode={mode} backend={backend} count={count} seconds={:.3} per_second={rate:.1} peak_rss_kib={} rss_before_kib={before}",
+        "RESULT mode={mode} backend={backend} count={count} seconds={:.3} per_second={rate:.1} cpu_us_per_task={:.0} peak_rss_kib={} rss_before_kib={before}",
         took.as_secs_f64(),
+        cpu * 1e6 / count as f64,
         status_kib("VmHWM:")
     );
     shutdown.cancel();

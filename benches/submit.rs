@@ -114,6 +114,15 @@ async fn submitted_count(app: &darkroom::App, count: usize) -> usize {
 
 #[tokio::main]
 async fn main() {
+    // BENCH_LOG=sqlx::query=debug prints every statement with its time, to find the
+    // costly ones (the figures run slower with it).
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let args = positional_args();
     let mode = args.first().map_or("darkroom", String::as_str).to_owned();
     let count: usize = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(2000);

@@ -120,6 +120,16 @@ impl EventBus {
         Replay::Events(history.iter().filter(|e| e.seq > after).cloned().collect())
     }
 
+    /// The state each task's latest kept event told (what a stream that saw every kept
+    /// event last heard of it).
+    pub fn latest_states(&self) -> std::collections::HashMap<crate::domain::TaskId, &'static str> {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        history
+            .iter()
+            .map(|event| (event.task_id.clone(), event.state))
+            .collect()
+    }
+
     /// The id written on the wire for an event: `<epoch>-<seq>`.
     pub fn wire_id(&self, seq: u64) -> String {
         format!("{}-{seq}", self.epoch)

@@ -411,11 +411,6 @@ impl App {
         }
         // A workers-only instance answers health, readiness and metrics, and says where the
         // API is for anything else.
-        let router = if roles.api {
-            self.router()
-        } else {
-            http::workers_router(self.state.clone())
-        };
         let header_timeout = self.state.config.server.header_timeout_secs;
         let streams_closing = self.state.streams_closing.clone();
         let stop_streams = shutdown.clone();
@@ -424,7 +419,14 @@ impl App {
             streams_closing.cancel();
         });
         tracing::info!(url = %self.public_url, api = roles.api, workers, "darkroom is listening");
-        serve_http(listener, router, header_timeout, shutdown.clone()).await;
+        if roles.api {
+            // Status polls the board can answer are answered before the router.
+            let service = http::with_status_polls(self.router(), self.state.clone());
+            serve_http(listener, service, header_timeout, shutdown.clone()).await;
+        } else {
+            let router = http::workers_router(self.state.clone());
+            serve_http(listener, router, header_timeout, shutdown.clone()).await;
+        }
         if let Some(engine) = engine {
             let _ = engine.await;
         }
@@ -450,12 +452,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// slow or silent clients cannot hold connections open (request bodies have their own
 /// deadline, [`http::limits`]). On `shutdown` it stops accepting and drains open
 /// connections, bounded by [`DRAIN_TIMEOUT`].
-async fn serve_http(
+async fn serve_http<S>(
     listener: TcpListener,
-    router: axum::Router,
+    service: S,
     header_timeout: Duration,
     shutdown: CancellationToken,
-) {
+) where
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
@@ -480,7 +491,7 @@ async fn serve_http(
             },
             () = shutdown.cancelled() => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(service.clone());
         // Upgrades stay possible (WebSocket).
         let connection = http1
             .serve_connection(TokioIo::new(stream), service)

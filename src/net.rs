@@ -372,7 +372,7 @@ impl Fetcher {
         max_bytes: u64,
     ) -> Result<crate::spool::Spooled, FetchError> {
         let (response, shown) = self.open(url).await?;
-        let mut spool = crate::spool::SpoolWriter::new();
+        let mut spool = crate::spool::SpoolWriter::expecting(response.content_length());
         stream_capped(response, max_bytes, &shown, |chunk| spool.write(chunk)).await?;
         spool.finish().map_err(|e| FetchError::Transport {
             url: shown.clone(),

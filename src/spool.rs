@@ -56,10 +56,18 @@ impl Default for SpoolWriter {
 
 impl SpoolWriter {
     pub fn new() -> Self {
-        Self {
-            memory: bytes::BytesMut::new(),
-            file: None,
-        }
+        Self::expecting(None)
+    }
+
+    /// A writer for a body announced as `expected` bytes: one that stays in memory gets
+    /// its buffer at once instead of growing (and copying) it chunk by chunk. A wrong
+    /// announcement costs nothing beyond the in-memory cap.
+    pub fn expecting(expected: Option<u64>) -> Self {
+        let memory = match expected.and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n <= SPOOL_IN_MEMORY_MAX => bytes::BytesMut::with_capacity(n),
+            _ => bytes::BytesMut::new(),
+        };
+        Self { memory, file: None }
     }
 
     pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
@@ -89,5 +97,38 @@ impl SpoolWriter {
             }
             None => Ok(Spooled::Memory(self.memory.freeze())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announced_small_body_stays_in_memory_in_one_buffer() {
+        let mut writer = SpoolWriter::expecting(Some(10));
+        let capacity = writer.memory.capacity();
+        writer.write(b"hello").unwrap();
+        writer.write(b"world").unwrap();
+        assert_eq!(writer.memory.capacity(), capacity, "no regrowth");
+        match writer.finish().unwrap() {
+            Spooled::Memory(bytes) => assert_eq!(&bytes[..], b"helloworld"),
+            Spooled::File(_) => panic!("10 bytes went to a file"),
+        }
+    }
+
+    #[test]
+    fn an_announcement_past_the_cap_reserves_nothing_and_a_lie_changes_nothing() {
+        let huge = SpoolWriter::expecting(Some(u64::MAX));
+        assert_eq!(huge.memory.capacity(), 0);
+        // Announced small, sent large: it still goes to a file past the cap.
+        let mut liar = SpoolWriter::expecting(Some(4));
+        let chunk = vec![7u8; 1024 * 1024];
+        for _ in 0..3 {
+            liar.write(&chunk).unwrap();
+        }
+        let spooled = liar.finish().unwrap();
+        assert!(matches!(spooled, Spooled::File(_)));
+        assert_eq!(spooled.len().unwrap(), 3 * 1024 * 1024);
     }
 }

@@ -168,6 +168,8 @@ pub static KEYS: &[Key] = &[
         "How input images reach the provider: auto, public, presigned, proxy, kie-upload."),
     key!("storage.input_presign_ttl_secs", ["DARKROOM_INPUT_PRESIGN_TTL_SECS"], Some("7200"), storage.input_presign_ttl_secs as Secs, s3_ttl;
         "Lifetime of presigned input URLs, seconds."),
+    key!("storage.request_timeout_secs", ["DARKROOM_BUCKET_REQUEST_TIMEOUT_SECS"], Some("120"), storage.request_timeout_secs as Secs, nonzero;
+        "How long one request to an S3 bucket may take (an upload's part included), seconds."),
 
     key!("kie.api_token", ["KIE_API_TOKEN"], None, kie.api_token;
         "KIE's key; setting it turns the built-in simulator off."),

@@ -142,6 +142,8 @@ pub struct StorageConfig {
     pub input_mode: InputMode,
     /// Lifetime of presigned input URLs handed to the provider, seconds.
     pub input_presign_ttl_secs: Duration,
+    /// How long one request to an S3 bucket may take (a part of an upload included).
+    pub request_timeout_secs: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -19,6 +19,7 @@ use crate::domain::image::ImageKind;
 use crate::domain::{Event, JobCode};
 use crate::net::FetchError;
 use crate::spool::{SpoolWriter, Spooled};
+use crate::storage::blob::Created;
 use crate::storage::keys::{self, ObjectSpec};
 use crate::storage::{BlobError, RepoError, StorageFault, Task, TaskUpdate};
 
@@ -203,6 +204,12 @@ impl Engine {
         Ok(stored)
     }
 
+    /// Downloads result `index` and stores it. An earlier attempt may have stored it
+    /// already (darkroom stopped between the write and the record of it): the create-only
+    /// write finds that object under the same key and keeps it once it is checked whole.
+    /// The bucket is searched before anything else only where the download cannot help:
+    /// an inline result (its bytes were only ever in memory) and a download that failed
+    /// (the provider's URL may have expired since).
     async fn store_result(
         &self,
         task: &Task,
@@ -210,14 +217,11 @@ impl Engine {
         source: &str,
     ) -> Result<(String, String), IngestFailure> {
         let started = std::time::Instant::now();
-        if let Some(found) = self
-            .stored_earlier(task, index, kind_of_source(source))
-            .await?
-        {
-            tracing::info!(task_id = %task.id, key = %found.0, "result found in the bucket; not downloaded again");
-            return Ok(found);
-        }
         if source.starts_with(INLINE_SOURCE) {
+            if let Some(found) = self.stored_earlier(task, index, None).await? {
+                tracing::info!(task_id = %task.id, key = %found.0, "result found in the bucket");
+                return Ok(found);
+            }
             return Err(IngestFailure::permanent(
                 JobCode::ResultsLost,
                 format!(
@@ -227,10 +231,24 @@ impl Engine {
             ));
         }
         // A temporary file, if any, is removed when dropped, whatever happens below.
-        let spooled = self
+        let spooled = match self
             .fetcher
             .download_spooled(source, self.settings.max_result_bytes)
-            .await?;
+            .await
+        {
+            Ok(spooled) => spooled,
+            Err(e) => {
+                let failure = IngestFailure::from(e);
+                if let Some(found) = self
+                    .stored_earlier(task, index, kind_of_source(source))
+                    .await?
+                {
+                    tracing::info!(task_id = %task.id, key = %found.0, error = %failure.message, "the download failed, but an earlier attempt stored the result: kept");
+                    return Ok(found);
+                }
+                return Err(failure);
+            }
+        };
         self.store_spooled(task, index, &spooled, started).await
     }
 
@@ -309,7 +327,7 @@ impl Engine {
                 crate::domain::size::human(self.settings.max_result_bytes)
             )
         } else {
-            let mut spool = SpoolWriter::new();
+            let mut spool = SpoolWriter::expecting(Some(size));
             let mut stream = object.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| reading(&BlobError::from(e)))?;
@@ -375,11 +393,20 @@ impl Engine {
             )
         })?;
         let spec = keys::generated(&task.provider, &task.id, index, info.kind);
-        let created = self
-            .blobs
-            .put_spooled(&spec, spooled, true)
-            .await
-            .map_err(|e| IngestFailure::bucket(&format!("writing {}", spec.key), &e))?;
+        let write = || async {
+            self.blobs
+                .put_spooled(&spec, spooled, true)
+                .await
+                .map_err(|e| IngestFailure::bucket(&format!("writing {}", spec.key), &e))
+        };
+        let mut created = write().await?;
+        // An object already there is an earlier attempt's, kept if it is whole; one that
+        // is not a usable image is removed and this one written in its place.
+        if created == Created::AlreadyExisted
+            && !self.complete_in_bucket(task, &spec, info.kind).await?
+        {
+            created = write().await?;
+        }
         self.metrics
             .ingested(&task.provider, size, started.elapsed());
         tracing::info!(

@@ -206,11 +206,6 @@ impl Engine {
         self.providers.names()
     }
 
-    /// The budgets and prices this engine applies.
-    pub fn budget(&self) -> &BudgetSettings {
-        &self.settings.budget
-    }
-
     pub fn has_provider(&self, name: &str) -> bool {
         self.providers.get(name).is_some()
     }
@@ -402,7 +397,6 @@ impl Engine {
             let task = new.as_queued();
             self.board.update_unless_newer(&task);
             self.events.publish(&task);
-            self.announce(&task).await;
             stored.push(task);
         }
         self.dispatch_wake.notify_one();
@@ -495,7 +489,6 @@ impl Engine {
             // Its webhook, if it asked for one, is due now.
             self.webhook_wake.notify_one();
         }
-        self.announce(task).await;
         write_record(&self.blobs, task).await;
     }
 

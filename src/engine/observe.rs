@@ -140,9 +140,12 @@ impl Engine {
         self.refresh_budget_gauges().await
     }
 
-    /// Today's budgets: the global one, what is counted against it, and how many keys have
-    /// spent theirs.
-    async fn refresh_budget_gauges(&self) -> Result<(), RepoError> {
+    /// Today's budgets (the global one and every key's with a budget `shown`), with what
+    /// is counted against each: for `/api/stats` and the budget gauges.
+    pub async fn budgets_today(
+        &self,
+        shown: impl Fn(&str) -> bool,
+    ) -> Result<crate::views::budgets::BudgetsView, RepoError> {
         let day = crate::domain::budget::CreditDay::of(super::now_ms());
         let spent: Vec<_> = self
             .repo
@@ -152,14 +155,21 @@ impl Engine {
             .map(|s| (s.scope, s.credits))
             .collect();
         let budget = &self.settings.budget;
-        let view = crate::views::budgets::budgets_view(
+        Ok(crate::views::budgets::budgets_view(
             &day,
             budget.fail_when_spent,
             budget.global_daily_credits,
             &spent,
             &self.repo.daily_budgets().await?,
-            |_| true,
-        );
+            shown,
+        ))
+    }
+
+    /// Today's budgets: the global one, what is counted against it, and how many keys have
+    /// spent theirs.
+    async fn refresh_budget_gauges(&self) -> Result<(), RepoError> {
+        let view = self.budgets_today(|_| true).await?;
+        let budget = &self.settings.budget;
         let exhausted = view
             .keys
             .iter()

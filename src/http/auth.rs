@@ -229,6 +229,35 @@ impl Auth {
         Ok(name)
     }
 
+    /// The caller of a request when that is known without waiting, its request counted
+    /// against its key's rate: authentication off, or a configured key, or one looked up
+    /// within [`KEY_CACHE_TTL`], within its rate. `None` when the request must take the
+    /// full way ([`authenticate`]), which answers it: no usable key, a key not known here
+    /// or due to be looked up again, a key over its rate. Nothing is counted then.
+    pub fn caller_at_once(&self, headers: &axum::http::HeaderMap) -> Option<Caller> {
+        if !self.required {
+            return Some(Caller(None));
+        }
+        let key = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()
+            .and_then(api_key::from_authorization)?;
+        let hash = api_key::hash(key);
+        let name = match self.configured.get(&hash) {
+            Some(name) => name.clone(),
+            None => {
+                let (name, at) = self.looked_up.get(&hash)?;
+                if at.elapsed() >= KEY_CACHE_TTL {
+                    return None;
+                }
+                name?
+            }
+        };
+        self.per_key.check_key(&name).ok()?;
+        Some(Caller(Some(name)))
+    }
+
     /// Reserves room for `count` new tasks of `caller` under the per-key cap. Hold the
     /// guard until the tasks are written, so two requests of one key cannot both pass.
     pub async fn reserve_tasks(

@@ -19,6 +19,7 @@ mod path;
 pub mod readiness;
 mod stats;
 mod status;
+mod status_polls;
 mod tasks;
 mod ui;
 mod upload;
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::middleware;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -135,6 +136,31 @@ pub fn router(state: AppState) -> Router {
     );
     // Outermost, so the time counted is the whole stack's.
     api.layer(metrics::ObserveLayer(metrics))
+}
+
+/// The API's router behind the status polls' short way ([`status_polls`]): what an API
+/// instance serves.
+pub fn with_status_polls(router: Router, state: AppState) -> status_polls::StatusPolls<Router> {
+    let cors_headers = cors(&state.config.server.cors_origins).map(same_origin_cors_headers);
+    status_polls::StatusPolls::new(router, state, cors_headers)
+}
+
+/// The headers `cors` adds to an answer to a request without `Origin`, asked of the layer
+/// itself (around a service that answers with no headers at all).
+fn same_origin_cors_headers(cors: CorsLayer) -> HeaderMap {
+    use futures::FutureExt;
+    use tower::{Layer, ServiceExt};
+    let bare = tower::service_fn(|_: Request<axum::body::Body>| async {
+        Ok::<_, std::convert::Infallible>(axum::response::Response::new(axum::body::Body::empty()))
+    });
+    let request = Request::new(axum::body::Body::empty());
+    // Around a service that is ready at once, so is the layer's answer (made at start:
+    // were that ever not so, the server would not start rather than answer unlike the
+    // full way).
+    let Some(Ok(response)) = cors.layer(bare).oneshot(request).now_or_never() else {
+        panic!("the CORS layer did not answer at once around a ready service");
+    };
+    response.headers().clone()
 }
 
 /// `/metrics` alone, for its own listener (`DARKROOM_METRICS_LISTEN`).

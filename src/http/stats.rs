@@ -16,9 +16,8 @@ use super::error::{ApiError, ErrorBody};
 use crate::AppState;
 use crate::clock::now_ms;
 use crate::domain::ErrorCode;
-use crate::domain::budget::{BudgetScope, CreditDay};
 use crate::domain::stats::StatsWindow;
-use crate::views::budgets::{BudgetsView, budgets_view};
+use crate::views::budgets::BudgetsView;
 use crate::views::stats::{StatsScope, StatsView, stats_view};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -76,22 +75,8 @@ async fn stats(
 
 /// Today's budgets: only `own`'s when set (a key that sees its own tasks only).
 async fn budgets(state: &AppState, own: Option<&str>) -> Result<BudgetsView, ApiError> {
-    let day = CreditDay::of(now_ms());
-    let spent: Vec<(BudgetScope, i64)> = state
-        .repo
-        .credit_spend(&day.name)
-        .await?
-        .into_iter()
-        .map(|s| (s.scope, s.credits))
-        .collect();
-    let key_budgets = state.repo.daily_budgets().await?;
-    let budget = state.engine.budget();
-    Ok(budgets_view(
-        &day,
-        budget.fail_when_spent,
-        budget.global_daily_credits,
-        &spent,
-        &key_budgets,
-        |key| own.is_none_or(|own| own == key),
-    ))
+    Ok(state
+        .engine
+        .budgets_today(|key| own.is_none_or(|own| own == key))
+        .await?)
 }

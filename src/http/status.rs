@@ -1,5 +1,7 @@
 //! `GET /api/task-status?taskId=…`: the original's polling endpoint, answered from the
-//! in-memory status board (filled from the database on a miss).
+//! in-memory status board (filled from the database on a miss). Polls the board can
+//! answer at once never reach this handler: [`super::status_polls`] answers them first,
+//! alike.
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -16,6 +18,10 @@ use crate::domain::ErrorCode;
 use crate::domain::TaskId;
 use crate::status::StatusEntry;
 use crate::views::CompatStatusBody;
+
+/// The route's path (its `#[utoipa::path]` spells it too); [`super::status_polls`] answers
+/// most polls before the router.
+pub(super) const STATUS_ROUTE: &str = "/api/task-status";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(task_status))
@@ -86,7 +92,7 @@ async fn task_status(
 /// The ready answer, plus `waiting` from the task's provider when a queued task is held
 /// back by it (a pause, an outage, a full create window) and has no reason of its own
 /// still ahead. Only then is the answer rebuilt; otherwise it goes out as it was cached.
-fn with_hold(state: &AppState, entry: &StatusEntry) -> bytes::Bytes {
+pub(super) fn with_hold(state: &AppState, entry: &StatusEntry) -> bytes::Bytes {
     let Some(provider) = &entry.queued_for else {
         return entry.body.clone();
     };
@@ -108,7 +114,7 @@ fn with_hold(state: &AppState, entry: &StatusEntry) -> bytes::Bytes {
     serde_json::to_vec(&body).map_or_else(|_| entry.body.clone(), bytes::Bytes::from)
 }
 
-fn json_response(body: bytes::Bytes) -> Response {
+pub(super) fn json_response(body: bytes::Bytes) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/json"),

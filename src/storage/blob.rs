@@ -105,7 +105,7 @@ impl BlobStore {
     /// Builds the store the configuration names. `server_base` is this server's public URL.
     pub fn from_config(config: &Config, server_base: Url) -> Result<Self, BlobError> {
         let mut blobs = match &config.storage.s3 {
-            Some(s3) => Self::s3(s3)?,
+            Some(s3) => Self::s3(s3, config.storage.request_timeout_secs)?,
             None => {
                 let dir = config.bucket_dir();
                 std::fs::create_dir_all(&dir).map_err(|source| BlobError::Directory {
@@ -149,11 +149,14 @@ impl BlobStore {
         }
     }
 
-    fn s3(s3: &S3Config) -> Result<Self, BlobError> {
+    /// `request_timeout`: how long one request may take, a part of an upload included
+    /// (`storage.request_timeout_secs`). A bucket that takes a connection and never
+    /// answers holds a task no longer than this before it waits and tries again.
+    fn s3(s3: &S3Config, request_timeout: Duration) -> Result<Self, BlobError> {
         let client = ClientOptions::new()
             .with_allow_http(s3.endpoint.scheme() == "http")
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(120));
+            .with_timeout(request_timeout);
         // Retries are bounded so a dead endpoint fails the start-up probe in seconds.
         let retry = RetryConfig {
             backoff: BackoffConfig::default(),
@@ -209,7 +212,7 @@ impl BlobStore {
 
     /// An S3-compatible bucket, for tests and tools.
     pub fn s3_bucket(s3: &S3Config, server_base: Url) -> Result<Self, BlobError> {
-        let mut blobs = Self::s3(s3)?;
+        let mut blobs = Self::s3(s3, Duration::from_secs(120))?;
         blobs.urls = Urls::Server(server_base);
         Ok(blobs)
     }

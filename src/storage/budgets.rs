@@ -115,12 +115,21 @@ where
     let task = reservation.task.as_str().to_owned();
     let day = reservation.day.name.clone();
     let mut tx = pool.begin().await?;
-    let held = QueryBuilder::<DB>::new("SELECT credits FROM credit_reservations WHERE task_id = ")
-        .push_bind(task.clone())
-        .build()
-        .fetch_optional(&mut *tx)
-        .await?;
-    if held.is_some() {
+    // A task is reserved once: a create tried again finds its reservation. Written first,
+    // so the transaction takes the write lock at once (SQLite) and a racing reservation of
+    // the same task waits for this one and then finds it (PostgreSQL).
+    let mut q = QueryBuilder::<DB>::new(
+        "INSERT INTO credit_reservations (task_id, day, owner, credits, at) VALUES (",
+    );
+    let mut values = q.separated(", ");
+    values.push_bind(task);
+    values.push_bind(day.clone());
+    values.push_bind(reservation.owner.map(str::to_owned));
+    values.push_bind(reservation.credits);
+    values.push_bind(reservation.now);
+    q.push(") ON CONFLICT (task_id) DO NOTHING RETURNING task_id");
+    if q.build().fetch_optional(&mut *tx).await?.is_none() {
+        tx.rollback().await?;
         return Ok(BudgetCheck::AlreadyReserved);
     }
     let mut owner_limit = 0;
@@ -137,37 +146,45 @@ where
     }
     for (scope, limit) in scopes(reservation, owner_limit) {
         let name = scope.as_str().to_owned();
-        QueryBuilder::<DB>::new("INSERT INTO credit_spend (day, scope, credits) VALUES (")
-            .push_bind(day.clone())
+        // One statement per scope: the day's count is made with this task's credits or
+        // raised by them, only while it stays within the budget (0: none).
+        let mut q =
+            QueryBuilder::<DB>::new("INSERT INTO credit_spend (day, scope, credits) SELECT ");
+        q.push_bind(day.clone())
             .push(", ")
             .push_bind(name.clone())
-            .push(", 0) ON CONFLICT (day, scope) DO NOTHING")
-            .build()
-            .execute(&mut *tx)
-            .await?;
-        let mut q = QueryBuilder::<DB>::new("UPDATE credit_spend SET credits = credits + ");
-        q.push_bind(reservation.credits)
-            .push(" WHERE day = ")
-            .push_bind(day.clone())
-            .push(" AND scope = ")
-            .push_bind(name.clone());
+            .push(", ")
+            .push_bind(reservation.credits);
         if limit > 0 {
-            q.push(" AND credits + ")
+            q.push(" WHERE ")
                 .push_bind(reservation.credits)
                 .push(" <= ")
+                .push_bind(limit);
+        } else {
+            // SQLite needs a WHERE here to read the ON CONFLICT after it as the upsert's.
+            q.push(" WHERE 1 = 1");
+        }
+        q.push(
+            " ON CONFLICT (day, scope) DO UPDATE SET credits = credit_spend.credits + excluded.credits",
+        );
+        if limit > 0 {
+            q.push(" WHERE credit_spend.credits + excluded.credits <= ")
                 .push_bind(limit);
         }
         q.push(" RETURNING credits");
         if q.build().fetch_optional(&mut *tx).await?.is_none() {
             let spent: i64 =
-                QueryBuilder::<DB>::new("SELECT credits FROM credit_spend WHERE day = ")
+                match QueryBuilder::<DB>::new("SELECT credits FROM credit_spend WHERE day = ")
                     .push_bind(day.clone())
                     .push(" AND scope = ")
                     .push_bind(name)
                     .build()
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?
-                    .try_get("credits")?;
+                {
+                    Some(row) => row.try_get("credits")?,
+                    None => 0,
+                };
             tx.rollback().await?;
             return Ok(BudgetCheck::Exceeded(BudgetExceeded {
                 scope,
@@ -178,17 +195,6 @@ where
             }));
         }
     }
-    let mut q = QueryBuilder::<DB>::new(
-        "INSERT INTO credit_reservations (task_id, day, owner, credits, at) VALUES (",
-    );
-    let mut values = q.separated(", ");
-    values.push_bind(task);
-    values.push_bind(day);
-    values.push_bind(reservation.owner.map(str::to_owned));
-    values.push_bind(reservation.credits);
-    values.push_bind(reservation.now);
-    q.push(")");
-    q.build().execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(BudgetCheck::Reserved)
 }

@@ -2,11 +2,14 @@
 //! board true and hands every event to its own streams (SSE, WebSocket, long-poll)
 //! whichever instance made the change.
 //!
-//! On PostgreSQL a change is announced with `NOTIFY darkroom_events` carrying the instance
-//! that made it, the task id and its new state; every instance's `LISTEN` connection turns
-//! the notifications into [`FeedEvent`]s. The task itself is read from the database by
-//! whoever wants it, so the notification stays small and the reader sees the committed row.
-//! SQLite is one process's file: nothing to announce, and no feed.
+//! On PostgreSQL every insert of a task and every change of its state sends
+//! `NOTIFY darkroom_events` from its own transaction (a trigger, migration
+//! `0009_change_feed.sql`), carrying the instance that made it, the task id and its new
+//! state; every instance's `LISTEN` connection turns the other instances' notifications
+//! into [`FeedEvent`]s. The notification is delivered exactly when the change commits, so
+//! an instance killed right after a change cannot keep it from the others. The task itself
+//! is read from the database by whoever wants it, so the notification stays small and the
+//! reader sees the committed row. SQLite is one process's file: no feed.
 
 use std::str::FromStr;
 
@@ -14,6 +17,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::RepoError;
+use super::repo::Task;
+
 use crate::domain::{TaskId, TaskState};
 
 /// A task moved to `state`, by the instance `origin`.
@@ -25,12 +30,7 @@ pub struct Change {
 }
 
 impl Change {
-    /// `origin task_id state`: the notification's payload.
-    pub fn payload(&self) -> String {
-        format!("{} {} {}", self.origin, self.task_id, self.state.as_str())
-    }
-
-    /// Reads a payload back; `None` for anything else.
+    /// Reads a notification's payload, `origin task_id state`; `None` for anything else.
     pub fn parse(payload: &str) -> Option<Self> {
         let mut parts = payload.split(' ');
         let (origin, task_id, state) = (parts.next()?, parts.next()?, parts.next()?);
@@ -49,23 +49,29 @@ impl Change {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedEvent {
     Changed(Change),
-    /// Notifications may have been lost (the listener reconnected, or a receiver lagged):
-    /// anything kept from earlier changes may be stale.
-    Missed,
+    /// Notifications may have been lost: the listener (re)connected, or a receiver lagged.
+    /// `since` (ms) is when the listener lost its connection; the changes committed from
+    /// then until now are read back with [`ChangeFeed::changed_since`]. `None`: nothing to
+    /// read back (the first connection), or unknown (a lag): what is kept may be stale.
+    Missed {
+        since: Option<i64>,
+    },
 }
 
 #[async_trait]
 pub trait ChangeFeed: Send + Sync + 'static {
-    /// Tells the other instances that a task changed. Nothing to do where one process owns
-    /// the database.
-    async fn announce(&self, _change: &Change) -> Result<(), RepoError> {
-        Ok(())
-    }
-
-    /// Every announced change, this instance's own included (skip your own `origin`);
-    /// `None` where one process owns the database.
+    /// Every change another process committed, in commit order (this one's own are not
+    /// delivered: it published them when it made them); `None` where one process owns the
+    /// database.
     fn changes(&self) -> Option<broadcast::Receiver<FeedEvent>> {
         None
+    }
+
+    /// Up to `limit` tasks changed at or after `since` (their `updated_at`, ms), oldest
+    /// change first: what a listener that lost its connection may have missed. Nothing where
+    /// one process owns the database.
+    async fn changed_since(&self, _since: i64, _limit: usize) -> Result<Vec<Task>, RepoError> {
+        Ok(Vec::new())
     }
 }
 
@@ -77,12 +83,21 @@ mod tests {
 
     #[test]
     fn payloads_round_trip_and_junk_is_refused() {
-        let change = Change {
-            origin: "worker-1".into(),
-            task_id: TaskId::new(),
-            state: TaskState::Succeeded,
-        };
-        assert_eq!(Change::parse(&change.payload()), Some(change));
+        let task_id = TaskId::new();
+        // As the trigger writes it.
+        let payload = format!("origin-1 {task_id} succeeded");
+        assert_eq!(
+            Change::parse(&payload),
+            Some(Change {
+                origin: "origin-1".into(),
+                task_id: task_id.clone(),
+                state: TaskState::Succeeded,
+            })
+        );
+        assert_eq!(
+            Change::parse(&format!("- {task_id} queued")).map(|c| c.origin),
+            Some("-".into())
+        );
         assert_eq!(Change::parse("worker-1 nonsense succeeded"), None);
         assert_eq!(Change::parse("a b"), None);
         assert_eq!(Change::parse(""), None);

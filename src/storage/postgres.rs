@@ -3,6 +3,7 @@
 //! (`FOR UPDATE SKIP LOCKED`), so claimers on one database never take the same task and
 //! never wait for each other.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgRepo {
     pub(super) pool: PgPool,
     wake: Arc<Notify>,
-    /// Task changes announced by every instance (this one's too), from the listener.
+    /// Task changes committed by other processes, from the listener.
     pub(super) changes: tokio::sync::broadcast::Sender<super::feed::FeedEvent>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -42,17 +43,27 @@ impl PgRepo {
     /// (`migrations/postgres`; instances starting together take turns under sqlx's
     /// advisory lock).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RepoError> {
+        // Every connection names this process as the origin of the task changes it
+        // commits (the change trigger announces them with it), so the listener can tell
+        // them from other instances' changes.
+        let origin = format!("pool-{}", uuid::Uuid::now_v7().simple());
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?
+            .options([(super::postgres_wake::ORIGIN_SETTING, origin.as_str())]);
         let pool = PgPoolOptions::new()
             // One more than asked: the queue listener keeps one for itself.
             .max_connections(max_connections.saturating_add(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let wake = Arc::new(Notify::new());
         let (changes, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
-        let listener =
-            super::postgres_wake::spawn_listener(pool.clone(), wake.clone(), changes.clone());
+        let listener = super::postgres_wake::spawn_listener(
+            pool.clone(),
+            origin,
+            wake.clone(),
+            changes.clone(),
+        );
         Ok(Self {
             pool,
             wake,
@@ -72,7 +83,7 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-fn as_limit(n: usize) -> i64 {
+pub(super) fn as_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -91,12 +102,34 @@ pub(super) async fn claim_queued_on(
     // holds are locked and taken. Locking every candidate instead would write a lock
     // into each queued row on every claim. A claimer racing another may take fewer than
     // `limit` (the rest are locked by the other); it comes back on its next round.
+    // As on SQLite, only each owner's first few are ranked: owners by a skip scan of the
+    // `tasks_claim` index, each owner's tasks by a walk of it (the ownerless ones apart:
+    // `owner = NULL` matches nothing, and `IS NOT DISTINCT FROM` uses no index).
     let rows = sqlx::query(
-        "WITH ranked AS (
+        "WITH RECURSIVE owners(owner) AS (
+             SELECT MIN(owner) FROM tasks
+             WHERE state = 'queued' AND provider = $1 AND owner IS NOT NULL
+             UNION ALL
+             SELECT (SELECT MIN(t.owner) FROM tasks t
+                     WHERE t.state = 'queued' AND t.provider = $1 AND t.owner > owners.owner)
+             FROM owners WHERE owners.owner IS NOT NULL
+         ), candidates AS (
+             (SELECT id, priority, created_at, owner FROM tasks
+              WHERE state = 'queued' AND provider = $1 AND owner IS NULL AND run_at <= $2
+              ORDER BY priority DESC, created_at ASC, id ASC LIMIT $3)
+             UNION ALL
+             SELECT c.id, c.priority, c.created_at, c.owner
+             FROM owners CROSS JOIN LATERAL (
+                 SELECT id, priority, created_at, owner FROM tasks
+                 WHERE state = 'queued' AND provider = $1 AND owner = owners.owner
+                   AND run_at <= $2
+                 ORDER BY priority DESC, created_at ASC, id ASC LIMIT $3) c
+             WHERE owners.owner IS NOT NULL
+         ), ranked AS (
              SELECT id, priority, created_at,
                     ROW_NUMBER() OVER (PARTITION BY COALESCE(owner, '')
                                        ORDER BY priority DESC, created_at ASC, id ASC) AS owner_rank
-             FROM tasks WHERE state = 'queued' AND provider = $1 AND run_at <= $2
+             FROM candidates
          ), wanted AS (
              SELECT id, priority, owner_rank, created_at FROM ranked
              ORDER BY priority DESC, owner_rank ASC, created_at ASC, id ASC

@@ -71,7 +71,7 @@ impl BatchRepo for SqliteRepo {
         if let Some(before) = before {
             q.push(" AND id < ").push_bind(before);
         }
-        q.push(" ORDER BY id DESC LIMIT ")
+        q.push(" ORDER BY id DESC LIMIT +")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(batch_from_row).collect()

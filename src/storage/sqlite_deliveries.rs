@@ -20,7 +20,7 @@ impl DeliveryRepo for SqliteRepo {
              JOIN tasks t ON t.id = d.task_id
              WHERE d.state = 'pending' AND d.run_at <= ?
                AND t.state IN ('succeeded', 'failed', 'canceled', 'expired')
-             ORDER BY d.run_at LIMIT ?",
+             ORDER BY d.run_at LIMIT +?",
         )
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -188,7 +188,7 @@ impl IdempotencyRepo for SqliteRepo {
     ) -> Result<u64, RepoError> {
         let gone = sqlx::query(
             "DELETE FROM idempotency_keys WHERE rowid IN
-                 (SELECT rowid FROM idempotency_keys WHERE expires_at <= ? LIMIT ?)",
+                 (SELECT rowid FROM idempotency_keys WHERE expires_at <= ? LIMIT +?)",
         )
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -248,3 +248,27 @@ where
     }
     Ok(tally.into_stats(stages))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index that makes the unfinished tasks of a window cheap to find is partial: the
+    /// planner uses it only when the query's `state IN (…)` is the index's own predicate.
+    #[test]
+    fn the_unfinished_index_lists_the_states_the_statistics_ask_for() {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new("");
+        push_unfinished(&mut q);
+        let asked = q.sql().as_str().trim().to_owned();
+        for migration in [
+            include_str!("../../migrations/sqlite/0015_unfinished_index.sql"),
+            include_str!("../../migrations/postgres/0008_unfinished_index.sql"),
+        ] {
+            let predicate = migration
+                .split_once("WHERE ")
+                .map(|(_, p)| p.trim().trim_end_matches(';'))
+                .expect("a partial index");
+            assert_eq!(predicate, asked);
+        }
+    }
+}

@@ -7,8 +7,8 @@
 //! budgets and spend. The repository's side is the contract suite
 //! (`storage::contract::budgets`, on SQLite and PostgreSQL in `queue`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::process::Command;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -21,14 +21,16 @@ const BOB: &str = "dk_budget_bob_0123456789abcdefgh";
 /// What the simulator bills per image, and darkroom's default KIE estimate.
 const CREDITS: i64 = 4;
 
-/// Runs `darkroom ARGS` on the app's database; its standard output.
-fn cli(app: &TestApp, args: &[&str]) -> String {
+/// Runs `darkroom ARGS` on the app's database; its standard output. Awaited, not waited
+/// for blocking: the app runs on the test's runtime and must go on while the command runs.
+async fn cli(app: &TestApp, args: &[&str]) -> String {
     let output = Command::new(BIN)
         .args(args)
         .env("DARKROOM_DATA_DIR", app.dir.path())
         .env("DARKROOM_LOG", "warn")
         .current_dir(app.dir.path())
         .output()
+        .await
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -116,7 +118,7 @@ async fn a_key_budget_reached_mid_batch_holds_the_rest_until_it_is_raised() {
         ("DARKROOM_KIE_QUERIES_PER_SECOND", "0".to_owned()),
     ]);
     let app = spawn_app_env(&env).await;
-    let set = cli(&app, &["keys", "budget", "alice", "--daily-credits", "12"]);
+    let set = cli(&app, &["keys", "budget", "alice", "--daily-credits", "12"]).await;
     assert!(set.contains("12 credits per UTC day"), "{set}");
 
     // Alice's six tasks cost 24 credits against her 12; Bob has no budget of his own.
@@ -191,7 +193,7 @@ async fn a_key_budget_reached_mid_batch_holds_the_rest_until_it_is_raised() {
     assert_eq!(metric(&metrics, "darkroom_budget_keys_exhausted "), 1.0);
 
     // Raised, the budget lets the waiting tasks go at once (not at midnight).
-    let raised = cli(&app, &["keys", "budget", "alice", "--daily-credits", "24"]);
+    let raised = cli(&app, &["keys", "budget", "alice", "--daily-credits", "24"]).await;
     assert!(raised.contains("3 waiting tasks"), "{raised}");
     let done = wait_tasks(&app, ALICE, &alice, Duration::from_secs(30), |all| {
         count(all, "succeeded") == 6
@@ -199,7 +201,7 @@ async fn a_key_budget_reached_mid_batch_holds_the_rest_until_it_is_raised() {
     .await;
     assert!(done.iter().all(|t| t["error"].is_null()), "{done:#?}");
     assert_eq!(sim.sim.stats().created, 8);
-    let listed = cli(&app, &["keys", "list"]);
+    let listed = cli(&app, &["keys", "list"]).await;
     assert!(listed.contains("alice\t24 credits/day"), "{listed}");
     let (_, own) = app
         .send(Method::GET, "/api/stats?window=1h", Some(ALICE), None)

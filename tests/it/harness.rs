@@ -24,6 +24,8 @@ pub struct TestApp {
     pub base: String,
     pub events: Arc<darkroom::events::EventBus>,
     pub engine: Arc<darkroom::engine::Engine>,
+    /// The status board the status path answers from.
+    pub board: Arc<darkroom::status::StatusBoard>,
     pub repo: Arc<dyn darkroom::storage::TaskRepo>,
     pub http: reqwest::Client,
     pub blobs: BlobStore,
@@ -81,6 +83,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) ->
     let sim = app.simulator.clone();
     let events = app.state.engine.events().clone();
     let engine = app.state.engine.clone();
+    let board = app.state.board.clone();
     let repo = app.state.repo.clone();
     let gemini_sim = app.gemini_simulator.clone();
     let sqlite = app.sqlite.clone();
@@ -91,6 +94,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) ->
         base: format!("http://{addr}"),
         events,
         engine,
+        board,
         repo,
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         blobs,

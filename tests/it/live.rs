@@ -75,6 +75,28 @@ impl SseReader {
         }
     }
 
+    /// The ids of the tasks whose end (a terminal event) the stream carries within `wait`,
+    /// in order, until `distinct` different tasks have ended.
+    async fn ends_within(&mut self, wait: Duration, distinct: usize) -> Vec<String> {
+        let mut ends = Vec::new();
+        let mut seen = HashSet::new();
+        let _ = tokio::time::timeout(wait, async {
+            while seen.len() < distinct {
+                let message = self.next().await;
+                if terminal(&message.data) {
+                    let id = message.data["taskId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.insert(id.clone());
+                    ends.push(id);
+                }
+            }
+        })
+        .await;
+        ends
+    }
+
     /// Reads until every task in `ids` has had a terminal event; returns all task events.
     async fn until_terminal(&mut self, ids: &HashSet<String>, timeout: Duration) -> Vec<Sse> {
         let mut done = HashSet::new();
@@ -578,6 +600,70 @@ async fn changes_made_by_another_instance_reach_this_ones_streams_and_status() {
         ids.len(),
         events.len()
     );
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Instance A's connection to PostgreSQL (its listener too) cut off for 6 s while
+/// instance B finishes tasks: once A listens again it reads back the tasks changed
+/// meanwhile, and its SSE stream carries every task's end, those that ended during the cut
+/// included (their notifications went to nobody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_the_listener_was_cut_off_reach_the_streams_after() {
+    let db = crate::harness::fresh_postgres().await;
+    let url = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let relay = crate::harness::Outage::start(&target).await;
+    let mut through = url.clone();
+    through.set_port(Some(relay.addr.port())).unwrap();
+    let through = through.to_string();
+    let a = spawn_app(&[
+        ("DARKROOM_DATABASE_URL", through.as_str()),
+        ("DARKROOM_ROLES", "api"),
+    ])
+    .await;
+    let b = spawn_app(&[
+        ("DARKROOM_DATABASE_URL", db.url.as_str()),
+        ("DARKROOM_SIM_LATENCY_MS", "1000-9000"),
+    ])
+    .await;
+    let mut on_a = SseReader::open(&a, &a.http, "", None).await;
+    let ids = b.generate_many(8, json!({})).await;
+    relay.down();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ended_in_the_cut = b
+        .task_views(&ids)
+        .await
+        .iter()
+        .filter(|v| terminal(v))
+        .count();
+    relay.up();
+    assert!(
+        ended_in_the_cut > 0,
+        "no task ended while A was cut off: the test shows nothing"
+    );
+
+    let ended: HashSet<String> = on_a
+        .ends_within(Duration::from_secs(60), ids.len())
+        .await
+        .into_iter()
+        .collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !ended.contains(*id)).collect();
+    // Nothing is told twice: a change both read back and announced after the cut is
+    // published once.
+    let twice = on_a.ends_within(Duration::from_secs(2), usize::MAX).await;
+    println!(
+        "A cut off from PostgreSQL for 6 s: {} of {} tasks ended on B meanwhile; A's stream carried {} ends after it listened again, {} twice",
+        ended_in_the_cut,
+        ids.len(),
+        ended.len(),
+        twice.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "ends that never reached A's stream: {missing:?}"
+    );
+    assert!(twice.is_empty(), "ends told twice: {twice:?}");
     b.stop().await;
     a.stop().await;
 }

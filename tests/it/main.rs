@@ -41,6 +41,7 @@ mod shared_limits;
 mod slow_clients;
 mod ssrf;
 mod stats;
+mod status_polls;
 mod storage;
 mod storage_faults;
 mod storage_faults_bucket;

@@ -151,6 +151,123 @@ async fn postgres_inserts_wake_other_instances() {
     );
 }
 
+/// Every task change is announced from the transaction that makes it (the change
+/// trigger): another instance hears each insert and state change it committed, never one
+/// rolled back, and an instance does not hear its own. A change made from outside darkroom
+/// (psql) is announced with the origin `-` to everyone.
+#[tokio::test]
+async fn postgres_task_changes_are_announced_by_their_own_transactions() {
+    use darkroom::domain::TaskState;
+    use darkroom::storage::{ChangeFeed, FeedEvent, TaskUpdate};
+    use sqlx::Connection;
+    use tokio::sync::broadcast::Receiver;
+
+    /// The next change on `feed` (skipping the listener's `Missed` at connect), or `None`
+    /// after `wait`.
+    async fn next_change(
+        feed: &mut Receiver<FeedEvent>,
+        wait: Duration,
+    ) -> Option<darkroom::storage::Change> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, feed.recv()).await {
+                Ok(Ok(FeedEvent::Changed(change))) => return Some(change),
+                Ok(Ok(FeedEvent::Missed { .. })) => {}
+                Ok(Err(e)) => panic!("the feed failed: {e}"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    let db = fresh_postgres().await;
+    let one = PgRepo::connect(&db.url, 2).await.unwrap();
+    let two = PgRepo::connect(&db.url, 2).await.unwrap();
+    let mut on_one = one.changes().expect("PostgreSQL has a feed");
+    let mut on_two = two.changes().expect("PostgreSQL has a feed");
+
+    // The listeners connect in the background: insert until two hears one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let task = loop {
+        let task = new_task(None, 0, 1);
+        one.insert(std::slice::from_ref(&task)).await.unwrap();
+        if let Some(change) = next_change(&mut on_two, Duration::from_millis(200)).await {
+            assert_eq!(
+                (change.task_id, change.state),
+                (task.id.clone(), TaskState::Queued)
+            );
+            break task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two heard no insert within 10 s"
+        );
+    };
+    while next_change(&mut on_two, Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+
+    let running = TaskUpdate {
+        state: Some(TaskState::Running),
+        ..TaskUpdate::default()
+    };
+    let moved = one
+        .update(&task.id, TaskState::Queued, None, &running, 2)
+        .await
+        .unwrap();
+    assert!(moved.is_some());
+    let change = next_change(&mut on_two, Duration::from_secs(5))
+        .await
+        .expect("two hears the change");
+    assert_eq!(
+        (&change.task_id, change.state),
+        (&task.id, TaskState::Running)
+    );
+    assert!(change.origin.starts_with("pool-"), "{change:?}");
+
+    // An update that leaves the state as it was announces nothing; one rolled back neither.
+    let touch = TaskUpdate {
+        run_at: Some(9),
+        ..TaskUpdate::default()
+    };
+    one.update(&task.id, TaskState::Running, None, &touch, 3)
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("UPDATE tasks SET state = 'failed' WHERE id = $1")
+        .bind(task.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        next_change(&mut on_two, Duration::from_millis(500)).await,
+        None
+    );
+
+    // Made from outside: origin `-`, heard by both.
+    sqlx::query("UPDATE tasks SET state = 'succeeded' WHERE id = $1")
+        .bind(task.id.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for feed in [&mut on_one, &mut on_two] {
+        let change = next_change(feed, Duration::from_secs(5))
+            .await
+            .expect("a change made in psql is heard");
+        assert_eq!(
+            (change.origin.as_str(), change.state),
+            ("-", TaskState::Succeeded)
+        );
+    }
+    // And one heard none of its own inserts and changes before it.
+    assert_eq!(
+        next_change(&mut on_one, Duration::from_millis(300)).await,
+        None
+    );
+}
+
 /// PostgreSQL's own refusals are storage faults like SQLite's: a read-only transaction
 /// (a standby, or read-only mode) is `read_only`, a server that refuses connections is
 /// `unavailable`.

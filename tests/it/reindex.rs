@@ -4,8 +4,8 @@
 //! database's newer rows are never overwritten.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::process::Command;
 
 use serde_json::{Value, json};
 
@@ -50,8 +50,9 @@ async fn wait_state(app: &TestApp, id: &str, state: &str) {
     }
 }
 
-/// Runs `darkroom reindex` on `dir` with `env`; its exit code and stdout.
-fn run_reindex(dir: &std::path::Path, env: &[(&str, String)]) -> (i32, String) {
+/// Runs `darkroom reindex` on `dir` with `env`; its exit code and stdout. Awaited: an app
+/// on the test's runtime goes on while it runs.
+async fn run_reindex(dir: &std::path::Path, env: &[(&str, String)]) -> (i32, String) {
     let output = Command::new(BIN)
         .args(["reindex", "--quiet", "--data-dir"])
         .arg(dir)
@@ -59,6 +60,7 @@ fn run_reindex(dir: &std::path::Path, env: &[(&str, String)]) -> (i32, String) {
         .env("DARKROOM_LOG", "warn")
         .current_dir(dir)
         .output()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     print!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
@@ -150,14 +152,14 @@ async fn rebuilt_database_answers_as_before(env: Vec<(&'static str, String)>) {
     for name in ["darkroom.db", "darkroom.db-wal", "darkroom.db-shm"] {
         let _ = std::fs::remove_file(dir.path().join(name));
     }
-    let (code, stdout) = run_reindex(dir.path(), &env);
+    let (code, stdout) = run_reindex(dir.path(), &env).await;
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(line(&stdout, "records read:"), 6);
     assert_eq!(line(&stdout, "tasks added:"), 6);
     assert_eq!(line(&stdout, "already present:"), 0);
     assert_eq!(line(&stdout, "unreadable records:"), 0);
     // Twice: nothing more.
-    let (code, stdout) = run_reindex(dir.path(), &env);
+    let (code, stdout) = run_reindex(dir.path(), &env).await;
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(line(&stdout, "tasks added:"), 0);
     assert_eq!(line(&stdout, "already present:"), 6);
@@ -246,7 +248,7 @@ async fn reindex_on_a_live_database_only_adds_what_is_missing() {
         .await
         .unwrap();
 
-    let (code, stdout) = run_reindex(app.dir.path(), &[]);
+    let (code, stdout) = run_reindex(app.dir.path(), &[]).await;
     assert_eq!(code, 4, "an unreadable record is reported: {stdout}");
     assert_eq!(line(&stdout, "records read:"), 4);
     assert_eq!(line(&stdout, "tasks added:"), 1);
@@ -320,7 +322,7 @@ async fn a_restored_queued_task_runs_and_a_restored_submitting_one_is_not_sent_a
     for name in ["darkroom.db", "darkroom.db-wal", "darkroom.db-shm"] {
         let _ = std::fs::remove_file(dir.path().join(name));
     }
-    let (code, stdout) = run_reindex(dir.path(), &[]);
+    let (code, stdout) = run_reindex(dir.path(), &[]).await;
     assert_eq!((code, line(&stdout, "tasks added:")), (0, 3), "{stdout}");
 
     // A fresh simulator: every create it sees is counted.
@@ -391,11 +393,11 @@ async fn a_lost_batch_row_is_rebuilt_from_its_tasks_records() {
     for name in ["darkroom.db", "darkroom.db-wal", "darkroom.db-shm"] {
         let _ = std::fs::remove_file(dir.path().join(name));
     }
-    let (code, stdout) = run_reindex(dir.path(), &[]);
+    let (code, stdout) = run_reindex(dir.path(), &[]).await;
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(line(&stdout, "tasks added:"), 3);
     assert_eq!(line(&stdout, "batches added:"), 1);
-    let (code, stdout) = run_reindex(dir.path(), &[]);
+    let (code, stdout) = run_reindex(dir.path(), &[]).await;
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(line(&stdout, "batches added:"), 0);
 

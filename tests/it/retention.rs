@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::process::Command;
 
 use darkroom::domain::TaskId;
 use darkroom::storage::BlobStore;
@@ -130,8 +130,9 @@ async fn bucket(blobs: &BlobStore) -> BTreeSet<String> {
     keys
 }
 
-/// Runs `darkroom gc ARGS` on `dir` with `env`; its exit code and stdout.
-fn run_gc(dir: &Path, env: &[(&str, String)], args: &[&str]) -> (i32, String) {
+/// Runs `darkroom gc ARGS` on `dir` with `env`; its exit code and stdout. Awaited: an app
+/// on the test's runtime goes on while it runs.
+async fn run_gc(dir: &Path, env: &[(&str, String)], args: &[&str]) -> (i32, String) {
     let output = Command::new(BIN)
         .arg("gc")
         .args(args)
@@ -141,6 +142,7 @@ fn run_gc(dir: &Path, env: &[(&str, String)], args: &[&str]) -> (i32, String) {
         .env("DARKROOM_LOG", "warn")
         .current_dir(dir)
         .output()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     print!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
@@ -217,11 +219,11 @@ async fn gc_deletes_only_old_finished_tasks(env: Vec<(&'static str, String)>) {
     }
 
     // No retention period: refused.
-    let (code, _) = run_gc(dir.path(), &env, &["--dry-run"]);
+    let (code, _) = run_gc(dir.path(), &env, &["--dry-run"]).await;
     assert_eq!(code, 1);
     let mut days = env.clone();
     days.push(("DARKROOM_RETENTION_DAYS", "30".into()));
-    let (code, dry) = run_gc(dir.path(), &days, &["--dry-run"]);
+    let (code, dry) = run_gc(dir.path(), &days, &["--dry-run"]).await;
     assert_eq!(code, 0, "{dry}");
     assert_eq!(line(&dry, "tasks would be deleted:"), "2");
     assert_eq!(line(&dry, "batches would be deleted:"), "1");
@@ -243,7 +245,7 @@ async fn gc_deletes_only_old_finished_tasks(env: Vec<(&'static str, String)>) {
     );
     assert_eq!(bucket(&blobs).await, before, "a dry run deletes nothing");
 
-    let (code, done) = run_gc(dir.path(), &days, &[]);
+    let (code, done) = run_gc(dir.path(), &days, &[]).await;
     assert_eq!(code, 0, "{done}");
     let facts = |out: &str| -> Vec<String> {
         out.lines()
@@ -264,7 +266,7 @@ async fn gc_deletes_only_old_finished_tasks(env: Vec<(&'static str, String)>) {
         assert!(after.contains(kept.as_str()), "{kept}");
     }
     // Twice: nothing more.
-    let (code, again) = run_gc(dir.path(), &days, &["--days", "30"]);
+    let (code, again) = run_gc(dir.path(), &days, &["--days", "30"]).await;
     assert_eq!(code, 0, "{again}");
     assert_eq!(line(&again, "tasks deleted:"), "0");
     assert_eq!(line(&again, "uploads deleted:"), "0 (0 bytes)");

@@ -688,16 +688,26 @@ async fn cors_only_for_listed_origins_and_page_headers() {
 async fn keys_made_with_the_cli_authenticate() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/keys.db", dir.path().display());
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
+    // Each command's output, with how long it took in its stderr. The command is awaited,
+    // never waited for blocking: the server runs on this test's runtime, and a blocked
+    // runtime leaves a transaction the server has open stuck, so the command's write waits
+    // out SQLite's busy timeout and fails with "database is locked".
+    let run = async |args: &[&str]| {
+        let started = Instant::now();
+        let mut output = tokio::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
             .args(args)
             .env("DARKROOM_DATABASE_URL", &db)
             .env("DARKROOM_DATA_DIR", dir.path())
             .env("DARKROOM_LOG", "warn")
             .output()
-            .unwrap()
+            .await
+            .unwrap();
+        output
+            .stderr
+            .extend(format!("[took {:?}]", started.elapsed()).into_bytes());
+        output
     };
-    let created = run(&["keys", "create", "carol"]);
+    let created = run(&["keys", "create", "carol"]).await;
     assert!(created.status.success(), "{created:?}");
     let stdout = String::from_utf8(created.stdout).unwrap();
     let key = stdout
@@ -705,9 +715,9 @@ async fn keys_made_with_the_cli_authenticate() {
         .find(|l| l.starts_with("dk_"))
         .expect("the key is printed")
         .to_owned();
-    let again = run(&["keys", "create", "carol"]);
+    let again = run(&["keys", "create", "carol"]).await;
     assert!(!again.status.success());
-    let listed = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
+    let listed = String::from_utf8(run(&["keys", "list"]).await.stdout).unwrap();
     assert!(
         listed.contains("carol") && !listed.contains(&key),
         "{listed}"
@@ -738,7 +748,7 @@ async fn keys_made_with_the_cli_authenticate() {
         )
         .await;
     assert_eq!(code, 404);
-    let revoked = run(&["keys", "revoke", "carol"]);
+    let revoked = run(&["keys", "revoke", "carol"]).await;
     assert!(revoked.status.success(), "{revoked:?}");
     // docs/SECURITY.md ("API keys"): a revoked key stops working within 30 s on running servers (its cached
     // lookup lives that long); this server saw the key a moment ago. `since` is taken after

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::harness::{TestApp, alone, noisy_png, png, spawn_app, spawn_app_in, spawn_sim};
+use crate::harness::{TestApp, TestSim, alone, noisy_png, png, spawn_app, spawn_app_in, spawn_sim};
 use darkroom::domain::image::{ImageLimits, inspect};
 use darkroom::domain::{TaskId, TaskState};
 use darkroom::providers::sim::KieSimConfig;
@@ -714,6 +714,120 @@ async fn sim_result_urls(http: &reqwest::Client, sim: &str, provider_id: &str) -
     }
 }
 
+/// What an ingest stopped after its write leaves behind: task `id`'s first result in the
+/// bucket under its key, whole or (`whole` false) cut to half, and the task moved from
+/// `submitted` to `ingesting` with the result URLs, due now, as the reconciler moves it on
+/// the provider's success.
+struct LeftInBucket {
+    id: TaskId,
+    key: String,
+    urls: Vec<String>,
+    /// The whole image, as the provider serves it.
+    bytes: bytes::Bytes,
+    /// How many bytes the object holds.
+    written: usize,
+}
+
+async fn leave_result_in_bucket(
+    app: &TestApp,
+    sim_base: &str,
+    id: &str,
+    whole: bool,
+) -> LeftInBucket {
+    let id = TaskId::parse(id).unwrap();
+    let task = app.repo.get(&id).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Submitted, "{task:?}");
+    let provider_id = task.provider_task_id.clone().unwrap();
+    let urls = sim_result_urls(&app.http, sim_base, &provider_id).await;
+    let bytes = app
+        .http
+        .get(&urls[0])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let kind = inspect(&bytes, ImageLimits::default()).unwrap().kind;
+    let spec = keys::generated(&task.provider, &task.id, 0, kind);
+    let object = if whole {
+        bytes.clone()
+    } else {
+        bytes.slice(..bytes.len() / 2)
+    };
+    app.blobs.put_create(&spec, object.clone()).await.unwrap();
+    let now = darkroom::engine::now_ms();
+    let ingesting = TaskUpdate {
+        state: Some(TaskState::Ingesting),
+        result_source_urls: Some(urls.clone()),
+        run_at: Some(now),
+        ..TaskUpdate::default()
+    };
+    let moved = app
+        .repo
+        .update(&task.id, TaskState::Submitted, None, &ingesting, now)
+        .await
+        .unwrap();
+    assert!(moved.is_some());
+    LeftInBucket {
+        id,
+        key: spec.key,
+        urls,
+        bytes,
+        written: object.len(),
+    }
+}
+
+/// Two tasks at `submitted` on an app with its workers off, each with its result left in
+/// the bucket by [`leave_result_in_bucket`] (the first whole, the second cut short), from a
+/// simulator that sends no callbacks. `env` is what the app runs with but
+/// `DARKROOM_WORKERS=false` (for a restart with workers); first polls wait 10 minutes, so
+/// the tasks stay at `submitted` until the test moves them.
+struct ResultsLeft {
+    sim: TestSim,
+    env: Vec<(&'static str, String)>,
+    app: TestApp,
+    ids: Vec<String>,
+    left: Vec<LeftInBucket>,
+}
+
+async fn results_left_in_bucket() -> ResultsLeft {
+    let sim = spawn_sim(KieSimConfig {
+        latency_ms: (20, 60),
+        drop_rate: 1.0,
+        ..KieSimConfig::default()
+    })
+    .await;
+    let mut env = sim.kie_env();
+    env.push(("DARKROOM_FIRST_POLL_MS", "600000".to_owned()));
+    let mut first = env.clone();
+    first.push(("DARKROOM_WORKERS", "false".to_owned()));
+    let first: Vec<(&str, &str)> = first.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = spawn_app(&first).await;
+    let ids = app.generate_from_upload(2, json!({})).await;
+    app.engine.run_pending().await.unwrap();
+    let sim_base = format!("http://{}", sim.addr);
+    let mut left = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let one = leave_result_in_bucket(&app, &sim_base, id, n == 0).await;
+        println!(
+            "task {}: result of {} bytes under {} ({} bytes written there)",
+            one.id,
+            one.bytes.len(),
+            one.key,
+            one.written
+        );
+        left.push(one);
+    }
+    ResultsLeft {
+        sim,
+        env,
+        app,
+        ids,
+        left,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_ingest_completes_from_the_bucket_when_urls_expired() {
     let Some(_exclusive) =
@@ -723,74 +837,16 @@ async fn after_a_restart_ingest_completes_from_the_bucket_when_urls_expired() {
     };
     // No callbacks and no early polls: the tasks wait at `submitted` until the test moves
     // them, as an ingest that stored their results and then stopped would have left them.
-    let sim = spawn_sim(KieSimConfig {
-        latency_ms: (20, 60),
-        drop_rate: 1.0,
-        ..KieSimConfig::default()
-    })
-    .await;
-    let mut env = sim.kie_env();
-    env.push(("DARKROOM_FIRST_POLL_MS", "600000".to_owned()));
-    let mut first_env = env.clone();
-    first_env.push(("DARKROOM_WORKERS", "false".to_owned()));
-    let first: Vec<(&str, &str)> = first_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let app = spawn_app(&first).await;
-    let ids = app.generate_from_upload(2, json!({})).await;
-    app.engine.run_pending().await.unwrap();
-    let sim_base = format!("http://{}", sim.addr);
-    let mut written = Vec::new();
-    for (n, id) in ids.iter().enumerate() {
-        let id = TaskId::parse(id).unwrap();
-        let task = app.repo.get(&id).await.unwrap().unwrap();
-        assert_eq!(task.state, TaskState::Submitted, "{task:?}");
-        let provider_id = task.provider_task_id.clone().unwrap();
-        let urls = sim_result_urls(&app.http, &sim_base, &provider_id).await;
-        let bytes = app
-            .http
-            .get(&urls[0])
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let kind = inspect(&bytes, ImageLimits::default()).unwrap().kind;
-        let spec = keys::generated(&task.provider, &task.id, 0, kind);
-        // The first task's result was stored whole; the second's object is cut short (no
-        // write of ours leaves one, but something may): it must not be taken for a result.
-        let stored = if n == 0 {
-            bytes.clone()
-        } else {
-            bytes.slice(..bytes.len() / 2)
-        };
-        app.blobs.put_create(&spec, stored.clone()).await.unwrap();
-        let moved = app
-            .repo
-            .update(
-                &task.id,
-                TaskState::Submitted,
-                None,
-                // What the reconciler sets on the provider's success: due for ingest now.
-                &TaskUpdate {
-                    state: Some(TaskState::Ingesting),
-                    result_source_urls: Some(urls.clone()),
-                    run_at: Some(darkroom::engine::now_ms()),
-                    ..TaskUpdate::default()
-                },
-                darkroom::engine::now_ms(),
-            )
-            .await
-            .unwrap();
-        assert!(moved.is_some());
-        println!(
-            "task {id}: result {} of {} bytes under {} ({} bytes written there)",
-            kind.extension(),
-            bytes.len(),
-            spec.key,
-            stored.len()
-        );
-        written.push((id, spec.key, urls));
-    }
+    // The first task's result was stored whole; the second's object is cut short (no write
+    // of ours leaves one, but something may): it must not be taken for a result.
+    let ResultsLeft {
+        sim,
+        env,
+        app,
+        ids,
+        left,
+    } = results_left_in_bucket().await;
+    let written: Vec<_> = left.into_iter().map(|l| (l.id, l.key, l.urls)).collect();
     let expired = sim.sim.expire_results();
     let status_after_expiry = app
         .http
@@ -844,6 +900,40 @@ async fn after_a_restart_ingest_completes_from_the_bucket_when_urls_expired() {
     Audit::take(&app, Some(&bucket_dir), &ids, &uploads)
         .await
         .print_and_check("restart with results already stored");
+}
+
+/// An earlier attempt's object under a result's key (darkroom stopped after the write,
+/// before recording it) while the provider's URL still works: each result is downloaded
+/// once and the create-only write finds the object there; a whole one is kept, one cut
+/// short is replaced by the downloaded image. Either way the task succeeds with its one
+/// key holding the whole image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_attempts_object_is_kept_when_whole_and_replaced_when_cut_short() {
+    let ResultsLeft { sim, app, left, .. } = results_left_in_bucket().await;
+    let written: Vec<_> = left.into_iter().map(|l| (l.id, l.key, l.bytes)).collect();
+    let served_before = sim.sim.stats().files_served;
+    app.engine.run_pending().await.unwrap();
+    let downloads = sim.sim.stats().files_served - served_before;
+    for (n, (id, key, bytes)) in written.iter().enumerate() {
+        let task = app.repo.get(id).await.unwrap().unwrap();
+        let stored = app.blobs.get_bytes(key).await.unwrap();
+        println!(
+            "{}: {} with keys {:?}; {key} holds {} of {} bytes",
+            if n == 0 {
+                "whole object left"
+            } else {
+                "cut-short object left"
+            },
+            task.state,
+            task.result_keys,
+            stored.len(),
+            bytes.len()
+        );
+        assert_eq!(task.state, TaskState::Succeeded, "{:?}", task.error_message);
+        assert_eq!(task.result_keys, std::slice::from_ref(key));
+        assert_eq!(stored, *bytes, "the object under {key} is the whole image");
+    }
+    assert_eq!(downloads, 2, "each result downloaded once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -917,7 +1007,7 @@ async fn after_a_restart_a_gemini_task_completes_from_the_bucket_only_with_every
         partial["status"],
         partial["errorCode"],
         if app.blobs.exists(&keys_written[1]).await.unwrap() {
-            "is left"
+            "is still there (removed after the failure is recorded)"
         } else {
             "was removed"
         }
@@ -926,7 +1016,13 @@ async fn after_a_restart_a_gemini_task_completes_from_the_bucket_only_with_every
     assert_eq!(whole["resultUrls"].as_array().unwrap().len(), 1);
     assert_eq!(partial["status"], "failed", "{partial}");
     assert_eq!(partial["errorCode"], "results_lost", "{partial}");
-    assert!(!app.blobs.exists(&keys_written[1]).await.unwrap());
+    // The failure is recorded first, then the image it had stored is removed.
+    wait_until(
+        "the partial image removed",
+        Duration::from_secs(10),
+        || async { !app.blobs.exists(&keys_written[1]).await.unwrap() },
+    )
+    .await;
     let bucket_dir = app.dir.path().join("bucket");
     let uploads = app.blobs.list("uploads").await.unwrap();
     wait_until("task records", Duration::from_secs(10), || async {

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod batches;
 pub mod budgets;
+pub mod claim_order;
 pub mod copy;
 pub mod deliveries;
 pub mod failover;
@@ -74,6 +75,7 @@ macro_rules! repo_contract_tests {
                 tasks::claims_by_priority_then_age,
                 tasks::claims_are_per_provider_and_bounded,
                 tasks::one_owners_big_batch_does_not_starve_another,
+                claim_order::claims_follow_the_ranking_of_the_whole_queue,
                 tasks::queue_positions_follow_the_claim_order,
                 tasks::backoff_keeps_a_task_out_of_claims_until_its_time,
                 tasks::guarded_update_changes_nothing_when_the_state_differs,

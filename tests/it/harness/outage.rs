@@ -6,9 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// How long the relay waits for the real server to take a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Outage {
     pub addr: SocketAddr,
@@ -27,14 +31,21 @@ impl Outage {
         let (target, flag, epochs) = (target.to_owned(), down.clone(), epoch.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                // Subscribed before the flag is read: a `down()` between the two is seen by
+                // one or the other, so no connection outlives the cut.
+                let mut cut = epochs.subscribe();
                 if flag.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let target = target.clone();
-                let mut cut = epochs.subscribe();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(&target).await else {
+                    // Given up after 5 s, as darkroom's own connect would be: a connection
+                    // the relay accepted but cannot carry is closed, not held open with
+                    // nothing behind it.
+                    let connect = TcpStream::connect(&target);
+                    let Ok(Ok(server)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await
+                    else {
                         return;
                     };
                     let (mut client, mut server) = (client, server);
