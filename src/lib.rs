@@ -436,6 +436,9 @@ impl App {
         if let Some(credits) = credits {
             let _ = credits.await;
         }
+        // Changes made by the API (callbacks, cancels) have records to write too.
+        let grace = self.state.config.engine.shutdown_grace_secs;
+        self.state.engine.flush_records(grace).await;
         self.sim_shutdown.cancel();
         Ok(())
     }

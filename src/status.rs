@@ -2,6 +2,8 @@
 //! memory (every polling client asks for it every two seconds), and darkroom ids by
 //! provider id. The answer itself is a view ([`crate::views::compat_status`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 
@@ -10,7 +12,8 @@ use crate::domain::{TaskId, TaskState};
 use crate::views::{compat_status, waiting};
 
 /// A ready status answer and the owner it may be shown to. The owner travels with the
-/// answer so a cached answer is never handed out without the owner check.
+/// answer so a cached answer is never handed out without the owner check. Shared, not
+/// copied: a poll takes one reference count, however long the owner's name.
 #[derive(Clone, Debug)]
 pub struct StatusEntry {
     pub owner: Option<String>,
@@ -27,7 +30,7 @@ pub struct StatusEntry {
 /// Ready-made status answers by darkroom id, and darkroom ids by provider id. Updated on
 /// every transition this process makes; a miss is filled from the database.
 pub struct StatusBoard {
-    by_id: Cache<TaskId, StatusEntry>,
+    by_id: Cache<TaskId, Arc<StatusEntry>>,
     by_provider_id: Cache<(String, String), TaskId>,
 }
 
@@ -40,14 +43,14 @@ impl StatusBoard {
     }
 
     /// Keeps `task`'s answer ready and returns it.
-    pub fn update(&self, task: &Task) -> StatusEntry {
-        let entry = StatusEntry {
+    pub fn update(&self, task: &Task) -> Arc<StatusEntry> {
+        let entry = Arc::new(StatusEntry {
             owner: task.owner.clone(),
             body: compat_status(task),
             queued_for: (task.state == TaskState::Queued).then(|| task.provider.clone()),
             waiting_until: waiting(task).map(|_| task.run_at),
             updated_at: task.updated_at,
-        };
+        });
         self.by_id.insert(task.id.clone(), entry.clone());
         if let Some(pid) = &task.provider_task_id {
             self.by_provider_id
@@ -80,7 +83,7 @@ impl StatusBoard {
     }
 
     /// The cached answer with its owner; callers check the owner before answering.
-    pub fn get(&self, id: &TaskId) -> Option<StatusEntry> {
+    pub fn get(&self, id: &TaskId) -> Option<Arc<StatusEntry>> {
         self.by_id.get(id)
     }
 

@@ -32,7 +32,13 @@ pub fn generate() -> NewApiKey {
 
 /// What is stored and looked up: hex SHA-256 of the key as presented.
 pub fn hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(digest(key))
+}
+
+/// The SHA-256 of the key as presented: what [`hash`] spells in hex, for tables held in
+/// memory (no string made per request).
+pub fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// The key in an `Authorization: Bearer …` header value, if that is what it holds.

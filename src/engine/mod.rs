@@ -17,6 +17,7 @@ pub mod job;
 pub mod limits;
 mod observe;
 mod reconcile;
+mod records;
 mod registry;
 mod relay;
 mod tokens;
@@ -46,10 +47,8 @@ use crate::net::Fetcher;
 use crate::providers::Delivery;
 use crate::providers::inputs::InputLoader;
 use crate::status::StatusBoard;
-use crate::storage::keys;
 use crate::storage::{BlobStore, NewTask, Repo, RepoError, Task, TaskUpdate};
 use crate::telemetry::Metrics;
-use crate::views::task_record;
 use crate::webhooks::Deliverer;
 use limits::Pause;
 use registry::Pool;
@@ -118,6 +117,8 @@ pub enum EngineError {
 pub struct Engine {
     repo: Arc<dyn Repo>,
     blobs: BlobStore,
+    /// The archive records in the bucket, written behind state changes.
+    records: Arc<records::Records>,
     /// Providers by the name tasks store; each has its own call slots.
     providers: ProviderRegistry,
     fetcher: Fetcher,
@@ -168,6 +169,7 @@ impl Engine {
             reconcile_slots: Pool::new(settings.dispatch_concurrency),
             ingest_slots: Pool::new(settings.ingest_concurrency),
             repo,
+            records: Arc::new(records::Records::new(blobs.clone())),
             blobs,
             providers,
             fetcher,
@@ -402,13 +404,9 @@ impl Engine {
         self.dispatch_wake.notify_one();
         // The archive records are written off the request path, create-only: a task that
         // moved on before its first record was out already has a newer one, which stays.
-        let blobs = self.blobs.clone();
-        let records: Vec<Task> = stored.clone();
-        tokio::spawn(async move {
-            for task in &records {
-                write_first_record(&blobs, task).await;
-            }
-        });
+        for task in &stored {
+            self.records.write_first(task);
+        }
         Ok(stored)
     }
 
@@ -481,7 +479,8 @@ impl Engine {
         Ok(changed)
     }
 
-    /// Every state change refreshes the status answer and rewrites the bucket record.
+    /// Every state change refreshes the status answer and rewrites the bucket record
+    /// (behind the change: [`records`]).
     async fn published(&self, task: &Task) {
         self.board.update(task);
         self.events.publish(task);
@@ -489,7 +488,23 @@ impl Engine {
             // Its webhook, if it asked for one, is due now.
             self.webhook_wake.notify_one();
         }
-        write_record(&self.blobs, task).await;
+        self.records.write(task);
+    }
+
+    /// Waits until the bucket records of every change made so far are written, at most
+    /// `within`; whether they all were. At shutdown, and for tests and tools that read the
+    /// records right after a change.
+    pub async fn flush_records(&self, within: Duration) -> bool {
+        let outstanding = self.records.outstanding();
+        let written = self.records.flush(within).await;
+        if !written {
+            tracing::warn!(
+                outstanding,
+                waited_ms = within.as_millis() as u64,
+                "task records still being written; the database holds every change, the bucket's records of some are behind"
+            );
+        }
+        written
     }
 
     /// Handles an authenticated callback: learns the provider id if it is new, makes the
@@ -545,67 +560,5 @@ impl Engine {
             "{}/{id}?token={token}",
             self.settings.callback_base.as_str().trim_end_matches('/')
         )
-    }
-}
-
-async fn write_record(blobs: &BlobStore, task: &Task) {
-    write_record_as(blobs, task, false).await;
-}
-
-/// A new task's first record, unless a later state's record is already there.
-async fn write_first_record(blobs: &BlobStore, task: &Task) {
-    write_record_as(blobs, task, true).await;
-}
-
-async fn write_record_as(blobs: &BlobStore, task: &Task, create_only: bool) {
-    let spec = keys::task_record(&task.id);
-    let bytes = task_record(task);
-    let written = if create_only {
-        blobs.put_create(&spec, bytes).await.map(|_| ())
-    } else {
-        blobs.put(&spec, bytes).await
-    };
-    if let Err(e) = written {
-        // The database is the source of truth; the next change rewrites the record.
-        tracing::warn!(task_id = %task.id, key = %spec.key, error = %e, "writing the task record failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::TaskRepo;
-    use crate::storage::sqlite::SqliteRepo;
-    use crate::views::task_from_record;
-
-    #[tokio::test]
-    async fn a_first_record_never_replaces_a_later_one() {
-        let repo = SqliteRepo::in_memory().await.unwrap();
-        let new = crate::storage::contract::new_task(None, 0, 1);
-        repo.insert(std::slice::from_ref(&new)).await.unwrap();
-        let queued = repo.get(&new.id).await.unwrap().unwrap();
-        let submitted = Task {
-            state: TaskState::Submitted,
-            provider_task_id: Some("kie-1".into()),
-            ..queued.clone()
-        };
-        let blobs = BlobStore::memory("http://127.0.0.1:1/".parse().unwrap());
-        let key = keys::task_record(&queued.id).key;
-
-        // The later state's record is out first; the queued one arrives late.
-        write_record(&blobs, &submitted).await;
-        write_first_record(&blobs, &queued).await;
-        let kept = task_from_record(&blobs.get_bytes(&key).await.unwrap()).unwrap();
-        assert_eq!(kept.state, TaskState::Submitted);
-
-        // Without a later record, the first one is written.
-        let other = Task {
-            id: TaskId::new(),
-            ..queued
-        };
-        write_first_record(&blobs, &other).await;
-        let key = keys::task_record(&other.id).key;
-        let first = task_from_record(&blobs.get_bytes(&key).await.unwrap()).unwrap();
-        assert_eq!(first.state, TaskState::Queued);
     }
 }

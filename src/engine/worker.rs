@@ -94,6 +94,7 @@ impl Engine {
         } else {
             tracing::info!("shutdown: in-flight work finished");
         }
+        self.flush_records(self.settings.shutdown_grace).await;
     }
 
     async fn work_loop(self: Arc<Self>, work: Work, shutdown: CancellationToken) {
@@ -436,12 +437,17 @@ impl Engine {
                 while jobs.join_next().await.is_some() {}
             }
             if ran == 0 {
+                // The bucket records of what ran are part of it.
+                self.flush_records(RUN_PENDING_RECORDS_WAIT).await;
                 return Ok(total);
             }
             total += ran;
         }
     }
 }
+
+/// How long `run_pending` waits for the records of what it ran to be written.
+const RUN_PENDING_RECORDS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Waits for `signal`, or forever when there is none.
 async fn notified_if_any(signal: Option<&Notify>) {

@@ -121,11 +121,11 @@ fn query_token(query: Option<&str>) -> Option<String> {
 /// Key lookup, per-key limits and the per-key queue cap.
 pub struct Auth {
     required: bool,
-    /// Hash of each `DARKROOM_API_KEYS` key → its name.
-    configured: HashMap<String, Arc<str>>,
+    /// Digest of each `DARKROOM_API_KEYS` key → its name.
+    configured: HashMap<[u8; 32], Arc<str>>,
     access: Arc<dyn AccessRepo>,
-    /// Database lookups by hash, positive and negative, with the time they were made.
-    looked_up: Cache<String, (Option<Arc<str>>, Instant)>,
+    /// Database lookups by digest, positive and negative, with the time they were made.
+    looked_up: Cache<[u8; 32], (Option<Arc<str>>, Instant)>,
     per_key: DefaultKeyedRateLimiter<Arc<str>>,
     callbacks: DefaultDirectRateLimiter,
     max_pending_tasks: u64,
@@ -177,10 +177,10 @@ impl Auth {
     /// Builds the key table from configuration and decides whether keys are required: yes
     /// when any key is configured or stored.
     pub async fn new(config: &Config, access: Arc<dyn AccessRepo>) -> anyhow::Result<Self> {
-        let configured: HashMap<String, Arc<str>> = config
+        let configured: HashMap<[u8; 32], Arc<str>> = config
             .configured_api_keys()?
             .into_iter()
-            .map(|(name, key)| (api_key::hash(key.expose()), Arc::from(name)))
+            .map(|(name, key)| (api_key::digest(key.expose()), Arc::from(name)))
             .collect();
         let required = !configured.is_empty() || access.has_api_keys().await?;
         let auth = &config.auth;
@@ -215,17 +215,22 @@ impl Auth {
 
     /// The name of the key presented, if it is a live key.
     async fn identify(&self, key: &str) -> Result<Option<Arc<str>>, RepoError> {
-        let hash = api_key::hash(key);
-        if let Some(name) = self.configured.get(&hash) {
+        let digest = api_key::digest(key);
+        if let Some(name) = self.configured.get(&digest) {
             return Ok(Some(name.clone()));
         }
-        if let Some((name, at)) = self.looked_up.get(&hash)
+        if let Some((name, at)) = self.looked_up.get(&digest)
             && at.elapsed() < KEY_CACHE_TTL
         {
             return Ok(name);
         }
-        let name: Option<Arc<str>> = self.access.api_key_name(&hash).await?.map(Arc::from);
-        self.looked_up.insert(hash, (name.clone(), Instant::now()));
+        let name: Option<Arc<str>> = self
+            .access
+            .api_key_name(&hex::encode(digest))
+            .await?
+            .map(Arc::from);
+        self.looked_up
+            .insert(digest, (name.clone(), Instant::now()));
         Ok(name)
     }
 
@@ -243,11 +248,11 @@ impl Auth {
             .to_str()
             .ok()
             .and_then(api_key::from_authorization)?;
-        let hash = api_key::hash(key);
-        let name = match self.configured.get(&hash) {
+        let digest = api_key::digest(key);
+        let name = match self.configured.get(&digest) {
             Some(name) => name.clone(),
             None => {
-                let (name, at) = self.looked_up.get(&hash)?;
+                let (name, at) = self.looked_up.get(&digest)?;
                 if at.elapsed() >= KEY_CACHE_TTL {
                     return None;
                 }

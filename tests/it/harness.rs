@@ -626,6 +626,12 @@ impl TestApp {
         loop {
             let body = self.status(task_id).await;
             if matches!(body["status"].as_str(), Some("completed" | "failed")) {
+                // The bucket record of the change is written behind it: tests that read
+                // records next find them written.
+                assert!(
+                    self.engine.flush_records(Duration::from_secs(10)).await,
+                    "task records not written within 10 s"
+                );
                 return body;
             }
             assert!(
