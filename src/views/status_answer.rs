@@ -141,5 +141,9 @@ pub fn compat_status(task: &Task) -> Bytes {
         waiting: waiting(task),
         failover: failover_view(task),
     };
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    // Kept on the status board for as long as the task is asked about: held at its length,
+    // not at the capacity the serializer grew to (up to twice as much).
+    let mut json = serde_json::to_vec(&body).unwrap_or_default();
+    json.shrink_to_fit();
+    Bytes::from(json)
 }
