@@ -6,13 +6,13 @@
 #   ./bench/all.sh                       # everything (about 40 minutes here)
 #   BENCH_ONLY="status memory" ./bench/all.sh
 #
-# Scripts: status (P1), ingest (P2), stats (P4: 10^6 tasks, SQLite and, when PostgreSQL
+# Scripts: status (P1), ingest and ingest_peak (P2: 100 results of 10 MB at once), stats (P4: 10^6 tasks, SQLite and, when PostgreSQL
 # answers on 127.0.0.1:5432, PostgreSQL), submit (P5), memory (goal 5). Figures are
 # ratios against a baseline measured in the same run where one exists (docs/OPERATIONS.md
 # "Benchmarks"); memory is absolute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-status ingest stats submit memory}
+only=${BENCH_ONLY:-status ingest ingest_peak stats submit memory}
 logs=$(mktemp -d "${TMPDIR:-/tmp}/darkroom-bench-XXXXXX")
 if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     export DARKROOM_BENCH_POSTGRES_URL=${DARKROOM_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -22,6 +22,7 @@ for bench in $only; do
     case $bench in
         status) ./bench/status.sh 3 10 ;;
         ingest) ./bench/ingest.sh 3 200 ;;
+        ingest_peak) ./bench/ingest_peak.sh 100 100 ;;
         stats) ./bench/stats.sh 1000 50 30d && ./bench/stats.sh 1000000 50 30d ;;
         submit) ./bench/submit.sh 3 2000 ;;
         memory) ./bench/memory.sh 10000 1000 ;;
@@ -69,6 +70,8 @@ row("P1", "p99, keys on", num("status_p99_ms_keys"), "≤ 5 ms", lambda v: v <= 
 row("P2", "ingest × floor, local bucket", num("ingest_ratio_local"), "≥ 0.8", lambda v: v >= 0.8)
 row("P2", "ingest × floor, S3 (moto)", num("ingest_ratio_s3"), "≥ 0.8", lambda v: v >= 0.8)
 row("P2", "peak RSS while ingesting (local)", num("ingest_peak_rss_mib_local"), "—", lambda v: True, " MiB")
+row("P2", "peak RSS, 100 results of about 10 MB ingested at once (local)", num("ingest_peak_rss_mib"),
+    "≤ 150 MiB", lambda v: v <= 150, " MiB")
 row("P2", "CPU per ~1 MB result ingested, local (process, simulator included)", num("ingest_cpu_us_local"), "—", lambda v: True, " µs")
 row("P2", "the same for the floor's plain download and write", num("ingest_cpu_us_floor_local"), "—", lambda v: True, " µs")
 small = {s["backend"]: s for s in stats if int(s["tasks"]) <= 1000}

@@ -4,6 +4,11 @@
 //!   cargo bench --bench ingest -- <floor|darkroom> <local|s3> [count]
 //! `bench/ingest.sh` runs both sides alternately on both backends and prints the ratios.
 //! For s3 the S3 endpoint comes from DARKROOM_TEST_S3_URL (the script starts moto).
+//!
+//! With `BENCH_RESULT_URL` set, every task's result is that URL, served by another process
+//! (no simulator in this one, so the peak RSS printed is darkroom's and the runtime's
+//! alone), and `BENCH_CONCURRENCY` results are ingested at once (default 8):
+//! `bench/ingest_peak.sh` measures 100 concurrent 10 MB results this way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +27,15 @@ use url::Url;
 mod support;
 use support::{build_app, cpu_seconds, new_task, positional_args, settings, start_sim, status_kib};
 
+/// Results ingested at once unless `BENCH_CONCURRENCY` says otherwise.
 const CONCURRENCY: usize = 8;
+
+fn concurrency() -> usize {
+    std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(CONCURRENCY)
+}
 
 /// A noisy source image, so the simulator's PNG results weigh about 1 MB each.
 fn noisy_png(side: u32) -> Vec<u8> {
@@ -122,7 +135,7 @@ async fn floor(urls: &[String], backend: &str, dir: &std::path::Path) -> Duratio
     };
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency()));
     let mut jobs = tokio::task::JoinSet::new();
     for (n, url) in urls.iter().enumerate() {
         let permit = semaphore.clone().acquire_owned().await.unwrap();
@@ -144,6 +157,18 @@ async fn floor(urls: &[String], backend: &str, dir: &std::path::Path) -> Duratio
     started.elapsed()
 }
 
+/// The simulator and the host of every result URL: fetched over http on loopback.
+fn trusted_hosts(sim_addr: &str, urls: &[String]) -> String {
+    let mut hosts = vec![sim_addr.to_owned()];
+    for url in urls {
+        let host = Url::parse(url).unwrap().authority().to_owned();
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts.join(",")
+}
+
 /// darkroom: tasks waiting in `ingesting` with these result URLs, run through the engine.
 async fn darkroom(
     urls: &[String],
@@ -153,10 +178,13 @@ async fn darkroom(
 ) -> Duration {
     let mut env = settings([
         ("DARKROOM_DATA_DIR", dir.display().to_string()),
-        ("DARKROOM_INGEST_CONCURRENCY", CONCURRENCY.to_string()),
+        ("DARKROOM_INGEST_CONCURRENCY", concurrency().to_string()),
         ("KIE_API_TOKEN", "bench".to_owned()),
         ("KIE_BASE_URL", format!("http://{sim_addr}")),
-        ("DARKROOM_TRUSTED_FETCH_HOSTS", sim_addr.to_owned()),
+        (
+            "DARKROOM_TRUSTED_FETCH_HOSTS",
+            trusted_hosts(sim_addr, urls),
+        ),
     ]);
     if backend == "s3" {
         let s3 = s3_config();
@@ -210,7 +238,19 @@ async fn main() {
     let backend = args.get(1).map_or("local", String::as_str).to_owned();
     let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(200);
     let shutdown = CancellationToken::new();
-    let (urls, sim_addr) = prepare_results(count, &shutdown).await;
+    let (urls, sim_addr) = match std::env::var("BENCH_RESULT_URL") {
+        // The simulator still answers darkroom's provider calls; results come from afar.
+        Ok(url) => {
+            let config = KieSimConfig {
+                rate_limit: 0,
+                drop_rate: 1.0,
+                ..KieSimConfig::default()
+            };
+            let sim_addr = start_sim(config, &shutdown).await;
+            (vec![url; count], sim_addr)
+        }
+        Err(_) => prepare_results(count, &shutdown).await,
+    };
     let dir = tempfile::tempdir().unwrap();
     let before = status_kib("VmHWM:");
     let cpu_before = cpu_seconds();

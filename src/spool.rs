@@ -45,6 +45,9 @@ impl Spooled {
 /// Collects a stream of chunks into a [`Spooled`].
 pub struct SpoolWriter {
     memory: bytes::BytesMut,
+    /// The body was announced larger than the in-memory cap: it goes to a file from its
+    /// first byte (many large downloads at once would otherwise each hold the cap first).
+    to_file: bool,
     file: Option<(tempfile::NamedTempFile, std::io::BufWriter<std::fs::File>)>,
 }
 
@@ -60,19 +63,27 @@ impl SpoolWriter {
     }
 
     /// A writer for a body announced as `expected` bytes: one that stays in memory gets
-    /// its buffer at once instead of growing (and copying) it chunk by chunk. A wrong
-    /// announcement costs nothing beyond the in-memory cap.
+    /// its buffer at once instead of growing (and copying) it chunk by chunk; one
+    /// announced past the cap goes to a file from the start. A wrong announcement costs
+    /// nothing beyond the in-memory cap.
     pub fn expecting(expected: Option<u64>) -> Self {
-        let memory = match expected.and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n <= SPOOL_IN_MEMORY_MAX => bytes::BytesMut::with_capacity(n),
+        let fits = |n: u64| usize::try_from(n).is_ok_and(|n| n <= SPOOL_IN_MEMORY_MAX);
+        let memory = match expected {
+            Some(n) if fits(n) => bytes::BytesMut::with_capacity(n as usize),
             _ => bytes::BytesMut::new(),
         };
-        Self { memory, file: None }
+        Self {
+            memory,
+            to_file: expected.is_some_and(|n| !fits(n)),
+            file: None,
+        }
     }
 
     pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
-        if self.file.is_none() && self.memory.len() + chunk.len() > SPOOL_IN_MEMORY_MAX {
+        if self.file.is_none()
+            && (self.to_file || self.memory.len() + chunk.len() > SPOOL_IN_MEMORY_MAX)
+        {
             let spool = tempfile::NamedTempFile::new()?;
             let mut out = std::io::BufWriter::new(spool.reopen()?);
             out.write_all(&self.memory)?;
@@ -119,8 +130,12 @@ mod tests {
 
     #[test]
     fn an_announcement_past_the_cap_reserves_nothing_and_a_lie_changes_nothing() {
-        let huge = SpoolWriter::expecting(Some(u64::MAX));
+        let mut huge = SpoolWriter::expecting(Some(u64::MAX));
         assert_eq!(huge.memory.capacity(), 0);
+        // Announced past the cap: to a file from the first byte.
+        huge.write(b"first").unwrap();
+        assert!(huge.file.is_some() && huge.memory.is_empty());
+        assert!(matches!(huge.finish().unwrap(), Spooled::File(_)));
         // Announced small, sent large: it still goes to a file past the cap.
         let mut liar = SpoolWriter::expecting(Some(4));
         let chunk = vec![7u8; 1024 * 1024];

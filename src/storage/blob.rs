@@ -27,6 +27,11 @@ const SINGLE_PUT_MAX: u64 = 8 * 1024 * 1024;
 /// S3's smallest part (except the last).
 const PART_SIZE: usize = 5 * 1024 * 1024;
 const READ_CHUNK: usize = 256 * 1024;
+/// Spooled files written at once. Each holds up to about 10 MiB while it is written (the
+/// whole file up to `SINGLE_PUT_MAX`, two parts in flight above), so a burst of large
+/// results (100 of 10 MB arriving together) stays within about 8 of those instead of 100;
+/// the others wait on disk, already downloaded.
+const LARGE_WRITES_AT_ONCE: usize = 8;
 
 pub use crate::spool::{SPOOL_IN_MEMORY_MAX, SpoolWriter, Spooled};
 
@@ -90,6 +95,8 @@ pub struct BlobStore {
     description: String,
     /// When API keys are on: the key that signs `/files/{key}` URLs (see [`Self::url`]).
     url_signing_key: Option<Arc<[u8]>>,
+    /// Turns for writing a spooled file ([`Self::put_file`]), shared by every clone.
+    large_writes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The query parameter that carries a `/files` URL's signature.
@@ -146,6 +153,7 @@ impl BlobStore {
             presign_ttl: Duration::from_secs(3600),
             description,
             url_signing_key: None,
+            large_writes: Arc::new(tokio::sync::Semaphore::new(LARGE_WRITES_AT_ONCE)),
         }
     }
 
@@ -376,13 +384,16 @@ impl BlobStore {
     }
 
     /// Writes a spooled file. Small files go in one request (create-only when `create`);
-    /// large ones stream in parts, after a check that the key is free when `create`.
+    /// large ones stream in parts, after a check that the key is free when `create`. At
+    /// most [`LARGE_WRITES_AT_ONCE`] at a time (the memory each holds while written).
     pub async fn put_file(
         &self,
         spec: &ObjectSpec,
         file: &std::path::Path,
         create: bool,
     ) -> Result<Created, BlobError> {
+        // Never closed: a permit always comes.
+        let _turn = self.large_writes.acquire().await.ok();
         let size = tokio::fs::metadata(file).await?.len();
         if size <= SINGLE_PUT_MAX {
             let bytes = Bytes::from(tokio::fs::read(file).await?);
