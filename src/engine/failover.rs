@@ -205,7 +205,7 @@ impl Engine {
         if let Err(e) = self.repo.settle_credits(&task.id, Some(0)).await {
             tracing::warn!(task_id = %task.id, error = %e, "the estimate counted at the provider the task left could not be taken back");
         }
-        self.published(task).await;
+        self.published(task);
     }
 
     /// Counts a failed create of `provider` (5xx, 429: `failed`) or clears the count (any

@@ -449,7 +449,7 @@ impl Engine {
                 if after.state.is_terminal() {
                     self.settle_budget(after).await;
                 }
-                self.published(after).await;
+                self.published(after);
             }
             None => tracing::info!(
                 task_id = %task.id,
@@ -481,7 +481,7 @@ impl Engine {
 
     /// Every state change refreshes the status answer and rewrites the bucket record
     /// (behind the change: [`records`]).
-    async fn published(&self, task: &Task) {
+    fn published(&self, task: &Task) {
         self.board.update(task);
         self.events.publish(task);
         if task.state.is_terminal() {

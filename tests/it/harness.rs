@@ -524,14 +524,16 @@ impl TestApp {
 
     /// The text of `GET /metrics`.
     pub async fn metrics_text(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.metrics_text_as(None).await
+    }
+
+    /// The text of `GET /metrics`, asked with `key` when given (API keys on).
+    pub async fn metrics_text_as(&self, key: Option<&str>) -> String {
+        let mut request = self.http.get(self.url("/metrics"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap().text().await.unwrap()
     }
 
     pub async fn status(&self, task_id: &str) -> Value {

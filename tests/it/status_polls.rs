@@ -64,16 +64,7 @@ async fn queue(app: &TestApp, key: &str) -> String {
 
 /// How many `GET /api/task-status` answered `status` this instance counted in `/metrics`.
 async fn counted_polls(app: &TestApp, key: &str, status: u16) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text_as(Some(key)).await;
     text.lines()
         .filter(|line| {
             line.starts_with("darkroom_http_requests_total{")
