@@ -276,6 +276,10 @@ struct KieSimArgs {
     /// The account's starting credit balance; creates get 402 when it runs out.
     #[arg(long, default_value_t = 100_000)]
     credits: u64,
+    /// Long side of generated images in pixels (16..=4096); a result's size follows from it
+    /// and from how noisy the input is.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    image_long_side: u32,
     /// Share of tasks forgotten right after createTask accepted them: recordInfo answers
     /// 404 "not found" for them and no callback comes (0..1).
     #[arg(long, default_value_t = 0.0)]
@@ -753,6 +757,7 @@ async fn kie_sim(args: KieSimArgs) -> anyhow::Result<()> {
         late_callback_ms: args.late_callback_ms.as_millis(),
         download_delay_ms: args.download_delay_ms,
         credits: args.credits,
+        image_long_side: args.image_long_side,
         ..simulators::kie(&knobs, args.hmac_key)
     };
     let addr = SocketAddr::new(args.host, args.port);

@@ -1,0 +1,169 @@
+"""The end-to-end CPU benchmark's driver (run by bench/e2e.sh): darkroom's own CPU time
+per task from the request to the stored result, with the provider in another process.
+
+`darkroom serve` (SQLite, local bucket) talks to a standalone `darkroom kie-sim` (every
+limit off, 1-5 ms generations, results of about 1 MB: a noisy 600x600 input, images of
+600 px). Each round starts a fresh server, asks for TASKS tasks (`POST /api/generate`, 10
+input URLs a request, the input served by this script), and waits until all have
+succeeded (`GET /api/stats`, a few times a second). Each task goes the whole way: the
+create at the simulator, its signed callback, the `recordInfo` check, the download through
+the guarded client, the image check, the create-only write, every state change in
+SQLite, the status board, events and the bucket records. The server's CPU time
+(user + system, /proc/PID/stat) over that span divided by TASKS is the figure; the
+simulator's is printed beside it (not darkroom's work: it renders and serves the images)."""
+
+import http.server
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import support
+from support import free_port, wait_http
+
+BINARY, ROUNDS, TASKS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+TOKEN = "bench-token"
+SIDE = 600
+work = tempfile.mkdtemp(prefix="darkroom-bench-e2e-")
+children = []
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def post(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def spawn(args, env, name):
+    child = subprocess.Popen(args, env=env, cwd=work, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(work, f"{name}.log"), "a"))
+    children.append(child)
+    return child
+
+
+def serve_input():
+    """The noisy input the simulator fetches for every task, from a server of the bench's own."""
+    root = os.path.join(work, "input")
+    os.makedirs(root)
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "noisy_png.py"),
+                    str(SIDE), os.path.join(root, "input.png")], check=True)
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args):
+            super().__init__(*args, directory=root)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/input.png"
+
+
+def run_round(sim, input_url):
+    data = tempfile.mkdtemp(dir=work)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, DARKROOM_DATA_DIR=data, DARKROOM_LISTEN=f"127.0.0.1:{port}",
+               KIE_API_TOKEN=TOKEN, KIE_BASE_URL=f"http://{sim}",
+               DARKROOM_TRUSTED_FETCH_HOSTS=sim, DARKROOM_KIE_CREATES_PER_WINDOW="0",
+               DARKROOM_KIE_MAX_IN_FLIGHT="0", DARKROOM_KIE_QUERIES_PER_SECOND="0",
+               DARKROOM_KEY_MAX_PENDING_TASKS="1000000", DARKROOM_CALLBACK_RATE_PER_SEC="100000",
+               DARKROOM_CALLBACK_RATE_BURST="100000", DARKROOM_LOG="warn")
+    server = spawn([BINARY, "serve"], env, "serve")
+    try:
+        wait_http(f"{base}/healthz")
+        time.sleep(1)
+        cpu_before = cpu_seconds(server.pid)
+        sim_before = cpu_seconds(sim_process.pid)
+        started = time.time()
+        asked = 0
+        while asked < TASKS:
+            n = min(10, TASKS - asked)
+            asked += len(post(f"{base}/api/generate",
+                              {"prompt": "bench", "imageUrls": [input_url] * n})["taskIds"])
+        deadline = time.time() + 600
+        while True:
+            stats = get(f"{base}/api/stats?window=1h")
+            if stats["succeeded"] >= TASKS:
+                break
+            if stats["failed"]:
+                raise SystemExit(f"{stats['failed']} tasks failed: {stats['failures']}")
+            if time.time() > deadline:
+                raise SystemExit(f"only {stats['succeeded']} of {TASKS} succeeded in 10 minutes")
+            time.sleep(0.2)
+        took = time.time() - started
+        cpu = cpu_seconds(server.pid) - cpu_before
+        sim_cpu = cpu_seconds(sim_process.pid) - sim_before
+        results = [os.path.getsize(os.path.join(dirpath, name))
+                   for dirpath, _, names in os.walk(os.path.join(data, "bucket", "generated"))
+                   for name in names]
+        if len(results) != TASKS:
+            raise SystemExit(f"{len(results)} results stored for {TASKS} tasks")
+    finally:
+        support.stop(server)
+        children.remove(server)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept {data}", file=sys.stderr)
+        else:
+            shutil.rmtree(data, ignore_errors=True)
+    return {"per_second": TASKS / took, "cpu_us": cpu * 1e6 / TASKS,
+            "sim_cpu_us": sim_cpu * 1e6 / TASKS, "result_mb": statistics.mean(results) / 1e6}
+
+
+def main():
+    global sim_process
+    input_url = serve_input()
+    sim_port = free_port()
+    sim = f"127.0.0.1:{sim_port}"
+    sim_process = spawn([BINARY, "kie-sim", "--port", str(sim_port), "--rate-limit", "0",
+                         "--latency-ms", "1-5", "--token", TOKEN, "--credits", "1000000000",
+                         "--image-long-side", str(SIDE)], None, "sim")
+    wait_http(f"http://{sim}/sim/stats")
+    rounds = []
+    for number in range(ROUNDS):
+        rounds.append(run_round(sim, input_url))
+        r = rounds[-1]
+        print(f"round {number + 1}: {r['per_second']:.0f} tasks/s, darkroom {r['cpu_us']:,.0f} µs "
+              f"CPU per task, simulator {r['sim_cpu_us']:,.0f} µs, results {r['result_mb']:.2f} MB",
+              file=sys.stderr)
+    med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
+    low = lambda key: min(r[key] for r in rounds)  # noqa: E731
+    high = lambda key: max(r[key] for r in rounds)  # noqa: E731
+    print()
+    print("| what | median | min-max |")
+    print("|---|---|---|")
+    print(f"| darkroom CPU µs per task, end to end | {med('cpu_us'):,.0f} | {low('cpu_us'):,.0f}-{high('cpu_us'):,.0f} |")
+    print(f"| simulator CPU µs per task (not darkroom's) | {med('sim_cpu_us'):,.0f} | {low('sim_cpu_us'):,.0f}-{high('sim_cpu_us'):,.0f} |")
+    print(f"| tasks/s | {med('per_second'):.0f} | {low('per_second'):.0f}-{high('per_second'):.0f} |")
+    print(f"| result size MB | {med('result_mb'):.2f} | |")
+    print(f"\n{TASKS} tasks a round, {ROUNDS} rounds; goal: at most 2,000 µs of darkroom's CPU per task")
+    print(f"\nSUMMARY e2e_cpu_us={med('cpu_us'):.0f} e2e_sim_cpu_us={med('sim_cpu_us'):.0f} "
+          f"e2e_tasks_per_s={med('per_second'):.0f} e2e_result_mb={med('result_mb'):.2f}")
+
+
+try:
+    main()
+finally:
+    for child in list(children):
+        support.stop(child)
+    if not os.environ.get("BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
