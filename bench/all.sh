@@ -6,13 +6,14 @@
 #   ./bench/all.sh                       # everything (about 40 minutes here)
 #   BENCH_ONLY="status memory" ./bench/all.sh
 #
-# Scripts: status (P1), ingest and ingest_peak (P2: 100 results of 10 MB at once), stats (P4: 10^6 tasks, SQLite and, when PostgreSQL
+# Scripts: status (P1), ingest, ingest_peak (P2: 100 results of 10 MB at once) and e2e
+# (P2: darkroom's own CPU per task from the request to the stored result), stats (P4: 10^6 tasks, SQLite and, when PostgreSQL
 # answers on 127.0.0.1:5432, PostgreSQL), submit (P5), memory (goal 5). Figures are
 # ratios against a baseline measured in the same run where one exists (docs/OPERATIONS.md
 # "Benchmarks"); memory is absolute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-only=${BENCH_ONLY:-status ingest ingest_peak stats submit memory}
+only=${BENCH_ONLY:-status ingest ingest_peak e2e stats submit memory}
 logs=$(mktemp -d "${TMPDIR:-/tmp}/darkroom-bench-XXXXXX")
 if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     export DARKROOM_BENCH_POSTGRES_URL=${DARKROOM_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -23,6 +24,7 @@ for bench in $only; do
         status) ./bench/status.sh 3 10 ;;
         ingest) ./bench/ingest.sh 3 200 ;;
         ingest_peak) ./bench/ingest_peak.sh 100 100 ;;
+        e2e) ./bench/e2e.sh 3 300 ;;
         stats) ./bench/stats.sh 1000 50 30d && ./bench/stats.sh 1000000 50 30d ;;
         submit) ./bench/submit.sh 3 2000 ;;
         memory) ./bench/memory.sh 10000 1000 ;;
@@ -74,6 +76,12 @@ row("P2", "peak RSS, 100 results of about 10 MB ingested at once (local)", num("
     "≤ 150 MiB", lambda v: v <= 150, " MiB")
 row("P2", "CPU per ~1 MB result ingested, local (process, simulator included)", num("ingest_cpu_us_local"), "—", lambda v: True, " µs")
 row("P2", "the same for the floor's plain download and write", num("ingest_cpu_us_floor_local"), "—", lambda v: True, " µs")
+row("P2", "darkroom's CPU per task end to end, ~1 MB result, data on disk (simulator in another process)",
+    num("e2e_cpu_us_disk"), "≤ 2,000 µs", lambda v: v <= 2000, " µs")
+row("P2", "the same with the data directory in memory (tmpfs)", num("e2e_cpu_us_tmpfs"), "≤ 2,000 µs",
+    lambda v: v <= 2000, " µs")
+row("P2", "of it, writing the result file alone, disk", num("e2e_write_floor_us_disk"), "—", lambda v: True, " µs")
+row("P2", "of it, writing the result file alone, tmpfs", num("e2e_write_floor_us_tmpfs"), "—", lambda v: True, " µs")
 small = {s["backend"]: s for s in stats if int(s["tasks"]) <= 1000}
 for s in sorted((s for s in stats if int(s["tasks"]) > 1000), key=lambda s: s["backend"]):
     at = f"at {int(s['tasks']):,} tasks ({s['backend']}, {s['spread']})"

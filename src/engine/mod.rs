@@ -484,8 +484,9 @@ impl Engine {
     fn published(&self, task: &Task) {
         self.board.update(task);
         self.events.publish(task);
-        if task.state.is_terminal() {
-            // Its webhook, if it asked for one, is due now.
+        if task.state.is_terminal() && task.webhook_url.is_some() {
+            // Its webhook is due now. A task without one has no delivery row: waking the
+            // webhook lane for it would only cost a query.
             self.webhook_wake.notify_one();
         }
         self.records.write(task);

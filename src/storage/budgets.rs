@@ -213,6 +213,26 @@ where
     Option<String>: for<'t> Encode<'t, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
+    // Most tasks are charged what was reserved (or report nothing): then dropping the
+    // reservation is the whole settlement, one statement, atomic without a transaction.
+    let mut q = QueryBuilder::<DB>::new("DELETE FROM credit_reservations WHERE task_id = ");
+    q.push_bind(task.as_str().to_owned());
+    if let Some(used) = used {
+        q.push(" AND credits = ").push_bind(used);
+    }
+    if q.push(" RETURNING task_id")
+        .build()
+        .fetch_optional(pool)
+        .await?
+        .is_some()
+    {
+        return Ok(true);
+    }
+    if used.is_none() {
+        return Ok(false);
+    }
+    // Charged more or less than reserved (or nothing reserved): the day's counts change
+    // with the reservation, in one transaction.
     let mut tx = pool.begin().await?;
     let row = QueryBuilder::<DB>::new("DELETE FROM credit_reservations WHERE task_id = ")
         .push_bind(task.as_str().to_owned())

@@ -95,8 +95,8 @@ pub async fn credits_are_reserved_within_every_budget_once_per_task(repo: &dyn R
 
 pub async fn settling_replaces_the_estimate_by_what_was_used(repo: &dyn Repo) {
     let now = 3 * DAY_MS;
-    let [a, b, c] = [TaskId::new(), TaskId::new(), TaskId::new()];
-    for id in [&a, &b, &c] {
+    let [a, b, c, d] = [TaskId::new(), TaskId::new(), TaskId::new(), TaskId::new()];
+    for id in [&a, &b, &c, &d] {
         reserve(repo, id, Some("alice"), 4, 0, now).await;
     }
     assert!(repo.settle_credits(&a, Some(6)).await.unwrap());
@@ -112,7 +112,15 @@ pub async fn settling_replaces_the_estimate_by_what_was_used(repo: &dyn Repo) {
         repo.settle_credits(&c, Some(0)).await.unwrap(),
         "not billed"
     );
-    assert_eq!(spend(repo, now).await, [pair("*", 10), pair("alice", 10)]);
+    assert!(
+        repo.settle_credits(&d, Some(4)).await.unwrap(),
+        "billed what was reserved"
+    );
+    assert!(
+        !repo.settle_credits(&d, Some(4)).await.unwrap(),
+        "settled once"
+    );
+    assert_eq!(spend(repo, now).await, [pair("*", 14), pair("alice", 14)]);
     assert!(!repo.settle_credits(&TaskId::new(), Some(4)).await.unwrap());
     // Settled, a task is counted again only by a new reservation.
     assert_eq!(
