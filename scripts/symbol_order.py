@@ -23,7 +23,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 from support import free_port, png, stop, wait_http  # noqa: E402
 
-BINARY, ORDER = sys.argv[1], sys.argv[2]
+BINARY, ORDER = os.path.abspath(sys.argv[1]), sys.argv[2]
 work = tempfile.mkdtemp(prefix="darkroom-symbol-order-")
 profile = os.path.join(work, "callgrind.out")
 
