@@ -1,19 +1,17 @@
 """The scale-out benchmark's driver (run by bench/cluster.sh)."""
 
-import http.server
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 
 import support
-from support import free_port, png, wait_http
+from support import free_port, png, serve_file, wait_http
+from support import get_json as get
+from support import post_json as post
 
 BINARY, ROUNDS, TASKS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -21,22 +19,6 @@ PG_DB = "darkroom_bench_cluster"
 TOKEN = "bench-token"
 work = tempfile.mkdtemp(prefix="darkroom-bench-cluster-", dir="/dev/shm")
 children = []
-
-
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=30) as answer:
-        return json.loads(answer.read())
-
-
-def post(url, body):
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        return json.loads(answer.read())
 
 
 
@@ -61,13 +43,7 @@ def serve_input():
     os.makedirs(root)
     with open(os.path.join(root, "input.png"), "wb") as f:
         f.write(png())
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=root)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.RequestHandlerClass.log_message = lambda *a: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/input.png"
-
-
+    return serve_file(os.path.join(root, "input.png"))
 
 
 def darkroom_env(sim, database, data, roles):

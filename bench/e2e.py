@@ -12,20 +12,18 @@ SQLite, the status board, events and the bucket records. The server's CPU time
 (user + system, /proc/PID/stat) over that span divided by TASKS is the figure; the
 simulator's is printed beside it (not darkroom's work: it renders and serves the images)."""
 
-import http.server
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 
 import support
-from support import free_port, wait_http
+from support import free_port, serve_file, wait_http
+from support import get_json as get
+from support import post_json as post
 
 BINARY, ROUNDS, TASKS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 TOKEN = "bench-token"
@@ -47,18 +45,6 @@ def written_bytes(pid):
         return int(next(line for line in f if line.startswith("wchar:")).split()[1])
 
 
-def get(url):
-    with urllib.request.urlopen(url, timeout=30) as answer:
-        return json.loads(answer.read())
-
-
-def post(url, body):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        return json.loads(answer.read())
-
-
 def spawn(args, env, name):
     child = subprocess.Popen(args, env=env, cwd=work, stdout=subprocess.DEVNULL,
                              stderr=open(os.path.join(work, f"{name}.log"), "a"))
@@ -70,18 +56,10 @@ def serve_input():
     """The noisy input the simulator fetches for every task, from a server of the bench's own."""
     root = os.path.join(work, "input")
     os.makedirs(root)
+    path = os.path.join(root, "input.png")
     subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "noisy_png.py"),
-                    str(SIDE), os.path.join(root, "input.png")], check=True)
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args):
-            super().__init__(*args, directory=root)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/input.png"
+                    str(SIDE), path], check=True)
+    return serve_file(path)
 
 
 def store_floor(root, size, count):

@@ -1,10 +1,15 @@
-"""What the Python bench drivers (status.py, cluster.py) share: free ports, waiting for a
-server, and a small PNG made with the standard library."""
+"""What the Python bench drivers (status.py, cluster.py, e2e.py) share: free ports,
+waiting for a server, JSON requests, serving a file, and a small PNG made with the
+standard library."""
 
+import http.server
+import json
+import os
 import signal
 import socket
 import subprocess
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +33,36 @@ def wait_http(url):
         except Exception:
             time.sleep(0.1)
     raise SystemExit(f"{url} never answered")
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def post_json(url, body):
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def serve_file(path):
+    """Serves the file at `path` over HTTP on loopback from a thread; returns its URL."""
+    root, name = os.path.split(os.path.abspath(path))
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args):
+            super().__init__(*args, directory=root)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/{name}"
 
 
 def png(width=64, height=48):
