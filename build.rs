@@ -15,8 +15,11 @@ fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
     let off = std::env::var_os("DARKROOM_NO_SYMBOL_ORDER").is_some_and(|v| v != "0");
     if release && target == "x86_64-unknown-linux-gnu" && !off {
-        let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={dir}/link/serve.order");
+        // Relative to the package root, where cargo runs rustc and so the linker: cargo
+        // keeps this script's output while the list is unchanged, and an absolute path
+        // in it would point at the old place after the checkout moves (or from another
+        // checkout sharing the target directory).
+        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file=link/serve.order");
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }

@@ -21,15 +21,8 @@ work = tempfile.mkdtemp(prefix="darkroom-bench-cluster-", dir="/dev/shm")
 children = []
 
 
-
-
 def spawn(args, env=None, name="process"):
-    child = subprocess.Popen(
-        args, env=env, cwd=work, stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(work, f"{name}.log"), "a"),
-    )
-    children.append(child)
-    return child
+    return support.spawn(args, env, work, name, children)
 
 
 def stop(child):

@@ -45,13 +45,6 @@ def written_bytes(pid):
         return int(next(line for line in f if line.startswith("wchar:")).split()[1])
 
 
-def spawn(args, env, name):
-    child = subprocess.Popen(args, env=env, cwd=work, stdout=subprocess.DEVNULL,
-                             stderr=open(os.path.join(work, f"{name}.log"), "a"))
-    children.append(child)
-    return child
-
-
 def serve_input():
     """The noisy input the simulator fetches for every task, from a server of the bench's own."""
     root = os.path.join(work, "input")
@@ -78,7 +71,7 @@ def store_floor(root, size, count):
     return took * 1e6 / count
 
 
-def run_round(sim, input_url, root):
+def run_round(sim, sim_process, input_url, root):
     data = tempfile.mkdtemp(dir=root)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -88,13 +81,13 @@ def run_round(sim, input_url, root):
                DARKROOM_KIE_MAX_IN_FLIGHT="0", DARKROOM_KIE_QUERIES_PER_SECOND="0",
                DARKROOM_KEY_MAX_PENDING_TASKS="1000000", DARKROOM_CALLBACK_RATE_PER_SEC="100000",
                DARKROOM_CALLBACK_RATE_BURST="100000", DARKROOM_LOG="warn")
-    server = spawn([BINARY, "serve"], env, "serve")
+    server = support.spawn([BINARY, "serve"], env, work, "serve", children)
     try:
         wait_http(f"{base}/healthz")
         time.sleep(1)
         profiler = None
         if os.environ.get("BENCH_PERF_OUT"):
-            # DARKROOM's own profile over the measured span (perf record -g), for a closer look.
+            # darkroom's own profile over the measured span (perf record -g), for a closer look.
             profiler = subprocess.Popen(["perf", "record", "-F", "1000", "--call-graph", "dwarf,16384", "-p", str(server.pid),
                                          "-o", os.environ["BENCH_PERF_OUT"]],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,20 +143,19 @@ DISKS = [(name, root) for name, root in [("disk", None), ("tmpfs", "/dev/shm")]
 
 
 def main():
-    global sim_process
     input_url = serve_input()
     sim_port = free_port()
     sim = f"127.0.0.1:{sim_port}"
-    sim_process = spawn([BINARY, "kie-sim", "--port", str(sim_port), "--rate-limit", "0",
+    sim_process = support.spawn([BINARY, "kie-sim", "--port", str(sim_port), "--rate-limit", "0",
                          "--latency-ms", "1-5", "--token", TOKEN, "--credits", "1000000000",
-                         "--image-long-side", str(SIDE)], None, "sim")
+                         "--image-long-side", str(SIDE)], None, work, "sim", children)
     wait_http(f"http://{sim}/sim/stats")
     rounds = {name: [] for name, _ in DISKS}
     for number in range(ROUNDS):
         for name, root in DISKS:
             if root and not os.path.isdir(root):
                 continue
-            r = run_round(sim, input_url, tempfile.mkdtemp(dir=root or work))
+            r = run_round(sim, sim_process, input_url, root or work)
             rounds[name].append(r)
             print(f"round {number + 1}, {name}: {r['per_second']:.0f} tasks/s, darkroom "
                   f"{r['cpu_us']:,.0f} µs CPU per task, writing the result alone {r['floor_us']:,.0f} µs, "

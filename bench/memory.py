@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 
-from support import free_port, png, stop, wait_http
+from support import free_port, png, stop, upload_form, wait_http
 
 BINARY = sys.argv[1]
 QUEUED = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
@@ -66,13 +66,8 @@ def serve(env):
 
 def queue(base, count):
     """`count` tasks queued through the API (workers off: they stay queued)."""
-    boundary = "darkroombench"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"s.png\"\r\n"
-        f"Content-Type: image/png\r\n\r\n"
-    ).encode() + png() + f"\r\n--{boundary}--\r\n".encode()
-    _, answer = http("POST", f"{base}/api/upload", body,
-                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body, content_type = upload_form(png())
+    _, answer = http("POST", f"{base}/api/upload", body, {"Content-Type": content_type})
     key = json.loads(answer)["uploaded"][0]["key"]
     queued = 0
     while queued < count:

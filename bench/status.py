@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 
-from support import free_port, png, wait_http
+from support import free_port, png, upload_form, wait_http
 
 BINARY, ROUNDS, SECONDS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 TASKS = 1000
@@ -78,18 +78,8 @@ def stop(child):
 def populate(base):
     """1,000 tasks through the API (keys on, so the tasks have an owner), run to the end."""
     auth = {"Authorization": f"Bearer {KEY}"}
-    image = png()
-    boundary = "darkroombench"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"s.png\"\r\n"
-        f"Content-Type: image/png\r\n\r\n"
-    ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    _, answer = http(
-        "POST",
-        f"{base}/api/upload",
-        body,
-        {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
+    body, content_type = upload_form(png())
+    _, answer = http("POST", f"{base}/api/upload", body, {**auth, "Content-Type": content_type})
     url = json.loads(answer)["uploaded"][0]["url"]
     ids = []
     while len(ids) < TASKS:

@@ -1,6 +1,6 @@
-"""What the Python bench drivers (status.py, cluster.py, e2e.py) share: free ports,
-waiting for a server, JSON requests, serving a file, and a small PNG made with the
-standard library."""
+"""What the Python bench drivers (status.py, cluster.py, e2e.py, memory.py) and
+scripts/symbol_order.py share: free ports, waiting for a server, JSON requests, serving a
+file, an upload form, and a small PNG made with the standard library."""
 
 import http.server
 import json
@@ -35,6 +35,15 @@ def wait_http(url):
     raise SystemExit(f"{url} never answered")
 
 
+def spawn(args, env, cwd, name, children):
+    """Starts `args` in `cwd` with its stderr appended to `{name}.log` there, and adds it to
+    `children` (the driver stops them all at its end)."""
+    child = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(cwd, f"{name}.log"), "a"))
+    children.append(child)
+    return child
+
+
 def get_json(url):
     with urllib.request.urlopen(url, timeout=30) as answer:
         return json.loads(answer.read())
@@ -63,6 +72,17 @@ def serve_file(path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+
+def upload_form(image):
+    """A `POST /api/upload` body holding `image` (PNG bytes) as its one file, and the
+    body's content type."""
+    boundary = "darkroombench"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"s.png\"\r\n"
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def png(width=64, height=48):

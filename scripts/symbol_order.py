@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from support import free_port, png, stop, wait_http  # noqa: E402
+from support import free_port, png, stop, upload_form, wait_http  # noqa: E402
 
 BINARY, ORDER = os.path.abspath(sys.argv[1]), sys.argv[2]
 work = tempfile.mkdtemp(prefix="darkroom-symbol-order-")
@@ -41,11 +41,8 @@ def exercise(base):
     for path in ("/healthz", "/readyz", "/api/info", "/", "/metrics", "/api/stats",
                  "/api/tasks", "/api/openapi.json"):
         http("GET", base + path)
-    boundary = "darkroomorder"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"s.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + png() + f"\r\n--{boundary}--\r\n".encode()
-    answer = json.loads(http("POST", f"{base}/api/upload", body,
-                             {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
+    body, content_type = upload_form(png())
+    answer = json.loads(http("POST", f"{base}/api/upload", body, {"Content-Type": content_type}))
     key = answer["uploaded"][0]["key"]
     request = json.dumps({"prompt": "order", "uploads": [{"key": key}] * 3}).encode()
     answer = json.loads(http("POST", f"{base}/api/generate", request,

@@ -484,12 +484,16 @@ impl Engine {
     fn published(&self, task: &Task) {
         self.board.update(task);
         self.events.publish(task);
+        self.wake_webhook_if_due(task);
+        self.records.write(task);
+    }
+
+    /// A finished task's webhook is due now. A task without one has no delivery row:
+    /// waking the webhook lane for it would only cost a query.
+    fn wake_webhook_if_due(&self, task: &Task) {
         if task.state.is_terminal() && task.webhook_url.is_some() {
-            // Its webhook is due now. A task without one has no delivery row: waking the
-            // webhook lane for it would only cost a query.
             self.webhook_wake.notify_one();
         }
-        self.records.write(task);
     }
 
     /// Waits until the bucket records of every change made so far are written, at most

@@ -124,8 +124,6 @@ impl Engine {
     /// first).
     fn publish_adopted(&self, task: &Task) {
         self.events.publish(task);
-        if task.state.is_terminal() {
-            self.webhook_wake.notify_one();
-        }
+        self.wake_webhook_if_due(task);
     }
 }
