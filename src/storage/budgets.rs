@@ -10,6 +10,7 @@
 //! so two reservations never wait on each other's rows in opposite orders.
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row, Type,
 };
@@ -100,7 +101,7 @@ fn scopes(reservation: &CreditReservation<'_>, owner_limit: i64) -> Vec<(BudgetS
 }
 
 async fn reserve_credits<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
     reservation: &CreditReservation<'_>,
 ) -> Result<BudgetCheck, sqlx::Error>
 where
@@ -114,7 +115,7 @@ where
 {
     let task = reservation.task.as_str().to_owned();
     let day = reservation.day.name.clone();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     // A task is reserved once: a create tried again finds its reservation. Written first,
     // so the transaction takes the write lock at once (SQLite) and a racing reservation of
     // the same task waits for this one and then finds it (PostgreSQL).
@@ -200,7 +201,7 @@ where
 }
 
 async fn settle_credits<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
     task: &TaskId,
     used: Option<i64>,
 ) -> Result<bool, sqlx::Error>
@@ -222,7 +223,7 @@ where
     }
     if q.push(" RETURNING task_id")
         .build()
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?
         .is_some()
     {
@@ -233,7 +234,7 @@ where
     }
     // Charged more or less than reserved (or nothing reserved): the day's counts change
     // with the reservation, in one transaction.
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let row = QueryBuilder::<DB>::new("DELETE FROM credit_reservations WHERE task_id = ")
         .push_bind(task.as_str().to_owned())
         .push(" RETURNING day, owner, credits")
@@ -289,7 +290,7 @@ where
 }
 
 async fn set_daily_budget<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
     owner: &str,
     credits: Option<i64>,
     now: i64,
@@ -323,7 +324,7 @@ where
             q
         }
     };
-    q.build().execute(pool).await?;
+    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -347,7 +348,7 @@ where
 }
 
 async fn wake_budget_waiters<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
     owner: Option<&str>,
     now: i64,
 ) -> Result<u64, sqlx::Error>
@@ -368,7 +369,7 @@ where
         q.push(" AND owner = ").push_bind(owner.to_owned());
     }
     q.push(" RETURNING id");
-    Ok(q.build().fetch_all(pool).await?.len() as u64)
+    Ok(q.build().fetch_all(&mut *conn).await?.len() as u64)
 }
 
 #[async_trait]
@@ -377,13 +378,13 @@ impl BudgetRepo for super::sqlite::SqliteRepo {
         &self,
         reservation: &CreditReservation<'_>,
     ) -> Result<BudgetCheck, RepoError> {
-        reserve_credits(&self.writer.pool, reservation)
+        reserve_credits::<sqlx::Sqlite>(&mut *self.writer.conn().await?, reservation)
             .await
             .map_err(|e| self.writer.failed(e))
     }
 
     async fn settle_credits(&self, task: &TaskId, used: Option<i64>) -> Result<bool, RepoError> {
-        settle_credits(&self.writer.pool, task, used)
+        settle_credits::<sqlx::Sqlite>(&mut *self.writer.conn().await?, task, used)
             .await
             .map_err(|e| self.writer.failed(e))
     }
@@ -398,7 +399,7 @@ impl BudgetRepo for super::sqlite::SqliteRepo {
         credits: Option<i64>,
         now: i64,
     ) -> Result<(), RepoError> {
-        set_daily_budget(&self.writer.pool, owner, credits, now)
+        set_daily_budget::<sqlx::Sqlite>(&mut *self.writer.conn().await?, owner, credits, now)
             .await
             .map_err(|e| self.writer.failed(e))
     }
@@ -408,7 +409,7 @@ impl BudgetRepo for super::sqlite::SqliteRepo {
     }
 
     async fn wake_budget_waiters(&self, owner: Option<&str>, now: i64) -> Result<u64, RepoError> {
-        wake_budget_waiters(&self.writer.pool, owner, now)
+        wake_budget_waiters::<sqlx::Sqlite>(&mut *self.writer.conn().await?, owner, now)
             .await
             .map_err(|e| self.writer.failed(e))
     }
@@ -420,11 +421,14 @@ impl BudgetRepo for super::postgres::PgRepo {
         &self,
         reservation: &CreditReservation<'_>,
     ) -> Result<BudgetCheck, RepoError> {
-        Ok(reserve_credits(&self.pool, reservation).await?)
+        Ok(
+            reserve_credits::<sqlx::Postgres>(&mut *self.pool.acquire().await?, reservation)
+                .await?,
+        )
     }
 
     async fn settle_credits(&self, task: &TaskId, used: Option<i64>) -> Result<bool, RepoError> {
-        Ok(settle_credits(&self.pool, task, used).await?)
+        Ok(settle_credits::<sqlx::Postgres>(&mut *self.pool.acquire().await?, task, used).await?)
     }
 
     async fn credit_spend(&self, day: &str) -> Result<Vec<ScopeSpend>, RepoError> {
@@ -437,7 +441,13 @@ impl BudgetRepo for super::postgres::PgRepo {
         credits: Option<i64>,
         now: i64,
     ) -> Result<(), RepoError> {
-        Ok(set_daily_budget(&self.pool, owner, credits, now).await?)
+        Ok(set_daily_budget::<sqlx::Postgres>(
+            &mut *self.pool.acquire().await?,
+            owner,
+            credits,
+            now,
+        )
+        .await?)
     }
 
     async fn daily_budgets(&self) -> Result<Vec<(String, i64)>, RepoError> {
@@ -445,6 +455,9 @@ impl BudgetRepo for super::postgres::PgRepo {
     }
 
     async fn wake_budget_waiters(&self, owner: Option<&str>, now: i64) -> Result<u64, RepoError> {
-        Ok(wake_budget_waiters(&self.pool, owner, now).await?)
+        Ok(
+            wake_budget_waiters::<sqlx::Postgres>(&mut *self.pool.acquire().await?, owner, now)
+                .await?,
+        )
     }
 }

@@ -276,9 +276,13 @@ impl CopyRepo for super::sqlite::SqliteRepo {
     }
 
     async fn add_tasks(&self, tasks: &[Task]) -> Result<Added, RepoError> {
-        add_tasks(&self.writer.pool, tasks, super::sqlite_rows::to_json)
-            .await
-            .map_err(|e| self.writer.failed(e))
+        add_tasks::<sqlx::Sqlite, _>(
+            &mut *self.writer.conn().await?,
+            tasks,
+            super::sqlite_rows::to_json,
+        )
+        .await
+        .map_err(|e| self.writer.failed(e))
     }
 
     async fn rows_after(
@@ -291,7 +295,7 @@ impl CopyRepo for super::sqlite::SqliteRepo {
     }
 
     async fn add_rows(&self, table: Table, rows: &[CellRow]) -> Result<Added, RepoError> {
-        add_rows(&self.writer.pool, table, rows)
+        add_rows::<sqlx::Sqlite>(&mut *self.writer.conn().await?, table, rows)
             .await
             .map_err(|e| match e {
                 RepoError::Database(e) => self.writer.failed(e),
@@ -319,7 +323,12 @@ impl CopyRepo for super::postgres::PgRepo {
     }
 
     async fn add_tasks(&self, tasks: &[Task]) -> Result<Added, RepoError> {
-        Ok(add_tasks(&self.pool, tasks, <[String]>::to_vec).await?)
+        Ok(add_tasks::<sqlx::Postgres, _>(
+            &mut *self.pool.acquire().await?,
+            tasks,
+            <[String]>::to_vec,
+        )
+        .await?)
     }
 
     async fn rows_after(
@@ -332,7 +341,7 @@ impl CopyRepo for super::postgres::PgRepo {
     }
 
     async fn add_rows(&self, table: Table, rows: &[CellRow]) -> Result<Added, RepoError> {
-        add_rows(&self.pool, table, rows).await
+        add_rows::<sqlx::Postgres>(&mut *self.pool.acquire().await?, table, rows).await
     }
 }
 

@@ -4,6 +4,7 @@
 //! `INSERT … ON CONFLICT DO NOTHING RETURNING` the keys written, then one query for which of
 //! the others the target holds.
 
+use sqlx::Connection as _;
 use std::collections::HashSet;
 
 use sqlx::{
@@ -220,7 +221,7 @@ where
 
 /// [`CopyRepo::add_rows`] on `pool` (the SQLite writer's, or PostgreSQL's).
 pub(super) async fn add_rows<DB>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
     table: Table,
     rows: &[CellRow],
 ) -> Result<Added, RepoError>
@@ -249,7 +250,7 @@ where
         });
     }
     let mut added = Added::default();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     // A row that needs its task is written only when the target holds the task.
     let mut writable: Vec<&CellRow> = rows.iter().collect();
     if let Some(column) = table.task_column() {
@@ -312,7 +313,7 @@ where
 /// [`CopyRepo::add_tasks`] on `pool` (the SQLite writer's, or PostgreSQL's); `list` turns a
 /// list into its stored form.
 pub(super) async fn add_tasks<DB, L>(
-    pool: &Pool<DB>,
+    conn: &mut DB::Connection,
     tasks: &[Task],
     list: impl Fn(&[String]) -> L + Copy,
 ) -> Result<Added, sqlx::Error>
@@ -330,7 +331,7 @@ where
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
     let mut added = Added::default();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
         let mut q = super::update_sql::restore_insert::<DB, L>(chunk, list);
         q.push(" RETURNING id");

@@ -10,6 +10,7 @@
 //! an expired one's.
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row, Type,
 };
@@ -292,7 +293,10 @@ where
 }
 
 /// [`RetentionRepo::delete_final_tasks`] on `pool` (the SQLite writer's, or PostgreSQL's).
-async fn delete_final_tasks<DB>(pool: &Pool<DB>, ids: &[TaskId]) -> Result<DeletedRows, sqlx::Error>
+async fn delete_final_tasks<DB>(
+    conn: &mut DB::Connection,
+    ids: &[TaskId],
+) -> Result<DeletedRows, sqlx::Error>
 where
     DB: Database,
     <DB as Database>::Arguments: Default + IntoArguments<DB>,
@@ -305,7 +309,7 @@ where
         return Ok(DeletedRows::default());
     }
     let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     // The deliveries first: they point at their tasks.
     let mut q = QueryBuilder::<DB>::new(
         "DELETE FROM webhook_deliveries WHERE task_id IN (SELECT id FROM tasks WHERE id IN ",
@@ -378,7 +382,7 @@ where
 }
 
 /// [`RetentionRepo::delete_uploads`] on `pool` (the SQLite writer's, or PostgreSQL's).
-async fn delete_uploads<DB>(pool: &Pool<DB>, keys: &[String]) -> Result<u64, sqlx::Error>
+async fn delete_uploads<DB>(conn: &mut DB::Connection, keys: &[String]) -> Result<u64, sqlx::Error>
 where
     DB: Database,
     <DB as Database>::Arguments: Default + IntoArguments<DB>,
@@ -392,7 +396,7 @@ where
     let mut q = QueryBuilder::<DB>::new("DELETE FROM uploads WHERE key IN ");
     push_ids(&mut q, keys);
     q.push(" RETURNING key");
-    Ok(q.build().fetch_all(pool).await?.len() as u64)
+    Ok(q.build().fetch_all(&mut *conn).await?.len() as u64)
 }
 
 async fn objects_in_use<DB>(
@@ -460,7 +464,7 @@ impl RetentionRepo for super::sqlite::SqliteRepo {
     }
 
     async fn delete_final_tasks(&self, ids: &[TaskId]) -> Result<DeletedRows, RepoError> {
-        delete_final_tasks(&self.writer.pool, ids)
+        delete_final_tasks::<sqlx::Sqlite>(&mut *self.writer.conn().await?, ids)
             .await
             .map_err(|e| self.writer.failed(e))
     }
@@ -475,7 +479,7 @@ impl RetentionRepo for super::sqlite::SqliteRepo {
     }
 
     async fn delete_uploads(&self, keys: &[String]) -> Result<u64, RepoError> {
-        delete_uploads(&self.writer.pool, keys)
+        delete_uploads::<sqlx::Sqlite>(&mut *self.writer.conn().await?, keys)
             .await
             .map_err(|e| self.writer.failed(e))
     }
@@ -513,7 +517,7 @@ impl RetentionRepo for super::postgres::PgRepo {
     }
 
     async fn delete_final_tasks(&self, ids: &[TaskId]) -> Result<DeletedRows, RepoError> {
-        Ok(delete_final_tasks(&self.pool, ids).await?)
+        Ok(delete_final_tasks::<sqlx::Postgres>(&mut *self.pool.acquire().await?, ids).await?)
     }
 
     async fn uploads_before(
@@ -526,7 +530,7 @@ impl RetentionRepo for super::postgres::PgRepo {
     }
 
     async fn delete_uploads(&self, keys: &[String]) -> Result<u64, RepoError> {
-        Ok(delete_uploads(&self.pool, keys).await?)
+        Ok(delete_uploads::<sqlx::Postgres>(&mut *self.pool.acquire().await?, keys).await?)
     }
 
     async fn objects_in_use(

@@ -1,6 +1,7 @@
 //! The task repository on SQLite (the embedded default and single-machine production).
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
@@ -28,18 +29,21 @@ impl SqliteRepo {
         let in_memory = url.contains(":memory:");
         let writer = Writer::open(options.clone(), in_memory).await?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&writer.pool)
+            .run(&mut *writer.conn().await?)
             .await
             .map_err(|e| match e {
                 sqlx::migrate::MigrateError::Execute(e) => writer.failed(e),
                 other => other.into(),
             })?;
-        let pool = if in_memory {
+        let pool = if let Some(shared) = writer.shared_pool() {
             // Every in-memory connection is its own database: share the one.
-            writer.pool.clone()
+            shared.clone()
         } else {
             SqlitePoolOptions::new()
                 .max_connections(max_connections)
+                // A connection to a local file does not drop like a network one; the test
+                // would cost a round trip to its thread on every read.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await?
         };
@@ -63,13 +67,13 @@ impl SqliteRepo {
     /// (SQLite shares open files between connections of one process).
     pub async fn close(&self) {
         self.pool.close().await;
-        self.writer.pool.close().await;
+        self.writer.close().await;
     }
 
     /// How many pages the database file has now.
     pub async fn page_count(&self) -> Result<u32, RepoError> {
         let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-            .fetch_one(&self.writer.pool)
+            .fetch_one(&mut *self.writer.conn().await?)
             .await?;
         Ok(u32::try_from(pages).unwrap_or(u32::MAX))
     }
@@ -144,7 +148,8 @@ pub(super) async fn claim_queued_on(
 impl TaskRepo for SqliteRepo {
     async fn insert(&self, tasks: &[NewTask]) -> Result<(), RepoError> {
         let written: Result<(), sqlx::Error> = async {
-            let mut tx = self.writer.pool.begin().await?;
+            let mut conn = self.writer.conn().await?;
+            let mut tx = conn.begin().await?;
             insert_tasks(&mut tx, tasks).await?;
             tx.commit().await
         }
@@ -163,8 +168,7 @@ impl TaskRepo for SqliteRepo {
     async fn restore(&self, task: &Task) -> Result<bool, RepoError> {
         let mut conn = self
             .writer
-            .pool
-            .acquire()
+            .conn()
             .await
             .map_err(|e| self.writer.failed(e))?;
         restore_task(&mut conn, task)
@@ -195,8 +199,7 @@ impl TaskRepo for SqliteRepo {
     ) -> Result<Vec<Task>, RepoError> {
         let mut conn = self
             .writer
-            .pool
-            .acquire()
+            .conn()
             .await
             .map_err(|e| self.writer.failed(e))?;
         claim_queued_on(&mut conn, provider, now, limit, worker, lease_until)
@@ -232,7 +235,7 @@ impl TaskRepo for SqliteRepo {
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(now)
-        .fetch_all(&self.writer.pool)
+        .fetch_all(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         tasks_from_rows(&rows)
@@ -248,7 +251,11 @@ impl TaskRepo for SqliteRepo {
     ) -> Result<Option<Task>, RepoError> {
         let mut q: QueryBuilder<Sqlite> =
             super::update_sql::guarded_update(id, from, lease, update, now, to_json);
-        match q.build().fetch_optional(&self.writer.pool).await {
+        match q
+            .build()
+            .fetch_optional(&mut *self.writer.conn().await?)
+            .await
+        {
             Ok(row) => row.as_ref().map(task_from_row).transpose(),
             Err(e) if is_unique_violation(&e) => Err(RepoError::DuplicateProviderId(
                 update.provider_task_id.clone().unwrap_or_default(),
@@ -259,7 +266,7 @@ impl TaskRepo for SqliteRepo {
 
     async fn move_provider(&self, mv: &ProviderMove<'_>) -> Result<Vec<Task>, RepoError> {
         let mut q: QueryBuilder<Sqlite> = super::update_sql::provider_move(mv);
-        match q.build().fetch_all(&self.writer.pool).await {
+        match q.build().fetch_all(&mut *self.writer.conn().await?).await {
             Ok(rows) => tasks_from_rows(&rows),
             Err(e) => Err(self.writer.failed(e)),
         }
@@ -278,7 +285,7 @@ impl TaskRepo for SqliteRepo {
         .bind(provider_task_id)
         .bind(now)
         .bind(id.as_str())
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
@@ -299,7 +306,7 @@ impl TaskRepo for SqliteRepo {
         .bind(now)
         .bind(now)
         .bind(id.as_str())
-        .fetch_optional(&self.writer.pool)
+        .fetch_optional(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         row.as_ref().map(task_from_row).transpose()
@@ -349,7 +356,7 @@ impl TaskRepo for SqliteRepo {
             .bind(until)
             .bind(id.as_str())
             .bind(worker)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
@@ -361,7 +368,7 @@ impl TaskRepo for SqliteRepo {
              WHERE lease_owner = ? AND state <> 'submitting'",
         )
         .bind(worker)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected())

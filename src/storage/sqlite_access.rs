@@ -1,6 +1,7 @@
 //! [`AccessRepo`] on SQLite.
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -43,7 +44,8 @@ impl AccessRepo for SqliteRepo {
         now: i64,
     ) -> Result<bool, RepoError> {
         let written: Result<u64, sqlx::Error> = async {
-            let mut tx = self.writer.pool.begin().await?;
+            let mut conn = self.writer.conn().await?;
+            let mut tx = conn.begin().await?;
             // A revoked key's name may be reused; its row goes.
             sqlx::query("DELETE FROM api_keys WHERE name = ? AND revoked_at IS NOT NULL")
                 .bind(name)
@@ -98,7 +100,7 @@ impl AccessRepo for SqliteRepo {
             sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
                 .bind(now)
                 .bind(name)
-                .execute(&self.writer.pool)
+                .execute(&mut *self.writer.conn().await?)
                 .await
                 .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
@@ -122,7 +124,7 @@ impl AccessRepo for SqliteRepo {
             .bind(key)
             .bind(owner)
             .bind(now)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?;
         Ok(())
@@ -131,7 +133,7 @@ impl AccessRepo for SqliteRepo {
     async fn forget_upload(&self, key: &str) -> Result<(), RepoError> {
         sqlx::query("DELETE FROM uploads WHERE key = ?")
             .bind(key)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?;
         Ok(())
@@ -178,7 +180,7 @@ impl AccessRepo for SqliteRepo {
         .bind(name)
         .bind(fresh)
         .bind(now)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         let row = sqlx::query("SELECT value FROM server_secrets WHERE name = ?")
@@ -207,7 +209,7 @@ impl AccessRepo for SqliteRepo {
         .bind(owner)
         .bind(fresh)
         .bind(now)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         let row = sqlx::query("SELECT * FROM webhook_secrets WHERE owner = ?")
@@ -239,7 +241,7 @@ impl AccessRepo for SqliteRepo {
         .bind(fresh)
         .bind(now)
         .bind(previous_until)
-        .fetch_one(&self.writer.pool)
+        .fetch_one(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         webhook_secret_from_row(&row)

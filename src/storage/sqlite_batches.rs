@@ -1,5 +1,6 @@
 //! [`BatchRepo`] on SQLite.
 
+use sqlx::Connection as _;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -35,7 +36,8 @@ pub(super) async fn insert_batch_row(
 impl BatchRepo for SqliteRepo {
     async fn insert_batch(&self, batch: &Batch, tasks: &[NewTask]) -> Result<(), RepoError> {
         let written: Result<(), sqlx::Error> = async {
-            let mut tx = self.writer.pool.begin().await?;
+            let mut conn = self.writer.conn().await?;
+            let mut tx = conn.begin().await?;
             insert_batch_row(&mut tx, batch).await?;
             insert_tasks(&mut tx, tasks).await?;
             tx.commit().await

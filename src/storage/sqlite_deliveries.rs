@@ -51,7 +51,7 @@ impl DeliveryRepo for SqliteRepo {
         .bind(lease_until)
         .bind(id)
         .bind(now)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
@@ -70,7 +70,7 @@ impl DeliveryRepo for SqliteRepo {
         .bind(until)
         .bind(id)
         .bind(held_until)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         Ok(done.rows_affected() == 1)
@@ -112,7 +112,7 @@ impl DeliveryRepo for SqliteRepo {
         .bind(error)
         .bind(delivered_at)
         .bind(id)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         Ok(())

@@ -1,6 +1,7 @@
 //! [`IdempotencyRepo`] on SQLite.
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::{Row, SqliteConnection};
 
 use super::idempotency::{
@@ -49,7 +50,7 @@ impl SqliteRepo {
         )
         .bind(owner)
         .bind(key)
-        .fetch_optional(&self.writer.pool)
+        .fetch_optional(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?;
         let Some(row) = row else { return Ok(None) };
@@ -84,7 +85,7 @@ impl IdempotencyRepo for SqliteRepo {
             .bind(claim.locked_until)
             .bind(claim.now)
             .bind(claim.expires_at)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?
             .rows_affected();
@@ -113,7 +114,7 @@ impl IdempotencyRepo for SqliteRepo {
             .bind(claim.owner)
             .bind(claim.key)
             .bind(&old_token)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?
             .rows_affected();
@@ -130,7 +131,7 @@ impl IdempotencyRepo for SqliteRepo {
         done: &IdempotencyCompletion,
     ) -> Result<bool, RepoError> {
         let written: Result<u64, sqlx::Error> = async {
-            let mut conn = self.writer.pool.acquire().await?;
+            let mut conn = self.writer.conn().await?;
             complete(&mut conn, done).await
         }
         .await;
@@ -144,7 +145,8 @@ impl IdempotencyRepo for SqliteRepo {
         done: &IdempotencyCompletion,
     ) -> Result<bool, RepoError> {
         let written: Result<bool, sqlx::Error> = async {
-            let mut tx = self.writer.pool.begin().await?;
+            let mut conn = self.writer.conn().await?;
+            let mut tx = conn.begin().await?;
             // The answer first: a reservation lost meanwhile writes nothing at all.
             if complete(&mut tx, done).await? != 1 {
                 tx.rollback().await?;
@@ -174,7 +176,7 @@ impl IdempotencyRepo for SqliteRepo {
         .bind(owner)
         .bind(key)
         .bind(token)
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?
         .rows_affected();
@@ -192,7 +194,7 @@ impl IdempotencyRepo for SqliteRepo {
         )
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .execute(&self.writer.pool)
+        .execute(&mut *self.writer.conn().await?)
         .await
         .map_err(|e| self.writer.failed(e))?
         .rows_affected();

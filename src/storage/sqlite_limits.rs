@@ -3,6 +3,7 @@
 //! reads what its predecessor reserved).
 
 use async_trait::async_trait;
+use sqlx::Connection as _;
 use sqlx::{Row, SqliteConnection};
 
 use super::limits::{
@@ -117,7 +118,8 @@ impl LimitsRepo for SqliteRepo {
         request: &LimitedClaimRequest<'_>,
     ) -> Result<LimitedClaim, RepoError> {
         let claimed: Result<LimitedClaim, RepoError> = async {
-            let mut tx = self.writer.pool.begin().await?;
+            let mut conn = self.writer.conn().await?;
+            let mut tx = conn.begin().await?;
             let claimed = claim(&mut tx, request).await?;
             tx.commit().await?;
             Ok(claimed)
@@ -133,7 +135,8 @@ impl LimitsRepo for SqliteRepo {
         sent_at: i64,
     ) -> Result<(), RepoError> {
         let stamped: Result<(), sqlx::Error> = async {
-            let mut tx = self.writer.pool.begin().await?;
+            let mut conn = self.writer.conn().await?;
+            let mut tx = conn.begin().await?;
             sqlx::query(sql::STAMP_TAKE_SQLITE)
                 .bind(provider)
                 .bind(claimed_at)
@@ -155,7 +158,7 @@ impl LimitsRepo for SqliteRepo {
         let returned = sqlx::query(sql::STAMP_TAKE_SQLITE)
             .bind(provider)
             .bind(claimed_at)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?
             .rows_affected();
@@ -168,7 +171,7 @@ impl LimitsRepo for SqliteRepo {
             .bind(pause.until)
             .bind(&pause.code)
             .bind(&pause.reason)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?
             .rows_affected();
@@ -179,7 +182,7 @@ impl LimitsRepo for SqliteRepo {
         let lifted = sqlx::query(sql::PAUSE_LIFT)
             .bind(provider)
             .bind(code)
-            .execute(&self.writer.pool)
+            .execute(&mut *self.writer.conn().await?)
             .await
             .map_err(|e| self.writer.failed(e))?
             .rows_affected();

@@ -17,14 +17,18 @@
 //! before the next write. The same reopening lets a database that was read-only at start
 //! accept writes once its permissions are fixed, without a restart.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::error::ErrorKind;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Sqlite, SqlitePool};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::repo::RepoError;
 
@@ -39,15 +43,55 @@ pub enum Durability {
     Full,
 }
 
-/// The writer's connection pool (one connection) and what keeps it healthy.
+/// The one connection every write goes through.
+///
+/// A file database's writer is held here between writes, not taken from a pool: sqlx's pool
+/// sends a ping to a SQLite connection's thread when a connection is taken and again when it
+/// is given back, two extra round trips (each a thread hand-over both ways) for every write.
+/// An in-memory database lives only as long as its one connection, which its reads must share:
+/// there the writer is that connection's pool.
 pub(super) struct Writer {
-    pub(super) pool: SqlitePool,
+    slot: Slot,
+    options: SqliteConnectOptions,
     /// Set after a failed write: the connection is closed before its next use.
-    reopen: Arc<AtomicBool>,
+    reopen: AtomicBool,
+    /// Set by [`Writer::close`]: every later write fails.
+    closed: AtomicBool,
     /// `PRAGMA max_page_count` for every connection; 0 means SQLite's own limit.
-    page_cap: Arc<AtomicU32>,
-    /// An in-memory database lives only as long as its one connection: never reopened.
-    in_memory: bool,
+    page_cap: AtomicU32,
+}
+
+enum Slot {
+    Held(Mutex<Option<SqliteConnection>>),
+    /// In memory: never reopened (a new connection would be a new, empty database).
+    Shared(SqlitePool),
+}
+
+/// The writer's connection, lent for one write or one transaction; dropping it lends it to
+/// the next writer.
+pub(super) enum WriteConn<'a> {
+    Held(MappedMutexGuard<'a, SqliteConnection>),
+    Shared(PoolConnection<Sqlite>),
+}
+
+impl Deref for WriteConn<'_> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Held(conn) => conn,
+            Self::Shared(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for WriteConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Held(conn) => conn,
+            Self::Shared(conn) => conn,
+        }
+    }
 }
 
 /// What every connection is opened with.
@@ -70,43 +114,95 @@ pub(super) fn connect_options(
 const NO_PAGE_CAP: u32 = 4_294_967_294;
 
 impl Writer {
+    /// Opens the writer's connection (at once, so a database that cannot be opened fails
+    /// the start).
     pub(super) async fn open(
         options: SqliteConnectOptions,
         in_memory: bool,
     ) -> Result<Self, RepoError> {
-        let reopen = Arc::new(AtomicBool::new(false));
-        let page_cap = Arc::new(AtomicU32::new(0));
-        let flag = reopen.clone();
-        let cap = page_cap.clone();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .before_acquire(move |conn, _meta| {
-                // A connection still counting an open transaction is as suspect as one
-                // whose last write failed: close it, a fresh one takes its place.
-                let healthy = !flag.swap(false, Ordering::AcqRel) && !conn.is_in_transaction();
-                Box::pin(async move { Ok(healthy) })
-            })
-            .after_connect(move |conn, _meta| {
-                let pages = cap.load(Ordering::Acquire);
-                Box::pin(async move {
-                    if pages > 0 {
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA max_page_count = {pages}"
-                        )))
-                        .execute(conn)
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
+        let slot = if in_memory {
+            Slot::Shared(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    // Never replaced: the database would go with it.
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(options.clone())
+                    .await?,
+            )
+        } else {
+            Slot::Held(Mutex::new(Some(connect(&options, 0).await?)))
+        };
         Ok(Self {
-            pool,
-            reopen,
-            page_cap,
-            in_memory,
+            slot,
+            options,
+            reopen: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            page_cap: AtomicU32::new(0),
         })
+    }
+
+    /// The connection for one write (or one transaction): waits for the write before it.
+    /// A connection whose last write failed, or that still counts an open transaction, is
+    /// closed first and a fresh one opened in its place; whatever SQLite or sqlx thought
+    /// about its transaction, the fresh one does not inherit it.
+    pub(super) async fn conn(&self) -> Result<WriteConn<'_>, sqlx::Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        let slot = match &self.slot {
+            Slot::Shared(pool) => return Ok(WriteConn::Shared(pool.acquire().await?)),
+            Slot::Held(slot) => slot,
+        };
+        let mut slot = slot.lock().await;
+        let mut suspect = self.reopen.swap(false, Ordering::AcqRel);
+        if !suspect
+            && let Some(conn) = slot.as_mut()
+            && conn.is_in_transaction()
+        {
+            // A transaction dropped unfinished queues its rollback on the connection's
+            // thread; one round trip lets it through before the count is believed.
+            suspect = conn.ping().await.is_err() || conn.is_in_transaction();
+        }
+        if suspect
+            && let Some(old) = slot.take()
+            && let Err(e) = old.close().await
+        {
+            tracing::debug!(error = %e, "closing the writer's connection after a failed write failed");
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        if slot.is_none() {
+            *slot = Some(connect(&self.options, self.page_cap.load(Ordering::Acquire)).await?);
+        }
+        MutexGuard::try_map(slot, Option::as_mut)
+            .map(WriteConn::Held)
+            .map_err(|_| sqlx::Error::PoolClosed)
+    }
+
+    /// The in-memory database's pool, which its reads share; `None` for a file.
+    pub(super) fn shared_pool(&self) -> Option<&SqlitePool> {
+        match &self.slot {
+            Slot::Shared(pool) => Some(pool),
+            Slot::Held(_) => None,
+        }
+    }
+
+    /// Closes the connection; every later write fails.
+    pub(super) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        match &self.slot {
+            Slot::Shared(pool) => pool.close().await,
+            Slot::Held(slot) => {
+                if let Some(conn) = slot.lock().await.take()
+                    && let Err(e) = conn.close().await
+                {
+                    tracing::debug!(error = %e, "closing the writer's connection failed");
+                }
+            }
+        }
     }
 
     /// Converts a failed write, and makes sure the connection it ran on is not reused:
@@ -120,7 +216,7 @@ impl Writer {
                 | ErrorKind::NotNullViolation
                 | ErrorKind::CheckViolation
         ));
-        if !constraint && !self.in_memory {
+        if !constraint && matches!(self.slot, Slot::Held(_)) {
             self.reopen.store(true, Ordering::Release);
         }
         RepoError::Database(e)
@@ -138,7 +234,7 @@ impl Writer {
     /// `headroom_bytes` bytes and is rolled back, leaving nothing behind.
     pub(super) async fn probe(&self, headroom_bytes: u32) -> Result<(), RepoError> {
         let result: Result<(), sqlx::Error> = async {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.conn().await?;
             let mut tx = conn.begin().await?;
             sqlx::query("INSERT INTO write_probe (filler) VALUES (zeroblob(?))")
                 .bind(i64::from(headroom_bytes))
@@ -158,7 +254,7 @@ impl Writer {
         let pages = pages.unwrap_or(0);
         self.page_cap.store(pages, Ordering::Release);
         let limit = if pages == 0 { NO_PAGE_CAP } else { pages };
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conn().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "PRAGMA max_page_count = {limit}"
         )))
@@ -166,4 +262,20 @@ impl Writer {
         .await?;
         Ok(())
     }
+}
+
+/// Opens a connection for the writer with the page cap in force (0: none).
+async fn connect(
+    options: &SqliteConnectOptions,
+    page_cap: u32,
+) -> Result<SqliteConnection, sqlx::Error> {
+    let mut conn = SqliteConnection::connect_with(options).await?;
+    if page_cap > 0 {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {page_cap}"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(conn)
 }
