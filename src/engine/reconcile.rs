@@ -244,23 +244,43 @@ impl Engine {
                 credits,
                 cost_time_ms,
             } => {
+                // A job holding the task's lease with an ingest slot free stores the results
+                // itself, under the same lease: no second claim, no round through the ingest
+                // lane. Otherwise the lease goes and the ingest lane takes the task.
+                let slot = if leased {
+                    self.ingest_slots.try_take()
+                } else {
+                    None
+                };
                 let update = TaskUpdate {
                     result_source_urls: Some(result_urls),
                     credits,
                     cost_time_ms,
                     run_at: Some(now),
-                    release_lease: true,
+                    release_lease: slot.is_none(),
                     error: Some(None),
                     ..TaskUpdate::default()
                 };
-                if self
+                let Some(ingesting) = self
                     .apply(task, Event::ProviderSucceeded, leased, update)
                     .await?
-                    .is_some()
-                {
+                else {
+                    return Ok(Outcome::Done);
+                };
+                let Some(slot) = slot else {
+                    self.ingest_wake.notify_one();
+                    return Ok(Outcome::Done);
+                };
+                let outcome = self.ingest(ingesting.clone()).await;
+                let settled = match outcome {
+                    Ok(outcome) => self.settle(&ingesting, outcome, true).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                drop(slot);
+                if self.ingest_slots.take_wanted() {
                     self.ingest_wake.notify_one();
                 }
-                Ok(Outcome::Done)
+                settled.map(|()| Outcome::Done)
             }
             RemoteStatus::Failed { code, message } => Ok(Outcome::GiveUp(Reason::free(
                 JobCode::ProviderFailed,

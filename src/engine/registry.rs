@@ -4,6 +4,7 @@
 //! anything KIE tasks wait for.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -15,6 +16,8 @@ use crate::providers::Provider;
 pub(super) struct Pool {
     slots: Arc<Semaphore>,
     size: usize,
+    /// Set when [`Pool::take_free`] found every permit taken: its lane waits for one back.
+    wanted: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -22,12 +25,29 @@ impl Pool {
         Self {
             slots: Arc::new(Semaphore::new(size)),
             size,
+            wanted: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Every permit free right now (possibly none).
     pub(super) fn take_free(&self) -> Vec<OwnedSemaphorePermit> {
-        std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok()).collect()
+        let free: Vec<_> =
+            std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok()).collect();
+        if free.is_empty() {
+            self.wanted.store(true, Ordering::Release);
+        }
+        free
+    }
+
+    /// One permit if one is free right now, for work taken on outside the pool's own lane.
+    pub(super) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Whether the pool's lane found no permit free since the last call: a permit taken
+    /// with [`Pool::try_take`] and given back should wake it.
+    pub(super) fn take_wanted(&self) -> bool {
+        self.wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Waits until every permit is back: all jobs holding one have finished.

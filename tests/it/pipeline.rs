@@ -164,6 +164,36 @@ async fn a_callback_delivered_five_times_stores_one_result_set() {
     assert!(sim.stats().duplicates_sent >= 4 * ids.len() as u64);
 }
 
+/// A reconcile job that finds the results ready stores them itself, under its lease, while
+/// an ingest slot is free, and leaves the task to the ingest lane when none is. One slot
+/// and three tasks reconciled at once take both ways; each result is still downloaded and
+/// stored exactly once and every task succeeds.
+#[tokio::test]
+async fn results_are_stored_once_by_the_reconcile_job_or_the_ingest_lane() {
+    let app = spawn_app(&[
+        ("DARKROOM_WORKERS", "false"),
+        ("DARKROOM_INGEST_CONCURRENCY", "1"),
+    ])
+    .await;
+    let ids = app.generate_from_upload(3, json!({})).await;
+    for task in app.step_until_final(&ids, FINAL).await {
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+        assert_eq!(task.result_keys.len(), 1, "{task:?}");
+        assert!(
+            task.lease_owner.is_none(),
+            "a finished task keeps no lease: {task:?}"
+        );
+    }
+    let sim = app.sim.clone().unwrap();
+    assert_eq!(
+        sim.stats().files_served,
+        ids.len() as u64,
+        "each result downloaded once"
+    );
+    let stored = app.blobs.list("generated").await.unwrap();
+    assert_eq!(stored.len(), ids.len(), "one result per task: {stored:?}");
+}
+
 #[tokio::test]
 async fn a_callback_before_the_create_answer_still_completes() {
     let app = spawn_app(&[("DARKROOM_SIM_EARLY_CALLBACK_RATE", "1")]).await;
