@@ -71,6 +71,19 @@ def store_floor(root, size, count):
     return took * 1e6 / count
 
 
+def read_switches(path):
+    """The count `perf stat -x,` wrote, or None when it could not count (no permission)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2] == "context-switches" and fields[0].isdigit():
+                    return int(fields[0])
+    except OSError:
+        pass
+    return None
+
+
 def run_round(sim, sim_process, input_url, root):
     data = tempfile.mkdtemp(dir=root)
     port = free_port()
@@ -92,6 +105,15 @@ def run_round(sim, sim_process, input_url, root):
                                          "-o", os.environ["BENCH_PERF_OUT"]],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
+        # Context switches of every thread, those started and ended during the round too
+        # (perf counts them; /proc keeps only live threads'): the thread hand-overs.
+        switches_file = os.path.join(data, "switches.csv")
+        switches = None
+        if shutil.which("perf"):
+            switches = subprocess.Popen(["perf", "stat", "-x,", "-e", "context-switches", "-p", str(server.pid),
+                                         "-o", switches_file],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         cpu_before = cpu_seconds(server.pid)
         written_before = written_bytes(server.pid)
         sim_before = cpu_seconds(sim_process.pid)
@@ -118,6 +140,11 @@ def run_round(sim, sim_process, input_url, root):
         if profiler:
             profiler.send_signal(2)
             profiler.wait()
+        context_switches = None
+        if switches:
+            switches.send_signal(2)
+            switches.wait()
+            context_switches = read_switches(switches_file)
         results = [os.path.getsize(os.path.join(dirpath, name))
                    for dirpath, _, names in os.walk(os.path.join(data, "bucket", "generated"))
                    for name in names]
@@ -133,6 +160,7 @@ def run_round(sim, sim_process, input_url, root):
     floor = store_floor(root, int(statistics.mean(results)), TASKS)
     return {"floor_us": floor, "per_second": TASKS / took, "cpu_us": cpu * 1e6 / TASKS,
             "sim_cpu_us": sim_cpu * 1e6 / TASKS,
+            "switches": None if context_switches is None else context_switches / TASKS,
             "written_mb": written / 1e6 / TASKS, "result_mb": statistics.mean(results) / 1e6}
 
 
@@ -160,10 +188,11 @@ def main():
             print(f"round {number + 1}, {name}: {r['per_second']:.0f} tasks/s, darkroom "
                   f"{r['cpu_us']:,.0f} µs CPU per task, writing the result alone {r['floor_us']:,.0f} µs, "
                   f"simulator {r['sim_cpu_us']:,.0f} µs, results {r['result_mb']:.2f} MB, "
+                  f"{'-' if r['switches'] is None else format(r['switches'], '.0f')} context switches per task, "
                   f"darkroom wrote {r['written_mb']:.2f} MB per task", file=sys.stderr)
     print()
-    print("| data directory on | darkroom CPU µs per task (median, min-max) | of it, writing the result file alone | darkroom without it | simulator CPU µs per task | tasks/s | MB written per task |")
-    print("|---|---|---|---|---|---|---|")
+    print("| data directory on | darkroom CPU µs per task (median, min-max) | of it, writing the result file alone | darkroom without it | simulator CPU µs per task | tasks/s | MB written per task | context switches per task |")
+    print("|---|---|---|---|---|---|---|---|")
     summary = []
     for name, _ in DISKS:
         rs = rounds[name]
@@ -171,11 +200,15 @@ def main():
             continue
         med = lambda key: statistics.median(r[key] for r in rs)  # noqa: E731
         own = statistics.median(r["cpu_us"] - r["floor_us"] for r in rs)
+        counted = [r["switches"] for r in rs if r["switches"] is not None]
+        switches = statistics.median(counted) if counted else None
         print(f"| {name} | {med('cpu_us'):,.0f} ({min(r['cpu_us'] for r in rs):,.0f}-{max(r['cpu_us'] for r in rs):,.0f}) "
               f"| {med('floor_us'):,.0f} | {own:,.0f} | {med('sim_cpu_us'):,.0f} | {med('per_second'):.0f} "
-              f"| {med('written_mb'):.2f} |")
+              f"| {med('written_mb'):.2f} | {'-' if switches is None else format(switches, '.0f')} |")
         summary += [f"e2e_cpu_us_{name}={med('cpu_us'):.0f}", f"e2e_write_floor_us_{name}={med('floor_us'):.0f}",
                     f"e2e_tasks_per_s_{name}={med('per_second'):.0f}"]
+        if switches is not None:
+            summary.append(f"e2e_context_switches_{name}={switches:.0f}")
     print(f"\n{TASKS} tasks a round, {ROUNDS} rounds, results of "
           f"{statistics.mean(r['result_mb'] for rs in rounds.values() for r in rs):.2f} MB; "
           "goal: at most 2,000 µs of darkroom's CPU per task. \"writing the result file alone\" is a "
