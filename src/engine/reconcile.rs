@@ -271,11 +271,7 @@ impl Engine {
                     self.ingest_wake.notify_one();
                     return Ok(Outcome::Done);
                 };
-                let outcome = self.ingest(ingesting.clone()).await;
-                let settled = match outcome {
-                    Ok(outcome) => self.settle(&ingesting, outcome, true).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
+                let settled = self.ingest_leased(ingesting).await;
                 drop(slot);
                 if self.ingest_slots.take_wanted() {
                     self.ingest_wake.notify_one();

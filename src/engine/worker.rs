@@ -299,12 +299,20 @@ impl Engine {
             Job::Submit { claimed_at } => self.submit(task.clone(), claimed_at).await?,
             Job::SettleInterrupted => self.settle_interrupted(&task).await?,
             Job::Reconcile => self.reconcile(task.clone()).await?,
-            // Inline results live only in the memory of the dispatcher that received
-            // them; a task found here without one has lost them.
-            Job::Ingest if self.delivery_of(&task) == Delivery::Inline => {
-                self.inline_results_lost(&task).await?
-            }
-            Job::Ingest => self.ingest(task.clone()).await?,
+            Job::Ingest => return self.ingest_leased(task).await,
+        };
+        self.settle(&task, outcome, true).await.map(|_| ())
+    }
+
+    /// Ingests a task this worker holds under lease and settles the outcome: the ingest
+    /// lane's job, and a reconcile job's that found the results ready with a slot free.
+    pub(super) async fn ingest_leased(&self, task: Task) -> Result<(), RepoError> {
+        // Inline results live only in the memory of the dispatcher that received them; a
+        // task found here without one has lost them.
+        let outcome = if self.delivery_of(&task) == Delivery::Inline {
+            self.inline_results_lost(&task).await?
+        } else {
+            self.ingest(task.clone()).await?
         };
         self.settle(&task, outcome, true).await.map(|_| ())
     }
